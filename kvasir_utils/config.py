@@ -251,7 +251,7 @@ def _build(cls, values: dict, prefix: str = ""):
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
-            f"unknown setting {where}{unknown[0]!r}; allowed under "
+            f"unknown setting '{where}{unknown[0]}'; allowed under "
             f"{prefix or 'the top level'}: {', '.join(names)}"
         )
     kwargs = {}
@@ -331,10 +331,28 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return out
 
 
+# data.size, data.sha256 and data.mirrors describe the archive at the profile's data.url.
+SOURCE_DETAILS = {"data.size": None, "data.sha256": None, "data.mirrors": []}
+
+
+def _with_source_details(overrides: list[str]) -> list[str]:
+    """An override of data.url points at another archive: the profile's size, checksum and
+    mirrors no longer apply, so they are cleared unless the same overrides set them."""
+    keys = {".".join(parse_override(o)[0]) for o in overrides}
+    if "data.url" not in keys:
+        return overrides
+    cleared = [f"{k}={'[]' if v == [] else 'null'}" for k, v in SOURCE_DETAILS.items() if k not in keys]
+    return cleared + overrides
+
+
 def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str] | None = None) -> Config:
-    """Load a profile by name or path, apply dotted overrides, validate every key."""
+    """Load a profile by name or path, apply dotted overrides, validate every key.
+
+    Overriding ``data.url`` clears ``data.size``, ``data.sha256`` and ``data.mirrors`` (they
+    describe the profile's own archive) unless the overrides set them too.
+    """
     path = find_profile(name_or_path)
-    raw = apply_overrides(_load_raw(path), list(overrides or []))
+    raw = apply_overrides(_load_raw(path), _with_source_details(list(overrides or [])))
     if "profile" in raw:
         raise ConfigError("'profile' is the file's name and cannot be set; copy the YAML under a new name")
     raw["profile"] = path.stem

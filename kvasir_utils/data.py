@@ -423,7 +423,12 @@ def split_counts(split: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
 def cached_images_per_class(cache_root: Path, split: pd.DataFrame, per_class: int, seed: int = 0):
     """A few cached images of each class (for the sample grid): list of (label, PIL image)."""
     picked = split.groupby("label", sort=False).sample(frac=1, random_state=seed).groupby("label").head(per_class)
-    return [(row.label, Image.open(cache_root / cached_name(row.path)).convert("RGB")) for row in picked.itertuples()]
+    return list(zip(picked["label"], load_cached(cache_root, picked["path"])))
+
+
+def load_cached(cache_root: Path, paths) -> list:
+    """Cached images (PIL, RGB) for split-relative ``paths``, for display."""
+    return [Image.open(Path(cache_root) / cached_name(p)).convert("RGB") for p in paths]
 
 
 # -- Dataset ------------------------------------------------------------------------------

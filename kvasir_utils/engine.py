@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kvasir_utils import models
+from kvasir_utils import data, metrics, models, transforms
 from kvasir_utils.config import STAGES, Config, RuntimeConfig
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import atomic_path, write_csv_atomic
+from kvasir_utils.io import atomic_path, write_csv_atomic, write_json_atomic
 
 HISTORY_COLUMNS = ["epoch", "global_epoch", "train_loss", "train_acc", "val_loss", "val_acc",
                    "seconds", "images_per_s", "lr"]
@@ -302,3 +302,51 @@ def read_history(cfg: Config, model_name: str) -> pd.DataFrame:
     if not frames:
         raise KvasirError(f"no training history for {model_name} under {cfg.run_dir}; run notebook 02 first")
     return pd.concat(frames, ignore_index=True)
+
+
+# -- what the notebooks call --------------------------------------------------------------
+def make_loaders(cfg: Config, runtime: Runtime) -> dict:
+    """Train and val loaders over the resized cache, with the paper's presets."""
+    split = data.read_split(cfg.split_csv, cfg.data.classes)
+    datasets = data.split_datasets(cfg, split, transforms.train_preset(cfg.transforms),
+                                   transforms.eval_preset(cfg.transforms))
+    return {name: data.make_loader(ds, cfg.train.batch_size, name == "train", runtime.workers, runtime.pin_memory,
+                                   cfg.train.seed) for name, ds in datasets.items()}
+
+
+def model_for_stage(cfg: Config, model_name: str, stage: str) -> nn.Module:
+    """The model a stage starts from, frozen as the stage says. Stage 1 loads the pretrained
+    weights; later stages load the previous stage's weights inside ``fit_stage``."""
+    seed_everything(cfg.train.seed)
+    weights = cfg.train.weights if stage == STAGES[0] else None
+    model = models.build_model(model_name, len(cfg.data.classes), weights, cfg.runtime.offline)
+    models.set_trainable(model, cfg.stage_config(stage).trainable)
+    return model
+
+
+def evaluate_final_model(cfg: Config, model_name: str, runtime: Runtime) -> tuple[pd.DataFrame, dict]:
+    """Predict the validation set once with the trained model; write ``predictions.csv`` (with
+    per-class probabilities) and ``metrics.json`` under ``runs/<profile>/<model>/eval/``."""
+    from kvasir_utils.report import environment
+
+    model = prepare_model(load_trained_model(cfg, model_name), runtime)
+    split = data.read_split(cfg.split_csv, cfg.data.classes)
+    val = split[split["split"] == "val"].reset_index(drop=True)
+    probs, targets, seconds = predict(model, make_loaders(cfg, runtime)["val"], runtime, desc=f"{model_name} predict")
+    predictions = val[["path", "label"]].assign(true=targets, pred=probs.argmax(1), confidence=probs.max(1))
+    predictions = pd.concat([predictions, pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.data.classes])], axis=1)
+    history = read_history(cfg, model_name)
+    record = metrics.summary(targets, probs, cfg.data.classes) | {
+        "parameters": models.count_parameters(model),
+        "gflops": models.gflops(model, cfg.transforms.image_size),
+        "train_seconds": float(history["seconds"].sum()),
+        "inference_images_per_s": len(targets) / seconds,
+        "stage_val_acc": {stage: float(part["val_acc"].iloc[-1]) for stage, part in history.groupby("stage")},
+        "runtime": runtime.describe(),
+        "environment": environment(),
+        "generated_data": cfg.generated_data,
+    }
+    out = cfg.eval_dir(model_name)
+    write_csv_atomic(predictions, out / "predictions.csv")
+    write_json_atomic(out / "metrics.json", record)
+    return predictions, record

@@ -1,0 +1,97 @@
+# The study as a pipeline of file targets. `make help` lists the targets.
+# PROFILE (default paper) and SET ("dotted.key=value ...") are passed to every notebook.
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+# The executed notebooks are the stamps: keep them even though pattern rules made them.
+.SECONDARY:
+SHELL := bash
+
+PROFILE ?= paper
+SET ?=
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.installed
+ARGS = --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)')
+KV := $(PY) -m kvasir_utils
+SUBMAKE := $(MAKE) --no-print-directory PROFILE='$(PROFILE)' SET='$(SET)'
+
+.PHONY: help setup data smoke reproduce report test test-fast lint lab bench clean
+
+help: ## list the targets (the default)
+	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"]"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 14
+
+setup: $(SETUP_STAMP) ## create .venv and install the study (editable) with its dev tools
+
+$(SETUP_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import kvasir_utils, torch, torchvision, papermill" && touch $@
+
+data: $(SETUP_STAMP) ## notebook 01: download, check, split and cache the dataset of PROFILE
+	@$(SUBMAKE) pipeline-data
+
+reproduce: $(SETUP_STAMP) ## notebooks 01-05 for every model of PROFILE, then the HTML report (skips finished steps)
+	@$(SUBMAKE) pipeline-all
+
+smoke: ## the whole study on generated data, offline, in minutes (= make reproduce PROFILE=smoke)
+	@$(MAKE) --no-print-directory reproduce PROFILE=smoke SET='$(SET)'
+
+report: $(SETUP_STAMP) ## re-render the HTML reports of PROFILE from the executed notebooks
+	$(KV) report $(ARGS)
+
+test: $(SETUP_STAMP) ## all tests, the end-to-end papermill runs on generated data included (no network)
+	$(PY) -m pytest
+
+test-fast: $(SETUP_STAMP) ## the tests without the end-to-end notebook runs
+	$(PY) -m pytest -m "not slow"
+
+lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored without outputs
+	$(PY) -m ruff check kvasir_utils tests notebooks
+	$(VENV)/bin/nbstripout --verify notebooks/*.ipynb
+
+lab: $(SETUP_STAMP) ## open the notebooks in JupyterLab
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: $(SETUP_STAMP) ## measure loader, training-step and pipeline throughput; writes reports/bench/bench.json
+	$(PY) -m kvasir_utils.bench
+
+clean: ## delete the runs and reports of PROFILE (keeps data/ and .venv)
+	@$(SUBMAKE) pipeline-clean
+
+# ---- the pipeline: evaluated in a sub-make, once the environment exists -------------------------
+ifneq ($(filter pipeline-%,$(MAKECMDGOALS)),)
+VARS_FILE := $(VENV)/.makevars.mk
+_ := $(shell $(KV) makevars $(ARGS) > $(VARS_FILE) || rm -f $(VARS_FILE))
+ifeq ($(wildcard $(VARS_FILE)),)
+$(error PROFILE or SET is not valid (see the message above))
+endif
+include $(VARS_FILE)
+NB := $(RUN_DIR)/notebooks
+RUN_NB = $(KV) run-notebook $(1) $(ARGS)
+
+.PHONY: pipeline-data pipeline-all pipeline-clean
+pipeline-data: $(NB)/01_download_and_split.ipynb
+pipeline-all: $(REPORT_DIR)/index.html
+pipeline-clean:
+	rm -rf '$(RUN_DIR)' '$(REPORT_DIR)'
+
+$(NB)/01_download_and_split.ipynb: notebooks/01_download_and_split.ipynb $(SETTINGS) | $(SETUP_STAMP)
+	$(call RUN_NB,01_download_and_split)
+
+$(NB)/02_train-%.ipynb: notebooks/02_train.ipynb $(NB)/01_download_and_split.ipynb
+	$(call RUN_NB,02_train) --model $*
+
+$(NB)/03_finetune-%.ipynb: notebooks/03_finetune.ipynb $(NB)/02_train-%.ipynb
+	$(call RUN_NB,03_finetune) --model $*
+
+$(NB)/04_evaluate-%.ipynb: notebooks/04_evaluate.ipynb $(NB)/03_finetune-%.ipynb
+	$(call RUN_NB,04_evaluate) --model $*
+
+$(NB)/05_compare.ipynb: notebooks/05_compare.ipynb $(foreach m,$(MODELS),$(NB)/04_evaluate-$(m).ipynb)
+	$(call RUN_NB,05_compare)
+
+$(REPORT_DIR)/index.html: $(NB)/05_compare.ipynb
+	$(KV) report $(ARGS)
+endif

@@ -1,0 +1,145 @@
+"""Figures: dataset overview, training curves (from TensorBoard), confusion matrix, ROC, Figure 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from kvasir_utils.paper import display_name
+
+CURVE_TAGS = ("loss/train", "loss/val", "accuracy/train", "accuracy/val")
+
+
+def resolution_histogram(resolutions: pd.DataFrame):
+    """Images per resolution (``resolution``, ``images`` columns)."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    sns.barplot(data=resolutions, x="resolution", y="images", color="#4C72B0", ax=ax)
+    ax.set(xlabel="width x height (pixels)", ylabel="images", title="Image resolutions")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(samples: list, classes: list[str], per_class: int):
+    """A row per class of example images: ``samples`` is a list of (label, PIL image)."""
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.6, len(classes) * 1.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    placed = dict.fromkeys(classes, 0)
+    for label, image in samples:
+        row, col = classes.index(label), placed[label]
+        if col < per_class:
+            axes[row, col].imshow(image)
+            placed[label] += 1
+    for row, label in enumerate(classes):
+        axes[row, 0].set_title(label, loc="left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def history_to_scalars(history: pd.DataFrame) -> pd.DataFrame:
+    """history.csv rows -> the long (tag, step, value, stage) form that TensorBoard gives back."""
+    rows = []
+    for metric, tag in (("loss", "loss"), ("acc", "accuracy")):
+        for split in ("train", "val"):
+            rows.append(pd.DataFrame({"tag": f"{tag}/{split}", "step": history["global_epoch"],
+                                      "value": history[f"{split}_{metric}"], "stage": history["stage"]}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def read_tensorboard(log_dirs: dict[str, Path]) -> pd.DataFrame:
+    """Scalars read back from TensorBoard event files: ``{stage: folder}`` -> (tag, step, value, stage)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    frames = []
+    for stage, folder in log_dirs.items():
+        accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            events = accumulator.Scalars(tag)
+            frames.append(pd.DataFrame({"tag": tag, "step": [e.step for e in events],
+                                        "value": [e.value for e in events], "stage": stage}))
+    if not frames:
+        return pd.DataFrame(columns=["tag", "step", "value", "stage"])
+    scalars = pd.concat(frames, ignore_index=True)
+    return scalars.drop_duplicates(["tag", "step"], keep="last").sort_values(["tag", "step"], ignore_index=True)
+
+
+def training_curves(scalars: pd.DataFrame, title: str = ""):
+    """Figure 2: training and validation loss and accuracy per epoch, stage boundary marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, kind in zip(axes, ("loss", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            part = scalars[scalars["tag"] == f"{kind}/{split}"]
+            ax.plot(part["step"], part["value"], style, label=split, markersize=4)
+        ax.set(xlabel="epoch", ylabel=kind, title=f"{title} {kind}".strip())
+        ax.grid(alpha=0.3)
+    stage1 = scalars.loc[scalars["stage"] == "stage1", "step"]
+    if len(stage1) and (scalars["stage"] != "stage1").any():
+        for ax in axes:
+            ax.axvline(stage1.max() + 0.5, color="grey", linestyle="--", linewidth=1)
+            ax.text(stage1.max() + 0.6, ax.get_ylim()[1], "fine-tuning", va="top", fontsize=8, color="grey")
+    axes[0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_heatmap(confusion: pd.DataFrame, title: str = "Confusion matrix"):
+    """Table 2 as a heatmap: rows are true classes, columns predicted."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    sns.heatmap(confusion, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str], auc: pd.Series, title: str = "ROC"):
+    """One-vs-rest ROC curve per class, with its AUC (``auc``, indexed by display name) in the legend."""
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    for i, name in enumerate(classes):
+        if 0 < (y_true == i).sum() < len(y_true):
+            fpr, tpr, _ = roc_curve(y_true == i, probs[:, i])
+            ax.plot(fpr, tpr, label=f"{name} ({auc[display_name(name)]:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def pick_examples(predictions: pd.DataFrame, correct: int, incorrect: int, seed: int = 0) -> pd.DataFrame:
+    """A seeded random choice of correct and incorrect predictions, for Figure 1."""
+    right = predictions["true"] == predictions["pred"]
+    chosen = [part.sample(min(n, len(part)), random_state=seed) for part, n in
+              ((predictions[right], correct), (predictions[~right], incorrect))]
+    return pd.concat(chosen).assign(correct=lambda f: f["true"] == f["pred"])
+
+
+def prediction_grid(images: list, rows: pd.DataFrame, classes: list[str], title: str = ""):
+    """Figure 1: images with true class, predicted class and confidence; correct on top, wrong below.
+
+    ``rows`` has ``true``, ``pred``, ``confidence``, ``correct``; ``images`` are PIL images in that order.
+    """
+    groups = [rows[rows["correct"]], rows[~rows["correct"]]]
+    cols = max(1, max(len(g) for g in groups))
+    fig, axes = plt.subplots(2, cols, figsize=(cols * 2.0, 5.0), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, group in enumerate(groups):
+        for c, (index, row) in enumerate(group.iterrows()):
+            ax = axes[r, c]
+            ax.imshow(images[rows.index.get_loc(index)])
+            ax.set_title(f"true: {classes[row['true']]}\npred: {classes[row['pred']]} ({row['confidence']:.2f})",
+                         fontsize=6.5, color="green" if row["correct"] else "red")
+    axes[0, 0].text(-0.1, 0.5, "correct", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right")
+    axes[1, 0].text(-0.1, 0.5, "incorrect", transform=axes[1, 0].transAxes, rotation=90, va="center", ha="right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
