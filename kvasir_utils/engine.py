@@ -170,8 +170,13 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def training_settings(config: dict) -> dict:
-    return {key: config[key] for key in TRAINING_SECTIONS} | {"classes": config["data"]["classes"]}
+def training_settings(config: dict, stage: str) -> dict:
+    """The settings a stage's result depends on: its own and earlier stages', not later ones'."""
+    settings = {key: config[key] for key in TRAINING_SECTIONS} | {"classes": config["data"]["classes"]}
+    later = STAGES[STAGES.index(stage) + 1:]
+    settings["train"] = {k: v for k, v in settings["train"].items()
+                         if k not in later and not any(k.startswith(f"{s}_") for s in later)}
+    return settings
 
 
 def _changed_keys(old, new, prefix="") -> list[str]:
@@ -182,11 +187,14 @@ def _changed_keys(old, new, prefix="") -> list[str]:
 
 
 def check_resumable(checkpoint: dict, cfg: Config, path: Path) -> None:
-    changed = _changed_keys(training_settings(checkpoint["config"]), training_settings(cfg.to_dict()))
+    """Refuse to continue from a checkpoint trained under other settings (nothing is overwritten)."""
+    stage = checkpoint["stage"]
+    changed = _changed_keys(training_settings(checkpoint["config"], stage), training_settings(cfg.to_dict(), stage))
     if changed:
         raise KvasirError(
             f"the checkpoint {path} was trained with other settings ({', '.join(changed)}). "
-            f"Delete {path.parent} to retrain, or set paths.runs to another folder."
+            f"Delete {path.parent} to retrain (`make clean PROFILE={cfg.profile}` deletes all runs of the "
+            f"profile), or set paths.runs to another folder."
         )
 
 

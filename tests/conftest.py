@@ -1,0 +1,71 @@
+"""Shared fixtures: a small generated archive, a local HTTP server, settings pointed at tmp."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from kvasir_utils import paper, synthetic
+
+
+@pytest.fixture(scope="session")
+def small_archive(tmp_path_factory) -> Path:
+    """A Kvasir-layout zip with 8 images per class (some large), made once per test session."""
+    path = tmp_path_factory.mktemp("archive") / "kvasir-dataset-v2.zip"
+    return synthetic.make_archive(path, paper.CLASSES, images_per_class=8, seed=1, large_fraction=0.25)
+
+
+def tmp_overrides(root: Path) -> list[str]:
+    """Point every path of a profile at ``root``."""
+    return [f"paths.data={root / 'data'}", f"paths.runs={root / 'runs'}", f"paths.reports={root / 'reports'}"]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves files from ``server.root`` with Range support; ``server.cut_after`` bytes makes
+    the next full response stop early, as a dropped connection does."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = self.server.root / self.path.lstrip("/")
+        self.server.requests.append(dict(self.headers))
+        if not path.is_file():
+            self.send_error(404, "Not Found")
+            return
+        body = path.read_bytes()
+        start = 0
+        if "Range" in self.headers:
+            start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
+            if start >= len(body):
+                self.send_error(416, "Range Not Satisfiable")
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        payload = body[start:]
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.server.cut_after is not None:
+            payload, self.server.cut_after = payload[: self.server.cut_after], None
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving ``server.root``; yields the server."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.root = tmp_path / "served"
+    server.root.mkdir()
+    server.cut_after = None
+    server.requests = []
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()

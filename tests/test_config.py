@@ -1,0 +1,75 @@
+import pytest
+import yaml
+
+from kvasir_utils import config, paper
+from kvasir_utils.config import ConfigError, load_profile
+
+
+def test_paper_profile_holds_the_papers_protocol():
+    cfg = load_profile("paper")
+    assert cfg.train.batch_size == 32 and cfg.train.stage1.lr == pytest.approx(1e-4)
+    assert (cfg.train.stage1.epochs, cfg.train.stage2.epochs) == (5, 5)
+    assert cfg.split.val_fraction == 0.2 and cfg.transforms.image_size == 224
+    assert cfg.data.classes == paper.CLASSES and cfg.data.size == 2489312085
+    assert cfg.train.models == ["resnet50", "efficientnet_b0"] and not cfg.generated_data
+
+
+def test_smoke_inherits_paper_and_is_generated():
+    cfg = load_profile("smoke")
+    assert cfg.generated_data and cfg.train.weights is None
+    assert cfg.data.classes == paper.CLASSES and cfg.train.optimizer == "adam"
+    assert cfg.run_dir.name == "smoke"
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = load_profile("paper", ["train.stage1.epochs=1", "train.stage2.lr=1e-5", "paths.runs=/tmp/x"])
+    assert cfg.train.stage1.epochs == 1 and cfg.train.stage2.lr == pytest.approx(1e-5)
+    assert str(cfg.run_dir) == "/tmp/x/paper"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.nope=1", "unknown setting 'train.nope'; allowed under train: models, weights"),
+    ("train.batch_size=abc", "'train.batch_size' = 'abc' is not valid: expected int"),
+    ("runtime.precision=fp16", "expected 'auto' | 'bf16' | 'fp32'"),
+    ("split.val_fraction=1.5", "split.val_fraction"),
+    ("cache.short_side=100", "at least transforms.image_size (224)"),
+    ("novalue", "must look like dotted.key=value"),
+])
+def test_bad_settings_name_the_key_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("|", r"\|")):
+        load_profile("paper", [override])
+
+
+def test_unknown_profile_lists_known_ones():
+    with pytest.raises(ConfigError, match="known profiles: paper, smoke"):
+        load_profile("nope")
+
+
+def test_profile_from_a_path_with_base(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: smoke\ntrain:\n  batch_size: 8\n")
+    cfg = load_profile(str(path))
+    assert cfg.profile == "mine" and cfg.train.batch_size == 8 and cfg.generated_data
+
+
+def test_overriding_the_url_clears_the_official_archives_size_and_mirrors():
+    cfg = load_profile("paper", ["data.url=http://127.0.0.1:1/x.zip"])
+    assert cfg.data.size is None and cfg.data.sha256 is None and cfg.data.mirrors == []
+    kept = load_profile("paper", ["data.url=http://127.0.0.1:1/x.zip", "data.size=10"])
+    assert kept.data.size == 10
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_profile("smoke", ["train.seed=7"])
+    path = config.save_config(cfg, tmp_path / "config.yaml")
+    again = config.config_from_dict(yaml.safe_load(path.read_text()))
+    assert again == cfg
+
+
+def test_every_ambiguity_is_a_setting_documented_in_the_paper_profile():
+    text = (config.CONFIG_DIR / "paper.yaml").read_text()
+    cfg = load_profile("paper").to_dict()
+    for key, _, _ in paper.AMBIGUITIES:
+        paper.setting_value(cfg, key)  # raises KeyError if the setting does not exist
+        assert key.split(".")[-1] + ":" in text
+    assert text.count("AMBIGUOUS") >= 8

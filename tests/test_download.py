@@ -1,0 +1,100 @@
+import hashlib
+import socket
+
+import pytest
+
+from kvasir_utils.data import fetch_archive
+from kvasir_utils.errors import KvasirError
+
+
+def _serve(server, small_archive):
+    (server.root / "kvasir.zip").write_bytes(small_archive.read_bytes())
+    return f"{server.url}/kvasir.zip", small_archive.stat().st_size
+
+
+def test_download_verifies_and_renames_into_place(http_server, small_archive, tmp_path):
+    url, size = _serve(http_server, small_archive)
+    sha = hashlib.sha256(small_archive.read_bytes()).hexdigest()
+    dest = fetch_archive([url], tmp_path / "out" / "kvasir.zip", size=size, sha256=sha, progress=False)
+    assert dest.read_bytes() == small_archive.read_bytes()
+    assert not dest.with_name("kvasir.zip.part").exists()
+
+
+def test_a_cut_download_resumes_with_a_range_request(http_server, small_archive, tmp_path):
+    url, size = _serve(http_server, small_archive)
+    http_server.cut_after = size // 3
+    dest = fetch_archive([url], tmp_path / "kvasir.zip", size=size, retries=2, progress=False)
+    assert dest.read_bytes() == small_archive.read_bytes()
+    assert http_server.requests[-1]["Range"] == f"bytes={size // 3}-"
+
+
+def test_an_interrupted_download_keeps_only_a_part_file_and_the_next_run_resumes(http_server, small_archive,
+                                                                                 tmp_path):
+    url, size = _serve(http_server, small_archive)
+    http_server.cut_after = 1000
+    dest = tmp_path / "kvasir.zip"
+    with pytest.raises(KvasirError, match="partial file .* is kept and the next run resumes it"):
+        fetch_archive([url], dest, size=size, retries=0, progress=False)
+    assert not dest.exists() and dest.with_name("kvasir.zip.part").stat().st_size == 1000
+    fetch_archive([url], dest, size=size, retries=0, progress=False)
+    assert dest.read_bytes() == small_archive.read_bytes()
+    assert http_server.requests[-1]["Range"] == "bytes=1000-"
+
+
+@pytest.mark.parametrize(("size", "sha", "message"), [
+    (123, None, r"is [\d,]+ bytes, expected 123"),
+    (None, "0" * 64, "has SHA-256 .* expected 0000"),
+])
+def test_a_wrong_archive_is_an_error_and_leaves_nothing_finished(http_server, small_archive, tmp_path, size, sha,
+                                                                 message):
+    url, _ = _serve(http_server, small_archive)
+    dest = tmp_path / "out" / "kvasir.zip"
+    with pytest.raises(KvasirError, match=message):
+        fetch_archive([url], dest, size=size, sha256=sha, progress=False)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_404_is_reported_with_the_manual_remedy(http_server, tmp_path):
+    dest = tmp_path / "out" / "kvasir.zip"
+    with pytest.raises(KvasirError, match=r"HTTP 404(.|\n)*copy it to .*kvasir.zip(.|\n)*make smoke"):
+        fetch_archive([f"{http_server.url}/missing.zip"], dest, progress=False)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_connection_refused_is_reported(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(KvasirError, match="Connection refused"):
+        fetch_archive([f"http://127.0.0.1:{port}/x.zip"], tmp_path / "x.zip", retries=1, progress=False)
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_the_mirror_is_tried_after_the_first_address_fails(http_server, small_archive, tmp_path):
+    url, size = _serve(http_server, small_archive)
+    dest = fetch_archive([f"{http_server.url}/gone.zip", url], tmp_path / "k.zip", size=size, progress=False)
+    assert dest.stat().st_size == size
+
+
+def test_an_archive_already_in_place_is_used_without_network(small_archive, tmp_path):
+    dest = tmp_path / "kvasir.zip"
+    dest.write_bytes(small_archive.read_bytes())
+    assert fetch_archive(["http://127.0.0.1:9/never"], dest, size=dest.stat().st_size, offline=True) == dest
+
+
+def test_an_archive_in_place_with_the_wrong_size_is_kept_and_named(tmp_path):
+    dest = tmp_path / "kvasir.zip"
+    dest.write_bytes(b"not the archive")
+    with pytest.raises(KvasirError, match="already at .* does not match the profile"):
+        fetch_archive(["http://127.0.0.1:9/never"], dest, size=10**9)
+    assert dest.read_bytes() == b"not the archive"
+
+
+def test_offline_says_where_to_put_the_zip(tmp_path):
+    with pytest.raises(KvasirError, match="runtime.offline is true(.|\n)*copy it to"):
+        fetch_archive(["https://datasets.simula.no/x.zip"], tmp_path / "x.zip", offline=True)
+
+
+def test_a_local_file_address_is_copied(small_archive, tmp_path):
+    dest = fetch_archive([small_archive.as_uri()], tmp_path / "k.zip", size=small_archive.stat().st_size)
+    assert dest.read_bytes() == small_archive.read_bytes()
