@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image
 from tqdm import tqdm
 
 from kvasir_utils import synthetic
@@ -431,6 +431,12 @@ def load_cached(cache_root: Path, paths) -> list:
     return [Image.open(Path(cache_root) / cached_name(p)).convert("RGB") for p in paths]
 
 
+def read_image(path: Path) -> torch.Tensor:
+    """An image file as a uint8 RGB tensor (C, H, W)."""
+    with Image.open(path) as image:
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+
+
 # -- Dataset ------------------------------------------------------------------------------
 class KvasirDataset(torch.utils.data.Dataset):
     """Images of one split part, read from the resized cache as uint8 CHW tensors."""
@@ -446,7 +452,7 @@ class KvasirDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        image = decode_image(str(self.cache_root / self.paths[i]), mode=ImageReadMode.RGB)
+        image = read_image(self.cache_root / self.paths[i])
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[i]

@@ -69,3 +69,35 @@ def http_server(tmp_path):
     yield server
     server.shutdown()
     server.server_close()
+
+
+TINY = ["data.synthetic.images_per_class=16", "data.expected_per_class=16", "cache.short_side=40",
+        "transforms.image_size=32", "train.batch_size=16", "runtime.precision=fp32"]
+
+
+def prepare_tiny_dataset(root: Path, extra: list[str] = ()):
+    """The data stage (notebook 01's calls) on a tiny generated dataset under ``root``."""
+    from kvasir_utils import config, data
+
+    cfg = config.load_profile("smoke", tmp_overrides(root) + TINY + list(extra))
+    archive = data.fetch_archive(data.source_urls(cfg), data.archive_path(cfg), offline=True, progress=False)
+    image_root = data.find_class_root(data.extract_archive(archive, data.images_dir(cfg), progress=False),
+                                      cfg.data.classes)
+    manifest = data.build_cache(image_root, data.scan_images(image_root, cfg.data.classes), data.cache_dir(cfg),
+                                cfg.cache.short_side, workers=1, progress=False)
+    data.write_split(data.make_split(data.usable_images(manifest, "error"), 0.25, cfg.split.seed), cfg.split_csv)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared tiny dataset; tests load it with ``tiny_config(root, ...)`` and their own runs folder."""
+    root = tmp_path_factory.mktemp("tiny")
+    prepare_tiny_dataset(root)
+    return root
+
+
+def tiny_config(root: Path, runs: Path, extra: list[str] = ()):
+    from kvasir_utils import config
+
+    return config.load_profile("smoke", tmp_overrides(root) + TINY + [f"paths.runs={runs}", *extra])

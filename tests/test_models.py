@@ -1,0 +1,98 @@
+import pytest
+import torch
+from torch import nn
+
+from kvasir_utils import models
+from kvasir_utils.errors import KvasirError
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    return models.build_model("resnet50", 8)
+
+
+@pytest.fixture(scope="module")
+def efficientnet_b0():
+    return models.build_model("efficientnet_b0", 8)
+
+
+def _trainable(model):
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def test_the_head_is_replaced_whatever_it_is_called(resnet50, efficientnet_b0):
+    assert models.head_name(resnet50) == "fc" and resnet50.fc.out_features == 8
+    assert models.head_name(efficientnet_b0) == "classifier.1" and efficientnet_b0.classifier[1].out_features == 8
+    assert models.build_model("vit_b_16", 8).heads.head.out_features == 8
+
+
+def test_stage1_head_trains_only_the_new_layer(resnet50):
+    assert models.set_trainable(resnet50, "head") == ["fc.weight", "fc.bias"]
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0"])
+def test_last_tensors_makes_exactly_the_last_n_tensors_trainable(name, request):
+    model = request.getfixturevalue(name)
+    names = [n for n, _ in model.named_parameters()]
+    assert models.set_trainable(model, "last_tensors:10") == names[-10:]
+    assert _trainable(model) == names[-10:]
+
+
+def test_block_reading_is_that_block_plus_the_head(resnet50):
+    trainable = models.set_trainable(resnet50, "block:layer4.2")
+    expected = [n for n, _ in resnet50.named_parameters() if n.startswith("layer4.2.")] + ["fc.weight", "fc.bias"]
+    assert trainable == expected and len(expected) == 11
+
+
+def test_module_reading_is_that_module_and_everything_after(efficientnet_b0):
+    trainable = models.set_trainable(efficientnet_b0, "module:features.8")
+    assert trainable == ["features.8.0.weight", "features.8.1.weight", "features.8.1.bias",
+                         "classifier.1.weight", "classifier.1.bias"]
+
+
+def test_all_and_bad_readings(resnet50):
+    assert len(models.set_trainable(resnet50, "all")) == len(list(resnet50.parameters()))
+    with pytest.raises(KvasirError, match="unknown trainable reading 'last_layers:10'; allowed: head, all"):
+        models.set_trainable(resnet50, "last_layers:10")
+    with pytest.raises(KvasirError, match="has no module 'layer9'"):
+        models.set_trainable(resnet50, "block:layer9")
+
+
+def test_frozen_batchnorm_statistics_do_not_move_in_a_training_step():
+    model = models.build_model("resnet18", 8)
+    models.set_trainable(model, "last_tensors:10")
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    models.set_train_mode(model, "eval")
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    optimizer.step()
+    moved = {n.rpartition(".")[0] for n, b in model.named_buffers() if not torch.equal(b, before[n])}
+    trainable_bn = {n for n, m in model.named_modules()
+                    if isinstance(m, nn.BatchNorm2d) and m.weight.requires_grad}
+    assert moved == trainable_bn == {"layer4.0.downsample.1", "layer4.1.bn1", "layer4.1.bn2"}
+    assert not model.layer1[0].bn1.training and model.layer4[1].bn2.training
+
+
+def test_missing_weights_offline_name_the_file_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(KvasirError, match=r"resnet50-0676ba61\.pth is not in .*checkpoints(.|\n)*smoke"):
+        models.build_model("resnet50", 8, weights="IMAGENET1K_V1", offline=True)
+
+
+def test_weights_in_the_torch_hub_cache_load_through_torchvision(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    reference = __import__("torchvision").models.efficientnet_b0()
+    path = models.weights_file("efficientnet_b0", "IMAGENET1K_V1")
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    model = models.build_model("efficientnet_b0", 8, weights="IMAGENET1K_V1", offline=True)
+    assert torch.equal(model.features[0][0].weight, reference.features[0][0].weight)
+    assert model.classifier[1].out_features == 8
+
+
+def test_unknown_weights_and_models_list_what_is_allowed():
+    with pytest.raises(KvasirError, match="allowed: IMAGENET1K_V1, IMAGENET1K_V2 or null"):
+        models.build_model("resnet50", 8, weights="V3")
+    with pytest.raises(KvasirError, match="unknown torchvision model 'resnet51'"):
+        models.build_model("resnet51", 8)
