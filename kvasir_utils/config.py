@@ -47,12 +47,12 @@ class DataConfig:
     name: str = "kvasir-v2"
     url: str = ""
     mirrors: list[str] = field(default_factory=list)
-    size: Union[int, None] = None
-    sha256: Union[str, None] = None
+    size: int | None = None
+    sha256: str | None = None
     classes: list[str] = field(default_factory=list)
     expected_per_class: int = 1000
     on_unreadable: Literal["error", "skip"] = "error"
-    synthetic: Union[SyntheticConfig, None] = None
+    synthetic: SyntheticConfig | None = None
 
 
 @dataclass
@@ -93,7 +93,7 @@ class StageConfig:
 @dataclass
 class TrainConfig:
     models: list[str] = field(default_factory=lambda: ["resnet50", "efficientnet_b0"])
-    weights: Union[str, None] = "IMAGENET1K_V1"
+    weights: str | None = "IMAGENET1K_V1"
     batch_size: int = 32
     optimizer: Literal["adam"] = "adam"
     stage1: StageConfig = field(default_factory=StageConfig)
@@ -118,7 +118,7 @@ class RuntimeConfig:
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    workers: Union[int, Literal["auto"]] = "auto"
+    workers: int | Literal["auto"] = "auto"
     offline: bool = False
 
 
@@ -238,9 +238,8 @@ def _coerce(value, tp, key: str):
                 return float(value)
             except ValueError:
                 pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+    elif tp is str and isinstance(value, str):
+        return value
     raise ConfigError(f"setting {key!r} = {value!r} is not valid: expected {_type_name(tp)}")
 
 

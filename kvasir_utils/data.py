@@ -202,7 +202,8 @@ def check_member(info: zipfile.ZipInfo) -> None:
     name = info.filename.replace("\\", "/")
     parts = name.split("/")
     if name.startswith("/") or (len(parts[0]) == 2 and parts[0][1] == ":") or ".." in parts:
-        raise KvasirError(f"refusing unsafe archive entry {info.filename!r}: it would be written outside the target folder")
+        raise KvasirError(f"refusing unsafe archive entry {info.filename!r}: "
+                          "it would be written outside the target folder")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise KvasirError(f"refusing archive entry {info.filename!r}: it is a symbolic link")
 
@@ -353,7 +354,7 @@ def check_dataset(manifest: pd.DataFrame, classes: list[str], expected_per_class
     readable = manifest[manifest["error"] == ""]
     counts = readable.groupby("label").size().reindex(classes, fill_value=0).rename("images").reset_index()
     resolutions = (
-        readable.assign(resolution=readable["width"].astype(int).astype(str) + "x" + readable["height"].astype(int).astype(str))
+        readable.assign(resolution=[f"{int(w)}x{int(h)}" for w, h in zip(readable["width"], readable["height"])])
         .groupby("resolution").size().sort_values(ascending=False).rename("images").reset_index()
     )
     warnings = [

@@ -67,7 +67,8 @@ class Runtime:
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
-        return f"{name}, {self.precision}{' + channels_last' if self.channels_last else ''}, {self.workers} loader workers"
+        layout = " + channels_last" if self.channels_last else ""
+        return f"{name}, {self.precision}{layout}, {self.workers} loader workers"
 
 
 def resolve_runtime(rt: RuntimeConfig) -> Runtime:

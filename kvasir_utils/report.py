@@ -21,7 +21,8 @@ GENERATED_WARNING = (
     "Generated data: these results come from the synthetic Kvasir-shaped archive of the "
     "'{profile}' profile and mean nothing about Kvasir or endoscopy."
 )
-BANNER_STYLE = ".kvasir-banner{background:#fff3cd;border:2px solid #e0a800;padding:0.8em 1em;margin:0 0 1em;font-weight:bold}"
+BANNER_STYLE = (".kvasir-banner{background:#fff3cd;border:2px solid #e0a800;padding:0.8em 1em;"
+                "margin:0 0 1em;font-weight:bold}")
 STYLE = BANNER_STYLE + """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}

@@ -1,0 +1,94 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+
+from kvasir_utils import metrics, paper
+
+CLASSES = paper.CLASSES
+
+
+@pytest.fixture
+def random_predictions():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 8, 400)
+    probs = rng.dirichlet(np.ones(8), 400)
+    probs[np.arange(400), y_true] += rng.random(400)  # better than chance, not perfect
+    probs /= probs.sum(1, keepdims=True)
+    return y_true, probs
+
+
+def test_table1_agrees_with_scikit_learn(random_predictions):
+    y_true, probs = random_predictions
+    y_pred = probs.argmax(1)
+    table = metrics.classification_table(y_true, y_pred, CLASSES)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred)
+    assert list(table.columns) == ["Precision", "Recall", "F1-Score", "Specificity", "Support"]
+    assert list(table.index) == [paper.display_name(c) for c in CLASSES] + ["Macro Avg", "Weighted Avg"]
+    np.testing.assert_allclose(table["Precision"].iloc[:8], p)
+    np.testing.assert_allclose(table["Recall"].iloc[:8], r)
+    np.testing.assert_allclose(table["F1-Score"].iloc[:8], f)
+    assert table.loc["Macro Avg", "F1-Score"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert table.loc["Weighted Avg", "F1-Score"] == pytest.approx(f1_score(y_true, y_pred, average="weighted"))
+    assert table.loc["Weighted Avg", "Recall"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert list(table["Support"]) == [*s, 400, 400] and np.isnan(table.loc["Weighted Avg", "Specificity"])
+
+
+def test_specificity_by_hand():
+    # 3 classes; class 0: TP=2, FN=1, FP=1, TN=4 -> specificity 4/5
+    y_true = [0, 0, 0, 1, 1, 2, 2, 2]
+    y_pred = [0, 0, 1, 0, 1, 2, 2, 1]
+    table = metrics.classification_table(y_true, y_pred, ["a", "b", "c"])
+    assert table.loc["A", "Specificity"] == pytest.approx(4 / 5)
+    assert table.loc["B", "Specificity"] == pytest.approx(4 / 6)  # FP=2 (from a and c), TN=4
+    assert table.loc["C", "Specificity"] == pytest.approx(5 / 5)
+    assert table.loc["Macro Avg", "Specificity"] == pytest.approx((4 / 5 + 4 / 6 + 1) / 3)
+
+
+def test_the_papers_table2_gives_back_its_table1():
+    y_true, y_pred = paper.expand_confusion(paper.TABLE2)
+    assert metrics.accuracy(y_true, y_pred) == pytest.approx(0.92625)
+    table = metrics.classification_table(y_true, y_pred, CLASSES)
+    np.testing.assert_allclose(table.iloc[:8].to_numpy(float), paper.TABLE1.iloc[:8].to_numpy(float), atol=5.1e-5)
+    pd.testing.assert_frame_equal(metrics.confusion_table(y_true, y_pred, CLASSES), paper.TABLE2)
+
+
+def test_paper_consistency_notes_find_the_weighted_averages():
+    notes = paper.consistency_notes()
+    assert any("Weighted Avg Precision is 0.9308; Table 2 gives 0.9325" in n for n in notes)
+    assert any("Weighted Avg F1-Score" in n for n in notes)
+    assert not any("Dyed-lifted-polyps" in n for n in notes)
+
+
+def test_roc_auc_per_class_and_macro(random_predictions):
+    y_true, probs = random_predictions
+    auc = metrics.roc_auc_table(y_true, probs, CLASSES)
+    assert auc["Esophagitis"] == pytest.approx(roc_auc_score(y_true == 2, probs[:, 2]))
+    assert auc["Macro Avg"] == pytest.approx(roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_data(random_predictions):
+    y_true, probs = random_predictions
+    y_pred = probs.argmax(1)
+    ci = metrics.bootstrap_ci(y_true, y_pred, 8, samples=500, seed=1)
+    assert ci["accuracy"][0] < metrics.accuracy(y_true, y_pred) < ci["accuracy"][1]
+    assert ci["macro_f1"][0] < f1_score(y_true, y_pred, average="macro") < ci["macro_f1"][1]
+    wide = metrics.bootstrap_ci(y_true[:100], y_pred[:100], 8, samples=500, seed=1)
+    assert wide["accuracy"][1] - wide["accuracy"][0] > ci["accuracy"][1] - ci["accuracy"][0]
+
+
+def test_mcnemar_exact_by_hand():
+    a = [True] * 10 + [False] * 2 + [True] * 5
+    b = [False] * 10 + [True] * 2 + [True] * 5
+    result = metrics.mcnemar(a, b)
+    assert (result["only_first_correct"], result["only_second_correct"]) == (10, 2)
+    assert result["p_value"] == pytest.approx(0.03857, abs=1e-4)  # 2 * P(X <= 2), X ~ Bin(12, 0.5)
+    assert metrics.mcnemar(a, a)["p_value"] == 1.0
+
+
+def test_side_by_side_shows_paper_this_run_and_difference():
+    ours = paper.TABLE1.copy()
+    ours.loc["Polyps", "Recall"] = 0.9
+    both = paper.side_by_side(ours, paper.TABLE1)
+    assert both.loc["Polyps", ("Recall", "difference")] == pytest.approx(0.9 - 0.9234)
+    assert list(both["Recall"].columns) == ["paper", "this run", "difference"]

@@ -1,0 +1,93 @@
+"""The whole smoke chain, 01 to 05 and the report, run by papermill into a temporary folder."""
+
+import json
+import subprocess
+import sys
+
+import nbformat
+import pandas as pd
+import pytest
+
+from kvasir_utils import cli, config
+from tests.conftest import TINY, tmp_overrides
+
+pytestmark = pytest.mark.slow
+CHAIN = ["train.stage1.epochs=1", "train.stage2.epochs=1", "eval.bootstrap_samples=50"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain")
+    overrides = tmp_overrides(root) + TINY + CHAIN
+    cfg = config.load_profile("smoke", overrides)
+    cli.run_notebook("01_download_and_split", "smoke", overrides)
+    for model in cfg.train.models:
+        for name in ("02_train", "03_finetune", "04_evaluate"):
+            cli.run_notebook(name, "smoke", overrides, model)
+    cli.run_notebook("05_compare", "smoke", overrides)
+    assert cli.main(["report", "--profile", "smoke", *[a for o in overrides for a in ("--set", o)]]) == 0
+    return cfg
+
+
+def test_notebook_01_writes_the_split_and_its_report_items(chain):
+    split = pd.read_csv(chain.split_csv)
+    assert list(split.columns) == ["path", "label", "split"]
+    assert set(split["split"]) == {"train", "val"} and split["label"].nunique() == 8
+    for name in ("class_counts.csv", "class_counts.md", "class_counts.tex"):
+        assert (chain.report_dir / "tables" / name).stat().st_size > 0
+    executed = nbformat.read(cli.executed_notebook_path(chain, "01_download_and_split"), as_version=4)
+    outputs = json.dumps([c.get("outputs", []) for c in executed.cells])
+    assert "dyed-lifted-polyps" in outputs and "Generated data" in outputs
+
+
+def test_training_notebooks_leave_checkpoints_histories_and_event_files(chain):
+    for model in chain.train.models:
+        for stage in config.STAGES:
+            folder = chain.stage_dir(model, stage)
+            history = pd.read_csv(folder / "history.csv")
+            assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
+                    "images_per_s"} <= set(history.columns) and len(history) == 1
+            assert (folder / "checkpoint.pt").exists() and list((folder / "tensorboard").glob("events.*"))
+
+
+def test_evaluation_writes_predictions_and_metrics(chain):
+    for model in chain.train.models:
+        record = json.loads((chain.eval_dir(model) / "metrics.json").read_text())
+        assert {"accuracy", "macro_f1", "macro_auc", "parameters", "gflops"} <= set(record)
+        predictions = pd.read_csv(chain.eval_dir(model) / "predictions.csv")
+        probs = predictions.filter(like="p_")
+        assert probs.shape[1] == 8 and probs.sum(axis=1).to_numpy() == pytest.approx(1, abs=1e-4)
+        assert record["accuracy"] == pytest.approx((predictions["true"] == predictions["pred"]).mean())
+
+
+def test_every_table_and_figure_of_the_paper_is_in_the_report(chain):
+    tables, figures = chain.report_dir / "tables", chain.report_dir / "figures"
+    for model in chain.train.models:
+        for name in ("table1", "table2", "roc_auc"):
+            assert (tables / f"{model}_{name}.csv").stat().st_size > 0
+        for name in ("figure1_predictions", "figure2_curves", "confusion", "roc"):
+            assert (figures / f"{model}_{name}.png").stat().st_size > 1000
+    comparison = pd.read_csv(tables / "comparison.csv", index_col=0)
+    assert list(comparison.index) == chain.train.models and "accuracy (paper)" in comparison.columns
+    index = (chain.report_dir / "index.html").read_text()
+    for model in chain.train.models:
+        assert f"figures/{model}_figure1_predictions.png" in index and f"html/04_evaluate-{model}.html" in index
+    assert "Headline numbers" in index and "train.stage2.trainable" in index and "0.9263" in index
+
+
+def test_every_report_page_says_the_data_is_generated(chain):
+    pages = [chain.report_dir / "index.html", *(chain.report_dir / "html").glob("*.html")]
+    assert len(pages) == 9
+    for page in pages:
+        assert "mean nothing about Kvasir" in page.read_text(), page
+
+
+def test_a_failing_notebook_exits_non_zero_with_the_reason_and_leaves_no_stamp(tmp_path):
+    overrides = [*tmp_overrides(tmp_path), "paths.runs=" + str(tmp_path / "empty")]
+    result = subprocess.run([sys.executable, "-m", "kvasir_utils", "run-notebook", "02_train", "--profile", "smoke",
+                             "--model", "resnet50", *[a for o in overrides for a in ("--set", o)]],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "split.csv does not exist: run notebook 01 first" in result.stderr.splitlines()[-2]
+    cfg = config.load_profile("smoke", overrides)
+    assert not cli.executed_notebook_path(cfg, "02_train", "resnet50").exists()
