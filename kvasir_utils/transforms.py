@@ -1,10 +1,12 @@
-"""The paper's train and eval presets (torchvision.transforms.v2), on uint8 CHW tensors.
+"""The paper's train and eval presets (torchvision.transforms.v2), from PIL images to tensors.
 
 Train, in the paper's words (Sections 2 and 3.1): "Random rotation (+-30 deg)", "Horizontal and
 vertical flips (probability 0.5)", "Brightness and contrast adjustments (+-0.2)", "Random cropping
 and resizing to 224x224 pixels", then "normalization using ImageNet statistics". The crop comes
 first so the other operations work on 224 px, not on the larger cached image; the paper gives no
 order. Eval: "resizing to 224x224 pixels" (``transforms.eval_resize`` says how) and normalisation.
+The geometric and colour operations run on PIL images (on CPU about 1.4x faster than on uint8
+tensors, measured with the cached images); the tensor comes last.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from kvasir_utils.config import TransformsConfig
 
 
 def _to_normalized_float(t: TransformsConfig) -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=t.mean, std=t.std)]
+    return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=t.mean, std=t.std)]
 
 
 def train_preset(t: TransformsConfig) -> v2.Compose:
@@ -38,10 +40,3 @@ def eval_preset(t: TransformsConfig) -> v2.Compose:
     else:
         resize = [v2.Resize(t.image_size, antialias=True), v2.CenterCrop(t.image_size)]
     return v2.Compose([*resize, *_to_normalized_float(t)])
-
-
-def denormalize(batch: torch.Tensor, t: TransformsConfig) -> torch.Tensor:
-    """Undo the normalisation for display: float images in [0, 1]."""
-    mean = torch.tensor(t.mean).view(-1, 1, 1)
-    std = torch.tensor(t.std).view(-1, 1, 1)
-    return (batch * std + mean).clamp(0, 1)

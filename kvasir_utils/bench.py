@@ -1,0 +1,180 @@
+"""``make bench``: throughput of the pieces that decide how long the paper's protocol takes.
+
+Measured in one run, on generated full-size JPEGs, and reported as ratios (this machine's
+absolute speed varies from run to run; ratios measured side by side hold better):
+  (a) loader_cache_vs_full        train loader reading the resized cache / decoding the originals
+  (b) <model>_auto_vs_fp32        training step with precision ``auto`` / ``fp32``
+  (c) pipeline_vs_model_only      loader + step / step on tensors already in memory
+plus a projection of the paper protocol's wall time on this machine. Writes reports/bench/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from kvasir_utils import data, engine, models, paper, synthetic, transforms
+from kvasir_utils.config import PROJECT_ROOT, RuntimeConfig, TransformsConfig, load_profile
+from kvasir_utils.io import write_json_atomic
+from kvasir_utils.report import environment
+
+MODELS = ("resnet50", "efficientnet_b0")
+
+
+def loader_throughput(loader, passes: int = 1) -> float:
+    """Images per second for iterating ``loader`` (decode + augment + collate)."""
+    seen, start = 0, time.perf_counter()
+    for _ in range(passes):
+        for images, _ in loader:
+            seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def decode_throughput(folder: Path, images: pd.DataFrame) -> float:
+    """Images per second for decoding alone (no augmentation), one process."""
+    start = time.perf_counter()
+    for path in images["path"]:
+        data.read_image(folder / data.cached_name(path))
+    return len(images) / (time.perf_counter() - start)
+
+
+def step_throughput(model, runtime, batch: torch.Tensor, targets: torch.Tensor, steps: int,
+                    loader=None, train: bool = True) -> float:
+    """Images per second of training steps (or inference when ``train`` is false), on ``batch``
+    held in memory, or on batches from ``loader`` when given. One warm-up step is not timed."""
+    model = engine.prepare_model(model, runtime)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-4) if train else None
+    criterion = nn.CrossEntropyLoss()
+    batches = iter(loader) if loader is not None else None
+
+    def one_step():
+        images, labels = next(batches) if batches is not None else (batch, targets)
+        images, labels = engine.to_device(images, runtime), labels.to(runtime.device)
+        if not train:
+            with torch.inference_mode(), runtime.autocast():
+                model(images)
+            return len(labels)
+        with runtime.autocast():
+            loss = criterion(model(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return len(labels)
+
+    models.set_train_mode(model) if train else model.eval()
+    one_step()
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    seen, start = 0, time.perf_counter()
+    for _ in range(steps):
+        seen += one_step()
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def run(images_per_class: int, steps: int, out: Path) -> dict:
+    cfg_t = TransformsConfig()
+    runtime = engine.resolve_runtime(RuntimeConfig())
+    fp32 = engine.resolve_runtime(RuntimeConfig(precision="fp32"))
+    batch_size = load_profile("paper").train.batch_size
+    results: dict = {"machine": environment(), "runtime_auto": runtime.describe(), "batch_size": batch_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        archive = synthetic.make_archive(tmp / "k.zip", paper.CLASSES, images_per_class, seed=0, large_fraction=0.1)
+        root = data.find_class_root(data.extract_archive(archive, tmp / "images", progress=False), paper.CLASSES)
+        images = data.scan_images(root, paper.CLASSES)
+        start = time.perf_counter()
+        data.build_cache(root, images, tmp / "cache", 256, progress=False)
+        results["cache_build_images_per_s"] = len(images) / (time.perf_counter() - start)
+
+        preset = transforms.train_preset(cfg_t)
+
+        def loader(folder):
+            dataset = data.KvasirDataset(folder, images, paper.CLASSES, preset)
+            return data.make_loader(dataset, batch_size, True, runtime.workers, runtime.pin_memory)
+
+        full = loader_throughput(loader(root))
+        cached = loader_throughput(loader(tmp / "cache"))
+        results["loader_images_per_s"] = {"cache": cached, "full_size": full}
+        results["loader_cache_vs_full"] = cached / full
+        print(f"(a) loader with the paper's augmentation: cache {cached:.1f} img/s, full-size {full:.1f} img/s "
+              f"-> {cached / full:.2f}x")
+        decode = {name: decode_throughput(folder, images) for name, folder in (("cache", tmp / "cache"),
+                                                                                ("full_size", root))}
+        results["decode_images_per_s"] = decode
+        results["decode_cache_vs_full"] = decode["cache"] / decode["full_size"]
+        print(f"    decoding alone: cache {decode['cache']:.1f} img/s, full-size {decode['full_size']:.1f} img/s "
+              f"-> {results['decode_cache_vs_full']:.2f}x")
+
+        batch = torch.randn(batch_size, 3, cfg_t.image_size, cfg_t.image_size)
+        targets = torch.randint(0, len(paper.CLASSES), (batch_size,))
+        throughput = {}
+        for name in MODELS:
+            throughput[name] = {}
+            for label, rt in (("auto", runtime), ("fp32", fp32)):
+                model = models.build_model(name, len(paper.CLASSES))
+                throughput[name][label] = step_throughput(model, rt, batch, targets, steps)
+            ratio = throughput[name]["auto"] / throughput[name]["fp32"]
+            results[f"{name}_auto_vs_fp32"] = ratio
+            print(f"(b) {name} train step (all layers): auto {throughput[name]['auto']:.1f} img/s, "
+                  f"fp32 {throughput[name]['fp32']:.1f} img/s -> {ratio:.2f}x")
+        results["train_step_images_per_s"] = throughput
+
+        # (c) the same model, measured back to back: in-memory batches, then the real loader
+        model = models.build_model("resnet50", len(paper.CLASSES))
+        pipeline_steps = min(steps, len(images) // batch_size - 1)
+        model_only = step_throughput(model, runtime, batch, targets, pipeline_steps)
+        pipeline = step_throughput(model, runtime, batch, targets, pipeline_steps, loader=loader(tmp / "cache"))
+        results["pipeline_images_per_s"] = {"loader_and_step": pipeline, "model_only": model_only}
+        results["pipeline_vs_model_only"] = pipeline / model_only
+        print(f"(c) resnet50 loader+step {pipeline:.1f} img/s vs model only {model_only:.1f} img/s "
+              f"-> {results['pipeline_vs_model_only']:.2f}")
+        results["projection"] = project_paper_protocol(runtime, batch, targets, steps, results)
+    write_json_atomic(out, results)
+    print(f"wrote {out}")
+    return results
+
+
+def project_paper_protocol(runtime, batch, targets, steps: int, measured: dict) -> dict:
+    """Projected wall time of the paper profile on this machine, from measured stage throughputs."""
+    cfg = load_profile("paper")
+    split = {"train": 6400, "val": 1600}
+    total = 8000 / measured["cache_build_images_per_s"]
+    rows = []
+    for name in cfg.train.models:
+        infer = step_throughput(models.build_model(name, 8), runtime, batch, targets, steps, train=False)
+        seconds = 0.0
+        for stage in ("stage1", "stage2"):
+            stage_cfg = cfg.stage_config(stage)
+            model = models.build_model(name, 8)
+            models.set_trainable(model, stage_cfg.trainable)
+            rate = step_throughput(model, runtime, batch, targets, steps) * measured["pipeline_vs_model_only"]
+            stage_seconds = stage_cfg.epochs * (split["train"] / rate + split["val"] / infer)
+            rows.append({"model": name, "stage": stage, "train_images_per_s": rate, "seconds": stage_seconds})
+            seconds += stage_seconds
+        total += seconds + split["val"] / infer
+    frame = pd.DataFrame(rows)
+    print(frame.round(1).to_string(index=False))
+    print(f"projected paper protocol (cache build, both models, both stages, evaluation): {total / 3600:.2f} h")
+    return {"stages": rows, "total_hours": total / 3600}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images-per-class", type=int, default=16, help="generated full-size images per class")
+    parser.add_argument("--steps", type=int, default=4, help="timed training steps per measurement")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench" / "bench.json")
+    args = parser.parse_args(argv)
+    run(args.images_per_class, args.steps, args.out)
+
+
+if __name__ == "__main__":
+    main()
