@@ -41,10 +41,16 @@ class DownloadError(KvasirError):
 
 
 # -- where things live --------------------------------------------------------------------
+def _generated_name(cfg: Config) -> str:
+    """Named by what generates it, so other data.synthetic settings make (and use) another archive."""
+    spec = cfg.data.synthetic
+    return f"kvasir-generated-{spec.images_per_class}x-seed{spec.seed}-large{spec.large_fraction:g}.zip"
+
+
 def archive_path(cfg: Config) -> Path:
     """Where the zip is kept; a user without network copies the zip here by hand."""
     if cfg.generated_data:
-        return cfg.dataset_dir / "kvasir-dataset-v2.zip"
+        return cfg.dataset_dir / _generated_name(cfg)
     return cfg.dataset_dir / Path(urlparse(cfg.data.url).path).name
 
 
@@ -59,7 +65,7 @@ def cache_dir(cfg: Config) -> Path:
 def generate_archive(cfg: Config) -> Path:
     """The smoke profile's source: a generated archive, made once, used as a local file."""
     spec = cfg.data.synthetic
-    path = cfg.dataset_dir / "generated" / "kvasir-dataset-v2.zip"
+    path = cfg.dataset_dir / "generated" / _generated_name(cfg)
     if not path.exists():
         synthetic.make_archive(path, cfg.data.classes, spec.images_per_class, spec.seed, spec.large_fraction)
     return path
