@@ -23,6 +23,9 @@ from kvasir_utils.io import atomic_path, write_csv_atomic, write_json_atomic
 HISTORY_COLUMNS = ["epoch", "global_epoch", "train_loss", "train_acc", "val_loss", "val_acc",
                    "seconds", "images_per_s", "lr"]
 TRAINING_SECTIONS = ("split", "cache", "transforms", "train")
+# TensorBoard scalar tag -> history.csv column: what fit_stage logs and what plots read back.
+SCALAR_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss",
+               "accuracy/train": "train_acc", "accuracy/val": "val_acc"}
 
 
 # -- reproducibility and hardware ---------------------------------------------------------
@@ -55,6 +58,10 @@ class Runtime:
     @property
     def channels_last(self) -> bool:
         return self.precision == "bf16"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     @property
     def pin_memory(self) -> bool:
@@ -101,13 +108,11 @@ def resolve_runtime(rt: RuntimeConfig) -> Runtime:
 
 
 def to_device(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    return images.to(runtime.device, non_blocking=True, memory_format=fmt)
+    return images.to(runtime.device, non_blocking=True, memory_format=runtime.memory_format)
 
 
 def prepare_model(model: nn.Module, runtime: Runtime) -> nn.Module:
-    fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    return model.to(runtime.device, memory_format=fmt)
+    return model.to(runtime.device, memory_format=runtime.memory_format)
 
 
 # -- one epoch ----------------------------------------------------------------------------
@@ -225,16 +230,15 @@ def _optimizer(model: nn.Module, lr: float, first: list[str]) -> torch.optim.Opt
     return torch.optim.Adam([params[n] for n in ordered], lr=lr)
 
 
-def _init_from_previous(model, cfg: Config, model_name: str, stage: str) -> list[str]:
-    """Stage 2 starts from stage 1's final weights; returns stage 1's trainable names."""
+def _previous_stage_checkpoint(cfg: Config, model_name: str, stage: str) -> dict:
+    """The finished checkpoint of the stage before ``stage``, which ``stage`` starts from."""
     previous = STAGES[STAGES.index(stage) - 1]
     path = cfg.stage_dir(model_name, previous) / "checkpoint.pt"
     checkpoint = load_checkpoint(path)
     if checkpoint["epoch"] < cfg.stage_config(previous).epochs:
         raise KvasirError(f"{previous} of {model_name} is not finished ({path}); run it first")
     check_resumable(checkpoint, cfg, path)
-    model.load_state_dict(checkpoint["model"])
-    return checkpoint["trainable"]
+    return checkpoint
 
 
 def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loaders: dict, runtime: Runtime,
@@ -250,20 +254,19 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     out = cfg.stage_dir(model_name, stage)
     path = out / "checkpoint.pt"
     trainable = models.set_trainable(model, stage_cfg.trainable)
-    first, history, start = [], [], 0
-    if path.exists():
-        checkpoint = load_checkpoint(path)
-        check_resumable(checkpoint, cfg, path)
-        model.load_state_dict(checkpoint["model"])
-        history, start = checkpoint["history"], checkpoint["epoch"]
-    elif stage != STAGES[0]:
-        first = _init_from_previous(model, cfg, model_name, stage)
+    resumed = load_checkpoint(path) if path.exists() else None
+    if resumed is not None:
+        check_resumable(resumed, cfg, path)
+    previous = None if resumed or stage == STAGES[0] else _previous_stage_checkpoint(cfg, model_name, stage)
+    if resumed or previous:
+        model.load_state_dict((resumed or previous)["model"])
+    history, start = (resumed["history"], resumed["epoch"]) if resumed else ([], 0)
     prepare_model(model, runtime)
-    optimizer = _optimizer(model, stage_cfg.lr, first)
-    if path.exists():
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    elif first and cfg.train.stage2_init == "continue_optimizer":
-        _continue_optimizer(optimizer, cfg, model_name)
+    optimizer = _optimizer(model, stage_cfg.lr, previous["trainable"] if previous else [])
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+    elif previous is not None and cfg.train.stage2_init == "continue_optimizer":
+        _carry_adam_state(optimizer, previous["optimizer"])
     criterion = nn.CrossEntropyLoss()
     offset = sum(cfg.stage_config(s).epochs for s in STAGES[: STAGES.index(stage)])
     writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=offset + start + 1)
@@ -280,9 +283,8 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
                    "val_loss": val["loss"], "val_acc": val["acc"], "seconds": fit["seconds"] + val["seconds"],
                    "images_per_s": fit["images"] / fit["seconds"], "lr": stage_cfg.lr}
             history.append(row)
-            for metric, split in (("loss", "train"), ("loss", "val"), ("acc", "train"), ("acc", "val")):
-                tag = f"{'accuracy' if metric == 'acc' else 'loss'}/{split}"
-                writer.add_scalar(tag, row[f"{split}_{metric}"], row["global_epoch"])
+            for tag, column in SCALAR_TAGS.items():
+                writer.add_scalar(tag, row[column], row["global_epoch"])
             writer.flush()
             save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                             history=history, config=cfg.to_dict(), model_name=model_name, stage=stage,
@@ -295,9 +297,8 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     return pd.DataFrame(history, columns=HISTORY_COLUMNS)
 
 
-def _continue_optimizer(optimizer, cfg: Config, model_name: str) -> None:
-    """Carry stage 1's Adam moments over to the same parameters in stage 2."""
-    previous = load_checkpoint(cfg.stage_dir(model_name, STAGES[0]) / "checkpoint.pt")["optimizer"]
+def _carry_adam_state(optimizer, previous: dict) -> None:
+    """Carry the previous stage's Adam moments over to the same parameters (they come first)."""
     state = optimizer.state_dict()
     state["state"] = previous["state"]
     optimizer.load_state_dict(state)
@@ -316,9 +317,11 @@ def read_history(cfg: Config, model_name: str) -> pd.DataFrame:
 
 
 # -- what the notebooks call --------------------------------------------------------------
-def make_loaders(cfg: Config, runtime: Runtime) -> dict:
-    """Train and val loaders over the resized cache, with the paper's presets."""
-    split = data.read_split(cfg.split_csv, cfg.data.classes)
+def make_loaders(cfg: Config, runtime: Runtime, split: pd.DataFrame | None = None) -> dict:
+    """Train and val loaders over the resized cache, with the paper's presets (split read from
+    ``runs/<profile>/split.csv`` unless given)."""
+    if split is None:
+        split = data.read_split(cfg.split_csv, cfg.data.classes)
     datasets = data.split_datasets(cfg, split, transforms.train_preset(cfg.transforms),
                                    transforms.eval_preset(cfg.transforms))
     return {name: data.make_loader(ds, cfg.train.batch_size, name == "train", runtime.workers, runtime.pin_memory,
@@ -343,7 +346,8 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: Runtime) -> tupl
     model = prepare_model(load_trained_model(cfg, model_name), runtime)
     split = data.read_split(cfg.split_csv, cfg.data.classes)
     val = split[split["split"] == "val"].reset_index(drop=True)
-    probs, targets, seconds = predict(model, make_loaders(cfg, runtime)["val"], runtime, desc=f"{model_name} predict")
+    loader = make_loaders(cfg, runtime, split)["val"]
+    probs, targets, seconds = predict(model, loader, runtime, desc=f"{model_name} predict")
     predictions = val[["path", "label"]].assign(true=targets, pred=probs.argmax(1), confidence=probs.max(1))
     predictions = pd.concat([predictions, pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.data.classes])], axis=1)
     history = read_history(cfg, model_name)

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from kvasir_utils.engine import SCALAR_TAGS
 from kvasir_utils.paper import display_name
 
-CURVE_TAGS = ("loss/train", "loss/val", "accuracy/train", "accuracy/val")
+CURVE_TAGS = tuple(SCALAR_TAGS)
 
 
 def resolution_histogram(resolutions: pd.DataFrame):
@@ -43,12 +44,9 @@ def sample_grid(samples: list, classes: list[str], per_class: int):
 
 def history_to_scalars(history: pd.DataFrame) -> pd.DataFrame:
     """history.csv rows -> the long (tag, step, value, stage) form that TensorBoard gives back."""
-    rows = []
-    for metric, tag in (("loss", "loss"), ("acc", "accuracy")):
-        for split in ("train", "val"):
-            rows.append(pd.DataFrame({"tag": f"{tag}/{split}", "step": history["global_epoch"],
-                                      "value": history[f"{split}_{metric}"], "stage": history["stage"]}))
-    return pd.concat(rows, ignore_index=True)
+    return pd.concat([pd.DataFrame({"tag": tag, "step": history["global_epoch"], "value": history[column],
+                                    "stage": history["stage"]}) for tag, column in SCALAR_TAGS.items()],
+                     ignore_index=True)
 
 
 def read_tensorboard(log_dirs: dict[str, Path]) -> pd.DataFrame:
