@@ -221,13 +221,13 @@ def load_trained_model(cfg: Config, model_name: str) -> nn.Module:
 
 
 # -- a whole stage ------------------------------------------------------------------------
-def _optimizer(model: nn.Module, lr: float, first: list[str]) -> torch.optim.Optimizer:
-    """Adam over the trainable parameters; those in ``first`` come first, so that stage 1's
-    Adam state lines up with them when ``train.stage2_init`` is ``continue_optimizer``."""
+def _optimizer_order(model: nn.Module, first: list[str]) -> list[str]:
+    """The trainable parameters' names, those in ``first`` first: Adam's state is kept by position,
+    so stage 1's state lines up with them (``continue_optimizer``) and a resumed stage rebuilds
+    the same order from its checkpoint."""
     params = dict(model.named_parameters())
     ordered = [n for n in first if params[n].requires_grad]
-    ordered += [n for n, p in params.items() if p.requires_grad and n not in ordered]
-    return torch.optim.Adam([params[n] for n in ordered], lr=lr)
+    return ordered + [n for n, p in params.items() if p.requires_grad and n not in ordered]
 
 
 def _previous_stage_checkpoint(cfg: Config, model_name: str, stage: str) -> dict:
@@ -262,7 +262,10 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
         model.load_state_dict((resumed or previous)["model"])
     history, start = (resumed["history"], resumed["epoch"]) if resumed else ([], 0)
     prepare_model(model, runtime)
-    optimizer = _optimizer(model, stage_cfg.lr, previous["trainable"] if previous else [])
+    first = previous["trainable"] if previous else []
+    order = resumed["optimizer_params"] if resumed else _optimizer_order(model, first)
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.Adam([params[n] for n in order], lr=stage_cfg.lr)
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
     elif previous is not None and cfg.train.stage2_init == "continue_optimizer":
@@ -288,7 +291,7 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
             writer.flush()
             save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                             history=history, config=cfg.to_dict(), model_name=model_name, stage=stage,
-                            trainable=trainable, seed_scheme="epoch_seed(train.seed, stage, epoch)")
+                            trainable=trainable, optimizer_params=order, seed_scheme="epoch_seed(train.seed, stage, epoch)")
             write_csv_atomic(pd.DataFrame(history, columns=HISTORY_COLUMNS), out / "history.csv")
             if on_epoch_end is not None:
                 on_epoch_end(row)

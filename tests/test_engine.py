@@ -106,3 +106,22 @@ def test_trainable_table_counts_parameters():
     assert table.loc["fc", "trainable"] == 512 * 8 + 8
     assert table.loc["total", "trainable"] == 512 * 8 + 8
     assert table.loc["total", "parameters"] == models.count_parameters(model)
+
+
+def test_an_interrupted_stage2_resumes_to_the_same_weights(tiny_data, tmp_path):
+    settings = ["train.models=[resnet18]", "train.stage1.epochs=1", "train.stage1.trainable=head",
+                "train.stage2.epochs=2", "train.stage2.trainable=last_tensors:10"]
+    finals = []
+    for name, interrupt in (("whole", False), ("cut", True)):
+        _copy_split(tiny_data, tmp_path / name)
+        cfg = tiny_config(tiny_data, tmp_path / name, settings)
+        _train(cfg)
+        if interrupt:
+            def stop(row):
+                raise KeyboardInterrupt
+
+            with pytest.raises(KeyboardInterrupt):
+                _train(cfg, stage="stage2", on_epoch_end=stop)
+        finals.append(_train(cfg, stage="stage2")[0])
+    for (name, a), b in zip(finals[0].state_dict().items(), finals[1].state_dict().values()):
+        assert torch.equal(a, b), name
