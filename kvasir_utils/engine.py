@@ -291,7 +291,8 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
             writer.flush()
             save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                             history=history, config=cfg.to_dict(), model_name=model_name, stage=stage,
-                            trainable=trainable, optimizer_params=order, seed_scheme="epoch_seed(train.seed, stage, epoch)")
+                            trainable=trainable, optimizer_params=order,
+                            seed_scheme="epoch_seed(train.seed, stage, epoch)")
             write_csv_atomic(pd.DataFrame(history, columns=HISTORY_COLUMNS), out / "history.csv")
             if on_epoch_end is not None:
                 on_epoch_end(row)
