@@ -128,10 +128,10 @@ def _table_html(frame: pd.DataFrame) -> str:
     return _flat_columns(frame).to_html(float_format=lambda v: f"{v:.4f}", na_rep="", border=0)
 
 
-def headline_table(cfg: Config) -> pd.DataFrame:
+def headline_table(evaluations: dict) -> pd.DataFrame:
     """Accuracy, macro F1 and macro ROC-AUC per model: paper, this run, difference."""
     rows = {}
-    for model, (ours, _) in _evaluations(cfg).items():
+    for model, (ours, _) in evaluations.items():
         reported = paper.MODELS.get(model, {})
         for key in ("accuracy", "macro_f1", "macro_auc"):
             mine, theirs = ours[key], reported.get(key, float("nan"))
@@ -139,14 +139,14 @@ def headline_table(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def _evaluations(cfg: Config) -> dict:
+def read_evaluations(cfg: Config, required: bool = True) -> dict:
     """``{model: (metrics record, predictions)}`` for every model notebook 04 has evaluated."""
     found = {}
     for model in cfg.train.models:
         folder = cfg.eval_dir(model)
         if (folder / "metrics.json").exists():
             found[model] = (json.loads((folder / "metrics.json").read_text()), pd.read_csv(folder / "predictions.csv"))
-    if not found:
+    if required and not found:
         raise KvasirError(f"no evaluated model under {cfg.run_dir}; run notebook 04 first")
     return found
 
@@ -155,7 +155,7 @@ def comparison_table(cfg: Config) -> pd.DataFrame:
     """Every model against the paper: accuracy and macro F1 with bootstrap CIs, macro ROC-AUC,
     parameters, GFLOPs, training time and inference throughput."""
     rows = {}
-    for model, (record, predictions) in _evaluations(cfg).items():
+    for model, (record, predictions) in read_evaluations(cfg).items():
         ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.data.classes),
                                   cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.eval.seed)
         reported = paper.MODELS.get(model, {})
@@ -180,7 +180,7 @@ def comparison_table(cfg: Config) -> pd.DataFrame:
 
 def paired_tests(cfg: Config) -> pd.DataFrame:
     """Exact McNemar test for each pair of evaluated models, on the same validation images."""
-    evaluations = _evaluations(cfg)
+    evaluations = read_evaluations(cfg)
     names = list(evaluations)
     rows = []
     for i, first in enumerate(names):
@@ -210,10 +210,8 @@ def index_html(cfg: Config, pages: list[Path]) -> str:
     rel = lambda p: html.escape(os.path.relpath(p, root))  # noqa: E731
     figures = sorted((root / "figures").glob("*.png"))
     tables = sorted((root / "tables").glob("*.csv"))
-    try:
-        headline = headline_table(cfg)
-    except KvasirError:
-        headline = pd.DataFrame()
+    evaluations = read_evaluations(cfg, required=False)
+    headline = headline_table(evaluations)
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Kvasir v2 study: {html.escape(cfg.profile)}"
         f"</title><style>{STYLE}</style></head><body>",
@@ -236,18 +234,15 @@ def index_html(cfg: Config, pages: list[Path]) -> str:
         "</ul><h2>Readings of the paper's ambiguous choices</h2>",
         _table_html(paper.readings_table(cfg.to_dict())),
         "<h2>Settings</h2><pre>", html.escape(yaml.safe_dump(cfg.to_dict(), sort_keys=False)), "</pre>",
-        "<h2>Versions and hardware</h2>", _table_html(_environments(cfg)),
+        "<h2>Versions and hardware</h2>", _table_html(_environments(evaluations)),
         "</body></html>",
     ]
     return "\n".join(parts)
 
 
-def _environments(cfg: Config) -> pd.DataFrame:
+def _environments(evaluations: dict) -> pd.DataFrame:
     """Where each model was evaluated (recorded by notebook 04), and where this page was rendered."""
     columns = {"this report": environment()}
-    for model in cfg.train.models:
-        path = cfg.eval_dir(model) / "metrics.json"
-        if path.exists():
-            recorded = json.loads(path.read_text())
-            columns[model] = {**recorded.get("environment", {}), "runtime": recorded.get("runtime", "")}
+    for model, (record, _) in evaluations.items():
+        columns[model] = {**record["environment"], "runtime": record["runtime"]}
     return pd.DataFrame(columns).fillna("")
