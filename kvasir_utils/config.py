@@ -28,6 +28,12 @@ class ConfigError(KvasirError):
     """A profile or override that does not fit the schema."""
 
 
+def _checked_stage(stage: str) -> str:
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    return stage
+
+
 @dataclass
 class PathsConfig:
     data: str = "data"
@@ -165,16 +171,13 @@ class Config:
         return self.run_dir / "notebooks"
 
     def stage_dir(self, model: str, stage: str) -> Path:
-        if stage not in STAGES:
-            raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-        return self.run_dir / model / stage
+        return self.run_dir / model / _checked_stage(stage)
 
     def eval_dir(self, model: str) -> Path:
         return self.run_dir / model / "eval"
 
     def stage_config(self, stage: str) -> StageConfig:
-        self.stage_dir("-", stage)
-        return getattr(self.train, stage)
+        return getattr(self.train, _checked_stage(stage))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -331,17 +334,15 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 # data.size, data.sha256 and data.mirrors describe the archive at the profile's data.url.
-SOURCE_DETAILS = {"data.size": None, "data.sha256": None, "data.mirrors": []}
+SOURCE_DETAILS = {"size": None, "sha256": None, "mirrors": []}
 
 
-def _with_source_details(overrides: list[str]) -> list[str]:
+def _clear_source_details(raw: dict, overrides: list[str]) -> None:
     """An override of data.url points at another archive: the profile's size, checksum and
     mirrors no longer apply, so they are cleared unless the same overrides set them."""
     keys = {".".join(parse_override(o)[0]) for o in overrides}
-    if "data.url" not in keys:
-        return overrides
-    cleared = [f"{k}={'[]' if v == [] else 'null'}" for k, v in SOURCE_DETAILS.items() if k not in keys]
-    return cleared + overrides
+    if "data.url" in keys:
+        raw["data"].update({k: v for k, v in SOURCE_DETAILS.items() if f"data.{k}" not in keys})
 
 
 def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str] | None = None) -> Config:
@@ -351,7 +352,9 @@ def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str]
     describe the profile's own archive) unless the overrides set them too.
     """
     path = find_profile(name_or_path)
-    raw = apply_overrides(_load_raw(path), _with_source_details(list(overrides or [])))
+    overrides = list(overrides or [])
+    raw = apply_overrides(_load_raw(path), overrides)
+    _clear_source_details(raw, overrides)
     if "profile" in raw:
         raise ConfigError("'profile' is the file's name and cannot be set; copy the YAML under a new name")
     raw["profile"] = path.stem

@@ -82,7 +82,7 @@ def _local_source(url: str) -> Path | None:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
-    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+    if len(parsed.scheme) <= 1:  # a plain path (or a Windows drive letter)
         return Path(url).expanduser()
     return None
 
@@ -290,8 +290,8 @@ def resize_image(source: Path, target: Path, short_side: int, quality: int) -> t
     return width, height
 
 
-def _cache_one(job: tuple[str, str, str, int, int]) -> tuple[int | None, int | None, str]:
-    source, target, _, short_side, quality = job
+def _cache_one(job: tuple[str, str, int, int]) -> tuple[int | None, int | None, str]:
+    source, target, short_side, quality = job
     try:
         width, height = resize_image(Path(source), Path(target), short_side, quality)
         return width, height, ""
@@ -318,27 +318,24 @@ def build_cache(
     if manifest_path.exists():
         old = pd.read_csv(manifest_path, keep_default_na=False)
         previous = {row.path: row for row in old.itertuples(index=False)}
-    rows, jobs = [], []
+    rows, pending = [], []
     for path, label in images.itertuples(index=False):
-        source = root / path
-        key = _source_key(source)
+        key = _source_key(root / path)
         old = previous.get(path)
-        target = dest / cached_name(path)
-        if old is not None and (old.bytes, old.mtime_ns) == key and (old.error or target.exists()):
+        if old is not None and (old.bytes, old.mtime_ns) == key and (old.error or (dest / cached_name(path)).exists()):
             rows.append(old._asdict())
             continue
         rows.append({"path": path, "label": label, "bytes": key[0], "mtime_ns": key[1]})
-        jobs.append((str(source), str(target), path, short_side, quality))
-    if jobs:
-        by_path = {row["path"]: row for row in rows}
-        workers = workers or os.cpu_count() or 1
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending.append(rows[-1])
+    if pending:
+        jobs = [(str(root / row["path"]), str(dest / cached_name(row["path"])), short_side, quality) for row in pending]
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             results = pool.map(_cache_one, jobs, chunksize=8)
-            for job, (width, height, error) in tqdm(
-                zip(jobs, results), total=len(jobs), desc=f"cache {short_side}px", unit="img",
+            for row, (width, height, error) in tqdm(
+                zip(pending, results), total=len(jobs), desc=f"cache {short_side}px", unit="img",
                 disable=not progress, mininterval=1,
             ):
-                by_path[job[2]].update(width=width, height=height, error=error)
+                row.update(width=width, height=height, error=error)
     manifest = pd.DataFrame(rows, columns=["path", "label", "width", "height", "bytes", "mtime_ns", "error"])
     manifest["error"] = manifest["error"].fillna("")
     write_csv_atomic(manifest, manifest_path)
@@ -434,7 +431,7 @@ def cached_images_per_class(cache_root: Path, split: pd.DataFrame, per_class: in
 
 def load_cached(cache_root: Path, paths) -> list:
     """Cached images (PIL, RGB) for split-relative ``paths``, for display."""
-    return [Image.open(Path(cache_root) / cached_name(p)).convert("RGB") for p in paths]
+    return [read_image(Path(cache_root) / cached_name(p)) for p in paths]
 
 
 def read_image(path: Path) -> Image.Image:
