@@ -11,6 +11,8 @@ plus a projection of the paper protocol's wall time on this machine. Writes repo
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +21,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kvasir_utils import data, engine, models, paper, synthetic, transforms
-from kvasir_utils.config import PROJECT_ROOT, RuntimeConfig, TransformsConfig, load_profile
+from kvasir_utils import data, engine, models, synthetic, transforms
+from kvasir_utils.config import PROJECT_ROOT, STAGES, Config, RuntimeConfig, load_profile
+from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import write_json_atomic
 from kvasir_utils.report import environment
-
-MODELS = ("resnet50", "efficientnet_b0")
 
 
 def loader_throughput(loader, passes: int = 1) -> float:
@@ -81,24 +82,28 @@ def step_throughput(model, runtime, batch: torch.Tensor, targets: torch.Tensor, 
 
 
 def run(images_per_class: int, steps: int, out: Path) -> dict:
-    cfg_t = TransformsConfig()
+    cfg = load_profile("paper")  # the protocol being measured: its presets, batch size, models, cache size
+    classes, batch_size, size = cfg.data.classes, cfg.train.batch_size, cfg.transforms.image_size
+    needed = math.ceil(2 * batch_size / len(classes))
+    if images_per_class < needed:
+        raise KvasirError(f"--images-per-class {images_per_class} is too few to time the loader: "
+                          f"use at least {needed} (two batches of {batch_size})")
     runtime = engine.resolve_runtime(RuntimeConfig())
     fp32 = engine.resolve_runtime(RuntimeConfig(precision="fp32"))
-    batch_size = load_profile("paper").train.batch_size
     results: dict = {"machine": environment(), "runtime_auto": runtime.describe(), "batch_size": batch_size}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        archive = synthetic.make_archive(tmp / "k.zip", paper.CLASSES, images_per_class, seed=0, large_fraction=0.1)
-        root = data.find_class_root(data.extract_archive(archive, tmp / "images", progress=False), paper.CLASSES)
-        images = data.scan_images(root, paper.CLASSES)
+        archive = synthetic.make_archive(tmp / "k.zip", classes, images_per_class, seed=0, large_fraction=0.1)
+        root = data.find_class_root(data.extract_archive(archive, tmp / "images", progress=False), classes)
+        images = data.scan_images(root, classes)
         start = time.perf_counter()
-        data.build_cache(root, images, tmp / "cache", 256, progress=False)
+        data.build_cache(root, images, tmp / "cache", cfg.cache.short_side, progress=False)
         results["cache_build_images_per_s"] = len(images) / (time.perf_counter() - start)
 
-        preset = transforms.train_preset(cfg_t)
+        preset = transforms.train_preset(cfg.transforms)
 
         def loader(folder):
-            dataset = data.KvasirDataset(folder, images, paper.CLASSES, preset)
+            dataset = data.KvasirDataset(folder, images, classes, preset)
             return data.make_loader(dataset, batch_size, True, runtime.workers, runtime.pin_memory)
 
         full = loader_throughput(loader(root))
@@ -114,13 +119,13 @@ def run(images_per_class: int, steps: int, out: Path) -> dict:
         print(f"    decoding alone: cache {decode['cache']:.1f} img/s, full-size {decode['full_size']:.1f} img/s "
               f"-> {results['decode_cache_vs_full']:.2f}x")
 
-        batch = torch.randn(batch_size, 3, cfg_t.image_size, cfg_t.image_size)
-        targets = torch.randint(0, len(paper.CLASSES), (batch_size,))
+        batch = torch.randn(batch_size, 3, size, size)
+        targets = torch.randint(0, len(classes), (batch_size,))
         throughput = {}
-        for name in MODELS:
+        for name in cfg.train.models:
             throughput[name] = {}
             for label, rt in (("auto", runtime), ("fp32", fp32)):
-                model = models.build_model(name, len(paper.CLASSES))
+                model = models.build_model(name, len(classes))
                 throughput[name][label] = step_throughput(model, rt, batch, targets, steps)
             ratio = throughput[name]["auto"] / throughput[name]["fp32"]
             results[f"{name}_auto_vs_fp32"] = ratio
@@ -129,32 +134,35 @@ def run(images_per_class: int, steps: int, out: Path) -> dict:
         results["train_step_images_per_s"] = throughput
 
         # (c) the same model, measured back to back: in-memory batches, then the real loader
-        model = models.build_model("resnet50", len(paper.CLASSES))
+        name = cfg.train.models[0]  # ResNet50 in the paper profile
+        model = models.build_model(name, len(classes))
         pipeline_steps = min(steps, len(images) // batch_size - 1)
         model_only = step_throughput(model, runtime, batch, targets, pipeline_steps)
         pipeline = step_throughput(model, runtime, batch, targets, pipeline_steps, loader=loader(tmp / "cache"))
         results["pipeline_images_per_s"] = {"loader_and_step": pipeline, "model_only": model_only}
         results["pipeline_vs_model_only"] = pipeline / model_only
-        print(f"(c) resnet50 loader+step {pipeline:.1f} img/s vs model only {model_only:.1f} img/s "
+        print(f"(c) {name} loader+step {pipeline:.1f} img/s vs model only {model_only:.1f} img/s "
               f"-> {results['pipeline_vs_model_only']:.2f}")
-        results["projection"] = project_paper_protocol(runtime, batch, targets, steps, results)
+        results["projection"] = project_paper_protocol(cfg, runtime, batch, targets, steps, results)
     write_json_atomic(out, results)
     print(f"wrote {out}")
     return results
 
 
-def project_paper_protocol(runtime, batch, targets, steps: int, measured: dict) -> dict:
-    """Projected wall time of the paper profile on this machine, from measured stage throughputs."""
-    cfg = load_profile("paper")
-    split = {"train": 6400, "val": 1600}
-    total = 8000 / measured["cache_build_images_per_s"]
+def project_paper_protocol(cfg: Config, runtime, batch, targets, steps: int, measured: dict) -> dict:
+    """Projected wall time of the profile on this machine, from measured stage throughputs."""
+    images = cfg.data.expected_per_class * len(cfg.data.classes)
+    val = math.ceil(images * cfg.split.val_fraction)  # as scikit-learn's train_test_split rounds
+    split = {"train": images - val, "val": val}
+    total = images / measured["cache_build_images_per_s"]
     rows = []
     for name in cfg.train.models:
-        infer = step_throughput(models.build_model(name, 8), runtime, batch, targets, steps, train=False)
+        model = models.build_model(name, len(cfg.data.classes))
+        infer = step_throughput(model, runtime, batch, targets, steps, train=False)
         seconds = 0.0
-        for stage in ("stage1", "stage2"):
+        for stage in STAGES:
             stage_cfg = cfg.stage_config(stage)
-            model = models.build_model(name, 8)
+            model = models.build_model(name, len(cfg.data.classes))
             models.set_trainable(model, stage_cfg.trainable)
             rate = step_throughput(model, runtime, batch, targets, steps) * measured["pipeline_vs_model_only"]
             stage_seconds = stage_cfg.epochs * (split["train"] / rate + split["val"] / infer)
@@ -173,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed training steps per measurement")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench" / "bench.json")
     args = parser.parse_args(argv)
-    run(args.images_per_class, args.steps, args.out)
+    try:
+        run(args.images_per_class, args.steps, args.out)
+    except KvasirError as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":
