@@ -355,12 +355,14 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: Runtime) -> tupl
     predictions = val[["path", "label"]].assign(true=targets, pred=probs.argmax(1), confidence=probs.max(1))
     predictions = pd.concat([predictions, pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.data.classes])], axis=1)
     history = read_history(cfg, model_name)
+    stage_acc = {stage: float(part["val_acc"].iloc[-1]) for stage, part in history.groupby("stage")}
     record = metrics.summary(targets, probs, cfg.data.classes) | {
         "parameters": models.count_parameters(model),
         "gflops": models.gflops(model, cfg.transforms.image_size),
         "train_seconds": float(history["seconds"].sum()),
         "inference_images_per_s": len(targets) / seconds,
-        "stage_val_acc": {stage: float(part["val_acc"].iloc[-1]) for stage, part in history.groupby("stage")},
+        "stage_val_acc": stage_acc,
+        "fine_tuning_gain": stage_acc.get("stage2", float("nan")) - stage_acc["stage1"],
         "runtime": runtime.describe(),
         "environment": environment(),
         "generated_data": cfg.generated_data,
