@@ -21,11 +21,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kvasir_utils import data, engine, models, synthetic, transforms
+from kvasir_utils import engine, models, synthetic, transforms
+from kvasir_utils.cache import build_cache, cached_name
 from kvasir_utils.config import PROJECT_ROOT, STAGES, Config, RuntimeConfig, load_profile
+from kvasir_utils.dataset import KvasirDataset, make_loader, read_image
+from kvasir_utils.environment import environment
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.extract import extract_archive, find_class_root, scan_images
 from kvasir_utils.io import write_json_atomic
-from kvasir_utils.report import environment
 
 
 def loader_throughput(loader, passes: int = 1) -> float:
@@ -41,7 +44,7 @@ def decode_throughput(folder: Path, images: pd.DataFrame) -> float:
     """Images per second for decoding alone (no augmentation), one process."""
     start = time.perf_counter()
     for path in images["path"]:
-        data.read_image(folder / data.cached_name(path))
+        read_image(folder / cached_name(path))
     return len(images) / (time.perf_counter() - start)
 
 
@@ -94,17 +97,17 @@ def run(images_per_class: int, steps: int, out: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         archive = synthetic.make_archive(tmp / "k.zip", classes, images_per_class, seed=0, large_fraction=0.1)
-        root = data.find_class_root(data.extract_archive(archive, tmp / "images", progress=False), classes)
-        images = data.scan_images(root, classes)
+        root = find_class_root(extract_archive(archive, tmp / "images", progress=False), classes)
+        images = scan_images(root, classes)
         start = time.perf_counter()
-        data.build_cache(root, images, tmp / "cache", cfg.cache.short_side, progress=False)
+        build_cache(root, images, tmp / "cache", cfg.cache.short_side, progress=False)
         results["cache_build_images_per_s"] = len(images) / (time.perf_counter() - start)
 
         preset = transforms.train_preset(cfg.transforms)
 
         def loader(folder):
-            dataset = data.KvasirDataset(folder, images, classes, preset)
-            return data.make_loader(dataset, batch_size, True, runtime.workers, runtime.pin_memory)
+            dataset = KvasirDataset(folder, images, classes, preset)
+            return make_loader(dataset, batch_size, True, runtime.workers, runtime.pin_memory)
 
         full = loader_throughput(loader(root))
         cached = loader_throughput(loader(tmp / "cache"))

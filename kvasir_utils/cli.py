@@ -18,7 +18,7 @@ import yaml
 
 from kvasir_utils import config
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import write_text_atomic
+from kvasir_utils.io import folder_lock, write_text_atomic
 
 NOTEBOOKS = ("01_download_and_split", "02_train", "03_finetune", "04_evaluate", "05_compare")
 PER_MODEL = {"02_train", "03_finetune", "04_evaluate"}
@@ -49,6 +49,7 @@ def run_notebook(name: str, profile: str, overrides: list[str], model: str | Non
     if (name in PER_MODEL) != (model is not None):
         raise KvasirError(f"notebook {name} {'needs' if name in PER_MODEL else 'takes no'} --model")
     cfg = config.load_profile(profile, overrides)
+    profile = config.profile_reference(profile)  # the kernel runs in notebooks/: a relative path would break
     if model is not None and model not in cfg.train.models:
         raise KvasirError(f"model {model!r} is not in train.models of profile {cfg.profile}: {cfg.train.models}")
     out = executed_notebook_path(cfg, name, model)
@@ -58,11 +59,12 @@ def run_notebook(name: str, profile: str, overrides: list[str], model: str | Non
     if model is not None:
         parameters["MODEL"] = model
     try:
-        papermill.execute_notebook(
-            str(NOTEBOOK_SOURCE_DIR / f"{name}.ipynb"), str(failed), parameters=parameters,
-            cwd=str(NOTEBOOK_SOURCE_DIR), kernel_name="python3", progress_bar=False,
-            stdout_file=sys.stdout, stderr_file=sys.stderr,
-        )
+        with folder_lock(cfg.run_dir, f"running {out.stem}", wait=False):
+            papermill.execute_notebook(
+                str(NOTEBOOK_SOURCE_DIR / f"{name}.ipynb"), str(failed), parameters=parameters,
+                cwd=str(NOTEBOOK_SOURCE_DIR), kernel_name="python3", progress_bar=False,
+                stdout_file=sys.stdout, stderr_file=sys.stderr,
+            )
     except papermill.PapermillExecutionError as exc:
         raise KvasirError(f"{name}{f' ({model})' if model else ''} failed: {exc.ename}: {exc.evalue}\n"
                           f"  the executed notebook, up to the failing cell, is {failed}") from None
@@ -100,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config.load_profile(args.profile, args.overrides)
             print(f"wrote {report.render_reports(cfg)}")
         elif args.command == "makevars":
+            from kvasir_utils import models
+
             cfg = config.load_profile(args.profile, args.overrides)
+            models.check_profile(cfg)  # every model x reading, before the pipeline does anything
             print(f"RUN_DIR := {cfg.run_dir}")
             print(f"REPORT_DIR := {cfg.report_dir}")
             print(f"MODELS := {' '.join(cfg.train.models)}")

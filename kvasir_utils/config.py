@@ -3,19 +3,19 @@
 A profile is a YAML file in ``configs/`` (or any path). ``base: <profile>`` inherits another
 profile and overrides only what it names. Dotted overrides (``train.stage1.epochs=1``) are
 applied last, the way ``make reproduce SET="..."`` and the notebooks' ``OVERRIDES`` pass them.
+Types and ranges are checked by pydantic when the profile is loaded, so a bad value stops the
+run before anything is downloaded or trained; the readings that depend on a model's layers are
+checked by ``models.check_readings``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvasir_utils.errors import KvasirError
 
@@ -34,111 +34,109 @@ def _checked_stage(stage: str) -> str:
     return stage
 
 
-@dataclass
-class PathsConfig:
+class Section(BaseModel):
+    """A block of settings: unknown keys are errors, values are checked when assigned too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(Section):
     data: str = "data"
     runs: str = "runs"
     reports: str = "reports"
 
 
-@dataclass
-class SyntheticConfig:
-    images_per_class: int = 40
+class SyntheticConfig(Section):
+    images_per_class: int = Field(40, ge=2)
     seed: int = 0
-    large_fraction: float = 0.1
+    large_fraction: float = Field(0.1, ge=0, le=1)
 
 
-@dataclass
-class DataConfig:
-    name: str = "kvasir-v2"
+class DataConfig(Section):
+    name: str = Field("kvasir-v2", min_length=1)
     url: str = ""
-    mirrors: list[str] = field(default_factory=list)
-    size: int | None = None
-    sha256: str | None = None
-    classes: list[str] = field(default_factory=list)
-    expected_per_class: int = 1000
+    mirrors: list[str] = []
+    size: int | None = Field(None, gt=0)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    classes: list[str] = []
+    expected_per_class: int = Field(1000, ge=1)
     on_unreadable: Literal["error", "skip"] = "error"
     synthetic: SyntheticConfig | None = None
 
 
-@dataclass
-class SplitConfig:
-    val_fraction: float = 0.2
+class SplitConfig(Section):
+    val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 42
 
 
-@dataclass
-class CacheConfig:
-    short_side: int = 256
-    quality: int = 95
-    workers: int = 0
+class CacheConfig(Section):
+    short_side: int = Field(256, ge=16)
+    quality: int = Field(95, ge=1, le=100)
+    workers: int = Field(0, ge=0)
 
 
-@dataclass
-class TransformsConfig:
-    image_size: int = 224
-    rotation_degrees: float = 30.0
-    hflip_p: float = 0.5
-    vflip_p: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
+class TransformsConfig(Section):
+    image_size: int = Field(224, ge=16)
+    rotation_degrees: float = Field(30.0, ge=0, le=180)
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    vflip_p: float = Field(0.5, ge=0, le=1)
+    brightness: float = Field(0.2, ge=0, le=1)
+    contrast: float = Field(0.2, ge=0, le=1)
+    crop_scale: list[float] = Field([0.08, 1.0], min_length=2, max_length=2)
+    crop_ratio: list[float] = Field([0.75, 1.3333333], min_length=2, max_length=2)
     eval_resize: Literal["squash", "center_crop"] = "squash"
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = Field([0.485, 0.456, 0.406], min_length=3, max_length=3)
+    std: list[float] = Field([0.229, 0.224, 0.225], min_length=3, max_length=3)
 
 
-@dataclass
-class StageConfig:
-    epochs: int = 5
+class StageConfig(Section):
+    epochs: int = Field(5, ge=0)
     trainable: str = "head"
-    lr: float = 1e-4
+    lr: float = Field(1e-4, gt=0)
 
 
-@dataclass
-class TrainConfig:
-    models: list[str] = field(default_factory=lambda: ["resnet50", "efficientnet_b0"])
+class TrainConfig(Section):
+    models: list[str] = Field(["resnet50", "efficientnet_b0"], min_length=1)
     weights: str | None = "IMAGENET1K_V1"
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1)
     optimizer: Literal["adam"] = "adam"
-    stage1: StageConfig = field(default_factory=StageConfig)
-    stage2: StageConfig = field(default_factory=lambda: StageConfig(trainable="last_tensors:10"))
+    stage1: StageConfig = StageConfig()
+    stage2: StageConfig = StageConfig(trainable="last_tensors:10")
     stage2_init: Literal["fresh_optimizer", "continue_optimizer"] = "fresh_optimizer"
     frozen_batchnorm: Literal["eval", "train"] = "eval"
-    seed: int = 42
+    seed: int = Field(42, ge=0)
 
 
-@dataclass
-class EvalConfig:
-    figure1_correct: int = 8
-    figure1_incorrect: int = 8
-    bootstrap_samples: int = 1000
-    confidence: float = 0.95
+class EvalConfig(Section):
+    figure1_correct: int = Field(8, ge=0)
+    figure1_incorrect: int = Field(8, ge=0)
+    bootstrap_samples: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
 
 
-@dataclass
-class RuntimeConfig:
-    """How to run, never what is computed; excluded from the science fingerprint."""
+class RuntimeConfig(Section):
+    """How to run, never what is computed; no checkpoint compares these."""
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # auto: deterministic algorithms on CUDA, warning where an operation has none; on: an error
+    # there instead; off: cuDNN picks the fastest kernels (benchmark mode), not repeatable.
+    deterministic: Literal["auto", "on", "off"] = "auto"
     workers: int | Literal["auto"] = "auto"
     offline: bool = False
 
 
-@dataclass
-class Config:
+class Config(Section):
     profile: str = "paper"
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    transforms: TransformsConfig = field(default_factory=TransformsConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    cache: CacheConfig = CacheConfig()
+    transforms: TransformsConfig = TransformsConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @property
     def generated_data(self) -> bool:
@@ -146,7 +144,8 @@ class Config:
         return self.data.synthetic is not None
 
     # -- paths: the one place that knows where things live -------------------------------
-    def _resolve(self, value: str) -> Path:
+    @staticmethod
+    def _resolve(value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else PROJECT_ROOT / path
 
@@ -180,87 +179,75 @@ class Config:
         return getattr(self.train, _checked_stage(stage))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def science_dict(self) -> dict:
-        """Everything that changes a result: the config without paths and runtime."""
-        out = self.to_dict()
-        for key in ("paths", "runtime"):
-            out.pop(key)
-        return out
+        """Everything that can change a result: the config without paths and runtime."""
+        return self.model_dump(exclude={"paths", "runtime"})
 
 
-# -- building typed objects from plain data, with errors that name the key ----------------
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return tp.__name__
+# -- errors that name the key -------------------------------------------------------------
+def _model_in(annotation) -> type[BaseModel] | None:
+    options = getattr(annotation, "__args__", (annotation,))
+    return next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)), None)
 
 
-def _coerce(value, tp, key: str):
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-    elif origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-    elif origin is list:
-        if isinstance(value, (list, tuple)):
-            (inner,) = typing.get_args(tp)
-            return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    elif dataclasses.is_dataclass(tp):
-        if isinstance(value, dict):
-            return _build(tp, value, key)
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"setting {key!r} = {value!r} is not valid: expected {_type_name(tp)}")
+def _dotted_key(loc: tuple) -> tuple[str, type[BaseModel] | None]:
+    """pydantic's error location -> (``train.stage1.lr``, the section class the key is under).
+    Union members' tags in the location (``'int'``, ``"literal['auto']"``) are not settings."""
+    parts, inner, section = [], Config, None
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1] += f"[{part}]"
+        elif inner is not None and (part in inner.model_fields or part == loc[-1]):
+            parts.append(part)
+            section = inner
+            inner = _model_in(inner.model_fields[part].annotation) if part in inner.model_fields else None
+    return ".".join(parts), section
 
 
-def _build(cls, values: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown setting '{where}{unknown[0]}'; allowed under "
-            f"{prefix or 'the top level'}: {', '.join(names)}"
-        )
-    kwargs = {}
-    for name in names:
-        if name in values:
-            kwargs[name] = _coerce(values[name], hints[name], f"{prefix}.{name}".lstrip("."))
-    return cls(**kwargs)
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first failing setting, with what is allowed (all its union alternatives together)."""
+    errors = exc.errors()
+    key, section = _dotted_key(errors[0]["loc"])
+    if errors[0]["type"] == "extra_forbidden":
+        where = key.rpartition(".")[0] or "the top level"
+        return ConfigError(f"unknown setting {key!r}; allowed under {where}: {', '.join(section.model_fields)}")
+    same = [e for e in errors if _dotted_key(e["loc"])[0] == key]
+    reasons = "; or ".join(dict.fromkeys(e["msg"] for e in same))
+    return ConfigError(f"setting {key!r} = {errors[0]['input']!r} is not valid: {reasons}")
+
+
+def validate_config(values: dict) -> Config:
+    """Build a Config from plain data (a profile, a saved config.yaml), checking every key."""
+    try:
+        cfg = Config.model_validate(values)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    _check_together(cfg)
+    return cfg
+
+
+def _check_together(cfg: Config) -> None:
+    """Rules that involve more than one setting."""
+    checks = [
+        (cfg.cache.short_side >= cfg.transforms.image_size, "cache.short_side",
+         f"at least transforms.image_size ({cfg.transforms.image_size}) so crops never upsample"),
+        (len(cfg.data.classes) >= 2, "data.classes", "at least two class folder names"),
+        (len(set(cfg.data.classes)) == len(cfg.data.classes), "data.classes", "names without repeats"),
+        (len(set(cfg.train.models)) == len(cfg.train.models), "train.models", "names without repeats"),
+        (cfg.train.stage1.epochs >= 1, "train.stage1.epochs", "at least 1 (stage 1 trains the new head)"),
+        (bool(cfg.data.url) or cfg.data.synthetic is not None, "data.url",
+         "an http(s):// or file:// address or a local path (or data.synthetic for generated data)"),
+        (cfg.runtime.workers == "auto" or cfg.runtime.workers >= 0, "runtime.workers", "'auto' or >= 0"),
+        (0 < cfg.transforms.crop_scale[0] <= cfg.transforms.crop_scale[1] <= 1, "transforms.crop_scale",
+         "[low, high] with 0 < low <= high <= 1"),
+        (0 < cfg.transforms.crop_ratio[0] <= cfg.transforms.crop_ratio[1], "transforms.crop_ratio",
+         "[low, high] with 0 < low <= high"),
+    ]
+    for ok, key, expected in checks:
+        if not ok:
+            raise ConfigError(f"setting {key!r} is not valid: expected {expected}")
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -284,10 +271,15 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def find_profile(name_or_path: str | os.PathLike) -> Path:
-    """A profile name (``paper``, ``smoke``) or a path to a YAML file of the same form."""
+def find_profile(name_or_path: str | os.PathLike, relative_to: Path | None = None) -> Path:
+    """A profile name (``paper``, ``smoke``) or a path to a YAML file of the same form.
+
+    A relative path is taken from the current folder, or from ``relative_to`` (the folder of
+    the file that names it, for ``base:``)."""
     text = str(name_or_path)
     candidate = Path(text).expanduser()
+    if relative_to is not None and not candidate.is_absolute():
+        candidate = relative_to / candidate
     if text.endswith((".yaml", ".yml")) or candidate.is_file():
         if not candidate.is_file():
             raise ConfigError(f"profile file {candidate} does not exist")
@@ -302,6 +294,13 @@ def find_profile(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
+def profile_reference(name_or_path: str | os.PathLike) -> str:
+    """What to hand to another process (a notebook kernel runs in ``notebooks/``): a profile's
+    name as it is, a path made absolute."""
+    path = find_profile(name_or_path)
+    return path.stem if path == CONFIG_DIR / f"{name_or_path}.yaml" else str(path)
+
+
 def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise ConfigError(f"profile {path} inherits itself through 'base'")
@@ -309,7 +308,7 @@ def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = raw.pop("base", None)
     if base is None:
         return raw
-    return _deep_merge(_load_raw(find_profile(base), (*seen, path)), raw)
+    return _deep_merge(_load_raw(find_profile(base, relative_to=path.parent), (*seen, path)), raw)
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -346,7 +345,7 @@ def _clear_source_details(raw: dict, overrides: list[str]) -> None:
 
 
 def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str] | None = None) -> Config:
-    """Load a profile by name or path, apply dotted overrides, validate every key.
+    """Load a profile by name or path, apply dotted overrides, validate every key and range.
 
     Overriding ``data.url`` clears ``data.size``, ``data.sha256`` and ``data.mirrors`` (they
     describe the profile's own archive) unless the overrides set them too.
@@ -358,34 +357,7 @@ def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str]
     if "profile" in raw:
         raise ConfigError("'profile' is the file's name and cannot be set; copy the YAML under a new name")
     raw["profile"] = path.stem
-    cfg = _build(Config, raw)
-    _check_values(cfg)
-    return cfg
-
-
-def config_from_dict(values: dict) -> Config:
-    """Rebuild a saved config (a checkpoint's, say) with the same validation."""
-    return _build(Config, values)
-
-
-def _check_values(cfg: Config) -> None:
-    checks = [
-        (0 < cfg.split.val_fraction < 1, "split.val_fraction", "a fraction between 0 and 1"),
-        (cfg.train.batch_size > 0, "train.batch_size", "a positive integer"),
-        (cfg.transforms.image_size >= 16, "transforms.image_size", "at least 16 pixels"),
-        (cfg.cache.short_side >= cfg.transforms.image_size, "cache.short_side",
-         f"at least transforms.image_size ({cfg.transforms.image_size}) so crops never upsample"),
-        (len(cfg.data.classes) >= 2, "data.classes", "at least two class folder names"),
-        (len(set(cfg.data.classes)) == len(cfg.data.classes), "data.classes", "names without repeats"),
-        (bool(cfg.train.models), "train.models", "at least one torchvision model name"),
-        (all(s.epochs >= 0 for s in (cfg.train.stage1, cfg.train.stage2)), "train.stageN.epochs", ">= 0"),
-        (bool(cfg.data.url) or cfg.data.synthetic is not None, "data.url",
-         "an http(s):// or file:// address or a local path (or data.synthetic for generated data)"),
-        (cfg.runtime.workers == "auto" or cfg.runtime.workers >= 0, "runtime.workers", "'auto' or >= 0"),
-    ]
-    for ok, key, expected in checks:
-        if not ok:
-            raise ConfigError(f"setting {key!r} is not valid: expected {expected}")
+    return validate_config(raw)
 
 
 def save_config(cfg: Config, path: Path) -> Path:

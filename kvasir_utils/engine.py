@@ -1,4 +1,10 @@
-"""Plain-PyTorch training: one epoch, evaluation, a whole stage with checkpoints and resume."""
+"""Plain-PyTorch training: one epoch, prediction, a whole stage with checkpoints and resume.
+
+A result belongs to its inputs: every checkpoint records the settings that change the stage's
+result and the fingerprints of what it was trained on (``split.csv``, the cache's content, and
+for stage 2 the stage-1 checkpoint it started from). A stage whose settings or inputs changed is
+refused with a message that names what changed; nothing is reused or overwritten silently.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +21,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kvasir_utils import data, metrics, models, transforms
-from kvasir_utils.config import STAGES, Config, RuntimeConfig
+from kvasir_utils import data, models, transforms
+from kvasir_utils.config import STAGES, Config, ConfigError, RuntimeConfig, validate_config
+from kvasir_utils.dataset import make_loader, split_datasets
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import atomic_path, write_csv_atomic, write_json_atomic
+from kvasir_utils.history import HISTORY_COLUMNS, SCALAR_TAGS
+from kvasir_utils.io import atomic_path, sha256_file, write_csv_atomic
+from kvasir_utils.split import read_split
 
-HISTORY_COLUMNS = ["epoch", "global_epoch", "train_loss", "train_acc", "val_loss", "val_acc",
-                   "seconds", "images_per_s", "lr"]
-TRAINING_SECTIONS = ("split", "cache", "transforms", "train")
-# TensorBoard scalar tag -> history.csv column: what fit_stage logs and what plots read back.
-SCALAR_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss",
-               "accuracy/train": "train_acc", "accuracy/val": "val_acc"}
+SEED_SCHEME = "SeedSequence([train.seed, stage index, epoch])"
 
 
 # -- reproducibility and hardware ---------------------------------------------------------
@@ -37,8 +41,10 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_seed(seed: int, stage: str, epoch: int) -> int:
-    """Each epoch's seed depends only on (seed, stage, epoch), so a resumed run repeats it exactly."""
-    return seed * 1000 + STAGES.index(stage) * 100 + epoch
+    """Each epoch's seed depends only on (seed, stage, epoch), so a resumed run repeats it exactly;
+    NumPy's SeedSequence gives independent streams with no collisions between stages or seeds."""
+    state = np.random.SeedSequence([seed, STAGES.index(stage), epoch]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))  # 63 bits: any torch generator accepts it
 
 
 def cpu_has_native_bf16() -> bool:
@@ -54,6 +60,7 @@ class Runtime:
     device: torch.device
     precision: str  # "bf16" or "fp32"
     workers: int
+    deterministic: str = "auto"  # runtime.deterministic as applied
 
     @property
     def channels_last(self) -> bool:
@@ -75,7 +82,22 @@ class Runtime:
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
         layout = " + channels_last" if self.channels_last else ""
-        return f"{name}, {self.precision}{layout}, {self.workers} loader workers"
+        return (f"{name}, {self.precision}{layout}, {self.workers} loader workers, "
+                f"deterministic algorithms {self.deterministic}")
+
+
+def apply_determinism(mode: str, kind: str) -> None:
+    """``runtime.deterministic``: ``auto`` asks for deterministic algorithms (and deterministic
+    cuDNN on CUDA) and warns where an operation has none; ``on`` makes that an error; ``off``
+    lets cuDNN benchmark and pick the fastest kernels (not repeatable on a GPU). On a CPU the
+    training here is deterministic either way."""
+    deterministic = mode != "off"
+    if kind == "cuda":
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=mode == "auto")
 
 
 def resolve_runtime(rt: RuntimeConfig) -> Runtime:
@@ -102,9 +124,8 @@ def resolve_runtime(rt: RuntimeConfig) -> Runtime:
         # On a GPU the loader is the bottleneck (measured on an H100: 8 workers fed ~550 img/s while
         # ResNet50's steps ran at ~2,600 img/s), so use every core but one.
         workers = max(1, min(cores - 1, 16))
-    if kind == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return Runtime(device, precision, workers)
+    apply_determinism(rt.deterministic, kind)
+    return Runtime(device, precision, workers, rt.deterministic)
 
 
 def to_device(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -164,7 +185,7 @@ def evaluate(model, loader, runtime: Runtime, desc: str = "val") -> dict:
     return {"loss": loss, "acc": acc, "images": len(targets), "seconds": seconds}
 
 
-# -- checkpoints --------------------------------------------------------------------------
+# -- checkpoints: what a stage was trained with, and on -----------------------------------
 def save_checkpoint(path: Path, **state) -> Path:
     """One format for every checkpoint, written atomically."""
     with atomic_path(path, ".pt") as tmp:
@@ -178,13 +199,16 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def training_settings(config: dict, stage: str) -> dict:
-    """The settings a stage's result depends on: its own and earlier stages', not later ones'."""
-    settings = {key: config[key] for key in TRAINING_SECTIONS} | {"classes": config["data"]["classes"]}
+def stage_settings(config: dict, stage: str) -> dict:
+    """The settings a stage's result depends on: the classes, the split, how the cache is made,
+    the presets, and the training settings of this stage and the ones before it. Not which other
+    models run (``train.models``), how many processes build the cache, paths or runtime."""
     later = STAGES[STAGES.index(stage) + 1:]
-    settings["train"] = {k: v for k, v in settings["train"].items()
-                         if k not in later and not any(k.startswith(f"{s}_") for s in later)}
-    return settings
+    train = {k: v for k, v in config["train"].items()
+             if k != "models" and k not in later and not any(k.startswith(f"{s}_") for s in later)}
+    return {"data.classes": config["data"]["classes"], "split": config["split"],
+            "cache": {k: config["cache"][k] for k in ("short_side", "quality")},
+            "transforms": config["transforms"], "train": train}
 
 
 def _changed_keys(old, new, prefix="") -> list[str]:
@@ -194,15 +218,45 @@ def _changed_keys(old, new, prefix="") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def check_resumable(checkpoint: dict, cfg: Config, path: Path) -> None:
-    """Refuse to continue from a checkpoint trained under other settings (nothing is overwritten)."""
+def _as_current_schema(saved: dict) -> dict:
+    """A saved config with today's defaults filled in, so a setting added since is not a change."""
+    with contextlib.suppress(ConfigError):
+        return validate_config(saved).to_dict()
+    return saved
+
+
+def stage_inputs(cfg: Config, model_name: str, stage: str) -> dict[str, str]:
+    """Fingerprints of what ``stage`` trains on: the split and the cache, and for a later stage
+    the checkpoint of the stage before it."""
+    inputs = data.input_fingerprints(cfg)
+    if stage != STAGES[0]:
+        previous = STAGES[STAGES.index(stage) - 1]
+        path = cfg.stage_dir(model_name, previous) / "checkpoint.pt"
+        if not path.exists():
+            raise KvasirError(f"{previous} of {model_name} has no checkpoint ({path}); run it first")
+        inputs[f"{previous} checkpoint"] = sha256_file(path)
+    return inputs
+
+
+def check_checkpoint(checkpoint: dict, cfg: Config, inputs: dict[str, str], path: Path) -> None:
+    """Refuse a checkpoint made with other settings or from other inputs (nothing is overwritten)."""
     stage = checkpoint["stage"]
-    changed = _changed_keys(training_settings(checkpoint["config"], stage), training_settings(cfg.to_dict(), stage))
+    changed = _changed_keys(stage_settings(_as_current_schema(checkpoint["config"]), stage),
+                            stage_settings(cfg.to_dict(), stage))
+    recorded = checkpoint.get("inputs")
+    if recorded is None:
+        changed.append("inputs (the checkpoint predates input fingerprints)")
+    else:
+        changed += [f"{name} (SHA-256 {recorded.get(name, 'none')[:12]} then, {digest[:12]} now)"
+                    for name, digest in inputs.items() if recorded.get(name) != digest]
+    if checkpoint.get("seed_scheme") != SEED_SCHEME:
+        changed.append("the seeding scheme (an earlier version of the study)")
     if changed:
         raise KvasirError(
-            f"the checkpoint {path} was trained with other settings ({', '.join(changed)}). "
-            f"Delete {path.parent} to retrain (`make clean PROFILE={cfg.profile}` deletes all runs of the "
-            f"profile), or set paths.runs to another folder."
+            f"the checkpoint {path} was made from other settings or data: {'; '.join(changed)} changed. "
+            f"Nothing was overwritten. Delete {path.parent} to retrain it (`make clean PROFILE={cfg.profile}` "
+            f"deletes every run of the profile), or keep it and give this run its own folder: "
+            f"SET=\"... paths.runs=<another folder>\"."
         )
 
 
@@ -211,34 +265,34 @@ def final_stage(cfg: Config) -> str:
     return "stage2" if cfg.train.stage2.epochs > 0 else "stage1"
 
 
-def load_trained_model(cfg: Config, model_name: str) -> nn.Module:
-    """The model as it ended training, from the last stage's checkpoint."""
-    path = cfg.stage_dir(model_name, final_stage(cfg)) / "checkpoint.pt"
+def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> dict:
+    """A finished stage's checkpoint, checked against today's settings and inputs."""
+    path = cfg.stage_dir(model_name, stage) / "checkpoint.pt"
     checkpoint = load_checkpoint(path)
+    if checkpoint["epoch"] < cfg.stage_config(stage).epochs:
+        raise KvasirError(f"{stage} of {model_name} is not finished ({path}); run it first")
+    check_checkpoint(checkpoint, cfg, stage_inputs(cfg, model_name, stage), path)
+    return checkpoint
+
+
+def load_trained_model(cfg: Config, model_name: str) -> nn.Module:
+    """The model as it ended training, after checking it was trained on today's split and cache."""
+    checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg))
     model = models.build_model(model_name, len(cfg.data.classes), weights=None)
     model.load_state_dict(checkpoint["model"])
     return model
 
 
 # -- a whole stage ------------------------------------------------------------------------
-def _optimizer_order(model: nn.Module, first: list[str]) -> list[str]:
-    """The trainable parameters' names, those in ``first`` first: Adam's state is kept by position,
-    so stage 1's state lines up with them (``continue_optimizer``) and a resumed stage rebuilds
-    the same order from its checkpoint."""
-    params = dict(model.named_parameters())
-    ordered = [n for n in first if params[n].requires_grad]
-    return ordered + [n for n, p in params.items() if p.requires_grad and n not in ordered]
-
-
-def _previous_stage_checkpoint(cfg: Config, model_name: str, stage: str) -> dict:
-    """The finished checkpoint of the stage before ``stage``, which ``stage`` starts from."""
-    previous = STAGES[STAGES.index(stage) - 1]
-    path = cfg.stage_dir(model_name, previous) / "checkpoint.pt"
-    checkpoint = load_checkpoint(path)
-    if checkpoint["epoch"] < cfg.stage_config(previous).epochs:
-        raise KvasirError(f"{previous} of {model_name} is not finished ({path}); run it first")
-    check_resumable(checkpoint, cfg, path)
-    return checkpoint
+def carry_adam_state(optimizer: torch.optim.Optimizer, order: list[str], previous: dict) -> int:
+    """Give each parameter the previous stage's Adam moments for the parameter of the same name
+    (Adam keeps state by position, and the stages train different parameters). Returns how many
+    parameters received state; the others start fresh."""
+    by_name = {previous["optimizer_params"][int(i)]: s for i, s in previous["optimizer"]["state"].items()}
+    state = optimizer.state_dict()
+    state["state"] = {i: by_name[name] for i, name in enumerate(order) if name in by_name}
+    optimizer.load_state_dict(state)
+    return len(state["state"])
 
 
 def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loaders: dict, runtime: Runtime,
@@ -254,22 +308,24 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     out = cfg.stage_dir(model_name, stage)
     path = out / "checkpoint.pt"
     trainable = models.set_trainable(model, stage_cfg.trainable)
+    inputs = stage_inputs(cfg, model_name, stage)
     resumed = load_checkpoint(path) if path.exists() else None
     if resumed is not None:
-        check_resumable(resumed, cfg, path)
-    previous = None if resumed or stage == STAGES[0] else _previous_stage_checkpoint(cfg, model_name, stage)
+        check_checkpoint(resumed, cfg, inputs, path)
+    previous = None
+    if resumed is None and stage != STAGES[0]:
+        previous = finished_checkpoint(cfg, model_name, STAGES[STAGES.index(stage) - 1])
     if resumed or previous:
         model.load_state_dict((resumed or previous)["model"])
     history, start = (resumed["history"], resumed["epoch"]) if resumed else ([], 0)
     prepare_model(model, runtime)
-    first = previous["trainable"] if previous else []
-    order = resumed["optimizer_params"] if resumed else _optimizer_order(model, first)
+    order = resumed["optimizer_params"] if resumed else trainable
     params = dict(model.named_parameters())
     optimizer = torch.optim.Adam([params[n] for n in order], lr=stage_cfg.lr)
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
     elif previous is not None and cfg.train.stage2_init == "continue_optimizer":
-        _carry_adam_state(optimizer, previous["optimizer"])
+        carry_adam_state(optimizer, order, previous)
     criterion = nn.CrossEntropyLoss()
     offset = sum(cfg.stage_config(s).epochs for s in STAGES[: STAGES.index(stage)])
     writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=offset + start + 1)
@@ -291,8 +347,8 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
             writer.flush()
             save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                             history=history, config=cfg.to_dict(), model_name=model_name, stage=stage,
-                            trainable=trainable, optimizer_params=order,
-                            seed_scheme="epoch_seed(train.seed, stage, epoch)")
+                            trainable=trainable, optimizer_params=order, inputs=inputs,
+                            seed_scheme=SEED_SCHEME, runtime=runtime.describe())
             write_csv_atomic(pd.DataFrame(history, columns=HISTORY_COLUMNS), out / "history.csv")
             if on_epoch_end is not None:
                 on_epoch_end(row)
@@ -301,35 +357,16 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     return pd.DataFrame(history, columns=HISTORY_COLUMNS)
 
 
-def _carry_adam_state(optimizer, previous: dict) -> None:
-    """Carry the previous stage's Adam moments over to the same parameters (they come first)."""
-    state = optimizer.state_dict()
-    state["state"] = previous["state"]
-    optimizer.load_state_dict(state)
-
-
-def read_history(cfg: Config, model_name: str) -> pd.DataFrame:
-    """Both stages' histories, one row per epoch, with a ``stage`` column."""
-    frames = []
-    for stage in STAGES:
-        path = cfg.stage_dir(model_name, stage) / "history.csv"
-        if path.exists():
-            frames.append(pd.read_csv(path).assign(stage=stage))
-    if not frames:
-        raise KvasirError(f"no training history for {model_name} under {cfg.run_dir}; run notebook 02 first")
-    return pd.concat(frames, ignore_index=True)
-
-
 # -- what the notebooks call --------------------------------------------------------------
 def make_loaders(cfg: Config, runtime: Runtime, split: pd.DataFrame | None = None) -> dict:
     """Train and val loaders over the resized cache, with the paper's presets (split read from
     ``runs/<profile>/split.csv`` unless given)."""
     if split is None:
-        split = data.read_split(cfg.split_csv, cfg.data.classes)
-    datasets = data.split_datasets(cfg, split, transforms.train_preset(cfg.transforms),
-                                   transforms.eval_preset(cfg.transforms))
-    return {name: data.make_loader(ds, cfg.train.batch_size, name == "train", runtime.workers, runtime.pin_memory,
-                                   cfg.train.seed) for name, ds in datasets.items()}
+        split = read_split(cfg.split_csv, cfg.data.classes)
+    datasets = split_datasets(data.cache_dir(cfg), split, cfg.data.classes, transforms.train_preset(cfg.transforms),
+                              transforms.eval_preset(cfg.transforms))
+    return {name: make_loader(ds, cfg.train.batch_size, name == "train", runtime.workers, runtime.pin_memory,
+                              cfg.train.seed) for name, ds in datasets.items()}
 
 
 def model_for_stage(cfg: Config, model_name: str, stage: str) -> nn.Module:
@@ -342,32 +379,30 @@ def model_for_stage(cfg: Config, model_name: str, stage: str) -> nn.Module:
     return model
 
 
-def evaluate_final_model(cfg: Config, model_name: str, runtime: Runtime) -> tuple[pd.DataFrame, dict]:
-    """Predict the validation set once with the trained model; write ``predictions.csv`` (with
-    per-class probabilities) and ``metrics.json`` under ``runs/<profile>/<model>/eval/``."""
-    from kvasir_utils.report import environment
+@dataclass
+class StageRun:
+    """One stage of one model, ready to train: what notebooks 02 and 03 share."""
 
-    model = prepare_model(load_trained_model(cfg, model_name), runtime)
-    split = data.read_split(cfg.split_csv, cfg.data.classes)
-    val = split[split["split"] == "val"].reset_index(drop=True)
-    loader = make_loaders(cfg, runtime, split)["val"]
-    probs, targets, seconds = predict(model, loader, runtime, desc=f"{model_name} predict")
-    predictions = val[["path", "label"]].assign(true=targets, pred=probs.argmax(1), confidence=probs.max(1))
-    predictions = pd.concat([predictions, pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.data.classes])], axis=1)
-    history = read_history(cfg, model_name)
-    stage_acc = {stage: float(part["val_acc"].iloc[-1]) for stage, part in history.groupby("stage")}
-    record = metrics.summary(targets, probs, cfg.data.classes) | {
-        "parameters": models.count_parameters(model),
-        "gflops": models.gflops(model, cfg.transforms.image_size),
-        "train_seconds": float(history["seconds"].sum()),
-        "inference_images_per_s": len(targets) / seconds,
-        "stage_val_acc": stage_acc,
-        "fine_tuning_gain": stage_acc.get("stage2", float("nan")) - stage_acc["stage1"],
-        "runtime": runtime.describe(),
-        "environment": environment(),
-        "generated_data": cfg.generated_data,
-    }
-    out = cfg.eval_dir(model_name)
-    write_csv_atomic(predictions, out / "predictions.csv")
-    write_json_atomic(out / "metrics.json", record)
-    return predictions, record
+    cfg: Config
+    model_name: str
+    stage: str
+    runtime: Runtime
+    model: nn.Module
+
+    def describe(self) -> str:
+        return (f"{self.model_name}, {self.stage} (trainable: {self.cfg.stage_config(self.stage).trainable}) "
+                f"on {self.runtime.describe()}")
+
+    def fit(self) -> pd.DataFrame:
+        loaders = make_loaders(self.cfg, self.runtime)
+        return fit_stage(self.model, self.cfg, self.model_name, self.stage, loaders, self.runtime)
+
+
+def start_stage(cfg: Config, model_name: str, stage: str) -> StageRun:
+    """Resolve the runtime and build the model as ``stage`` starts it."""
+    return StageRun(cfg, model_name, stage, resolve_runtime(cfg.runtime), model_for_stage(cfg, model_name, stage))
+
+
+def throughput_summary(history: pd.DataFrame) -> str:
+    return (f"time per epoch: {history['seconds'].mean():.1f} s, "
+            f"training throughput: {history['images_per_s'].mean():.1f} images/s")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from kvasir_utils.paper import abbreviation, display_name
+from kvasir_utils.labels import abbreviation, display_name
 
 TABLE1_COLUMNS = ["Precision", "Recall", "F1-Score", "Specificity", "Support"]
 

@@ -10,7 +10,9 @@ import torch
 import torchvision
 from torch import nn
 
+from kvasir_utils.config import STAGES, Config
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.io import sha256_file
 
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 TRAINABLE_READINGS = "head, all, last_tensors:<N>, block:<module name>, module:<module name>"
@@ -50,8 +52,24 @@ def weights_file(name: str, weights: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
+def check_weights_file(path: Path, url: str) -> None:
+    """A weights file must match the SHA-256 prefix in its name (``resnet50-0676ba61.pth``), as
+    torch.hub checks on download; a file copied in by hand is checked the same way."""
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if match is None or not match.group(1):
+        return
+    expected = match.group(1)
+    actual = sha256_file(path)
+    if not actual.startswith(expected):
+        raise KvasirError(
+            f"the weights file {path} is damaged or not the file its name says: its SHA-256 starts with "
+            f"{actual[:len(expected)]}, expected {expected} (size {path.stat().st_size:,} bytes). Delete it and "
+            f"download it again from {url} (on a machine with network, then copy it into {path.parent})."
+        )
+
+
 def load_pretrained_state(name: str, weights: str, offline: bool) -> dict:
-    """ImageNet weights through torchvision's weights API; a missing file offline is a clear error."""
+    """ImageNet weights through torch hub's cache; a missing or damaged file is a clear error."""
     enum = weights_enum(name, weights)
     path = weights_file(name, weights)
     remedy = (
@@ -59,10 +77,12 @@ def load_pretrained_state(name: str, weights: str, offline: bool) -> dict:
         f"with network and copy it into that folder (or set TORCH_HOME), or use the smoke profile "
         f"(`make smoke`), which needs no weights."
     )
-    if not path.exists() and offline:
+    if path.exists():
+        check_weights_file(path, enum.url)
+    elif offline:
         raise KvasirError(f"offline: {remedy}")
     try:
-        return enum.get_state_dict(progress=True, check_hash=True)
+        return torch.hub.load_state_dict_from_url(enum.url, progress=True, check_hash=True, weights_only=True)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
         raise KvasirError(f"could not download weights ({exc}): {remedy}") from exc
 
@@ -100,6 +120,40 @@ def _trainable_names(model: nn.Module, policy: str) -> list[str]:
             return inside + [n for n in head_params if n not in inside]
         return names[names.index(inside[0]):] if inside else head_params
     raise KvasirError(f"unknown trainable reading {policy!r}; allowed: {TRAINABLE_READINGS}")
+
+
+def check_readings(model_names: list[str], readings: dict[str, str], weights: str | None) -> None:
+    """Build every model's architecture on the meta device (no memory, no weights) and check each
+    trainable reading and the weights name against it, so a reading a model does not have stops
+    the run before anything is downloaded or trained. ``readings`` maps setting name to reading."""
+    problems = []
+    for name in model_names:
+        try:
+            with torch.device("meta"):
+                model = build_model(name, 2)
+        except KvasirError as exc:
+            problems.append(f"train.models: {exc}")
+            continue
+        for setting, reading in readings.items():
+            problems += _problems(f"{setting} for {name}", _trainable_names, model, reading)
+        if weights is not None:
+            problems += _problems(f"train.weights for {name}", weights_enum, name, weights)
+    if problems:
+        raise KvasirError("the profile does not fit its models:\n  " + "\n  ".join(problems))
+
+
+def check_profile(cfg: Config) -> None:
+    """``check_readings`` for every model and stage reading of a profile."""
+    readings = {f"train.{stage}.trainable": cfg.stage_config(stage).trainable for stage in STAGES}
+    check_readings(cfg.train.models, readings, cfg.train.weights)
+
+
+def _problems(what: str, check, *args) -> list[str]:
+    try:
+        check(*args)
+    except KvasirError as exc:
+        return [f"{what}: {exc}"]
+    return []
 
 
 def set_trainable(model: nn.Module, policy: str) -> list[str]:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-CLASSES = [
-    "dyed-lifted-polyps", "dyed-resection-margins", "esophagitis", "normal-cecum",
-    "normal-pylorus", "normal-z-line", "polyps", "ulcerative-colitis",
-]
-ABBREVIATIONS = dict(zip(CLASSES, ["DLP", "DRM", "ESO", "NC", "NP", "NZL", "POL", "UC"]))
+from kvasir_utils.labels import ABBREVIATIONS, CLASSES
+from kvasir_utils.metrics import accuracy, classification_table
 
 # Table 1: per-class performance on the validation set.
 TABLE1 = pd.DataFrame(
@@ -80,15 +77,6 @@ AMBIGUITIES = [
 ]
 
 
-def display_name(class_name: str) -> str:
-    """``dyed-lifted-polyps`` -> ``Dyed-lifted-polyps``, as the paper's tables write it."""
-    return class_name[:1].upper() + class_name[1:]
-
-
-def abbreviation(class_name: str) -> str:
-    return ABBREVIATIONS.get(class_name, class_name)
-
-
 def setting_value(config: dict, dotted: str):
     node = config
     for key in dotted.split("."):
@@ -129,8 +117,6 @@ def expand_confusion(confusion: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def consistency_notes() -> list[str]:
     """Where the paper's numbers disagree with each other (Table 1 recomputed from Table 2)."""
-    from kvasir_utils.metrics import accuracy, classification_table
-
     true, pred = expand_confusion(TABLE2)
     recomputed = classification_table(true, pred, CLASSES)
     notes = []

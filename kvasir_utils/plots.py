@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from kvasir_utils.engine import SCALAR_TAGS
-from kvasir_utils.paper import display_name
+from kvasir_utils.history import SCALAR_TAGS
+from kvasir_utils.labels import display_name
 
 CURVE_TAGS = tuple(SCALAR_TAGS)
 

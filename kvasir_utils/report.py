@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import html
-import json
 import os
-import platform
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +11,9 @@ import yaml
 
 from kvasir_utils import metrics, paper
 from kvasir_utils.config import Config
+from kvasir_utils.environment import environment
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.evaluation import read_evaluations
 from kvasir_utils.io import atomic_path, write_text_atomic
 
 GENERATED_WARNING = (
@@ -23,7 +22,7 @@ GENERATED_WARNING = (
 )
 BANNER_STYLE = (".kvasir-banner{background:#fff3cd;border:2px solid #e0a800;padding:0.8em 1em;"
                 "margin:0 0 1em;font-weight:bold}")
-STYLE = BANNER_STYLE + """
+STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -38,7 +37,7 @@ def banner_html(cfg: Config) -> str:
     text = f"Profile '{cfg.profile}'."
     if cfg.generated_data:
         text = GENERATED_WARNING.format(profile=cfg.profile)
-    return f'<div class="kvasir-banner">{html.escape(text)}</div>'
+    return f'<style>{BANNER_STYLE}</style><div class="kvasir-banner">{html.escape(text)}</div>'
 
 
 def show_banner(cfg: Config) -> None:
@@ -89,39 +88,16 @@ def save_figure(fig, cfg: Config, name: str) -> Path:
     return folder / f"{name}.png"
 
 
-def environment() -> dict:
-    """Versions and hardware, for the record."""
-    import torch
-    import torchvision
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "gpu": gpu,
-    }
-
-
 # -- HTML ---------------------------------------------------------------------------------
-def _inject_banner(page: str, banner: str) -> str:
-    head_end = page.find("</head>")
-    if head_end >= 0:
-        page = page[:head_end] + f"<style>{BANNER_STYLE}</style>" + page[head_end:]
-    body = page.find("<body")
-    if body < 0:
-        return banner + page
-    body_end = page.find(">", body) + 1
-    return page[:body_end] + banner + page[body_end:]
-
-
-def render_notebook(executed: Path, dest: Path, banner: str) -> Path:
-    """An executed notebook as a reader's HTML page: outputs only, code hidden."""
+def render_notebook(executed: Path, dest: Path) -> Path:
+    """An executed notebook as a reader's HTML page: outputs only, code hidden (its banner is the
+    notebook's own first output)."""
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    return write_text_atomic(dest, _inject_banner(body, banner))
+    return write_text_atomic(dest, body)
 
 
 def _table_html(frame: pd.DataFrame) -> str:
@@ -137,18 +113,6 @@ def headline_table(evaluations: dict) -> pd.DataFrame:
             mine, theirs = ours[key], reported.get(key, float("nan"))
             rows[(model, key)] = {"paper": theirs, "this run": mine, "difference": mine - theirs}
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def read_evaluations(cfg: Config, required: bool = True) -> dict:
-    """``{model: (metrics record, predictions)}`` for every model notebook 04 has evaluated."""
-    found = {}
-    for model in cfg.train.models:
-        folder = cfg.eval_dir(model)
-        if (folder / "metrics.json").exists():
-            found[model] = (json.loads((folder / "metrics.json").read_text()), pd.read_csv(folder / "predictions.csv"))
-    if required and not found:
-        raise KvasirError(f"no evaluated model under {cfg.run_dir}; run notebook 04 first")
-    return found
 
 
 def comparison_table(cfg: Config) -> pd.DataFrame:
@@ -198,8 +162,7 @@ def render_reports(cfg: Config) -> Path:
     executed = sorted(p for p in cfg.notebook_dir.glob("*.ipynb") if not p.name.endswith(".failed.ipynb"))
     if not executed:
         raise KvasirError(f"no executed notebooks in {cfg.notebook_dir}; run `make reproduce PROFILE={cfg.profile}`")
-    banner = banner_html(cfg)
-    pages = [render_notebook(nb, cfg.report_dir / "html" / f"{nb.stem}.html", banner) for nb in executed]
+    pages = [render_notebook(nb, cfg.report_dir / "html" / f"{nb.stem}.html") for nb in executed]
     index = cfg.report_dir / "index.html"
     write_text_atomic(index, index_html(cfg, pages))
     return index

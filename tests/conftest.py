@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from kvasir_utils import paper, synthetic
+from kvasir_utils import labels, synthetic
 
 
 @pytest.fixture(scope="session")
 def small_archive(tmp_path_factory) -> Path:
     """A Kvasir-layout zip with 8 images per class (some large), made once per test session."""
     path = tmp_path_factory.mktemp("archive") / "kvasir-dataset-v2.zip"
-    return synthetic.make_archive(path, paper.CLASSES, images_per_class=8, seed=1, large_fraction=0.25)
+    return synthetic.make_archive(path, labels.CLASSES, images_per_class=8, seed=1, large_fraction=0.25)
 
 
 def tmp_overrides(root: Path) -> list[str]:
@@ -24,8 +24,9 @@ def tmp_overrides(root: Path) -> list[str]:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves files from ``server.root`` with Range support; ``server.cut_after`` bytes makes
-    the next full response stop early, as a dropped connection does."""
+    """Serves files from ``server.root`` with Range support (``server.ignore_range`` turns it off,
+    as some servers do); ``server.cut_after`` bytes makes the next response stop early, as a
+    dropped connection does."""
 
     def log_message(self, *args):
         pass
@@ -38,7 +39,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         body = path.read_bytes()
         start = 0
-        if "Range" in self.headers:
+        if "Range" in self.headers and not self.server.ignore_range:
             start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
             if start >= len(body):
                 self.send_error(416, "Range Not Satisfiable")
@@ -62,6 +63,7 @@ def http_server(tmp_path):
     server.root = tmp_path / "served"
     server.root.mkdir()
     server.cut_after = None
+    server.ignore_range = False
     server.requests = []
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -77,15 +79,12 @@ TINY = ["data.synthetic.images_per_class=16", "data.expected_per_class=16", "cac
 
 def prepare_tiny_dataset(root: Path, extra: list[str] = ()):
     """The data stage (notebook 01's calls) on a tiny generated dataset under ``root``."""
-    from kvasir_utils import config, data
+    from kvasir_utils import cache, config, data, split
 
-    cfg = config.load_profile("smoke", tmp_overrides(root) + TINY + list(extra))
-    archive = data.fetch_archive(data.source_urls(cfg), data.archive_path(cfg), offline=True, progress=False)
-    image_root = data.find_class_root(data.extract_archive(archive, data.images_dir(cfg), progress=False),
-                                      cfg.data.classes)
-    manifest = data.build_cache(image_root, data.scan_images(image_root, cfg.data.classes), data.cache_dir(cfg),
-                                cfg.cache.short_side, workers=1, progress=False)
-    data.write_split(data.make_split(data.usable_images(manifest, "error"), 0.25, cfg.split.seed), cfg.split_csv)
+    cfg = config.load_profile("smoke", tmp_overrides(root) + TINY + ["cache.workers=1", *extra])
+    prepared = data.prepare_dataset(cfg, progress=False)
+    usable = cache.usable_images(prepared.manifest, "error")
+    data.write_run_split(cfg, split.make_split(usable, 0.25, cfg.split.seed))
     return cfg
 
 

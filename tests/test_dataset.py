@@ -1,12 +1,15 @@
 import io
+import os
 import zipfile
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from kvasir_utils import data, paper, synthetic
+from kvasir_utils import cache, extract, labels, synthetic
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.split import make_split
 
 
 def _jpeg(size=(64, 48)) -> bytes:
@@ -30,31 +33,31 @@ def _zip(path, entries: dict, links=()):
 def test_zip_slip_entries_are_refused_and_nothing_is_extracted(tmp_path, entry):
     archive = _zip(tmp_path / "a.zip", {"kvasir-dataset-v2/polyps/ok.jpg": _jpeg(), entry: b"x"})
     with pytest.raises(KvasirError, match="outside the target folder"):
-        data.extract_archive(archive, tmp_path / "images", progress=False)
+        extract.extract_archive(archive, tmp_path / "images", progress=False)
     assert not (tmp_path / "images").exists() and not (tmp_path / "evil.jpg").exists()
 
 
 def test_symbolic_links_are_refused(tmp_path):
     archive = _zip(tmp_path / "a.zip", {"k/polyps/ok.jpg": _jpeg()}, links=["k/polyps/link.jpg"])
     with pytest.raises(KvasirError, match="symbolic link"):
-        data.extract_archive(archive, tmp_path / "images", progress=False)
+        extract.extract_archive(archive, tmp_path / "images", progress=False)
 
 
 def test_a_damaged_zip_is_named(tmp_path):
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"PK\x03\x04 this is not a zip")
     with pytest.raises(KvasirError, match="bad.zip is not a readable zip archive"):
-        data.extract_archive(bad, tmp_path / "images", progress=False)
+        extract.extract_archive(bad, tmp_path / "images", progress=False)
 
 
 def test_extraction_is_skipped_when_done_and_redone_for_another_archive(small_archive, tmp_path):
-    dest = data.extract_archive(small_archive, tmp_path / "images", progress=False)
+    dest = extract.extract_archive(small_archive, tmp_path / "images", progress=False)
     marker = dest / "kvasir-dataset-v2" / "marker"
     marker.write_text("x")
-    data.extract_archive(small_archive, dest, progress=False)
+    extract.extract_archive(small_archive, dest, progress=False)
     assert marker.exists()
-    other = _zip(tmp_path / "other.zip", {f"kvasir-dataset-v2/{c}/a.jpg": _jpeg() for c in paper.CLASSES})
-    data.extract_archive(other, dest, progress=False)
+    other = _zip(tmp_path / "other.zip", {f"kvasir-dataset-v2/{c}/a.jpg": _jpeg() for c in labels.CLASSES})
+    extract.extract_archive(other, dest, progress=False)
     assert not marker.exists() and len(list(dest.rglob("*.jpg"))) == 8
 
 
@@ -70,69 +73,117 @@ def _folder(tmp_path, classes, extra=None):
 
 
 def test_a_missing_class_folder_is_named(tmp_path):
-    root = _folder(tmp_path, paper.CLASSES[:-1])
+    root = _folder(tmp_path, labels.CLASSES[:-1])
     with pytest.raises(KvasirError, match="missing from the dataset .*: ulcerative-colitis"):
-        data.find_class_root(root, paper.CLASSES)
+        extract.find_class_root(root, labels.CLASSES)
 
 
 def test_an_archive_of_something_else_is_named(tmp_path):
     (tmp_path / "x" / "cats").mkdir(parents=True)
     with pytest.raises(KvasirError, match="no class folder .* is this a Kvasir v2 archive"):
-        data.find_class_root(tmp_path / "x", paper.CLASSES)
+        extract.find_class_root(tmp_path / "x", labels.CLASSES)
 
 
 def test_corrupt_images_are_reported_by_path_and_other_files_ignored(tmp_path):
-    root = _folder(tmp_path, paper.CLASSES, extra={"polyps/notes.txt": b"hi", "polyps/._a.jpg": b"apple",
+    root = _folder(tmp_path, labels.CLASSES, extra={"polyps/notes.txt": b"hi", "polyps/._a.jpg": b"apple",
                                                    "polyps/broken.jpg": _jpeg((640, 480))[:300]})
-    class_root = data.find_class_root(root, paper.CLASSES)
-    images = data.scan_images(class_root, paper.CLASSES)
+    class_root = extract.find_class_root(root, labels.CLASSES)
+    images = extract.scan_images(class_root, labels.CLASSES)
     assert len(images) == 17 and "polyps/notes.txt" not in set(images["path"])
-    manifest = data.build_cache(class_root, images, tmp_path / "cache", 32, workers=1, progress=False)
-    check = data.check_dataset(manifest, paper.CLASSES, expected_per_class=2)
+    manifest, _ = cache.build_cache(class_root, images, tmp_path / "cache", 32, workers=1, progress=False)
+    check = cache.check_dataset(manifest, labels.CLASSES, expected_per_class=2)
     assert list(check.unreadable["path"]) == ["polyps/broken.jpg"]
     assert check.warnings == []
     with pytest.raises(KvasirError, match="polyps/broken.jpg(.|\n)*data.on_unreadable=skip"):
-        data.usable_images(manifest, "error")
-    assert len(data.usable_images(manifest, "skip")) == 16
+        cache.usable_images(manifest, "error")
+    assert len(cache.usable_images(manifest, "skip")) == 16
     assert set(check.resolutions["resolution"]) == {"64x48", "720x576"}
 
 
 def test_cache_resizes_short_side_and_is_reused(tmp_path):
-    root = data.find_class_root(_folder(tmp_path, paper.CLASSES), paper.CLASSES)
-    images = data.scan_images(root, paper.CLASSES)
-    first = data.build_cache(root, images, tmp_path / "cache", 40, workers=1, progress=False)
+    root = extract.find_class_root(_folder(tmp_path, labels.CLASSES), labels.CLASSES)
+    images = extract.scan_images(root, labels.CLASSES)
+    first, _ = cache.build_cache(root, images, tmp_path / "cache", 40, workers=1, progress=False)
     with Image.open(tmp_path / "cache" / "polyps" / "b.jpg") as im:
         assert im.size == (50, 40)
     stamp = (tmp_path / "cache" / "polyps" / "b.jpg").stat().st_mtime_ns
-    again = data.build_cache(root, images, tmp_path / "cache", 40, workers=1, progress=False)
-    assert (tmp_path / "cache" / "polyps" / "b.jpg").stat().st_mtime_ns == stamp
+    again, rebuilt = cache.build_cache(root, images, tmp_path / "cache", 40, workers=1, progress=False)
+    assert (tmp_path / "cache" / "polyps" / "b.jpg").stat().st_mtime_ns == stamp and rebuilt == 0
     pd.testing.assert_frame_equal(first, again)
 
 
 def _images(per_class=10):
-    return pd.DataFrame([(f"{c}/{i}.jpg", c) for c in paper.CLASSES for i in range(per_class)],
+    return pd.DataFrame([(f"{c}/{i}.jpg", c) for c in labels.CLASSES for i in range(per_class)],
                         columns=["path", "label"])
 
 
-def test_split_is_stratified_deterministic_and_disjoint():
+def test_split_is_stratified_and_deterministic_whatever_the_input_order():
     images = _images()
-    split = data.make_split(images, 0.2, seed=42)
+    split = make_split(images, 0.2, seed=42)
     assert list(split.columns) == ["path", "label", "split"]
     assert split.groupby("label")["split"].apply(lambda s: (s == "val").sum()).eq(2).all()
-    pd.testing.assert_frame_equal(split, data.make_split(images.sample(frac=1, random_state=3), 0.2, seed=42))
-    other = data.make_split(images, 0.2, seed=43)
+    pd.testing.assert_frame_equal(split, make_split(images.sample(frac=1, random_state=3), 0.2, seed=42))
+    other = make_split(images, 0.2, seed=43)
     assert set(other.loc[other.split == "val", "path"]) != set(split.loc[split.split == "val", "path"])
-    assert split["path"].is_unique
 
 
 def test_generated_archive_is_deterministic_and_kvasir_shaped(tmp_path):
-    a = synthetic.make_archive(tmp_path / "a.zip", paper.CLASSES[:2], 3, seed=5, large_fraction=0.5)
-    b = synthetic.make_archive(tmp_path / "b.zip", paper.CLASSES[:2], 3, seed=5, large_fraction=0.5)
-    c = synthetic.make_archive(tmp_path / "c.zip", paper.CLASSES[:2], 3, seed=6, large_fraction=0.5)
+    a = synthetic.make_archive(tmp_path / "a.zip", labels.CLASSES[:2], 3, seed=5, large_fraction=0.5)
+    b = synthetic.make_archive(tmp_path / "b.zip", labels.CLASSES[:2], 3, seed=5, large_fraction=0.5)
+    c = synthetic.make_archive(tmp_path / "c.zip", labels.CLASSES[:2], 3, seed=6, large_fraction=0.5)
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
     with zipfile.ZipFile(a) as archive:
         names = archive.namelist()
         sizes = {Image.open(io.BytesIO(archive.read(n))).size for n in names}
     assert all(n.startswith("kvasir-dataset-v2/") and n.endswith(".jpg") for n in names)
-    assert {n.split("/")[1] for n in names} == set(paper.CLASSES[:2])
+    assert {n.split("/")[1] for n in names} == set(labels.CLASSES[:2])
     assert sizes <= {synthetic.COMMON_SIZE, *synthetic.LARGE_SIZES}
+
+
+def test_a_rerun_with_skip_after_the_unreadable_image_error_checks_the_dataset(tmp_path):
+    # The error message's remedy (data.on_unreadable=skip) reruns on the manifest read back from disk.
+    root = _folder(tmp_path, labels.CLASSES, extra={"polyps/broken.jpg": _jpeg((640, 480))[:300]})
+    class_root = extract.find_class_root(root, labels.CLASSES)
+    images = extract.scan_images(class_root, labels.CLASSES)
+    first, _ = cache.build_cache(class_root, images, tmp_path / "cache", 32, workers=1, progress=False)
+    with pytest.raises(KvasirError, match="data.on_unreadable=skip"):
+        cache.usable_images(first, "error")
+    again, _ = cache.build_cache(class_root, images, tmp_path / "cache", 32, workers=1, progress=False)
+    check = cache.check_dataset(again, labels.CLASSES, expected_per_class=2)
+    assert set(check.resolutions["resolution"]) == {"64x48", "720x576"}
+    assert list(check.unreadable["path"]) == ["polyps/broken.jpg"] and len(cache.usable_images(again, "skip")) == 16
+
+
+def _noisy_folder(tmp_path):
+    root = tmp_path / "noisy"
+    for c in labels.CLASSES:
+        (root / c).mkdir(parents=True)
+        pixels = np.random.default_rng(len(c)).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / c / "x.png")
+    return root
+
+
+def test_the_cache_is_keyed_by_everything_that_changes_its_bytes(tmp_path):
+    from kvasir_utils import config, data
+
+    root = _noisy_folder(tmp_path)
+    images = extract.scan_images(root, labels.CLASSES)
+    overrides = [f"paths.data={tmp_path / 'data'}"]
+    folders = {q: data.cache_dir(config.load_profile("smoke", [*overrides, f"cache.quality={q}"])) for q in (95, 50)}
+    assert folders[95] != folders[50]
+    manifests = {q: cache.build_cache(root, images, folders[q], 72, q, workers=1, progress=False)[0] for q in folders}
+    first = (folders[95] / "polyps" / "x.jpg").read_bytes()
+    assert (folders[50] / "polyps" / "x.jpg").read_bytes() != first
+    assert len(first) > len((folders[50] / "polyps" / "x.jpg").read_bytes())
+    fingerprints = {q: cache.manifest_fingerprint(m, 72, q) for q, m in manifests.items()}
+    assert fingerprints[95] != fingerprints[50]
+    # the same images unpacked again (new file times) are the same content: same fingerprint
+    for file in root.rglob("*.png"):
+        os.utime(file, ns=(1, 1))
+    again, rebuilt = cache.build_cache(root, images, folders[95], 72, 95, workers=1, progress=False)
+    assert rebuilt == len(images) and cache.manifest_fingerprint(again, 72, 95) == fingerprints[95]
+    assert (folders[95] / "polyps" / "x.jpg").read_bytes() == first
+    # another image under the same name is another content
+    Image.new("RGB", (128, 96), (1, 2, 3)).save(root / "polyps" / "x.png")
+    changed, _ = cache.build_cache(root, images, folders[95], 72, 95, workers=1, progress=False)
+    assert cache.manifest_fingerprint(changed, 72, 95) != fingerprints[95]

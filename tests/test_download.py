@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from kvasir_utils.data import fetch_archive
+from kvasir_utils.download import fetch_archive
 from kvasir_utils.errors import KvasirError
 
 
@@ -98,3 +98,21 @@ def test_offline_says_where_to_put_the_zip(tmp_path):
 def test_a_local_file_address_is_copied(small_archive, tmp_path):
     dest = fetch_archive([small_archive.as_uri()], tmp_path / "k.zip", size=small_archive.stat().st_size)
     assert dest.read_bytes() == small_archive.read_bytes()
+
+
+def test_a_server_that_ignores_range_sends_it_all_again_and_the_file_is_whole(http_server, small_archive, tmp_path):
+    url, size = _serve(http_server, small_archive)
+    http_server.ignore_range = True
+    http_server.cut_after = size // 2
+    dest = fetch_archive([url], tmp_path / "kvasir.zip", size=size, retries=2, progress=False)
+    assert dest.read_bytes() == small_archive.read_bytes()
+    assert http_server.requests[-1]["Range"] == f"bytes={size // 2}-"  # asked to resume, got everything
+
+
+def test_a_stale_partial_file_answered_with_416_is_downloaded_afresh(http_server, small_archive, tmp_path):
+    url, size = _serve(http_server, small_archive)
+    dest = tmp_path / "kvasir.zip"
+    dest.with_name("kvasir.zip.part").write_bytes(b"x" * (size + 10))  # longer than the file: not a prefix
+    fetch_archive([url], dest, size=size, retries=1, progress=False)
+    assert dest.read_bytes() == small_archive.read_bytes()
+    assert [r.get("Range") for r in http_server.requests] == [f"bytes={size + 10}-", None]

@@ -1,11 +1,13 @@
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from kvasir_utils import engine, models, plots
-from kvasir_utils.config import RuntimeConfig
+from kvasir_utils import engine, history, models, plots
+from kvasir_utils.config import STAGES, RuntimeConfig
+from kvasir_utils.errors import KvasirError
 from tests.conftest import tiny_config
 
 
@@ -75,11 +77,11 @@ def test_stage2_starts_from_stage1_and_tensorboard_holds_the_scalars(tiny_data, 
     assert torch.equal(stage2.conv1.weight, stage1.conv1.weight)
     assert not torch.equal(stage2.conv1.weight, initial.conv1.weight)
     scalars = plots.read_tensorboard({s: cfg.stage_dir("resnet18", s) / "tensorboard" for s in ("stage1", "stage2")})
-    history = engine.read_history(cfg, "resnet18")
+    history_frame = history.read_history(cfg, "resnet18")
     assert set(scalars["tag"]) == set(plots.CURVE_TAGS)
     val_acc = scalars[scalars["tag"] == "accuracy/val"]
     assert list(val_acc["step"]) == [1, 2, 3]
-    assert val_acc["value"].to_numpy() == pytest.approx(history["val_acc"].to_numpy(), abs=1e-6)
+    assert val_acc["value"].to_numpy() == pytest.approx(history_frame["val_acc"].to_numpy(), abs=1e-6)
 
 
 def test_resuming_under_other_settings_is_refused(tiny_data, runs):
@@ -87,16 +89,115 @@ def test_resuming_under_other_settings_is_refused(tiny_data, runs):
     _train(cfg)
     changed = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1",
                                             "train.stage1.lr=0.5"])
-    with pytest.raises(Exception, match=r"trained with other settings \(train.stage1.lr\)(.|\n)*make clean"):
+    with pytest.raises(KvasirError, match=r"other settings or data: train.stage1.lr changed(.|\n)*make clean"):
         _train(changed)
     # a later stage's settings do not invalidate an earlier stage
     _train(tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1", "train.stage2.lr=0.5"]))
 
 
-def test_runtime_auto_uses_bf16_only_where_the_hardware_has_it():
-    runtime = engine.resolve_runtime(RuntimeConfig())
-    assert runtime.precision == ("bf16" if engine.cpu_has_native_bf16() or torch.cuda.is_available() else "fp32")
-    assert runtime.channels_last == (runtime.precision == "bf16")
+def test_settings_that_do_not_change_the_stage_do_not_refuse_it(tiny_data, runs):
+    cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18,resnet34]", "train.stage1.epochs=1"])
+    _train(cfg)
+    path = cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt"
+    before = path.stat().st_mtime_ns
+    other = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1", "cache.workers=3",
+                                          "runtime.workers=1", "eval.bootstrap_samples=20"])
+    _, again = _train(other)
+    assert path.stat().st_mtime_ns == before and len(again) == 1  # reused as it was, not retrained
+
+
+def _swap_sides(split_csv, count=2):
+    split = pd.read_csv(split_csv)
+    val, train = split.index[split["split"] == "val"][:count], split.index[split["split"] == "train"][:count]
+    split.loc[val, "split"], split.loc[train, "split"] = "train", "val"
+    split.to_csv(split_csv, index=False)
+
+
+def test_a_finished_stage_is_not_reused_on_another_split(tiny_data, runs):
+    cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1",
+                                        "train.stage2.epochs=1", "train.stage2.trainable=head"])
+    _train(cfg)
+    _train(cfg, stage="stage2")
+    _train(cfg)  # same inputs: reused, in both directions the check passes
+    _swap_sides(cfg.split_csv)
+    for stage in STAGES:
+        with pytest.raises(KvasirError, match=r"split.csv \(SHA-256 \w+ then, \w+ now\) changed"):
+            _train(cfg, stage=stage)
+    with pytest.raises(KvasirError, match="split.csv"):
+        engine.load_trained_model(cfg, "resnet18")  # what notebook 04 calls before it evaluates
+
+
+def test_stage2_is_not_reused_after_stage1_was_retrained(tiny_data, runs):
+    settings = ["train.models=[resnet18]", "train.stage1.epochs=1", "train.stage2.epochs=1",
+                "train.stage2.trainable=head"]
+    cfg = tiny_config(tiny_data, runs, settings)
+    _train(cfg)
+    _train(cfg, stage="stage2")
+    engine.load_trained_model(cfg, "resnet18")
+    shutil.rmtree(cfg.stage_dir("resnet18", "stage1"))
+    _train(tiny_config(tiny_data, runs, [*settings, "train.stage1.lr=3e-4"]))
+    with pytest.raises(KvasirError, match=r"stage1 checkpoint \(SHA-256"):
+        engine.load_trained_model(tiny_config(tiny_data, runs, [*settings, "train.stage1.lr=3e-4"]), "resnet18")
+
+
+def test_continue_optimizer_carries_adam_state_by_parameter_name(tiny_data, runs):
+    cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1",
+                                        "train.stage1.trainable=all", "train.stage2.epochs=1",
+                                        "train.stage2.trainable=head", "train.stage2_init=continue_optimizer"])
+    _train(cfg)
+    stage1 = engine.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
+    fc_weight = stage1["optimizer"]["state"][stage1["optimizer_params"].index("fc.weight")]
+    model = engine.model_for_stage(cfg, "resnet18", "stage2")
+    order = models.set_trainable(model, "head")
+    optimizer = torch.optim.Adam([dict(model.named_parameters())[n] for n in order])
+    assert engine.carry_adam_state(optimizer, order, stage1) == 2
+    carried = optimizer.state_dict()["state"][order.index("fc.weight")]
+    assert torch.equal(carried["exp_avg"], fc_weight["exp_avg"]) and carried["step"] == fc_weight["step"]
+    _train(cfg, stage="stage2")  # and the stage trains with it (Adam crashed on conv1's moments before)
+
+
+def test_frozen_batchnorm_train_lets_frozen_statistics_move(tiny_data, runs):
+    moved = {}
+    for mode in ("eval", "train"):
+        cfg = tiny_config(tiny_data, runs / mode, ["train.models=[resnet18]", "train.stage1.epochs=1",
+                                                   "train.stage1.trainable=head", f"train.frozen_batchnorm={mode}"])
+        shutil.copytree(runs / "smoke", runs / mode / "smoke")
+        initial = engine.model_for_stage(cfg, "resnet18", "stage1").state_dict()
+        trained, _ = _train(cfg)
+        moved[mode] = not torch.equal(trained.layer1[0].bn1.running_mean, initial["layer1.0.bn1.running_mean"])
+        assert torch.equal(trained.layer1[0].bn1.weight, initial["layer1.0.bn1.weight"])  # frozen either way
+    assert moved == {"eval": False, "train": True}
+
+
+def test_epoch_seeds_never_collide_across_seeds_stages_and_epochs():
+    keys = [(seed, stage, epoch) for seed in range(20) for stage in STAGES for epoch in range(1, 301)]
+    seeds = [engine.epoch_seed(*key) for key in keys]
+    assert len(set(seeds)) == len(keys)
+    assert engine.epoch_seed(1, "stage1", 101) != engine.epoch_seed(1, "stage2", 1)
+    assert engine.epoch_seed(1, "stage1", 3) == engine.epoch_seed(1, "stage1", 3) < 2**63
+
+
+@pytest.mark.parametrize(("mode", "deterministic", "warn_only"), [("auto", True, True), ("on", True, False),
+                                                                   ("off", False, False)])
+def test_runtime_deterministic_sets_torchs_switches(mode, deterministic, warn_only):
+    try:
+        runtime = engine.resolve_runtime(RuntimeConfig(deterministic=mode))
+        assert torch.are_deterministic_algorithms_enabled() == deterministic
+        assert torch.is_deterministic_algorithms_warn_only_enabled() == warn_only
+        assert f"deterministic algorithms {mode}" in runtime.describe()
+    finally:
+        engine.apply_determinism("auto", "cpu")
+
+
+def test_bf16_gives_the_predictions_of_fp32_on_a_trained_model(tiny_data, runs):
+    cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=3", "train.stage1.lr=2e-3"])
+    model, _ = _train(cfg)
+    loader = engine.make_loaders(cfg, engine.resolve_runtime(cfg.runtime))["val"]
+    fp32 = engine.predict(model, loader, engine.resolve_runtime(RuntimeConfig(precision="fp32")))[0]
+    bf16_runtime = engine.resolve_runtime(RuntimeConfig(precision="bf16"))
+    bf16 = engine.predict(engine.prepare_model(model, bf16_runtime), loader, bf16_runtime)[0]
+    assert bf16_runtime.channels_last and bf16.dtype == fp32.dtype == np.float32
+    assert np.abs(bf16 - fp32).max() < 0.05 and (bf16.argmax(1) == fp32.argmax(1)).mean() >= 0.9
 
 
 def test_trainable_table_counts_parameters():

@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from kvasir_utils import metrics, paper
+from kvasir_utils import labels, metrics, paper
 
-CLASSES = paper.CLASSES
+CLASSES = labels.CLASSES
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def test_table1_agrees_with_scikit_learn(random_predictions):
     table = metrics.classification_table(y_true, y_pred, CLASSES)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred)
     assert list(table.columns) == ["Precision", "Recall", "F1-Score", "Specificity", "Support"]
-    assert list(table.index) == [paper.display_name(c) for c in CLASSES] + ["Macro Avg", "Weighted Avg"]
+    assert list(table.index) == [labels.display_name(c) for c in CLASSES] + ["Macro Avg", "Weighted Avg"]
     np.testing.assert_allclose(table["Precision"].iloc[:8], p)
     np.testing.assert_allclose(table["Recall"].iloc[:8], r)
     np.testing.assert_allclose(table["F1-Score"].iloc[:8], f)

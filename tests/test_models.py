@@ -80,15 +80,56 @@ def test_missing_weights_offline_name_the_file_and_folder(tmp_path, monkeypatch)
         models.build_model("resnet50", 8, weights="IMAGENET1K_V1", offline=True)
 
 
-def test_weights_in_the_torch_hub_cache_load_through_torchvision(tmp_path, monkeypatch):
+def _hub_file(tmp_path, monkeypatch, state: dict, name: str = "resnet18") -> str:
+    """A weights file in a temporary torch hub folder, named ``<name>-<its own hash prefix>.pth``
+    the way torchvision names its files; the weights enum is pointed at it."""
+    import hashlib
+    import types
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    reference = __import__("torchvision").models.efficientnet_b0()
-    path = models.weights_file("efficientnet_b0", "IMAGENET1K_V1")
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(state, folder / "tmp.pth")
+    prefix = hashlib.sha256((folder / "tmp.pth").read_bytes()).hexdigest()[:8]
+    (folder / "tmp.pth").rename(folder / f"{name}-{prefix}.pth")
+    enum = types.SimpleNamespace(url=f"https://download.example/models/{name}-{prefix}.pth")
+    monkeypatch.setattr(models, "weights_enum", lambda model, weights: enum)
+    return prefix
+
+
+def test_weights_in_the_torch_hub_cache_are_checked_and_loaded(tmp_path, monkeypatch):
+    reference = __import__("torchvision").models.resnet18()
+    _hub_file(tmp_path, monkeypatch, reference.state_dict())
+    model = models.build_model("resnet18", 8, weights="IMAGENET1K_V1", offline=True)
+    assert torch.equal(model.conv1.weight, reference.conv1.weight) and model.fc.out_features == 8
+
+
+def test_a_damaged_weights_file_is_named_with_its_expected_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = models.weights_file("resnet50", "IMAGENET1K_V1")
     path.parent.mkdir(parents=True)
-    torch.save(reference.state_dict(), path)
-    model = models.build_model("efficientnet_b0", 8, weights="IMAGENET1K_V1", offline=True)
-    assert torch.equal(model.features[0][0].weight, reference.features[0][0].weight)
-    assert model.classifier[1].out_features == 8
+    path.write_bytes(b"PK\x03\x04 the first bytes of a truncated copy")
+    with pytest.raises(KvasirError, match=r"resnet50-0676ba61\.pth is damaged .* expected 0676ba61(.|\n)*Delete it and "
+                                          r"download it again from https://download.pytorch.org"):
+        models.build_model("resnet50", 8, weights="IMAGENET1K_V1", offline=True)
+
+
+def test_weights_of_another_file_under_the_name_are_refused(tmp_path, monkeypatch):
+    prefix = _hub_file(tmp_path, monkeypatch, __import__("torchvision").models.resnet18().state_dict())
+    path = tmp_path / "hub" / "checkpoints" / f"resnet18-{prefix}.pth"
+    torch.save(__import__("torchvision").models.resnet18().state_dict(), path)  # other random weights
+    with pytest.raises(KvasirError, match=f"expected {prefix}"):
+        models.build_model("resnet18", 8, weights="IMAGENET1K_V1", offline=True)
+
+
+def test_every_model_and_reading_is_checked_without_building_weights():
+    models.check_readings(["resnet50", "efficientnet_b0"], {"a": "head", "b": "last_tensors:10"}, "IMAGENET1K_V1")
+    with pytest.raises(KvasirError) as error:
+        models.check_readings(["resnet50", "efficientnet_b0", "resnet51"], {"train.stage2.trainable": "block:layer4.2"},
+                              "IMAGENET1K_V2")
+    lines = str(error.value).splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "train.stage2.trainable for efficientnet_b0", "train.weights for efficientnet_b0", "train.models"]
 
 
 def test_unknown_weights_and_models_list_what_is_allowed():

@@ -1,0 +1,87 @@
+"""Unpacking the archive safely, and finding the class folders and images in it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.io import write_json_atomic
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+def check_member(info: zipfile.ZipInfo) -> None:
+    """Refuse zip entries that are links or would land outside the target folder."""
+    name = info.filename.replace("\\", "/")
+    parts = name.split("/")
+    if name.startswith("/") or (len(parts[0]) == 2 and parts[0][1] == ":") or ".." in parts:
+        raise KvasirError(f"refusing unsafe archive entry {info.filename!r}: "
+                          "it would be written outside the target folder")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise KvasirError(f"refusing archive entry {info.filename!r}: it is a symbolic link")
+
+
+def extract_archive(archive: Path, dest: Path, progress: bool = True) -> Path:
+    """Extract ``archive`` into ``dest`` safely; skipped when ``dest`` came from the same archive."""
+    marker = {"archive": archive.name, "bytes": archive.stat().st_size}
+    stamp = dest / ".extracted.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == marker:
+        return dest
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as exc:
+        raise KvasirError(f"{archive} is not a readable zip archive ({exc}); delete it and run again") from exc
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with zf:
+        members = zf.infolist()
+        for info in members:
+            check_member(info)
+        try:
+            for info in tqdm(members, desc="extract", unit="file", disable=not progress, mininterval=1):
+                zf.extract(info, partial)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise KvasirError(f"{archive} is damaged ({exc}); delete it and run again") from exc
+    write_json_atomic(partial / stamp.name, marker)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(partial, dest)
+    return dest
+
+
+def find_class_root(extracted: Path, classes: list[str], max_depth: int = 3) -> Path:
+    """The folder under ``extracted`` that holds the class folders; a missing class is an error."""
+    candidates = [extracted]
+    frontier = [extracted]
+    for _ in range(max_depth):
+        frontier = [d for parent in frontier for d in sorted(parent.iterdir()) if d.is_dir()]
+        candidates += frontier
+    best = max(candidates, key=lambda d: sum((d / c).is_dir() for c in classes))
+    missing = [c for c in classes if not (best / c).is_dir()]
+    if len(missing) == len(classes):
+        found = sorted(d.name for d in extracted.iterdir())
+        raise KvasirError(
+            f"no class folder of {classes} found in {extracted} (it holds {found}); "
+            "is this a Kvasir v2 archive?"
+        )
+    if missing:
+        raise KvasirError(f"class folder(s) missing from the dataset at {best}: {', '.join(missing)}")
+    return best
+
+
+def scan_images(root: Path, classes: list[str]) -> pd.DataFrame:
+    """Image files per class folder (``path`` relative to ``root``, ``label``); other files ignored."""
+    rows = []
+    for label in classes:
+        for file in sorted((root / label).rglob("*")):
+            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
+                rows.append((file.relative_to(root).as_posix(), label))
+    return pd.DataFrame(rows, columns=["path", "label"])

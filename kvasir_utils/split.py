@@ -1,0 +1,64 @@
+"""The stratified train/validation split, as the manifest every later step reads (split.csv)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.io import write_csv_atomic
+
+SPLIT_COLUMNS = ["path", "label", "split"]
+
+
+def make_split(images: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
+    """Stratified train/val split; the same images and seed give the same split."""
+    from sklearn.model_selection import train_test_split
+
+    ordered = images.sort_values("path").reset_index(drop=True)
+    too_small = ordered.groupby("label").size()
+    too_small = too_small[too_small < 2]
+    if len(too_small):
+        raise KvasirError(f"class(es) with fewer than 2 images cannot be split: {', '.join(too_small.index)}")
+    _, val_index = train_test_split(
+        ordered.index, test_size=val_fraction, random_state=seed, stratify=ordered["label"]
+    )
+    split = ordered.assign(split="train")
+    split.loc[val_index, "split"] = "val"
+    return split[SPLIT_COLUMNS]
+
+
+def write_split(split: pd.DataFrame, path: Path) -> Path:
+    return write_csv_atomic(split[SPLIT_COLUMNS], path)
+
+
+def read_split(path: Path, classes: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        raise KvasirError(f"{path} does not exist: run notebook 01 first (make data PROFILE=...)")
+    split = pd.read_csv(path)
+    unknown = sorted(set(split["label"]) - set(classes))
+    if list(split.columns) != SPLIT_COLUMNS or unknown:
+        raise KvasirError(f"{path} does not match the profile (labels {unknown}); rerun notebook 01")
+    return split
+
+
+def split_counts(split: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Images per class in train and val, plus totals: the notebook's class count table."""
+    table = split.pivot_table(index="label", columns="split", aggfunc="size", fill_value=0)
+    table = table.reindex(index=classes, columns=["train", "val"], fill_value=0)
+    table["total"] = table.sum(axis=1)
+    table.loc["total"] = table.sum()
+    return table
+
+
+def describe_change(old: pd.DataFrame, new: pd.DataFrame) -> str:
+    """How two splits differ, in words (for the message that refuses to replace one)."""
+    old_sides, new_sides = old.set_index("path")["split"], new.set_index("path")["split"]
+    added, removed = new_sides.index.difference(old_sides.index), old_sides.index.difference(new_sides.index)
+    common = old_sides.index.intersection(new_sides.index)
+    moved = int((old_sides[common] != new_sides[common]).sum())
+    parts = [f"{len(added)} image(s) added"] if len(added) else []
+    parts += [f"{len(removed)} removed"] if len(removed) else []
+    parts += [f"{moved} moved between train and val"] if moved else []
+    return ", ".join(parts) or "the same images on the same sides, in another form"
