@@ -328,6 +328,8 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
         carry_adam_state(optimizer, order, previous)
     criterion = nn.CrossEntropyLoss()
     offset = sum(cfg.stage_config(s).epochs for s in STAGES[: STAGES.index(stage)])
+    if start >= stage_cfg.epochs:
+        return pd.DataFrame(history, columns=HISTORY_COLUMNS)  # finished: reused as it is
     writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=offset + start + 1)
     try:
         for epoch in range(start + 1, stage_cfg.epochs + 1):
