@@ -259,3 +259,17 @@ def test_gradcam_overlays_have_the_display_size_and_depend_on_the_target():
     second = audit.gradcam_overlays(model, images, tensors, [2, 2])
     assert [o.shape for o in first] == [(76, 100, 3)] * 2 and first[0].dtype == np.uint8
     assert np.abs(first[0].astype(int) - second[0].astype(int)).mean() > 5
+
+
+def test_gradcam_grid_puts_right_and_wrong_examples_of_each_class_in_their_row():
+    from kvasir_utils import plots
+
+    predictions = pd.DataFrame({"true": [0, 0, 0, 1, 1, 2], "pred": [0, 1, 0, 1, 1, 0],
+                                "confidence": [0.9, 0.6, 0.8, 0.7, 0.95, 0.5]})
+    rows = plots.pick_examples_per_class(predictions, correct=1, incorrect=1, seed=0)
+    assert rows.groupby(["true", "correct"]).size().to_dict() == {(0, False): 1, (0, True): 1, (1, True): 1,
+                                                                   (2, False): 1}
+    overlays = [np.full((6, 8, 3), 40 * k, np.uint8) for k in range(len(rows))]
+    fig = plots.gradcam_grid(overlays, rows, ["a", "b", "c"], "test")
+    shown = np.array([bool(ax.images) for ax in fig.axes]).reshape(3, 2)
+    assert shown.tolist() == [[True, True], [True, False], [False, True]]
