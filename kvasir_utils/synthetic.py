@@ -41,8 +41,8 @@ CUES = (
     ((60, 200, 80), "ring"),
 )
 _ZIP_DATE = (2017, 1, 1, 0, 0, 0)
-# Share of frames with the guide box: lower-GI classes at high and low rates, none in upper-GI ones.
-# Classes not named here get none.
+# Share of a class's original frames that get the guide box (copies keep their source's): lower-GI
+# classes at high and low rates, none in upper-GI ones. Classes not named here get none.
 GUIDE_BOX_RATES = {
     "dyed-lifted-polyps": 0.8, "dyed-resection-margins": 0.6, "esophagitis": 0.0, "normal-cecum": 0.7,
     "normal-pylorus": 0.0, "normal-z-line": 0.0, "polyps": 0.3, "ulcerative-colitis": 0.1,
@@ -172,8 +172,8 @@ def _class_plan(seed: int, class_index: int, name: str, images_per_class: int) -
 
 def planted_traps(classes: list[str], images_per_class: int, seed: int = 0) -> pd.DataFrame:
     """What ``make_archive`` with the same arguments plants: one row per image in archive order, with
-    ``path`` (``<class>/<name>.jpg``), ``label``, ``guide_box`` and ``duplicate_of`` (the path of the
-    frame it copies, or None)."""
+    ``path`` (``<class>/<name>.jpg``, as ``data.scan_images`` names it), ``label``, ``guide_box`` and
+    ``duplicate_of`` (the path of the frame it copies; missing for an original)."""
     plans = []
     for class_index, name in enumerate(classes):
         plan = _class_plan(seed, class_index, name, images_per_class)
