@@ -141,3 +141,76 @@ def prediction_grid(images: list, rows: pd.DataFrame, classes: list[str], title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def guide_box_rate_chart(rates: pd.DataFrame, title: str = "Frames with the guide box"):
+    """Share of frames per class that carry the teal guide box (``label``, ``images``, ``with_box``, ``rate``)."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    sns.barplot(data=rates, x="label", y="rate", color="#13A488", ax=ax)
+    for x, row in enumerate(rates.itertuples()):
+        ax.text(x, row.rate, f"{row.with_box}/{row.images}", ha="center", va="bottom", fontsize=7)
+    ax.set(xlabel="", ylabel="share of frames", ylim=(0, 1.08), title=title)
+    ax.tick_params(axis="x", rotation=30)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(table: pd.DataFrame, title: str = "Reliability"):
+    """Accuracy against top-1 confidence per bin (``lower``, ``upper``, ``count``, ``confidence``,
+    ``accuracy``): bars under the diagonal are over-confident; below, how many images each bin holds."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.8, 5.4), sharex=True, height_ratios=(3, 1))
+    width = table["upper"] - table["lower"]
+    filled = table["count"] > 0
+    top.bar(table["lower"][filled], table["accuracy"][filled], width=width[filled], align="edge",
+            color="#4C72B0", edgecolor="white", label="accuracy")
+    top.bar(table["lower"][filled], table["confidence"][filled] - table["accuracy"][filled],
+            bottom=table["accuracy"][filled], width=width[filled], align="edge", color="#C44E52", alpha=0.35,
+            label="gap to confidence")
+    top.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    top.legend(fontsize=7, loc="upper left")
+    bottom.bar(table["lower"], table["count"], width=width, align="edge", color="grey", edgecolor="white")
+    bottom.set(xlabel="top-1 confidence", ylabel="images")
+    fig.tight_layout()
+    return fig
+
+
+def pick_examples_per_class(predictions: pd.DataFrame, correct: int = 1, incorrect: int = 1,
+                            seed: int = 0) -> pd.DataFrame:
+    """A seeded choice of up to ``correct`` right and ``incorrect`` wrong predictions per true class, for Figure 3."""
+    marked = predictions.assign(correct=lambda f: f["true"] == f["pred"])
+    chosen = [part.sample(min(n, len(part)), random_state=seed)
+              for _, group in marked.groupby("true") for part, n in
+              ((group[group["correct"]], correct), (group[~group["correct"]], incorrect))]
+    return pd.concat(chosen)
+
+
+def gradcam_grid(overlays: list, rows: pd.DataFrame, classes: list[str], title: str = ""):
+    """Figure 3: a row per true class, Grad-CAM overlays of correct predictions on the left, wrong ones on the
+    right (where they exist). ``rows`` has ``true``, ``pred``, ``confidence``, ``correct``; ``overlays`` are
+    RGB arrays in that order."""
+    per_class = pd.crosstab(rows["true"], rows["correct"]).reindex(columns=[True, False], fill_value=0)
+    present = list(per_class.index)
+    right, wrong = (max(1, int(per_class[kind].to_numpy().max(initial=0))) for kind in (True, False))
+    fig, axes = plt.subplots(max(len(present), 1), right + wrong, figsize=((right + wrong) * 1.9,
+                             max(len(present), 1) * 1.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, true in enumerate(present):
+        of_class = rows[rows["true"] == true]
+        for offset, part in ((0, of_class[of_class["correct"]]), (right, of_class[~of_class["correct"]])):
+            for c, (index, row) in enumerate(part.iterrows()):
+                ax = axes[r, offset + c]
+                ax.imshow(overlays[rows.index.get_loc(index)])
+                ax.set_title(f"pred: {classes[row['pred']]} ({row['confidence']:.2f})", fontsize=6.5,
+                             color="green" if row["correct"] else "red")
+        axes[r, 0].text(-0.08, 0.5, classes[true], transform=axes[r, 0].transAxes, rotation=90, va="center",
+                        ha="right", fontsize=7)
+    axes[0, 0].text(0.0, 1.25, "correct", transform=axes[0, 0].transAxes, fontsize=8, weight="bold")
+    axes[0, right].text(0.0, 1.25, "incorrect", transform=axes[0, right].transAxes, fontsize=8, weight="bold")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
