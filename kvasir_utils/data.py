@@ -30,7 +30,8 @@ from kvasir_utils.split import describe_change, write_split
 def _generated_name(cfg: Config) -> str:
     """Named by what generates it, so other data.synthetic settings make (and use) another archive."""
     spec = cfg.data.synthetic
-    return f"kvasir-generated-{spec.images_per_class}x-seed{spec.seed}-large{spec.large_fraction:g}.zip"
+    return (f"kvasir-generated-v{synthetic.GENERATOR_VERSION}-{spec.images_per_class}x-seed{spec.seed}"
+            f"-large{spec.large_fraction:g}.zip")
 
 
 def archive_path(cfg: Config) -> Path:

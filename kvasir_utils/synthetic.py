@@ -27,6 +27,9 @@ from kvasir_utils.audit import GUIDE_BOX, GUIDE_BOX_RGB, TEXT_REGION, region_pix
 from kvasir_utils.io import atomic_path
 
 ARCHIVE_TOP = "kvasir-dataset-v2"
+# Bumped whenever the generator draws other images, so an archive made by an older version (its
+# file name carries this) is never reused for a newer one.
+GENERATOR_VERSION = 2
 COMMON_SIZE = (720, 576)
 LARGE_SIZES = ((1920, 1072), (1280, 1024), (1350, 1080))
 # One cue per class: blob colour (RGB) and shape. Eight well-separated colours.

@@ -9,16 +9,17 @@ import pandas as pd
 import pytest
 
 from kvasir_utils import cli, config
-from tests.conftest import TINY, tmp_overrides
+from tests.conftest import tmp_overrides
 
 pytestmark = pytest.mark.slow
-CHAIN = ["train.stage1.epochs=1", "train.stage2.epochs=1", "eval.bootstrap_samples=50"]
+# The smoke profile as `make smoke` runs it (its sizes are what make the models learn), into tmp.
+CHAIN = ["eval.bootstrap_samples=50"]
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
-    overrides = tmp_overrides(root) + TINY + CHAIN
+    overrides = tmp_overrides(root) + CHAIN
     cfg = config.load_profile("smoke", overrides)
     cli.run_notebook("01_download_and_split", "smoke", overrides)
     for model in cfg.train.models:
@@ -46,7 +47,7 @@ def test_training_notebooks_leave_checkpoints_histories_and_event_files(chain):
             folder = chain.stage_dir(model, stage)
             history = pd.read_csv(folder / "history.csv")
             assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
-                    "images_per_s"} <= set(history.columns) and len(history) == 1
+                    "images_per_s"} <= set(history.columns) and len(history) == chain.stage_config(stage).epochs
             assert (folder / "checkpoint.pt").exists() and list((folder / "tensorboard").glob("events.*"))
 
 
@@ -101,7 +102,7 @@ def test_every_link_and_image_of_every_report_page_resolves_to_a_file(chain):
 def test_the_smoke_models_learn_well_above_chance(chain):
     for model in chain.train.models:
         record = json.loads((chain.eval_dir(model) / "metrics.json").read_text())
-        assert record["accuracy"] >= 0.5, (model, record["accuracy"])  # chance is 1/8
+        assert record["accuracy"] >= 0.35, (model, record["accuracy"])  # chance is 1/8; 0.64-0.70 seen here
 
 
 def test_a_failing_notebook_exits_non_zero_with_the_reason_and_leaves_no_stamp(tmp_path):
