@@ -8,6 +8,7 @@ SHELL := bash
 
 PROFILE ?= paper
 SET ?=
+SWEEP ?= smoke-seeds
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,10 +17,10 @@ ARGS = --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)')
 KV := $(PY) -m kvasir_utils
 SUBMAKE := $(MAKE) --no-print-directory PROFILE='$(PROFILE)' SET='$(SET)'
 
-.PHONY: help setup data smoke reproduce report test test-fast lint lab bench clean
+.PHONY: help setup data evaluate smoke reproduce report sweep test test-fast lint lab bench clean
 
 help: ## list the targets (the default)
-	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"]"
+	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"] [SWEEP=name|path.yaml]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 14
 
 setup: $(SETUP_STAMP) ## create .venv and install the study (editable) with its dev tools
@@ -35,11 +36,17 @@ data: $(SETUP_STAMP) ## notebook 01: download, check, split and cache the datase
 reproduce: $(SETUP_STAMP) ## notebooks 01-05 for every model of PROFILE, then the HTML report (skips finished steps)
 	@$(SUBMAKE) pipeline-all
 
+evaluate: $(SETUP_STAMP) ## notebooks 01-04 for every model of PROFILE and the HTML report, without 05 (a sweep's runs)
+	@$(SUBMAKE) pipeline-evaluated
+
 smoke: ## the whole study on generated data, offline, in minutes (= make reproduce PROFILE=smoke)
 	@$(MAKE) --no-print-directory reproduce PROFILE=smoke SET='$(SET)'
 
 report: $(SETUP_STAMP) ## re-render the HTML reports of PROFILE from the executed notebooks
 	$(KV) report $(ARGS)
+
+sweep: $(SETUP_STAMP) ## many runs on Ray (SWEEP=seeds|readings|smoke-seeds|path.yaml; SET applies to each), then notebook 06
+	$(KV) sweep '$(SWEEP)' $(foreach s,$(SET),--set '$(s)')
 
 test: $(SETUP_STAMP) ## all tests, the end-to-end papermill runs on generated data included (no network)
 	$(PY) -m pytest
@@ -71,9 +78,12 @@ include $(VARS_FILE)
 NB := $(RUN_DIR)/notebooks
 RUN_NB = $(KV) run-notebook $(1) $(ARGS)
 
-.PHONY: pipeline-data pipeline-all pipeline-clean
+.PHONY: pipeline-data pipeline-all pipeline-evaluated pipeline-clean
 pipeline-data: $(NB)/01_download_and_split.ipynb
 pipeline-all: $(REPORT_DIR)/index.html
+EVALUATED := $(foreach m,$(MODELS),$(NB)/04_evaluate-$(m).ipynb)
+pipeline-evaluated: $(EVALUATED)
+	$(KV) report $(ARGS)
 pipeline-clean:
 	rm -rf '$(RUN_DIR)' '$(REPORT_DIR)'
 
@@ -89,7 +99,7 @@ $(NB)/03_finetune-%.ipynb: notebooks/03_finetune.ipynb $(NB)/02_train-%.ipynb
 $(NB)/04_evaluate-%.ipynb: notebooks/04_evaluate.ipynb $(NB)/03_finetune-%.ipynb
 	$(call RUN_NB,04_evaluate) --model $*
 
-$(NB)/05_compare.ipynb: notebooks/05_compare.ipynb $(foreach m,$(MODELS),$(NB)/04_evaluate-$(m).ipynb)
+$(NB)/05_compare.ipynb: notebooks/05_compare.ipynb $(EVALUATED)
 	$(call RUN_NB,05_compare)
 
 $(REPORT_DIR)/index.html: $(NB)/05_compare.ipynb

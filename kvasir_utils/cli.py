@@ -1,8 +1,9 @@
-"""Command line used by the Makefile: run a notebook headlessly, render the reports, print paths.
+"""Command line used by the Makefile: run notebooks headlessly, render the reports, run sweeps.
 
     python -m kvasir_utils run-notebook 02_train --profile smoke --model resnet50 --set train.stage1.epochs=1
     python -m kvasir_utils report --profile smoke
     python -m kvasir_utils makevars --profile smoke
+    python -m kvasir_utils sweep smoke-seeds --set paths.runs=/tmp/runs
 
 Every failure ends with one line on stderr that says what went wrong, and a non-zero exit.
 """
@@ -22,6 +23,7 @@ from kvasir_utils.io import folder_lock, write_text_atomic
 
 NOTEBOOKS = ("01_download_and_split", "02_train", "03_finetune", "04_evaluate", "05_compare")
 PER_MODEL = {"02_train", "03_finetune", "04_evaluate"}
+SWEEP_NOTEBOOK = "06_sweep"
 NOTEBOOK_SOURCE_DIR = config.PROJECT_ROOT / "notebooks"
 
 
@@ -40,45 +42,76 @@ def write_settings_stamp(cfg: config.Config) -> Path:
     return path
 
 
-def run_notebook(name: str, profile: str, overrides: list[str], model: str | None = None) -> Path:
-    """Execute ``notebooks/<name>.ipynb`` with papermill; the result appears only if it succeeded."""
+def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, what: str) -> Path:
+    """Execute ``notebooks/<name>.ipynb`` with papermill into ``out``, holding ``lock_folder``'s
+    lock; the result appears under its name only if every cell succeeded."""
     import papermill
 
-    if name not in NOTEBOOKS:
-        raise KvasirError(f"unknown notebook {name!r}; expected one of {', '.join(NOTEBOOKS)}")
-    if (name in PER_MODEL) != (model is not None):
-        raise KvasirError(f"notebook {name} {'needs' if name in PER_MODEL else 'takes no'} --model")
-    cfg = config.load_profile(profile, overrides)
-    profile = config.profile_reference(profile)  # the kernel runs in notebooks/: a relative path would break
-    if model is not None and model not in cfg.train.models:
-        raise KvasirError(f"model {model!r} is not in train.models of profile {cfg.profile}: {cfg.train.models}")
-    out = executed_notebook_path(cfg, name, model)
     out.parent.mkdir(parents=True, exist_ok=True)
     failed = out.with_suffix(".failed.ipynb")
-    parameters = {"PROFILE": str(profile), "OVERRIDES": list(overrides)}
-    if model is not None:
-        parameters["MODEL"] = model
     try:
-        with folder_lock(cfg.run_dir, f"running {out.stem}", wait=False):
+        with folder_lock(lock_folder, f"running {out.stem}", wait=False):
             papermill.execute_notebook(
                 str(NOTEBOOK_SOURCE_DIR / f"{name}.ipynb"), str(failed), parameters=parameters,
                 cwd=str(NOTEBOOK_SOURCE_DIR), kernel_name="python3", progress_bar=False,
                 stdout_file=sys.stdout, stderr_file=sys.stderr,
             )
     except papermill.PapermillExecutionError as exc:
-        raise KvasirError(f"{name}{f' ({model})' if model else ''} failed: {exc.ename}: {exc.evalue}\n"
+        raise KvasirError(f"{what} failed: {exc.ename}: {exc.evalue}\n"
                           f"  the executed notebook, up to the failing cell, is {failed}") from None
     os.replace(failed, out)
     return out
+
+
+def run_notebook(name: str, profile: str, overrides: list[str], model: str | None = None) -> Path:
+    """Execute one of the study's notebooks (01-05) for a profile (and a model)."""
+    if name not in NOTEBOOKS:
+        raise KvasirError(f"unknown notebook {name!r}; expected one of {', '.join(NOTEBOOKS)}")
+    if (name in PER_MODEL) != (model is not None):
+        raise KvasirError(f"notebook {name} {'needs' if name in PER_MODEL else 'takes no'} --model")
+    cfg = config.load_profile(profile, overrides)
+    if model is not None and model not in cfg.train.models:
+        raise KvasirError(f"model {model!r} is not in train.models of profile {cfg.profile}: {cfg.train.models}")
+    # the kernel runs in notebooks/: a relative profile path is made absolute
+    parameters = {"PROFILE": config.profile_reference(profile), "OVERRIDES": list(overrides)}
+    if model is not None:
+        parameters["MODEL"] = model
+    return execute_notebook(name, parameters, executed_notebook_path(cfg, name, model), cfg.run_dir,
+                            f"{name}{f' ({model})' if model else ''}")
+
+
+def run_sweep_command(name: str, overrides: list[str]) -> int:
+    """``make sweep``: validate every member, run the unfinished ones on Ray, then notebook 06 and
+    the sweep's report. Returns the exit code: 1 when a member failed (the others still count)."""
+    from kvasir_utils import report, sweep
+
+    spec = sweep.load_sweep(name, overrides)
+    print(f"sweep {spec.name}: {len(spec.members)} member(s) of profile {spec.base.profile}, "
+          f"results under {spec.run_dir}")
+    outcome = sweep.run_sweep(spec)
+    if outcome.skipped:
+        print(f"{len(outcome.skipped)} member(s) finished earlier and were not run again")
+    if sweep.finished_members(spec):
+        parameters = {"SWEEP": str(sweep.find_sweep(name)), "OVERRIDES": list(overrides)}
+        executed = execute_notebook(SWEEP_NOTEBOOK, parameters, spec.run_dir / "notebooks" / f"{SWEEP_NOTEBOOK}.ipynb",
+                                    spec.run_dir, f"{SWEEP_NOTEBOOK} ({spec.name})")
+        print(f"wrote {report.render_sweep_report(spec, sweep.member_results(spec), executed)}")
+    if outcome.failed:
+        listing = "\n".join(f"  {member}: {error}" for member, error in outcome.failed.items())
+        print(f"error: {len(outcome.failed)} of {len(spec.members)} member(s) failed (their logs: "
+              f"<member folder>/member.log):\n{listing}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kvasir_utils", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, help_text: str, profile: bool = True) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("--profile", default="paper", help="profile name or path to a YAML file")
+        if profile:
+            cmd.add_argument("--profile", default="paper", help="profile name or path to a YAML file")
         cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="dotted override, e.g. train.stage1.epochs=1 (repeatable)")
         return cmd
@@ -87,7 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("notebook", choices=NOTEBOOKS)
     run.add_argument("--model", default=None)
     add("report", "render the executed notebooks to HTML and write index.html")
-    add("makevars", "print the profile's folders and models as make variables")
+    add("makevars", "check the profile and print its folders and models as make variables")
+    sweep_cmd = add("sweep", "run a sweep's members on Ray, then aggregate them (notebook 06)", profile=False)
+    sweep_cmd.add_argument("sweep", help="sweep name (configs/sweeps/<name>.yaml) or path to a sweep file")
     return parser
 
 
@@ -110,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"REPORT_DIR := {cfg.report_dir}")
             print(f"MODELS := {' '.join(cfg.train.models)}")
             print(f"SETTINGS := {write_settings_stamp(cfg)}")
+        elif args.command == "sweep":
+            return run_sweep_command(args.sweep, args.overrides)
     except KvasirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
     return 0

@@ -154,12 +154,20 @@ class Config(Section):
         return self._resolve(self.paths.data) / self.data.name
 
     @property
+    def runs_root(self) -> Path:
+        return self._resolve(self.paths.runs)
+
+    @property
+    def reports_root(self) -> Path:
+        return self._resolve(self.paths.reports)
+
+    @property
     def run_dir(self) -> Path:
-        return self._resolve(self.paths.runs) / self.profile
+        return self.runs_root / self.profile
 
     @property
     def report_dir(self) -> Path:
-        return self._resolve(self.paths.reports) / self.profile
+        return self.reports_root / self.profile
 
     @property
     def split_csv(self) -> Path:

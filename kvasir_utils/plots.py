@@ -214,3 +214,29 @@ def gradcam_grid(overlays: list, rows: pd.DataFrame, classes: list[str], title: 
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def sweep_runs_figure(results: pd.DataFrame, paper_values: dict[str, float], metric: str = "accuracy"):
+    """Every finished run of a sweep as a point, per model and reading, with the mean (black bar)
+    and the paper's number (dashed) marked; ``paper_values`` maps model to the paper's ``metric``."""
+    finished = results[results["status"] == "finished"]
+    model_names = list(dict.fromkeys(finished["model"])) or ["(no finished run)"]
+    fig, axes = plt.subplots(1, len(model_names), figsize=(1.5 + 3.2 * len(model_names), 4.2), squeeze=False,
+                             sharey=True)
+    offsets = np.random.default_rng(0).uniform(-0.08, 0.08, len(finished))
+    for ax, model in zip(axes[0], model_names):
+        part = finished[finished["model"] == model]
+        readings = list(dict.fromkeys(part["reading"]))
+        x = np.array([readings.index(r) for r in part["reading"]], float)
+        ax.scatter(x + offsets[: len(part)], part[metric], color="#4C72B0", s=28, zorder=2, label="a run")
+        means = part.groupby("reading", sort=False)[metric].mean().reindex(readings)
+        ax.hlines(means.to_numpy(), np.arange(len(readings)) - 0.25, np.arange(len(readings)) + 0.25,
+                  color="black", linewidth=2, zorder=3, label="mean")
+        if not np.isnan(paper_values.get(model, np.nan)):
+            ax.axhline(paper_values[model], color="#C44E52", linestyle="--", linewidth=1, label="paper")
+        ax.set_xticks(range(len(readings)), readings, rotation=20, ha="right", fontsize=7)
+        ax.set(title=model, ylabel=metric, xlim=(-0.6, len(readings) - 0.4))
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig

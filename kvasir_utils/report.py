@@ -33,18 +33,20 @@ pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.85em}
 
 
 # -- in the notebooks ---------------------------------------------------------------------
-def banner_html(cfg: Config) -> str:
-    text = f"Profile '{cfg.profile}'."
+def banner_html(cfg: Config, about: str = "") -> str:
+    """The line on top of every page: the profile (or what ``about`` says), and for generated
+    data the warning that the numbers mean nothing about Kvasir."""
+    text = about or f"Profile '{cfg.profile}'."
     if cfg.generated_data:
-        text = GENERATED_WARNING.format(profile=cfg.profile)
+        text = f"{about} {GENERATED_WARNING.format(profile=cfg.profile)}".strip()
     return f'<style>{BANNER_STYLE}</style><div class="kvasir-banner">{html.escape(text)}</div>'
 
 
-def show_banner(cfg: Config) -> None:
-    """Display the profile (and, for generated data, the warning) at the top of a notebook."""
+def show_banner(cfg: Config, about: str = "") -> None:
+    """Display the banner at the top of a notebook (the rendered page shows it from there)."""
     from IPython.display import HTML, display
 
-    display(HTML(banner_html(cfg)))
+    display(HTML(banner_html(cfg, about)))
 
 
 def _flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -54,8 +56,15 @@ def _flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _has_labels(frame: pd.DataFrame) -> bool:
+    """Whether the index says something (row names), or is just 0, 1, 2, ..."""
+    return not isinstance(frame.index, pd.RangeIndex)
+
+
 def to_markdown(frame: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
     frame = _flat_columns(frame)
+    if not _has_labels(frame) and len(frame.columns):
+        frame = frame.set_index(frame.columns[0])
 
     def cell(value) -> str:
         if isinstance(value, float):
@@ -68,20 +77,25 @@ def to_markdown(frame: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_table(frame: pd.DataFrame, cfg: Config, name: str) -> Path:
-    """Write ``reports/<profile>/tables/<name>.{csv,md,tex}``; returns the CSV path."""
-    folder = cfg.report_dir / "tables"
+def _report_dir(target: Config | Path) -> Path:
+    """A profile's report folder, or a folder given as such (a sweep's)."""
+    return target.report_dir if isinstance(target, Config) else Path(target)
+
+
+def save_table(frame: pd.DataFrame, target: Config | Path, name: str) -> Path:
+    """Write ``<report folder>/tables/<name>.{csv,md,tex}``; returns the CSV path."""
+    folder = _report_dir(target) / "tables"
     flat = _flat_columns(frame)
     with atomic_path(folder / f"{name}.csv", ".csv") as tmp:
-        flat.to_csv(tmp, float_format="%.6g")
+        flat.to_csv(tmp, float_format="%.6g", index=_has_labels(flat))
     write_text_atomic(folder / f"{name}.md", to_markdown(frame))
-    write_text_atomic(folder / f"{name}.tex", flat.to_latex(float_format="%.4f", na_rep=""))
+    write_text_atomic(folder / f"{name}.tex", flat.to_latex(float_format="%.4f", na_rep="", index=_has_labels(flat)))
     return folder / f"{name}.csv"
 
 
-def save_figure(fig, cfg: Config, name: str) -> Path:
-    """Write ``reports/<profile>/figures/<name>.png`` (for the reports) and ``.svg`` (for papers)."""
-    folder = cfg.report_dir / "figures"
+def save_figure(fig, target: Config | Path, name: str) -> Path:
+    """Write ``<report folder>/figures/<name>.png`` (for the reports) and ``.svg`` (for papers)."""
+    folder = _report_dir(target) / "figures"
     for ext in ("png", "svg"):
         with atomic_path(folder / f"{name}.{ext}", f".{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
@@ -154,7 +168,7 @@ def paired_tests(cfg: Config) -> pd.DataFrame:
                 raise KvasirError(f"{first} and {second} were evaluated on different images; rerun notebook 04")
             test = metrics.mcnemar(a["true"] == a["pred"], b["true"] == b["pred"])
             rows.append({"first": first, "second": second, **test})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["first", "second", "only_first_correct", "only_second_correct", "p_value"])
 
 
 def render_reports(cfg: Config) -> Path:
@@ -209,3 +223,62 @@ def _environments(evaluations: dict) -> pd.DataFrame:
     for model, (record, _) in evaluations.items():
         columns[model] = {**record["environment"], "runtime": record["runtime"]}
     return pd.DataFrame(columns).fillna("")
+
+
+# -- a sweep's report ---------------------------------------------------------------------
+def sweep_about(sweep) -> str:
+    spec = sweep.spec
+    return (f"Sweep '{sweep.name}' of profile '{sweep.base.profile}': {len(sweep.members)} runs "
+            f"({len(spec.seeds)} seed(s) varying {spec.seed_setting}).")
+
+
+def render_sweep_report(sweep, results: pd.DataFrame, executed: Path) -> Path:
+    """Notebook 06 as HTML, and the sweep's ``index.html``: its tables, figure and every member's
+    report (``results``: ``sweep.member_results``)."""
+    page = render_notebook(executed, sweep.report_dir / "html" / f"{executed.stem}.html")
+    index = sweep.report_dir / "index.html"
+    write_text_atomic(index, sweep_index_html(sweep, results, page))
+    return index
+
+
+def _csv_table(path: Path) -> str:
+    return _table_html(pd.read_csv(path)) if path.exists() else "<p>(not computed: no finished run)</p>"
+
+
+def sweep_index_html(sweep, results: pd.DataFrame, page: Path) -> str:
+    root = sweep.report_dir
+    rel = lambda p: html.escape(os.path.relpath(p, root))  # noqa: E731
+    tables, figures = root / "tables", sorted((root / "figures").glob("*.png"))
+    finished = int((results["status"] == "finished").sum())
+    members = []
+    for member, row in zip(sweep.members, results.itertuples()):
+        link = (f"<a href='{rel(member.report_index)}'>{html.escape(member.name)}</a>"
+                if member.report_index.exists() else html.escape(member.name))
+        error = f" ({html.escape(row.error)})" if row.error else ""
+        members.append(f"<li>{link}: {html.escape(row.status)}{error}</li>")
+    grid = ", ".join(f"{k} in {v}" for k, v in sweep.spec.grid.items()) or "none"
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Sweep {html.escape(sweep.name)}</title>"
+        f"<style>{STYLE}</style></head><body>",
+        banner_html(sweep.base, sweep_about(sweep)),
+        f"<h1>Sweep {html.escape(sweep.name)}: many runs, one answer</h1>",
+        f"<p>Profile <b>{html.escape(sweep.base.profile)}</b>; "
+        f"models {html.escape(', '.join(dict.fromkeys(results['model'])))}; seeds {sweep.spec.seeds} "
+        f"(varying {html.escape(sweep.spec.seed_setting)}); grid: {html.escape(grid)}. "
+        f"<b>{finished} of {len(results)} runs finished</b>; every number below is over the finished runs "
+        f"(n per row), with a 95% Student-t interval across runs.</p>",
+        "<h2>Mean and interval per model and reading</h2>", _csv_table(tables / "summary.csv"),
+        "<h2>Paired comparison of the models (same seed, same validation images)</h2>",
+        _csv_table(tables / "paired.csv"),
+        "<h2>Each reading against the paper's default reading</h2>", _csv_table(tables / "ablation.csv"),
+        "<h2>Figures</h2>",
+        *[f"<h3>{html.escape(f.stem)}</h3><img src='{rel(f)}' alt='{html.escape(f.stem)}'>" for f in figures],
+        f"<h2>The full analysis</h2><p><a href='{rel(page)}'>{html.escape(page.stem)}</a> (per-class F1, "
+        f"every run).</p>",
+        "<h2>Tables</h2><ul>",
+        *[f"<li>{html.escape(t.stem)}: <a href='{rel(t)}'>CSV</a>, <a href='{rel(t.with_suffix('.md'))}'>Markdown"
+          f"</a>, <a href='{rel(t.with_suffix('.tex'))}'>LaTeX</a></li>" for t in sorted(tables.glob("*.csv"))],
+        "</ul><h2>Every run's own report</h2><ul>", *members, "</ul>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)

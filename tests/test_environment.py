@@ -5,7 +5,7 @@ import yaml
 
 from kvasir_utils.config import PROJECT_ROOT
 
-CONDA_NAMES = {"torch": "pytorch"}  # conda-forge spells a few packages differently
+CONDA_NAMES = {"torch": "pytorch", "ray": "ray-core"}  # conda-forge spells a few packages differently
 
 
 def _name(requirement: str) -> str:

@@ -1,0 +1,66 @@
+"""Statistics across runs: means with t-intervals, paired differences, paired t and sign tests.
+
+Pure computation on the numbers it is given (scipy.stats), so it can be checked by hand. A run
+is one value; ``n`` is the number of runs, never the number of images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+SUMMARY_COLUMNS = ["mean", "sd", "ci_low", "ci_high", "n"]
+
+
+def t_interval(values, confidence: float = 0.95) -> dict:
+    """Mean, sample standard deviation and the two-sided Student-t interval of the mean.
+
+    With one value the spread is unknown: sd and the interval are NaN (never zero)."""
+    values = np.asarray(values, float)
+    values = values[~np.isnan(values)]
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    if n < 2:
+        return {"mean": mean, "sd": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": n}
+    sd = float(values.std(ddof=1))
+    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def summarize(runs: pd.DataFrame, by: list[str], metrics: list[str], confidence: float = 0.95) -> pd.DataFrame:
+    """One row per group and metric: ``by..., metric, mean, sd, ci_low, ci_high, n``."""
+    rows = []
+    for key, group in runs.groupby(by, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        for metric in metrics:
+            rows.append({**dict(zip(by, key)), "metric": metric, **t_interval(group[metric], confidence)})
+    return pd.DataFrame(rows, columns=[*by, "metric", *SUMMARY_COLUMNS])
+
+
+def sign_test(differences) -> float:
+    """Two-sided exact sign test: are positive and negative differences equally likely? Ties
+    (zero differences) are left out; with no non-zero difference the p-value is 1."""
+    differences = np.asarray(differences, float)
+    positive, negative = int((differences > 0).sum()), int((differences < 0).sum())
+    if positive + negative == 0:
+        return 1.0
+    return float(sps.binomtest(positive, positive + negative, 0.5).pvalue)
+
+
+def paired_difference(first, second, confidence: float = 0.95) -> dict:
+    """``first - second`` over pairs (the same seed): mean difference with its t-interval, the
+    paired t-test and the sign test. NaN pairs are dropped."""
+    first, second = np.asarray(first, float), np.asarray(second, float)
+    keep = ~(np.isnan(first) | np.isnan(second))
+    differences = first[keep] - second[keep]
+    interval = t_interval(differences, confidence)
+    if len(differences) >= 2 and np.ptp(differences) > 0:
+        t_p = float(sps.ttest_rel(first[keep], second[keep]).pvalue)
+    else:
+        t_p = math.nan  # no spread: the t-test is undefined
+    return {"mean_difference": interval["mean"], "sd": interval["sd"], "ci_low": interval["ci_low"],
+            "ci_high": interval["ci_high"], "n": interval["n"], "paired_t_p": t_p,
+            "sign_test_p": sign_test(differences)}
