@@ -69,12 +69,14 @@ clean: ## delete the runs and reports of PROFILE (keeps data/ and .venv)
 
 # ---- the pipeline: evaluated in a sub-make, once the environment exists -------------------------
 ifneq ($(filter pipeline-%,$(MAKECMDGOALS)),)
-VARS_FILE := $(VENV)/.makevars.mk
-_ := $(shell $(KV) makevars $(ARGS) > $(VARS_FILE) || rm -f $(VARS_FILE))
-ifeq ($(wildcard $(VARS_FILE)),)
+# One file per make process: concurrent runs (sweep members) with other settings must not share it.
+VARS_FILE := $(shell mktemp "$${TMPDIR:-/tmp}/kvasir-makevars.XXXXXX")
+_ := $(shell $(KV) makevars $(ARGS) > $(VARS_FILE) || : > $(VARS_FILE))
+-include $(VARS_FILE)
+_ := $(shell rm -f $(VARS_FILE))
+ifndef RUN_DIR
 $(error PROFILE or SET is not valid (see the message above))
 endif
-include $(VARS_FILE)
 NB := $(RUN_DIR)/notebooks
 RUN_NB = $(KV) run-notebook $(1) $(ARGS)
 

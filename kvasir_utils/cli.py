@@ -91,11 +91,13 @@ def run_sweep_command(name: str, overrides: list[str]) -> int:
     outcome = sweep.run_sweep(spec)
     if outcome.skipped:
         print(f"{len(outcome.skipped)} member(s) finished earlier and were not run again")
-    if sweep.finished_members(spec):
+    executed = spec.run_dir / "notebooks" / f"{SWEEP_NOTEBOOK}.ipynb"
+    if sweep.finished_members(spec) and not sweep.aggregation_is_current(spec, executed):
         parameters = {"SWEEP": str(sweep.find_sweep(name)), "OVERRIDES": list(overrides)}
-        executed = execute_notebook(SWEEP_NOTEBOOK, parameters, spec.run_dir / "notebooks" / f"{SWEEP_NOTEBOOK}.ipynb",
-                                    spec.run_dir, f"{SWEEP_NOTEBOOK} ({spec.name})")
+        execute_notebook(SWEEP_NOTEBOOK, parameters, executed, spec.run_dir, f"{SWEEP_NOTEBOOK} ({spec.name})")
         print(f"wrote {report.render_sweep_report(spec, sweep.member_results(spec), executed)}")
+    elif executed.exists():
+        print(f"nothing new since the last aggregation: {spec.report_dir / 'index.html'}")
     if outcome.failed:
         listing = "\n".join(f"  {member}: {error}" for member, error in outcome.failed.items())
         print(f"error: {len(outcome.failed)} of {len(spec.members)} member(s) failed (their logs: "

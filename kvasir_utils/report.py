@@ -241,8 +241,9 @@ def render_sweep_report(sweep, results: pd.DataFrame, executed: Path) -> Path:
     return index
 
 
-def _csv_table(path: Path) -> str:
-    return _table_html(pd.read_csv(path)) if path.exists() else "<p>(not computed: no finished run)</p>"
+def _csv_table(path: Path, empty: str) -> str:
+    frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    return _table_html(frame) if len(frame) else f"<p>({html.escape(empty)})</p>"
 
 
 def sweep_index_html(sweep, results: pd.DataFrame, page: Path) -> str:
@@ -267,10 +268,12 @@ def sweep_index_html(sweep, results: pd.DataFrame, page: Path) -> str:
         f"(varying {html.escape(sweep.spec.seed_setting)}); grid: {html.escape(grid)}. "
         f"<b>{finished} of {len(results)} runs finished</b>; every number below is over the finished runs "
         f"(n per row), with a 95% Student-t interval across runs.</p>",
-        "<h2>Mean and interval per model and reading</h2>", _csv_table(tables / "summary.csv"),
+        "<h2>Mean and interval per model and reading</h2>",
+        _csv_table(tables / "summary.csv", "no finished run"),
         "<h2>Paired comparison of the models (same seed, same validation images)</h2>",
-        _csv_table(tables / "paired.csv"),
-        "<h2>Each reading against the paper's default reading</h2>", _csv_table(tables / "ablation.csv"),
+        _csv_table(tables / "paired.csv", "needs two models with runs of the same seed"),
+        "<h2>Each reading against the paper's default reading</h2>",
+        _csv_table(tables / "ablation.csv", "no finished run"),
         "<h2>Figures</h2>",
         *[f"<h3>{html.escape(f.stem)}</h3><img src='{rel(f)}' alt='{html.escape(f.stem)}'>" for f in figures],
         f"<h2>The full analysis</h2><p><a href='{rel(page)}'>{html.escape(page.stem)}</a> (per-class F1, "

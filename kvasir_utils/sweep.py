@@ -36,6 +36,10 @@ SWEEP_DIR = config.CONFIG_DIR / "sweeps"
 SEED_SETTINGS = {"train.seed": ["train.seed"], "split.seed": ["split.seed"], "both": ["train.seed", "split.seed"]}
 METRICS = ["accuracy", "macro_f1", "macro_auc"]
 DEFAULT_READING = "profile's reading"
+PAIRED_COLUMNS = ["first", "second", "reading", "metric", "mean_difference", "sd", "ci_low", "ci_high", "n",
+                  "paired_t_p", "sign_test_p", "seeds", "mcnemar_p_per_seed"]
+ABLATION_COLUMNS = ["model", "reading", "default", "mean", "n", "difference_to_default", "ci_low", "ci_high",
+                    "paired_n"]
 
 
 class Resources(Section):
@@ -88,6 +92,7 @@ class Sweep:
     profile: str  # what to hand to make: a profile name, or an absolute path
     overrides: list[str]  # SET, for every member
     base: Config
+    source: Path | None = None  # the sweep file
     members: list[Member] = field(default_factory=list)
 
     @property
@@ -143,7 +148,7 @@ def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
     overrides = list(overrides or [])
     profile = config.profile_reference(config.find_profile(spec.base, relative_to=path.parent))
     base = config.load_profile(profile, [*spec.overrides, *overrides])
-    sweep = Sweep(path.stem, spec, profile, overrides, base)
+    sweep = Sweep(path.stem, spec, profile, overrides, base, source=path)
     for text in [*spec.overrides, *overrides]:
         _check_override_text(text, f"sweep {sweep.name}")
     sweep.members = [_member(sweep, model, seed, dict(zip(spec.grid, values)))
@@ -386,6 +391,16 @@ def finished_members(sweep: Sweep) -> list[Member]:
     return [m for m in sweep.members if m.name in done]
 
 
+def aggregation_is_current(sweep: Sweep, executed: Path) -> bool:
+    """Whether notebook 06's executed copy is newer than every member record, the sweep file and
+    the notebook itself, i.e. there is nothing new to aggregate (a rerun after all finished)."""
+    if not executed.exists():
+        return False
+    inputs = [m.record_path for m in sweep.members if m.record_path.exists()]
+    inputs += [sweep.source, config.PROJECT_ROOT / "notebooks" / executed.name]
+    return all(p.exists() and p.stat().st_mtime_ns < executed.stat().st_mtime_ns for p in inputs)
+
+
 def summary_table(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per model and reading, each metric's mean, sd, t-interval and n over the finished runs."""
     finished = results[results["status"] == "finished"]
@@ -427,7 +442,7 @@ def paired_table(sweep: Sweep, results: pd.DataFrame, metric: str = "accuracy",
             rows.append({"first": first, "second": second, "reading": reading, "metric": metric,
                          **stats.paired_difference(a, b, confidence), "seeds": " ".join(map(str, seeds)),
                          "mcnemar_p_per_seed": " ".join(f"{p:.3g}" for p in mcnemar)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
 def _mcnemar_p(first: Member, second: Member) -> float:
@@ -455,4 +470,4 @@ def ablation_table(results: pd.DataFrame, metric: str = "accuracy", confidence: 
                          "difference_to_default": difference.get("mean_difference", np.nan),
                          "ci_low": difference.get("ci_low", np.nan), "ci_high": difference.get("ci_high", np.nan),
                          "paired_n": difference.get("n", 0)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
