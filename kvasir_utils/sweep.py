@@ -219,6 +219,16 @@ def _last_error(log: Path) -> str:
     return (errors or lines or ["no output"])[-1].removeprefix("error:").strip()
 
 
+def _die_with_parent() -> None:
+    """In the member's make: get SIGTERM if the Ray worker that started it dies, even by SIGKILL
+    (Linux); make passes SIGTERM on to the notebooks it runs."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: Ctrl-C and cancel still stop it
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _stop(process: subprocess.Popen) -> None:
     """Stop a member's make and everything it started (its own process group), politely first."""
     for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
@@ -246,9 +256,10 @@ def execute_member(profile: str, overrides: list[str], folder: str, invocation: 
         command = ["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "evaluate",
                    f"PROFILE={profile}", f"SET={' '.join(overrides)}"]
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
         try:
-            code = process.wait()
+            while (code := process.poll()) is None:  # polled: a cancelled task is interrupted here
+                time.sleep(0.5)
         finally:
             _stop(process)  # Ctrl-C or a cancelled task: stop the notebooks too
     attempts = sum(line.startswith(f"=== sweep run {invocation} ") for line in log.read_text().splitlines())
@@ -323,6 +334,7 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
                                                             tracker, m.name): m for m in todo}
         start = {m.name: time.time() for m in todo}
         bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="member", disable=not progress)
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's kill stops the runs like Ctrl-C
         try:
             waiting = list(refs)
             while waiting:
@@ -339,10 +351,15 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
             ray.wait(waiting, num_returns=len(waiting), timeout=60)
             raise
         finally:
+            signal.signal(signal.SIGTERM, previous)
             bar.close()
     finally:
         ray.shutdown()
     return outcome
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _collect(ray, sweep: Sweep, member: Member, ref, seconds: float, outcome: SweepOutcome) -> None:
