@@ -33,7 +33,7 @@ $(SETUP_STAMP): pyproject.toml
 data: $(SETUP_STAMP) ## notebook 01: download, check, split and cache the dataset of PROFILE
 	@$(SUBMAKE) pipeline-data
 
-reproduce: $(SETUP_STAMP) ## notebooks 01-05 for every model of PROFILE, then the HTML report (skips finished steps)
+reproduce: $(SETUP_STAMP) ## notebooks 01-05 and the audit (07) for every model of PROFILE, then the HTML report
 	@$(SUBMAKE) pipeline-all
 
 evaluate: $(SETUP_STAMP) ## notebooks 01-04 for every model of PROFILE and the HTML report, without 05 (a sweep's runs)
@@ -104,6 +104,9 @@ $(NB)/04_evaluate-%.ipynb: notebooks/04_evaluate.ipynb $(NB)/03_finetune-%.ipynb
 $(NB)/05_compare.ipynb: notebooks/05_compare.ipynb $(EVALUATED)
 	$(call RUN_NB,05_compare)
 
-$(REPORT_DIR)/index.html: $(NB)/05_compare.ipynb
+$(NB)/07_audit.ipynb: notebooks/07_audit.ipynb $(NB)/05_compare.ipynb
+	$(call RUN_NB,07_audit)
+
+$(REPORT_DIR)/index.html: $(NB)/07_audit.ipynb
 	$(KV) report $(ARGS)
 endif

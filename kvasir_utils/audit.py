@@ -231,3 +231,31 @@ def gradcam_overlays(model, images: list[Image.Image], tensors, targets: list[in
         rgb = np.asarray(image.convert("RGB"), np.float32) / 255
         overlays.append(show_cam_on_image(rgb, np.clip(heat, 0, 1), use_rgb=True))
     return overlays
+
+
+def accuracy_by_twin(predictions: pd.DataFrame, twinned_paths: set[str]) -> pd.DataFrame:
+    """Validation accuracy of images with and without a near-duplicate in training."""
+    twin = predictions["path"].isin(twinned_paths)
+    correct = predictions["true"] == predictions["pred"]
+    rows = [{"validation images": label, "images": int(mask.sum()),
+             "accuracy": float(correct[mask].mean()) if mask.any() else float("nan")}
+            for label, mask in (("with a near-duplicate in training", twin), ("without", ~twin))]
+    return pd.DataFrame(rows).set_index("validation images")
+
+
+def audit_headline(records: dict[str, dict], masked: dict[str, pd.DataFrame],
+                   by_twin: dict[str, pd.DataFrame], twin_rate: float) -> pd.DataFrame:
+    """One row per model: what the audit found, in numbers (the index page's Audit table)."""
+    rows = {}
+    for model, record in records.items():
+        table = masked[model]
+        rows[model] = {
+            "accuracy": record["accuracy"],
+            "accuracy, guide box masked at test time": table.loc["all"].iloc[1],
+            "drop with the box masked": -table.loc["all", "difference"],
+            "validation images with a train near-duplicate": twin_rate,
+            "accuracy on those": by_twin[model].iloc[0]["accuracy"],
+            "accuracy on the others": by_twin[model].iloc[1]["accuracy"],
+            "ECE": record["ece"], "Brier": record["brier"],
+        }
+    return pd.DataFrame(rows).T

@@ -21,7 +21,7 @@ from kvasir_utils import config
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import folder_lock, write_text_atomic
 
-NOTEBOOKS = ("01_download_and_split", "02_train", "03_finetune", "04_evaluate", "05_compare")
+NOTEBOOKS = ("01_download_and_split", "02_train", "03_finetune", "04_evaluate", "05_compare", "07_audit")
 PER_MODEL = {"02_train", "03_finetune", "04_evaluate"}
 SWEEP_NOTEBOOK = "06_sweep"
 NOTEBOOK_SOURCE_DIR = config.PROJECT_ROOT / "notebooks"

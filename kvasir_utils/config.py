@@ -67,6 +67,8 @@ class DataConfig(Section):
 class SplitConfig(Section):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 42
+    # Beyond the paper: keep every group of near-duplicate frames on one side of the split.
+    group_near_duplicates: bool = False
 
 
 class CacheConfig(Section):
@@ -85,6 +87,8 @@ class TransformsConfig(Section):
     crop_scale: list[float] = Field([0.08, 1.0], min_length=2, max_length=2)
     crop_ratio: list[float] = Field([0.75, 1.3333333], min_length=2, max_length=2)
     eval_resize: Literal["squash", "center_crop"] = "squash"
+    # Beyond the paper: black out the position-guide box (and the burnt-in text) before augmentation.
+    mask_overlays: Literal["none", "guide_box", "guide_box_and_text"] = "none"
     mean: list[float] = Field([0.485, 0.456, 0.406], min_length=3, max_length=3)
     std: list[float] = Field([0.229, 0.224, 0.225], min_length=3, max_length=3)
 

@@ -16,9 +16,10 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from kvasir_utils import synthetic
+from kvasir_utils import audit, synthetic
 from kvasir_utils.cache import MANIFEST, DatasetCheck, build_cache, check_dataset, manifest_fingerprint, read_manifest
 from kvasir_utils.config import Config
+from kvasir_utils.dataset import read_image
 from kvasir_utils.download import fetch_archive
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.extract import extract_archive, find_class_root, scan_images
@@ -121,3 +122,27 @@ def input_fingerprints(cfg: Config) -> dict[str, str]:
     manifest = read_manifest(manifest_path)
     return {"split.csv": sha256_file(cfg.split_csv),
             "cache manifest": manifest_fingerprint(manifest, cfg.cache.short_side, cfg.cache.quality)}
+
+
+# -- what the images carry besides tissue (the audit) --------------------------------------
+def _cached_images(cfg: Config, paths):
+    from kvasir_utils.cache import cached_name
+
+    root = cache_dir(cfg)
+    return (read_image(root / cached_name(p)) for p in paths)
+
+
+def image_hashes(cfg: Config, paths):
+    """Perceptual hashes of the cached images (one uint64 per path)."""
+    return audit.perceptual_hashes(_cached_images(cfg, paths))
+
+
+def near_duplicate_groups(cfg: Config, images: pd.DataFrame):
+    """A group id per row of ``images``: frames joined by near-duplicate pairs share one."""
+    pairs = audit.near_duplicate_pairs(image_hashes(cfg, images["path"]))
+    return audit.duplicate_groups(len(images), pairs)
+
+
+def guide_box_flags(cfg: Config, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``has_box`` column: whether each cached image carries the guide box."""
+    return frame.assign(has_box=[audit.has_guide_box(image) for image in _cached_images(cfg, frame["path"])])

@@ -1,17 +1,21 @@
-"""Notebook 04's files: the trained model's validation predictions and its metrics record.
+"""The trained model on the validation set: notebook 04's files, and the audit's variants.
 
 ``predictions.csv`` (per image: true and predicted class, confidence, every class's probability)
-and ``metrics.json`` (headline numbers, model size and speed, where it ran) under
-``runs/<profile>/<model>/eval/``; the reports read them back with ``read_evaluations``.
+and ``metrics.json`` (headline numbers, calibration, model size and speed, where it ran) under
+``runs/<profile>/<model>/eval/``; the reports read them back with ``read_evaluations``. The audit
+predicts the same images with the guide box masked at test time only, and explains examples with
+Grad-CAM.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
+import torch
 
-from kvasir_utils import engine, metrics, models
+from kvasir_utils import audit, data, dataset, engine, metrics, models, transforms
 from kvasir_utils.config import Config
 from kvasir_utils.environment import environment
 from kvasir_utils.errors import KvasirError
@@ -37,6 +41,8 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: engine.Runtime) 
         "gflops": models.gflops(model, cfg.transforms.image_size),
         "train_seconds": float(history["seconds"].sum()),
         "inference_images_per_s": len(targets) / seconds,
+        "ece": audit.expected_calibration_error(targets, probs),
+        "brier": audit.brier_score(targets, probs),
         "stage_val_acc": stage_acc,
         "fine_tuning_gain": stage_acc.get("stage2", float("nan")) - stage_acc["stage1"],
         "runtime": runtime.describe(),
@@ -59,3 +65,44 @@ def read_evaluations(cfg: Config, required: bool = True) -> dict:
     if required and not found:
         raise KvasirError(f"no evaluated model under {cfg.run_dir}; run notebook 04 first")
     return found
+
+
+def predict_validation(cfg: Config, model, runtime: engine.Runtime, transforms_cfg=None, desc: str = "predict"):
+    """Probabilities and targets for the validation images, with the profile's eval preset or the
+    one ``transforms_cfg`` describes (e.g. with overlays masked)."""
+    split = read_split(cfg.split_csv, cfg.data.classes)
+    preset = transforms.eval_preset(transforms_cfg or cfg.transforms)
+    val = dataset.KvasirDataset(data.cache_dir(cfg), split[split["split"] == "val"], cfg.data.classes, preset)
+    loader = dataset.make_loader(val, cfg.train.batch_size, False, runtime.workers, runtime.pin_memory)
+    probs, targets, _ = engine.predict(model, loader, runtime, desc=desc)
+    return probs, targets
+
+
+def masked_accuracy(cfg: Config, model_name: str, runtime: engine.Runtime, mode: str = "guide_box") -> pd.DataFrame:
+    """Per class: validation accuracy as trained and evaluated, and with the overlays masked at
+    test time only (how much the model leans on them)."""
+    predictions = pd.read_csv(cfg.eval_dir(model_name) / "predictions.csv")
+    model = engine.prepare_model(engine.load_trained_model(cfg, model_name), runtime)
+    masked_cfg = cfg.transforms.model_copy(update={"mask_overlays": mode})
+    probs, targets = predict_validation(cfg, model, runtime, masked_cfg, desc=f"{model_name} masked")
+    frame = predictions[["label", "true", "pred"]].assign(masked_pred=probs.argmax(1))
+    frame = frame.assign(correct=frame["true"] == frame["pred"], masked_correct=frame["masked_pred"] == frame["true"])
+    table = frame.groupby("label", sort=False)[["correct", "masked_correct"]].mean()
+    table.loc["all"] = frame[["correct", "masked_correct"]].mean()
+    table.columns = ["accuracy", f"accuracy, {mode} masked at test time"]
+    return table.assign(difference=table.iloc[:, 1] - table.iloc[:, 0]).reindex([*cfg.data.classes, "all"])
+
+
+def gradcam_examples(cfg: Config, model_name: str, predictions: pd.DataFrame, runtime: engine.Runtime,
+                     correct: int = 1, incorrect: int = 1):
+    """Figure 3's material: per class, correct and incorrect validation examples (where they exist)
+    with the Grad-CAM overlay of the class the model predicted. Returns (overlays, rows)."""
+    from kvasir_utils.plots import pick_examples_per_class
+
+    rows = pick_examples_per_class(predictions, correct, incorrect, cfg.eval.seed)
+    images = dataset.load_cached(data.cache_dir(cfg), rows["path"])
+    preset = transforms.eval_preset(cfg.transforms)
+    tensors = torch.stack([preset(image) for image in images])
+    model = engine.load_trained_model(cfg, model_name).float()  # Grad-CAM needs fp32 gradients
+    overlays = audit.gradcam_overlays(model, images, tensors, rows["pred"].to_numpy(np.int64).tolist())
+    return overlays, rows

@@ -147,6 +147,8 @@ def comparison_table(cfg: Config) -> pd.DataFrame:
             f"macro F1 {level} CI": f"[{ci['macro_f1'][0]:.4f}, {ci['macro_f1'][1]:.4f}]",
             "macro ROC-AUC (paper)": reported.get("macro_auc", float("nan")),
             "macro ROC-AUC": record["macro_auc"],
+            "ECE": record.get("ece", float("nan")),
+            "Brier": record.get("brier", float("nan")),
             "parameters (M)": record["parameters"] / 1e6,
             "GFLOPs / image": record["gflops"],
             "training time (s)": record["train_seconds"],
@@ -199,6 +201,7 @@ def index_html(cfg: Config, pages: list[Path]) -> str:
         "paper's.</p>",
         "<h2>Headline numbers</h2>",
         _table_html(headline) if len(headline) else "<p>No evaluated model yet (notebook 04).</p>",
+        *_audit_section(cfg, rel),
         "<h2>Where the paper disagrees with itself</h2><ul>",
         *[f"<li>{html.escape(note)}</li>" for note in paper.consistency_notes()],
         "</ul><h2>Notebook reports</h2><ul>",
@@ -215,6 +218,22 @@ def index_html(cfg: Config, pages: list[Path]) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _audit_section(cfg: Config, rel) -> list[str]:
+    """The index page's Audit section, from notebook 07's tables (nothing before 07 has run)."""
+    tables = cfg.report_dir / "tables"
+    if not (tables / "audit_headline.csv").exists():
+        return []
+    headline = pd.read_csv(tables / "audit_headline.csv", index_col=0)
+    box_rates = pd.read_csv(tables / "guide_box_rates.csv")
+    figure = cfg.report_dir / "figures" / "audit_guide_box_rates.png"
+    return ["<h2>Audit: what inflates the score</h2>",
+            "<p>Beyond the paper (notebook 07): the position-guide box, near-duplicate frames across the split, "
+            "and calibration.</p><ul>",
+            *[f"<li>{html.escape(sentence)}</li>" for sentence in audit_sentences(headline, box_rates)],
+            "</ul>", _table_html(headline),
+            f"<img src='{rel(figure)}' alt='guide box rate per class'>" if figure.exists() else ""]
 
 
 def _environments(evaluations: dict) -> pd.DataFrame:
@@ -285,3 +304,39 @@ def sweep_index_html(sweep, results: pd.DataFrame, page: Path) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+# -- the audit ----------------------------------------------------------------------------
+def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame) -> list[str]:
+    """The audit's numbers in plain words, for readers who are not statisticians."""
+    with_box = box_rates[box_rates["rate"] > 0]
+    sentences = [
+        f"The teal position-guide box appears in {len(with_box)} of {len(box_rates)} classes "
+        f"(from {with_box['rate'].min():.0%} to {with_box['rate'].max():.0%} of their frames) and never in the others, "
+        "so a network can learn 'box means lower-GI class' without looking at tissue."
+        if len(with_box) else "No frame carries the position-guide box.",
+    ]
+    for model, row in headline.iterrows():
+        sentences.append(
+            f"{model}: blacking out the box at test time changes accuracy from {row['accuracy']:.1%} to "
+            f"{row['accuracy, guide box masked at test time']:.1%}; a large drop means the model leans on the box. "
+            f"Validation images with a near-duplicate frame in training are classified "
+            f"{row['accuracy on those']:.1%} correctly against {row['accuracy on the others']:.1%} for the others; "
+            f"a gap means the image-level split flatters the score. Its confidence is off by "
+            f"{row['ECE']:.3f} on average (ECE; 0 is perfectly calibrated).")
+    share = headline["validation images with a train near-duplicate"].iloc[0] if len(headline) else float("nan")
+    sentences.append(f"{share:.1%} of the validation images have a near-duplicate in training. Kvasir has no "
+                     "patient ids; `split.group_near_duplicates=true` keeps such groups on one side of the split.")
+    return sentences
+
+
+def masked_run_table1(cfg: Config, masked_cfg: Config) -> pd.DataFrame | None:
+    """Per model and class: F1 of this run beside the run trained and evaluated with the overlays
+    masked (profile ``<profile>-masked``); None until that run has been evaluated."""
+    mine, theirs = read_evaluations(cfg, required=False), read_evaluations(masked_cfg, required=False)
+    columns = {}
+    for model in set(mine) & set(theirs):
+        for label, (_, predictions) in ((cfg.profile, mine[model]), (masked_cfg.profile, theirs[model])):
+            table = metrics.classification_table(predictions["true"], predictions["pred"], cfg.data.classes)
+            columns[(model, label)] = table["F1-Score"]
+    return pd.DataFrame(columns) if columns else None

@@ -12,18 +12,27 @@ from kvasir_utils.io import write_csv_atomic
 SPLIT_COLUMNS = ["path", "label", "split"]
 
 
-def make_split(images: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
-    """Stratified train/val split; the same images and seed give the same split."""
-    from sklearn.model_selection import train_test_split
+def make_split(images: pd.DataFrame, val_fraction: float, seed: int, groups=None) -> pd.DataFrame:
+    """Stratified train/val split; the same images and seed give the same split.
 
-    ordered = images.sort_values("path").reset_index(drop=True)
+    ``groups`` (one id per row of ``images``, e.g. near-duplicate groups) keeps every group on one
+    side: scikit-learn's StratifiedGroupKFold with k = round(1 / val_fraction) folds, the first
+    fold being validation, so the validation share is 1/k (0.2 for the paper's 80/20)."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    order = images["path"].to_numpy().argsort(kind="stable")
+    ordered = images.iloc[order].reset_index(drop=True)
     too_small = ordered.groupby("label").size()
     too_small = too_small[too_small < 2]
     if len(too_small):
         raise KvasirError(f"class(es) with fewer than 2 images cannot be split: {', '.join(too_small.index)}")
-    _, val_index = train_test_split(
-        ordered.index, test_size=val_fraction, random_state=seed, stratify=ordered["label"]
-    )
+    if groups is None:
+        _, val_index = train_test_split(
+            ordered.index, test_size=val_fraction, random_state=seed, stratify=ordered["label"]
+        )
+    else:
+        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
+        _, val_index = next(folds.split(ordered.index, ordered["label"], groups=pd.Series(groups).iloc[order]))
     split = ordered.assign(split="train")
     split.loc[val_index, "split"] = "val"
     return split[SPLIT_COLUMNS]

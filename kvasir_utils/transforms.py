@@ -6,7 +6,9 @@ and resizing to 224x224 pixels", then "normalization using ImageNet statistics".
 first so the other operations work on 224 px, not on the larger cached image; the paper gives no
 order. Eval: "resizing to 224x224 pixels" (``transforms.eval_resize`` says how) and normalisation.
 The geometric and colour operations run on PIL images (on CPU about 1.4x faster than on uint8
-tensors, measured with the cached images); the tensor comes last.
+tensors, measured with the cached images); the tensor comes last. With ``transforms.mask_overlays``
+the frame's overlays (guide box, burnt-in text) are blacked out first, in training and evaluation
+alike; the cache itself stays as the archive's images.
 """
 
 from __future__ import annotations
@@ -14,7 +16,25 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
+from kvasir_utils.audit import mask_overlays
 from kvasir_utils.config import TransformsConfig
+
+
+class MaskOverlays:
+    """``audit.mask_overlays`` as a transform (a class, so loader workers can pickle it)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, image):
+        return mask_overlays(image, self.mode)
+
+    def __repr__(self) -> str:
+        return f"MaskOverlays(mode={self.mode!r})"
+
+
+def _masking(t: TransformsConfig) -> list:
+    return [] if t.mask_overlays == "none" else [MaskOverlays(t.mask_overlays)]
 
 
 def _to_normalized_float(t: TransformsConfig) -> list:
@@ -24,6 +44,7 @@ def _to_normalized_float(t: TransformsConfig) -> list:
 def train_preset(t: TransformsConfig) -> v2.Compose:
     """Augmentations for training: random resized crop, flips, rotation, brightness/contrast."""
     return v2.Compose([
+        *_masking(t),
         v2.RandomResizedCrop(t.image_size, scale=tuple(t.crop_scale), ratio=tuple(t.crop_ratio), antialias=True),
         v2.RandomHorizontalFlip(t.hflip_p),
         v2.RandomVerticalFlip(t.vflip_p),
@@ -39,4 +60,4 @@ def eval_preset(t: TransformsConfig) -> v2.Compose:
         resize = [v2.Resize((t.image_size, t.image_size), antialias=True)]
     else:
         resize = [v2.Resize(t.image_size, antialias=True), v2.CenterCrop(t.image_size)]
-    return v2.Compose([*resize, *_to_normalized_float(t)])
+    return v2.Compose([*_masking(t), *resize, *_to_normalized_float(t)])

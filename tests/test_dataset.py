@@ -187,3 +187,15 @@ def test_the_cache_is_keyed_by_everything_that_changes_its_bytes(tmp_path):
     Image.new("RGB", (128, 96), (1, 2, 3)).save(root / "polyps" / "x.png")
     changed, _ = cache.build_cache(root, images, folders[95], 72, 95, workers=1, progress=False)
     assert cache.manifest_fingerprint(changed, 72, 95) != fingerprints[95]
+
+
+def test_a_grouped_split_never_separates_a_group_and_keeps_the_validation_share():
+    images = _images(per_class=20)
+    groups = np.arange(len(images)) // 4  # groups of four frames of one class
+    split = make_split(images, 0.2, seed=3, groups=groups)
+    sides = split.assign(group=groups[np.argsort(images["path"].to_numpy(), kind="stable")])
+    assert sides.groupby("group")["split"].nunique().eq(1).all()
+    assert (split["split"] == "val").mean() == pytest.approx(0.2, abs=0.03)
+    assert split.groupby("label")["split"].apply(lambda s: (s == "val").sum()).between(2, 6).all()
+    ungrouped = make_split(images, 0.2, seed=3)
+    assert not ungrouped.assign(group=sides["group"]).groupby("group")["split"].nunique().eq(1).all()

@@ -26,6 +26,7 @@ def chain(tmp_path_factory):
         for name in ("02_train", "03_finetune", "04_evaluate"):
             cli.run_notebook(name, "smoke", overrides, model)
     cli.run_notebook("05_compare", "smoke", overrides)
+    cli.run_notebook("07_audit", "smoke", overrides)
     assert cli.main(["report", "--profile", "smoke", *[a for o in overrides for a in ("--set", o)]]) == 0
     return cfg
 
@@ -78,7 +79,7 @@ def test_every_table_and_figure_of_the_paper_is_in_the_report(chain):
 
 def test_every_report_page_says_once_that_the_data_is_generated(chain):
     pages = [chain.report_dir / "index.html", *(chain.report_dir / "html").glob("*.html")]
-    assert len(pages) == 9
+    assert len(pages) == 10
     for page in pages:
         text = page.read_text()
         assert text.count('<div class="kvasir-banner">') == 1 and "mean nothing about Kvasir" in text, page
@@ -114,3 +115,30 @@ def test_a_failing_notebook_exits_non_zero_with_the_reason_and_leaves_no_stamp(t
     assert "split.csv does not exist: run notebook 01 first" in result.stderr.splitlines()[-2]
     cfg = config.load_profile("smoke", overrides)
     assert not cli.executed_notebook_path(cfg, "02_train", "resnet50").exists()
+
+
+def test_the_audit_recovers_the_planted_traps_and_reaches_the_index(chain):
+    from kvasir_utils import synthetic
+
+    tables = chain.report_dir / "tables"
+    rates = pd.read_csv(tables / "guide_box_rates.csv").set_index("label")["rate"]
+    for label, planted in synthetic.GUIDE_BOX_RATES.items():
+        assert rates[label] == pytest.approx(planted, abs=0.1), label  # found in the cache by colour and place
+    headline = pd.read_csv(tables / "audit_headline.csv", index_col=0)
+    assert list(headline.index) == chain.train.models
+    assert ((headline["validation images with a train near-duplicate"] > 0)
+            & (headline["validation images with a train near-duplicate"] < 0.5)).all()
+    for model in chain.train.models:
+        record = json.loads((chain.eval_dir(model) / "metrics.json").read_text())
+        assert 0 <= record["ece"] <= 1 and 0 <= record["brier"] <= 2
+        assert headline.loc[model, "ECE"] == pytest.approx(record["ece"], abs=1e-5)
+        masked = pd.read_csv(tables / f"{model}_guide_box_masked.csv", index_col=0)
+        assert list(masked.index) == [*chain.data.classes, "all"]
+        # the upper-GI classes carry no box: masking it changes nothing there
+        assert (masked.loc[["esophagitis", "normal-pylorus", "normal-z-line"], "difference"].abs() < 0.2).all()
+        assert (chain.report_dir / "figures" / f"{model}_figure3_gradcam.png").stat().st_size > 10_000
+        assert (chain.report_dir / "figures" / f"{model}_reliability.png").exists()
+    index = (chain.report_dir / "index.html").read_text()
+    assert "Audit: what inflates the score" in index and "position-guide box appears in 5 of 8 classes" in index
+    comparison = pd.read_csv(tables / "comparison.csv", index_col=0)
+    assert {"ECE", "Brier"} <= set(comparison.columns)

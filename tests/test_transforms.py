@@ -64,3 +64,18 @@ def test_flips_happen_at_their_probability():
     torch.manual_seed(1)
     red_left = [_unnormalize(preset(_frame()), t)[16, 2, 0] > 200 for _ in range(400)]
     assert 0.42 < 1 - np.mean(red_left) < 0.58  # about half are mirrored
+
+
+def test_masking_blacks_out_the_guide_box_before_the_other_transforms():
+    from kvasir_utils import audit, synthetic
+
+    frame = synthetic.draw_overlays(Image.new("RGB", (720, 576), (150, 80, 70)), True, 0.5, "ID 1")
+    assert audit.has_guide_box(frame)
+    t = TransformsConfig(image_size=64, mask_overlays="guide_box")
+    image = _unnormalize(transforms.eval_preset(t)(frame), t)
+    left, top, right, bottom = audit.region_pixels((64, 64), audit.GUIDE_BOX)
+    assert image[top + 2:bottom - 2, left + 2:right - 2].max() <= 1  # black where the box was
+    assert image[5:20, 40:60].mean() > 50  # the rest of the frame is untouched
+    unmasked = _unnormalize(transforms.eval_preset(TransformsConfig(image_size=64))(frame), t)
+    assert unmasked[top + 2:bottom - 2, left + 2:right - 2].max() > 100
+    assert "MaskOverlays" in repr(transforms.train_preset(t))
