@@ -75,7 +75,7 @@ _ := $(shell $(KV) makevars $(ARGS) > $(VARS_FILE) || : > $(VARS_FILE))
 -include $(VARS_FILE)
 _ := $(shell rm -f $(VARS_FILE))
 ifndef RUN_DIR
-$(error PROFILE or SET is not valid (see the message above))
+$(error stopped: see the message above (PROFILE, SET, or a run folder in use))
 endif
 NB := $(RUN_DIR)/notebooks
 RUN_NB = $(KV) run-notebook $(1) $(ARGS)

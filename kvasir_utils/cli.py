@@ -42,6 +42,14 @@ def write_settings_stamp(cfg: config.Config) -> Path:
     return path
 
 
+def check_make_path(path: Path) -> None:
+    """make cannot have these characters in a file name (it reads them as its own syntax)."""
+    bad = sorted({c for c in str(path) if c in ":%#$;*?[]" or c.isspace()})
+    if bad:
+        raise KvasirError(f"the folder {path} contains {' '.join(repr(c) for c in bad)}, which make cannot handle in "
+                          "a file name; choose paths.runs / paths.reports (or a profile file name) without them")
+
+
 def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, what: str) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``out``, holding ``lock_folder``'s
     lock; the result appears under its name only if every cell succeeded."""
@@ -59,6 +67,12 @@ def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, 
     except papermill.PapermillExecutionError as exc:
         raise KvasirError(f"{what} failed: {exc.ename}: {exc.evalue}\n"
                           f"  the executed notebook, up to the failing cell, is {failed}") from None
+    except KvasirError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a dead kernel (out of memory, say), a timeout: one line too
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise KvasirError(f"{what} failed: {type(exc).__name__}: {reason}\n"
+                          f"  the executed notebook so far is {failed}") from None
     os.replace(failed, out)
     return out
 
@@ -81,29 +95,39 @@ def run_notebook(name: str, profile: str, overrides: list[str], model: str | Non
 
 
 def run_sweep_command(name: str, overrides: list[str]) -> int:
-    """``make sweep``: validate every member, run the unfinished ones on Ray, then notebook 06 and
-    the sweep's report. Returns the exit code: 1 when a member failed (the others still count)."""
-    from kvasir_utils import report, sweep
+    """``make sweep``: validate every run, run the unfinished ones on Ray, then notebook 06 and the
+    sweep's report. Returns the exit code: 1 when a run failed (the others still count)."""
+    from kvasir_utils import sweep
 
     spec = sweep.load_sweep(name, overrides)
-    print(f"sweep {spec.name}: {len(spec.members)} member(s) of profile {spec.base.profile}, "
-          f"results under {spec.run_dir}")
-    outcome = sweep.run_sweep(spec)
-    if outcome.skipped:
-        print(f"{len(outcome.skipped)} member(s) finished earlier and were not run again")
-    executed = spec.run_dir / "notebooks" / f"{SWEEP_NOTEBOOK}.ipynb"
-    if sweep.finished_members(spec) and not sweep.aggregation_is_current(spec, executed):
-        parameters = {"SWEEP": str(sweep.find_sweep(name)), "OVERRIDES": list(overrides)}
-        execute_notebook(SWEEP_NOTEBOOK, parameters, executed, spec.run_dir, f"{SWEEP_NOTEBOOK} ({spec.name})")
-        print(f"wrote {report.render_sweep_report(spec, sweep.member_results(spec), executed)}")
-    elif executed.exists():
-        print(f"nothing new since the last aggregation: {spec.report_dir / 'index.html'}")
+    print(f"sweep {spec.name}: {len(spec.members)} run(s) of profile {spec.base.profile}, results under {spec.run_dir}")
+    with folder_lock(spec.run_dir, f"sweep {spec.name}", wait=False):  # one driver per sweep folder
+        outcome = sweep.run_sweep(spec)
+        if outcome.skipped:
+            print(f"{len(outcome.skipped)} run(s) finished earlier and were not run again")
+        print(f"wrote {aggregate_sweep(spec, name, overrides)}")
     if outcome.failed:
         listing = "\n".join(f"  {member}: {error}" for member, error in outcome.failed.items())
-        print(f"error: {len(outcome.failed)} of {len(spec.members)} member(s) failed (their logs: "
-              f"<member folder>/member.log):\n{listing}", file=sys.stderr)
+        print(f"error: {len(outcome.failed)} of {len(spec.members)} run(s) failed (each run's output is in "
+              f"member.log in its folder under {spec.run_dir / 'members'}):\n{listing}", file=sys.stderr)
         return 1
     return 0
+
+
+def aggregate_sweep(spec, name: str, overrides: list[str]) -> Path:
+    """Notebook 06 over the finished runs (skipped when nothing is new), then the sweep's index page."""
+    from kvasir_utils import report, sweep
+
+    executed = spec.run_dir / "notebooks" / f"{SWEEP_NOTEBOOK}.ipynb"
+    results = sweep.member_results(spec)
+    if not (results["status"] == "finished").any():
+        return report.render_sweep_report(spec, results, None)  # says that nothing finished; no stale tables
+    if sweep.aggregation_is_current(spec, executed):
+        print("nothing new since the last aggregation")
+        return spec.report_dir / "index.html"
+    parameters = {"SWEEP": str(sweep.find_sweep(name)), "OVERRIDES": list(overrides)}
+    execute_notebook(SWEEP_NOTEBOOK, parameters, executed, executed.parent, f"{SWEEP_NOTEBOOK} ({spec.name})")
+    return report.render_sweep_report(spec, results, executed)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,10 +167,14 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = config.load_profile(args.profile, args.overrides)
             models.check_profile(cfg)  # every model x reading, before the pipeline does anything
+            check_make_path(cfg.run_dir)
+            check_make_path(cfg.report_dir)
+            with folder_lock(cfg.run_dir, "checking the settings", wait=False):  # not under a running run
+                settings = write_settings_stamp(cfg)
             print(f"RUN_DIR := {cfg.run_dir}")
             print(f"REPORT_DIR := {cfg.report_dir}")
             print(f"MODELS := {' '.join(cfg.train.models)}")
-            print(f"SETTINGS := {write_settings_stamp(cfg)}")
+            print(f"SETTINGS := {settings}")
         elif args.command == "sweep":
             return run_sweep_command(args.sweep, args.overrides)
     except KvasirError as exc:

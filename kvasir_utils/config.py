@@ -48,7 +48,7 @@ class PathsConfig(Section):
 
 class SyntheticConfig(Section):
     images_per_class: int = Field(40, ge=2)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     large_fraction: float = Field(0.1, ge=0, le=1)
 
 
@@ -66,7 +66,7 @@ class DataConfig(Section):
 
 class SplitConfig(Section):
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32)
     # Beyond the paper: keep every group of near-duplicate frames on one side of the split.
     group_near_duplicates: bool = False
 
@@ -108,7 +108,7 @@ class TrainConfig(Section):
     stage2: StageConfig = StageConfig(trainable="last_tensors:10")
     stage2_init: Literal["fresh_optimizer", "continue_optimizer"] = "fresh_optimizer"
     frozen_batchnorm: Literal["eval", "train"] = "eval"
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, lt=2**32)
 
 
 class EvalConfig(Section):
@@ -116,7 +116,7 @@ class EvalConfig(Section):
     figure1_incorrect: int = Field(8, ge=0)
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
 
 
 class RuntimeConfig(Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import time
@@ -14,7 +15,7 @@ from urllib.parse import unquote, urlparse
 from tqdm import tqdm
 
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import sha256_file
+from kvasir_utils.io import sha256_file, write_json_atomic
 
 _CHUNK = 1 << 20
 
@@ -41,6 +42,37 @@ def verify_archive(path: Path, size: int | None, sha256: str | None) -> None:
         digest = sha256_file(path)
         if digest != sha256.lower():
             raise DownloadError(f"{path.name} has SHA-256 {digest}, expected {sha256}")
+
+
+# -- the archive's record: where it came from, its size and SHA-256, computed once ---------
+HAND_PLACED = "placed by hand"
+
+
+def archive_record_path(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".json")
+
+
+def read_archive_record(archive: Path) -> dict | None:
+    try:
+        return json.loads(archive_record_path(archive).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def record_archive(archive: Path, source: str) -> dict:
+    """Write ``<archive>.json`` (source, size, SHA-256) the first time the archive is used, and
+    again only if the file changed since (its size or time); otherwise read it back. Hashing a
+    2.5 GB archive takes a while, so it is done once, not every run."""
+    info = archive.stat()
+    recorded = read_archive_record(archive)
+    if recorded and (recorded["bytes"], recorded["mtime_ns"]) == (info.st_size, info.st_mtime_ns):
+        return recorded
+    if recorded:
+        print(f"note: {archive.name} changed since it was recorded ({recorded['sha256'][:12]}...); hashing it again")
+    record = {"archive": archive.name, "source": source, "bytes": info.st_size, "mtime_ns": info.st_mtime_ns,
+              "sha256": sha256_file(archive), "recorded": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json_atomic(archive_record_path(archive), record)
+    return record
 
 
 def _copy_local(source: Path, part: Path) -> None:
@@ -114,6 +146,14 @@ def fetch_archive(
                 f"the archive already at {dest} does not match the profile: {exc}. "
                 f"Delete it (or fix data.size / data.sha256) and run again."
             ) from exc
+        recorded = read_archive_record(dest)
+        if recorded and recorded["source"] != HAND_PLACED and recorded["source"] not in urls:
+            raise KvasirError(
+                f"the archive at {dest} was fetched from {recorded['source']}, but this profile asks for "
+                f"{urls[0]}. Nothing was changed. Delete {dest} to fetch the new one, or keep both by giving this "
+                f"run another data folder (SET=\"... paths.data=<another folder>\")."
+            )
+        record_archive(dest, HAND_PLACED if recorded is None else recorded["source"])
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -133,6 +173,7 @@ def fetch_archive(
                 part.unlink()
                 raise
             os.replace(part, dest)
+            record_archive(dest, url)
             return dest
         except DownloadError as exc:
             failures.append(f"  {url}: {exc}")

@@ -312,6 +312,10 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     resumed = load_checkpoint(path) if path.exists() else None
     if resumed is not None:
         check_checkpoint(resumed, cfg, inputs, path)
+        if resumed["epoch"] < stage_cfg.epochs and resumed.get("runtime", "").split(", ")[1:2] != \
+                runtime.describe().split(", ")[1:2]:
+            print(f"warning: {path.parent.name} of {model_name} started as '{resumed.get('runtime')}' and goes on as "
+                  f"'{runtime.describe()}'; its last digits will differ from an uninterrupted run")
     previous = None
     if resumed is None and stage != STAGES[0]:
         previous = finished_checkpoint(cfg, model_name, STAGES[STAGES.index(stage) - 1])

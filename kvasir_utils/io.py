@@ -25,12 +25,22 @@ _CHUNK = 1 << 20
 _UMASK_LOCK = threading.Lock()
 
 
-def new_file_mode() -> int:
-    """The permissions ``open()`` would give a new file under the current umask."""
-    with _UMASK_LOCK:  # the umask can only be read by setting it
+def _umask() -> int:
+    try:  # Linux says it without changing it (other threads may be creating files meanwhile)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:  # elsewhere the umask can only be read by setting it
         mask = os.umask(0o022)
         os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def new_file_mode() -> int:
+    """The permissions ``open()`` would give a new file under the current umask."""
+    return 0o666 & ~_umask()
 
 
 def _fsync(path: Path, directory: bool = False) -> None:

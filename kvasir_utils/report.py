@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html
 import os
+import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 import yaml
@@ -251,10 +253,16 @@ def sweep_about(sweep) -> str:
             f"({len(spec.seeds)} seed(s) varying {spec.seed_setting}).")
 
 
-def render_sweep_report(sweep, results: pd.DataFrame, executed: Path) -> Path:
-    """Notebook 06 as HTML, and the sweep's ``index.html``: its tables, figure and every member's
-    report (``results``: ``sweep.member_results``)."""
-    page = render_notebook(executed, sweep.report_dir / "html" / f"{executed.stem}.html")
+def render_sweep_report(sweep, results: pd.DataFrame, executed: Path | None) -> Path:
+    """Notebook 06 as HTML, and the sweep's ``index.html``: its tables, figure and every run's
+    report (``results``: ``sweep.member_results``). Without ``executed`` (no run finished) the
+    tables and figures of an earlier aggregation are removed, so none outlives its runs."""
+    if executed is None:
+        for folder in ("tables", "figures", "html"):
+            shutil.rmtree(sweep.report_dir / folder, ignore_errors=True)
+        page = None
+    else:
+        page = render_notebook(executed, sweep.report_dir / "html" / f"{executed.stem}.html")
     index = sweep.report_dir / "index.html"
     write_text_atomic(index, sweep_index_html(sweep, results, page))
     return index
@@ -272,8 +280,9 @@ def sweep_index_html(sweep, results: pd.DataFrame, page: Path) -> str:
     finished = int((results["status"] == "finished").sum())
     members = []
     for member, row in zip(sweep.members, results.itertuples()):
-        link = (f"<a href='{rel(member.report_index)}'>{html.escape(member.name)}</a>"
-                if member.report_index.exists() else html.escape(member.name))
+        href = quote(os.path.relpath(member.report_index, root), safe="/=,+@()")
+        link = (f"<a href='{href}'>{html.escape(member.name)}</a>" if member.report_index.exists()
+                else html.escape(member.name))
         error = f" ({html.escape(row.error)})" if row.error else ""
         members.append(f"<li>{link}: {html.escape(row.status)}{error}</li>")
     grid = ", ".join(f"{k} in {v}" for k, v in sweep.spec.grid.items()) or "none"
@@ -286,7 +295,7 @@ def sweep_index_html(sweep, results: pd.DataFrame, page: Path) -> str:
         f"models {html.escape(', '.join(dict.fromkeys(results['model'])))}; seeds {sweep.spec.seeds} "
         f"(varying {html.escape(sweep.spec.seed_setting)}); grid: {html.escape(grid)}. "
         f"<b>{finished} of {len(results)} runs finished</b>; every number below is over the finished runs "
-        f"(n per row), with a 95% Student-t interval across runs.</p>",
+        f"(n per row), with a {sweep.base.eval.confidence:.0%} Student-t interval across runs.</p>",
         "<h2>Mean and interval per model and reading</h2>",
         _csv_table(tables / "summary.csv", "no finished run"),
         "<h2>Paired comparison of the models (same seed, same validation images)</h2>",
@@ -296,7 +305,7 @@ def sweep_index_html(sweep, results: pd.DataFrame, page: Path) -> str:
         "<h2>Figures</h2>",
         *[f"<h3>{html.escape(f.stem)}</h3><img src='{rel(f)}' alt='{html.escape(f.stem)}'>" for f in figures],
         f"<h2>The full analysis</h2><p><a href='{rel(page)}'>{html.escape(page.stem)}</a> (per-class F1, "
-        f"every run).</p>",
+        f"every run).</p>" if page else "<p>No run has finished: nothing to aggregate yet.</p>",
         "<h2>Tables</h2><ul>",
         *[f"<li>{html.escape(t.stem)}: <a href='{rel(t)}'>CSV</a>, <a href='{rel(t.with_suffix('.md'))}'>Markdown"
           f"</a>, <a href='{rel(t.with_suffix('.tex'))}'>LaTeX</a></li>" for t in sorted(tables.glob("*.csv"))],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from pydantic import Field, ValidationError
 from kvasir_utils import config, metrics, models, paper, stats
 from kvasir_utils.config import Config, ConfigError, Section
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import write_json_atomic
+from kvasir_utils.io import sha256_text, write_json_atomic
 
 SWEEP_DIR = config.CONFIG_DIR / "sweeps"
 SEED_SETTINGS = {"train.seed": ["train.seed"], "split.seed": ["split.seed"], "both": ["train.seed", "split.seed"]}
@@ -39,7 +40,7 @@ DEFAULT_READING = "profile's reading"
 PAIRED_COLUMNS = ["first", "second", "reading", "metric", "mean_difference", "sd", "ci_low", "ci_high", "n",
                   "paired_t_p", "sign_test_p", "seeds", "mcnemar_p_per_seed"]
 ABLATION_COLUMNS = ["model", "reading", "default", "mean", "n", "difference_to_default", "ci_low", "ci_high",
-                    "paired_n"]
+                    "paired_n", "paired_t_p", "sign_test_p"]
 
 
 class Resources(Section):
@@ -125,7 +126,32 @@ def find_sweep(name_or_path: str) -> Path:
 
 def _value_text(value) -> str:
     """A grid value as it is written in an override (and in a member's name)."""
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def folder_name(member_name: str) -> str:
+    """A member's folder: its name with what make cannot take in a file name (``:`` in
+    ``block:layer4.2``, ``/``, spaces) replaced by ``_``; member.json keeps the name itself."""
+    return re.sub(r"[^A-Za-z0-9._=+,@\[\]-]", "_", member_name).replace("[", "(").replace("]", ")")
+
+
+# Settings a sweep sets for each run itself: a grid over them (or an override of them) would make
+# a run claim one model or seed while training another.
+OWN_KEYS = {"train.models", "train.seed", "split.seed"}
+
+
+def _check_spec(sweep_name: str, spec: SweepFile, overrides: list[str]) -> None:
+    """Refuse what would silently mislabel runs: grid keys the sweep sets itself, empty value
+    lists, negative seeds, and overrides of the model or the varying seed."""
+    problems = [f"grid key {key!r} is set by the sweep itself (use `models:`, `seeds:` and `seed_setting:`)"
+                for key in spec.grid if key in OWN_KEYS or key.startswith("paths.")]
+    problems += [f"grid key {key!r} has no values" for key, values in spec.grid.items() if not values]
+    problems += [f"seed {seed} is negative" for seed in spec.seeds if seed < 0]
+    varying = {"train.models", *SEED_SETTINGS[spec.seed_setting]}
+    problems += [f"override {text!r} is replaced by the sweep for every run (use `models:` / `seeds:`)"
+                 for text in [*spec.overrides, *overrides] if text.partition("=")[0].strip() in varying]
+    if problems:
+        raise ConfigError(f"sweep {sweep_name}: " + "; ".join(problems))
 
 
 def _check_override_text(text: str, where: str) -> None:
@@ -146,6 +172,7 @@ def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
         key = ".".join(str(p) for p in error["loc"])
         raise ConfigError(f"sweep {path.name}: setting {key!r} is not valid: {error['msg']}") from None
     overrides = list(overrides or [])
+    _check_spec(path.stem, spec, overrides)
     profile = config.profile_reference(config.find_profile(spec.base, relative_to=path.parent))
     base = config.load_profile(profile, [*spec.overrides, *overrides])
     sweep = Sweep(path.stem, spec, profile, overrides, base, source=path)
@@ -154,18 +181,19 @@ def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
     sweep.members = [_member(sweep, model, seed, dict(zip(spec.grid, values)))
                      for values in itertools.product(*spec.grid.values())
                      for model in (spec.models or base.train.models) for seed in spec.seeds]
-    names = [m.name for m in sweep.members]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"sweep {sweep.name}: two members would share a name (repeated seeds or grid values?)")
+    folders = [m.folder for m in sweep.members]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"sweep {sweep.name}: two runs would share a folder (repeated seeds or grid values?)")
     return sweep
 
 
 def _member(sweep: Sweep, model: str, seed: int, settings: dict) -> Member:
-    name = "-".join([model, f"seed{seed}", *(f"{k}={_value_text(v)}" for k, v in settings.items())]).replace("/", "_")
+    name = "-".join([model, f"seed{seed}", *(f"{k}={_value_text(v)}" for k, v in settings.items())])
     reading = ", ".join(f"{k}={_value_text(v)}" for k, v in settings.items()) or DEFAULT_READING
+    folder = folder_name(name)
     own = [f"train.models=[{model}]", *(f"{key}={seed}" for key in SEED_SETTINGS[sweep.spec.seed_setting]),
            *(f"{k}={_value_text(v)}" for k, v in settings.items()),
-           f"paths.runs={sweep.run_dir / 'members' / name}", f"paths.reports={sweep.report_dir / 'members' / name}"]
+           f"paths.runs={sweep.run_dir / 'members' / folder}", f"paths.reports={sweep.report_dir / 'members' / folder}"]
     for text in own:
         _check_override_text(text, f"sweep {sweep.name}, member {name}")
     member_overrides = [*sweep.spec.overrides, *sweep.overrides, *own]
@@ -185,10 +213,18 @@ def read_record(member: Member) -> dict | None:
         return None
 
 
+def settings_fingerprint(member: Member) -> str:
+    """SHA-256 of everything that changes the run's result (its resolved settings, not how they
+    were written), so an edited profile or SET makes a finished run count as not done."""
+    return sha256_text(json.dumps(member.cfg.science_dict(), sort_keys=True, default=str))
+
+
 def is_finished(member: Member) -> bool:
-    """Finished under exactly these settings (a record made under other overrides does not count)."""
+    """Finished under exactly these settings, with its evaluation on disk."""
     record = read_record(member)
-    return bool(record) and record.get("status") == "finished" and record.get("overrides") == member.overrides
+    return (bool(record) and record.get("status") == "finished"
+            and record.get("settings_sha256") == settings_fingerprint(member)
+            and (member.cfg.eval_dir(member.model) / "metrics.json").exists())
 
 
 def write_record(sweep: Sweep, member: Member, status: str, error: str, node: dict | None, seconds: float,
@@ -197,7 +233,8 @@ def write_record(sweep: Sweep, member: Member, status: str, error: str, node: di
         "sweep": sweep.name, "member": member.name, "settings": member.settings, "model": member.model,
         "seed": member.seed, "seed_setting": sweep.spec.seed_setting, "reading": member.reading,
         "status": status, "error": error, "node": node, "seconds": round(seconds, 1), "attempts": attempts,
-        "overrides": member.overrides, "report": str(member.report_index),
+        "overrides": member.overrides, "settings_sha256": settings_fingerprint(member),
+        "report": str(member.report_index),
     })
 
 
@@ -214,19 +251,25 @@ class MemberFailed(RuntimeError):
 
 
 def _last_error(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    """The reason the last attempt gave (its last ``error:`` line, else its last line)."""
+    text = log.read_text(errors="replace")
+    attempt = text[text.rfind("=== sweep run "):].splitlines()[1:]
+    lines = [line.strip() for line in attempt if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     return (errors or lines or ["no output"])[-1].removeprefix("error:").strip()
 
 
-def _die_with_parent() -> None:
-    """In the member's make: get SIGTERM if the Ray worker that started it dies, even by SIGKILL
-    (Linux); make passes SIGTERM on to the notebooks it runs."""
-    import contextlib
+def _die_with_parent():
+    """For the member's make: a function that, run in the child, asks Linux for SIGTERM when the
+    Ray worker that started it dies, even by SIGKILL; make passes SIGTERM on to the notebooks.
+    The C function is looked up here, before the fork (nothing unsafe runs in the child)."""
     import ctypes
 
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: Ctrl-C and cancel still stop it
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: Ctrl-C and cancel still stop the member
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -242,7 +285,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def execute_member(profile: str, overrides: list[str], folder: str, invocation: str, node: dict) -> dict:
-    """Run one member's chain with ``make evaluate`` (01-04 and its report); raise MemberFailed on an error.
+    """Run one member's chain (``make evaluate``: 01-04 and its report); raise MemberFailed on an error.
 
     The output goes to ``<member folder>/member.log``; each attempt starts with a header, so the
     log shows the retries."""
@@ -253,10 +296,11 @@ def execute_member(profile: str, overrides: list[str], folder: str, invocation: 
     with open(log, "a") as out:
         out.write(f"{header} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         out.flush()
-        command = ["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "evaluate",
+        command = ["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "pipeline-evaluated",
                    f"PROFILE={profile}", f"SET={' '.join(overrides)}"]
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
+                                   env={**env, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent())
         try:
             while (code := process.poll()) is None:  # polled: a cancelled task is interrupted here
                 time.sleep(0.5)
@@ -306,12 +350,27 @@ class SweepOutcome:
 def _connect(sweep: Sweep):
     import ray
 
-    address = sweep.spec.address or os.environ.get("RAY_ADDRESS")
-    # A local instance gets the whole machine; the study's own modules are importable on every
-    # node because each node runs from the same checkout and environment (README).
+    # "local": a new instance on this machine, even if a cluster started with `ray start` runs here
+    # (ray.init() would join that one). The study's modules are importable on every node because
+    # each node runs from the same checkout and environment (README).
+    address = sweep.spec.address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              configure_logging=True, logging_level="WARNING")
+    _check_resources(ray, sweep)
     return ray
+
+
+def _check_resources(ray, sweep: Sweep) -> None:
+    """A run that no node can hold would wait forever: refuse it with the numbers."""
+    wanted = {"CPU": sweep.spec.resources.cpus, "GPU": sweep.spec.resources.gpus}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(all(node.get(k, 0) >= v for k, v in wanted.items() if v) for node in nodes):
+        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+        ray.shutdown()
+        raise KvasirError(
+            f"sweep {sweep.name} asks for {wanted['CPU']:g} CPU(s) and {wanted['GPU']:g} GPU(s) per run, but the "
+            f"largest node has {largest.get('CPU', 0):g} CPU(s) and {largest.get('GPU', 0):g} GPU(s); lower "
+            f"`resources:` in the sweep file (fractions are allowed) or add a node that has them")
 
 
 def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
@@ -367,7 +426,12 @@ def _collect(ray, sweep: Sweep, member: Member, ref, seconds: float, outcome: Sw
         result = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, MemberFailed) else None
-        error = str(cause) if cause else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if cause is not None:
+            error = str(cause)
+        elif exc.cause is not None:
+            error = f"{type(exc.cause).__name__}: {exc.cause}"
+        else:
+            error = str(exc).splitlines()[0]
         write_record(sweep, member, "failed", error, cause.node if cause else None, seconds,
                      cause.attempts if cause else 0)
         outcome.failed[member.name] = error
@@ -387,11 +451,15 @@ def member_results(sweep: Sweep) -> pd.DataFrame:
     for member in sweep.members:
         record = read_record(member) or {"status": "not run", "error": "", "node": None}
         row = {"member": member.name, "model": member.model, "seed": member.seed, "reading": member.reading,
-               "default_reading": member.settings == {k: sweep.default_settings[k] for k in member.settings},
+               "default_reading": all(paper.setting_value(member.cfg.to_dict(), k) == v
+                                      for k, v in sweep.default_settings.items()),
                "status": record["status"], "error": record.get("error", ""),
                "node": (record.get("node") or {}).get("hostname", ""), "seconds": record.get("seconds")}
         metrics_path = member.cfg.eval_dir(member.model) / "metrics.json"
-        if row["status"] == "finished" and metrics_path.exists():
+        if row["status"] == "finished" and not metrics_path.exists():
+            row |= {"status": "failed", "error": f"finished, but {metrics_path} is not there (is paths.runs on "
+                                                  "storage the driver shares with the nodes?)"}
+        elif row["status"] == "finished":
             found = json.loads(metrics_path.read_text())
             row |= {metric: found[metric] for metric in METRICS}
         rows.append(row)
@@ -486,5 +554,6 @@ def ablation_table(results: pd.DataFrame, metric: str = "accuracy", confidence: 
                          "mean": values.mean(), "n": len(values),
                          "difference_to_default": difference.get("mean_difference", np.nan),
                          "ci_low": difference.get("ci_low", np.nan), "ci_high": difference.get("ci_high", np.nan),
-                         "paired_n": difference.get("n", 0)})
+                         "paired_n": difference.get("n", 0), "paired_t_p": difference.get("paired_t_p", np.nan),
+                         "sign_test_p": difference.get("sign_test_p", np.nan)})
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS)

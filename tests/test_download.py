@@ -116,3 +116,32 @@ def test_a_stale_partial_file_answered_with_416_is_downloaded_afresh(http_server
     fetch_archive([url], dest, size=size, retries=1, progress=False)
     assert dest.read_bytes() == small_archive.read_bytes()
     assert [r.get("Range") for r in http_server.requests] == [f"bytes={size + 10}-", None]
+
+
+def test_the_archive_is_hashed_once_and_a_change_is_noticed(http_server, small_archive, tmp_path, monkeypatch):
+    from kvasir_utils import download
+
+    url, size = _serve(http_server, small_archive)
+    dest = fetch_archive([url], tmp_path / "kvasir.zip", size=size, progress=False)
+    record = download.read_archive_record(dest)
+    assert record["sha256"] == hashlib.sha256(small_archive.read_bytes()).hexdigest() and record["source"] == url
+    calls = []
+    monkeypatch.setattr(download, "sha256_file", lambda path: calls.append(path) or "0" * 64)
+    fetch_archive([url], dest, size=size, progress=False)
+    assert calls == []  # the second run reads the recorded value
+    dest.write_bytes(dest.read_bytes()[:-1] + b"!")  # same size, other content, newer file
+    fetch_archive([url], dest, progress=False)
+    assert calls == [dest] and download.read_archive_record(dest)["sha256"] == "0" * 64
+
+
+def test_an_archive_fetched_from_another_address_under_the_same_name_is_not_reused(http_server, small_archive,
+                                                                                     tmp_path):
+    url, size = _serve(http_server, small_archive)
+    dest = fetch_archive([url], tmp_path / "kvasir.zip", size=size, progress=False)
+    with pytest.raises(KvasirError, match=r"was fetched from .*kvasir.zip, but this profile asks for "
+                                          r"http://mirror.example/kvasir.zip(.|\n)*paths.data"):
+        fetch_archive(["http://mirror.example/kvasir.zip"], dest, progress=False)
+    copied = tmp_path / "by-hand" / "kvasir.zip"
+    copied.parent.mkdir()
+    copied.write_bytes(small_archive.read_bytes())  # copied in by hand: used as is, whatever the address
+    assert fetch_archive(["http://mirror.example/kvasir.zip"], copied, offline=True) == copied

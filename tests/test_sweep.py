@@ -3,17 +3,18 @@ member, a rerun that trains nothing; and the sweep file's validation."""
 
 import json
 import os
-import shutil
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from kvasir_utils import sweep
+from kvasir_utils import cli, sweep
 from kvasir_utils.config import ConfigError
 from tests.conftest import TINY, tmp_overrides
 
@@ -48,7 +49,7 @@ def test_a_local_sweep_runs_every_member_and_a_failing_one_fails_alone(tmp_path)
     result = _run(path, tmp_path, {"TORCH_HOME": str(tmp_path / "no-weights")})
     assert result.returncode == 1, result.stderr[-3000:]
     failed = ["resnet18-seed1-train.weights=IMAGENET1K_V1", "resnet18-seed2-train.weights=IMAGENET1K_V1"]
-    assert "2 of 4 member(s) failed" in result.stderr and all(name in result.stderr for name in failed)
+    assert "2 of 4 run(s) failed" in result.stderr and all(name in result.stderr for name in failed)
     records = _records(tmp_path, "local")
     assert len(records) == 4
     for name, record in records.items():
@@ -77,44 +78,43 @@ def test_a_local_sweep_runs_every_member_and_a_failing_one_fails_alone(tmp_path)
         assert (reports / member_report).exists() == (name not in failed)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def two_node_cluster(tmp_path):
-    """A real Ray cluster on this machine: a head and a second node, one CPU each."""
-    ray = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TORCH_HOME": str(tmp_path / "no-weights")}
-    port = _free_port()
-    common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+def two_node_cluster(tmp_path, monkeypatch):
+    """A real Ray cluster on this machine: a head and a second node (two raylets), one CPU each,
+    started and stopped by Ray's own test helper (only its processes are stopped)."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))  # the nodes' workers inherit it
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        subprocess.run([ray, "start", "--head", f"--port={port}", "--include-dashboard=false", *common], env=env,
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", *common], env=env, check=True,
-                       capture_output=True, timeout=120)
-        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield {"RAY_ADDRESS": cluster.address}
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        cluster.shutdown()
 
 
 @pytest.mark.slow
 def test_a_sweep_runs_on_a_two_node_cluster_and_a_rerun_trains_nothing(tmp_path, two_node_cluster):
-    path = _sweep_file(tmp_path, "cluster", seeds=[1], models=["resnet18", "mobilenet_v3_small"], max_retries=0)
+    # a reading with a colon in it (make cannot take one in a file name: the run's folder replaces it)
+    path = _sweep_file(tmp_path, "cluster", seeds=[1], models=["resnet18", "mobilenet_v3_small"], max_retries=0,
+                       grid={"train.stage2.trainable": ["last_tensors:4"]})
     result = _run(path, tmp_path, two_node_cluster)
     assert result.returncode == 0, result.stderr[-3000:]
     records = _records(tmp_path, "cluster")
     assert {r["status"] for r in records.values()} == {"finished"}
     assert len({r["node"]["id"] for r in records.values()}) == 2  # one member on each node
+    assert set(records) == {"resnet18-seed1-train.stage2.trainable=last_tensors_4",
+                            "mobilenet_v3_small-seed1-train.stage2.trainable=last_tensors_4"}  # folders
+    assert {r["member"] for r in records.values()} == {f"{m}-seed1-train.stage2.trainable=last_tensors:4"
+                                                        for m in ("resnet18", "mobilenet_v3_small")}
     paired = pd.read_csv(tmp_path / "reports" / "sweeps" / "cluster" / "tables" / "paired.csv")
     assert list(paired[["first", "second", "n"]].iloc[0]) == ["resnet18", "mobilenet_v3_small", 1]
 
     checkpoints = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("checkpoint.pt")}
     assert len(checkpoints) == 4
     again = _run(path, tmp_path, two_node_cluster)
-    assert again.returncode == 0 and "2 member(s) finished earlier and were not run again" in again.stdout
+    assert again.returncode == 0 and "2 run(s) finished earlier and were not run again" in again.stdout
     assert "nothing new since the last aggregation" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
 
@@ -143,12 +143,88 @@ def test_members_are_named_by_their_settings_and_get_their_own_folders(tmp_path)
                      "resnet50-seed3-train.stage2.trainable=all"]
     member = spec.members[0]
     assert member.cfg.train.seed == member.cfg.split.seed == 3 and member.cfg.train.models == ["resnet50"]
-    assert member.cfg.run_dir == tmp_path / "runs" / "sweeps" / "names" / "members" / names[0] / "smoke"
+    folder = "resnet50-seed3-train.stage2.trainable=block_layer4.2"  # make cannot take the colon
+    assert member.cfg.run_dir == tmp_path / "runs" / "sweeps" / "names" / "members" / folder / "smoke"
     assert member.cfg.paths.data == str(tmp_path / "data")  # the dataset is shared by every member
     assert spec.default_settings == {"train.stage2.trainable": "all"}  # the smoke profile's own reading
 
 
 def test_shipped_sweeps_are_valid():
     for name, count in (("seeds", 10), ("readings", 18), ("smoke-seeds", 4)):
-        assert len(sweep.load_sweep(name).members) == count
-    assert shutil.which("make")
+        spec = sweep.load_sweep(name)
+        assert len(spec.members) == count
+        for member in spec.members:
+            cli.check_make_path(member.cfg.run_dir)  # e.g. block:layer4.2 is not in a folder name
+
+
+@pytest.mark.parametrize(("grid", "overrides", "message"), [
+    ({"train.seed": [7]}, [], "grid key 'train.seed' is set by the sweep itself"),
+    ({"train.models": [["resnet18"]]}, [], "grid key 'train.models' is set by the sweep itself"),
+    ({"paths.runs": ["/x"]}, [], "grid key 'paths.runs' is set by the sweep itself"),
+    ({"train.stage2.lr": []}, [], "grid key 'train.stage2.lr' has no values"),
+    ({}, ["train.seed=3"], "override 'train.seed=3' is replaced by the sweep for every run"),
+])
+def test_settings_that_would_mislabel_runs_are_refused(tmp_path, grid, overrides, message):
+    path = _sweep_file(tmp_path, "mislabel", seeds=[1, 2], models=["resnet18"], grid=grid)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        sweep.load_sweep(str(path), tmp_overrides(tmp_path) + overrides)
+
+
+def _finish(member, accuracy: float, correct: list[bool]) -> None:
+    """What a finished run leaves: its record and evaluation files (written by hand here)."""
+    eval_dir = member.cfg.eval_dir(member.model)
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "macro_f1": accuracy - 0.01,
+                                                       "macro_auc": 0.9}))
+    true = [i % 8 for i in range(len(correct))]
+    pred = [t if ok else (t + 1) % 8 for t, ok in zip(true, correct)]
+    pd.DataFrame({"path": [f"img{i}.jpg" for i in range(len(correct))], "label": "x", "true": true,
+                  "pred": pred}).to_csv(eval_dir / "predictions.csv", index=False)
+    sweep.write_record(_SWEEP[0], member, "finished", "", {"id": "n", "hostname": "h"}, 1.0, 1)
+
+
+_SWEEP = []
+
+
+def test_aggregation_by_hand_paired_by_seed_against_the_default_reading(tmp_path):
+    path = _sweep_file(tmp_path, "hand", seeds=[1, 2, 3], models=["resnet18", "mobilenet_v3_small"],
+                       grid={"train.stage2.lr": ["1e-3", 1.0e-2]})  # "1e-3" is the smoke profile's own value
+    spec = sweep.load_sweep(str(path), tmp_overrides(tmp_path))
+    _SWEEP[:] = [spec]
+    accuracy = {("resnet18", 1e-3): [0.80, 0.82, 0.84], ("resnet18", 1e-2): [0.70, 0.75, 0.74],
+                ("mobilenet_v3_small", 1e-3): [0.78, 0.80, 0.80]}  # mobilenet at 1e-2 never finished
+    for member in spec.members:
+        key = (member.model, member.cfg.train.stage2.lr)
+        if key in accuracy:
+            value = accuracy[key][member.seed - 1]
+            _finish(member, value, [i < round(value * 50) for i in range(50)])
+    results = sweep.member_results(spec)
+    assert results["default_reading"].tolist() == [m.cfg.train.stage2.lr == 1e-3 for m in spec.members]
+    summary = sweep.summary_table(results).set_index(["model", "reading", "metric"])
+    row = summary.loc[("resnet18", "train.stage2.lr=1e-3", "accuracy")]
+    assert (row["mean"], row["n"]) == (pytest.approx(0.82), 3) and row["sd"] == pytest.approx(0.02)
+    assert ("mobilenet_v3_small", "train.stage2.lr=0.01", "accuracy") not in summary.index
+    paired = sweep.paired_table(spec, results).set_index("reading")
+    assert list(paired.index) == ["train.stage2.lr=1e-3"]  # the other reading has no pair of runs
+    first = paired.loc["train.stage2.lr=1e-3"]
+    assert first["mean_difference"] == pytest.approx((0.02 + 0.02 + 0.04) / 3) and first["n"] == 3
+    assert first["sign_test_p"] == pytest.approx(0.25) and first["seeds"] == "1 2 3"
+    assert len(first["mcnemar_p_per_seed"].split()) == 3
+    ablation = sweep.ablation_table(results).set_index(["model", "reading"])
+    lower = ablation.loc[("resnet18", "train.stage2.lr=0.01")]
+    assert lower["difference_to_default"] == pytest.approx(-(0.10 + 0.07 + 0.10) / 3) and lower["paired_n"] == 3
+    assert lower["ci_low"] < lower["difference_to_default"] < lower["ci_high"] < 0
+    assert np.isnan(ablation.loc[("resnet18", "train.stage2.lr=1e-3"), "difference_to_default"])
+
+
+def test_a_finished_run_counts_as_not_done_once_its_resolved_settings_change(tmp_path):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("base: smoke\ntrain:\n  stage1:\n    epochs: 1\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": str(profile), "seeds": [1], "models": ["resnet18"]}))
+    spec = sweep.load_sweep(str(path), tmp_overrides(tmp_path))
+    _SWEEP[:] = [spec]
+    _finish(spec.members[0], 0.5, [True, False])
+    assert sweep.is_finished(spec.members[0])
+    profile.write_text("base: smoke\ntrain:\n  stage1:\n    epochs: 3\n")  # the same overrides, other settings
+    assert not sweep.is_finished(sweep.load_sweep(str(path), tmp_overrides(tmp_path)).members[0])
