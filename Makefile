@@ -17,18 +17,23 @@ ARGS = --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)')
 KV := $(PY) -m kvasir_utils
 SUBMAKE := $(MAKE) --no-print-directory PROFILE='$(PROFILE)' SET='$(SET)'
 
-.PHONY: help setup data evaluate smoke reproduce report sweep test test-fast lint lab bench clean
+.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast lint lab bench clean
 
 help: ## list the targets (the default)
 	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"] [SWEEP=name|path.yaml]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 14
 
-setup: $(SETUP_STAMP) ## create .venv and install the study (editable) with its dev tools
+setup: $(SETUP_STAMP) ## create .venv with the exact versions of requirements.lock and the study (editable)
 
-$(SETUP_STAMP): pyproject.toml
+$(SETUP_STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -c "import kvasir_utils, torch, torchvision, papermill" && touch $@
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither" || true; }; exit $${PIPESTATUS[0]}
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }; exit $${PIPESTATUS[0]}
+	$(PY) -c "import kvasir_utils, torch, torchvision, papermill, ray" && touch $@
+
+lock: $(SETUP_STAMP) ## regenerate requirements.lock (exact versions, Linux x86-64, Python 3.11) after a dependency change
+	$(VENV)/bin/pip-compile --quiet --extra dev --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+		--no-emit-trusted-host -c constraints.txt --output-file requirements.lock pyproject.toml
 
 data: $(SETUP_STAMP) ## notebook 01: download, check, split and cache the dataset of PROFILE
 	@$(SUBMAKE) pipeline-data

@@ -133,6 +133,7 @@ class RuntimeConfig(Section):
 
 class Config(Section):
     profile: str = "paper"
+    overrides: list[str] = []  # the dotted settings this run was given on top of the profile (SET)
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
@@ -194,8 +195,8 @@ class Config(Section):
         return self.model_dump()
 
     def science_dict(self) -> dict:
-        """Everything that can change a result: the config without paths and runtime."""
-        return self.model_dump(exclude={"paths", "runtime"})
+        """Everything that can change a result: the config without paths, runtime and how it was written."""
+        return self.model_dump(exclude={"paths", "runtime", "overrides"})
 
 
 # -- errors that name the key -------------------------------------------------------------
@@ -366,9 +367,11 @@ def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str]
     overrides = list(overrides or [])
     raw = apply_overrides(_load_raw(path), overrides)
     _clear_source_details(raw, overrides)
-    if "profile" in raw:
-        raise ConfigError("'profile' is the file's name and cannot be set; copy the YAML under a new name")
+    for key in ("profile", "overrides"):
+        if key in raw:
+            raise ConfigError(f"'{key}' is set by the study itself (the file's name, the SET given); remove it")
     raw["profile"] = path.stem
+    raw["overrides"] = overrides
     return validate_config(raw)
 
 

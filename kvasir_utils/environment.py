@@ -1,10 +1,18 @@
-"""Where a result was computed: versions and hardware, for the record."""
+"""Where a result came from: the study's commit, the locked environment, the data and weights
+it used, versions and hardware; written into every metrics.json and onto every report page."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
+import subprocess
 import sys
+
+from kvasir_utils.config import PROJECT_ROOT, Config
+from kvasir_utils.io import sha256_file
+
+LOCK_FILE = PROJECT_ROOT / "requirements.lock"
 
 
 def environment() -> dict:
@@ -18,3 +26,60 @@ def environment() -> dict:
         "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "gpu": gpu,
     }
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def study_version() -> dict:
+    """The study's git commit, whether tracked files had uncommitted changes, and the lock's hash."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit or "unknown (not a git checkout)", "dirty": bool(status),
+            "lock_sha256": sha256_file(LOCK_FILE) if LOCK_FILE.exists() else None}
+
+
+def archive_provenance(cfg: Config) -> dict | None:
+    """The dataset archive's name, size and SHA-256 as recorded when it was downloaded or first used."""
+    from kvasir_utils.data import archive_path
+    from kvasir_utils.download import read_archive_record
+
+    record = read_archive_record(archive_path(cfg))
+    return None if record is None else {k: record[k] for k in ("archive", "source", "bytes", "sha256")}
+
+
+def weights_provenance(cfg: Config, model_name: str) -> dict | None:
+    """The ImageNet weights file a model started from, with its SHA-256 (None without weights)."""
+    if cfg.train.weights is None:
+        return None
+    from kvasir_utils.models import weights_file
+
+    path = weights_file(model_name, cfg.train.weights)
+    return {"weights": cfg.train.weights, "file": path.name, "sha256": sha256_file(path) if path.exists() else None}
+
+
+def provenance(cfg: Config, model_name: str | None = None) -> dict:
+    """Everything a reader needs to tell whether they have the same study, settings and data."""
+    record = {**study_version(), "profile": cfg.profile, "overrides": list(cfg.overrides),
+              "archive": archive_provenance(cfg)}
+    if model_name is not None:
+        record["weights"] = weights_provenance(cfg, model_name)
+    return record
+
+
+def provenance_line(cfg: Config) -> str:
+    """The provenance in one line, for the banner on every report page."""
+    version = study_version()
+    commit = version["commit"][:12] + (" with uncommitted changes" if version["dirty"] else "")
+    lock = (version["lock_sha256"] or "none")[:12]
+    overrides = " ".join(cfg.overrides) or "none"
+    archive = archive_provenance(cfg)
+    data = f"{archive['archive']} ({archive['bytes']:,} bytes, SHA-256 {archive['sha256']})" if archive else "not yet"
+    return (f"Study commit {commit}; lock {lock}; profile '{cfg.profile}', overrides: {overrides}; "
+            f"dataset archive {data}.")

@@ -17,7 +17,7 @@ import torch
 
 from kvasir_utils import audit, data, dataset, engine, metrics, models, transforms
 from kvasir_utils.config import Config
-from kvasir_utils.environment import environment
+from kvasir_utils.environment import environment, provenance
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.history import read_history
 from kvasir_utils.io import write_csv_atomic, write_json_atomic
@@ -46,6 +46,7 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: engine.Runtime) 
         "stage_val_acc": stage_acc,
         "fine_tuning_gain": stage_acc.get("stage2", float("nan")) - stage_acc["stage1"],
         "runtime": runtime.describe(),
+        "provenance": provenance(cfg, model_name),
         "environment": environment(),
         "generated_data": cfg.generated_data,
     }

@@ -136,3 +136,20 @@ def consistency_notes() -> list[str]:
     notes.append("ROC-AUC is reported for two classes only (normal-pylorus 1.00, esophagitis 0.92) and the "
                  "macro average (0.98), to two decimals")
     return notes
+
+
+# What to cite, and the dataset's terms (shown where the data is downloaded and on the index page).
+CITATIONS = [
+    "Cruz, A. (2025). Advanced Classification of Gastrointestinal Endoscopy Images Using Transfer Learning "
+    "with ResNet50 on the Kvasir v2 Dataset. (The paper this study reproduces.)",
+    "Pogorelov, K., Randel, K. R., Griwodz, C., Eskeland, S. L., de Lange, T., Johansen, D., Spampinato, C., "
+    "Dang-Nguyen, D.-T., Lux, M., Schmidt, P. T., Riegler, M., & Halvorsen, P. (2017). KVASIR: A Multi-Class "
+    "Image Dataset for Computer Aided Gastrointestinal Disease Detection. Proceedings of the 8th ACM Multimedia "
+    "Systems Conference (MMSys '17), 164-169. doi:10.1145/3083187.3083212. (The dataset.)",
+]
+DATASET_TERMS = (
+    "Kvasir v2 terms of use (Simula): the dataset may be used for research and educational purposes only; "
+    "any publication or presentation of results that uses it must cite the Kvasir paper (Pogorelov et al., "
+    "MMSys 2017); commercial use needs the data owners' permission. Read the terms on the dataset's page, "
+    "https://datasets.simula.no/kvasir/, before you download."
+)

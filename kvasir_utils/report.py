@@ -13,7 +13,7 @@ import yaml
 
 from kvasir_utils import metrics, paper
 from kvasir_utils.config import Config
-from kvasir_utils.environment import environment
+from kvasir_utils.environment import environment, provenance, provenance_line
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.evaluation import read_evaluations
 from kvasir_utils.io import atomic_path, write_text_atomic
@@ -23,7 +23,8 @@ GENERATED_WARNING = (
     "'{profile}' profile and mean nothing about Kvasir or endoscopy."
 )
 BANNER_STYLE = (".kvasir-banner{background:#fff3cd;border:2px solid #e0a800;padding:0.8em 1em;"
-                "margin:0 0 1em;font-weight:bold}")
+                "margin:0 0 1em;font-weight:bold}"
+                ".kvasir-provenance{font-weight:normal;font-size:0.8em;margin-top:0.4em;word-break:break-all}")
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
@@ -36,12 +37,14 @@ pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.85em}
 
 # -- in the notebooks ---------------------------------------------------------------------
 def banner_html(cfg: Config, about: str = "") -> str:
-    """The line on top of every page: the profile (or what ``about`` says), and for generated
-    data the warning that the numbers mean nothing about Kvasir."""
+    """The box on top of every page: the profile (or what ``about`` says), for generated data the
+    warning that the numbers mean nothing about Kvasir, and where the result came from (commit,
+    lock, overrides, dataset archive)."""
     text = about or f"Profile '{cfg.profile}'."
     if cfg.generated_data:
         text = f"{about} {GENERATED_WARNING.format(profile=cfg.profile)}".strip()
-    return f'<style>{BANNER_STYLE}</style><div class="kvasir-banner">{html.escape(text)}</div>'
+    return (f'<style>{BANNER_STYLE}</style><div class="kvasir-banner">{html.escape(text)}'
+            f'<div class="kvasir-provenance">{html.escape(provenance_line(cfg))}</div></div>')
 
 
 def show_banner(cfg: Config, about: str = "") -> None:
@@ -236,6 +239,31 @@ def _audit_section(cfg: Config, rel) -> list[str]:
             *[f"<li>{html.escape(sentence)}</li>" for sentence in audit_sentences(headline, box_rates)],
             "</ul>", _table_html(headline),
             f"<img src='{rel(figure)}' alt='guide box rate per class'>" if figure.exists() else ""]
+
+
+def _provenance_section(cfg: Config, evaluations: dict) -> list[str]:
+    """Where these results came from, and what to cite."""
+    record = provenance(cfg)
+    archive = record["archive"]
+    weights = {model: rec.get("provenance", {}).get("weights") for model, (rec, _) in evaluations.items()}
+    rows = {"study commit": record["commit"] + (" (with uncommitted changes)" if record["dirty"] else ""),
+            "requirements.lock SHA-256": record["lock_sha256"] or "none",
+            "profile": record["profile"], "overrides (SET)": " ".join(record["overrides"]) or "none",
+            "dataset archive": f"{archive['archive']}, {archive['bytes']:,} bytes" if archive else "not recorded",
+            "dataset archive SHA-256": archive["sha256"] if archive else "not recorded",
+            **{f"{model} weights": f"{w['file']} (SHA-256 {w['sha256']})" if w else "none (random initialisation)"
+               for model, w in weights.items()}}
+    table = pd.DataFrame({"value": rows})
+    return [
+        "<h2>Provenance</h2>",
+        "<p>Kvasir v2 publishes no checksum. The SHA-256 below is the archive this run used, computed when it was "
+        "downloaded or first used: compare it with yours (<code>sha256sum kvasir-dataset-v2.zip</code>) to know "
+        "whether two labs trained on the same data.</p>",
+        _flat_columns(table).to_html(border=0),
+        "<h2>Citation and terms</h2><ul>",
+        *[f"<li>{html.escape(citation)}</li>" for citation in paper.CITATIONS],
+        f"</ul><p>{html.escape(paper.DATASET_TERMS)}</p><p>This study: see <code>CITATION.cff</code>.</p>",
+    ]
 
 
 def _environments(evaluations: dict) -> pd.DataFrame:

@@ -1,22 +1,53 @@
+"""The environment is locked: one list of exact versions, installed by make setup and by conda."""
+
 import re
 import tomllib
+from importlib import metadata
 
 import yaml
 
 from kvasir_utils.config import PROJECT_ROOT
 
-CONDA_NAMES = {"torch": "pytorch", "ray": "ray-core"}  # conda-forge spells a few packages differently
-
 
 def _name(requirement: str) -> str:
-    return re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0].strip().lower()
+    return re.split(r"[<>=!~ \[;]", requirement, maxsplit=1)[0].strip().lower().replace("_", "-")
 
 
-def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (PROJECT_ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: {line!r} is not an exact pin"
+            pins[_name(name)] = version.split(";")[0].strip()
+    return pins
+
+
+def test_the_lock_pins_every_dependency_of_the_project_exactly():
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {CONDA_NAMES.get(_name(r), _name(r)) for r in project["dependencies"]}
-    wanted |= {_name(r) for r in project["optional-dependencies"]["dev"]}
+    wanted = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    pins = _lock()
+    assert wanted <= set(pins), wanted - set(pins)
+    assert (pins["torch"], pins["torchvision"]) == ("2.14.1", "0.29.1")
+
+
+def test_environment_yml_installs_the_same_pins():
     env = yaml.safe_load((PROJECT_ROOT / "environment.yml").read_text())
-    conda = {_name(d) for d in env["dependencies"] if isinstance(d, str)} - {"python", "pip"}
-    pip = {_name(d) for block in env["dependencies"] if isinstance(block, dict) for d in block.get("pip", [])}
-    assert conda | pip == wanted
+    pip = [block["pip"] for block in env["dependencies"] if isinstance(block, dict)]
+    assert pip == [["-r requirements.lock"]]
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_this_environment_has_exactly_the_locked_versions():
+    # `make setup` installs from the lock; a package at another version means the lock is not what
+    # the tests ran with (run `make setup`, or `make lock` after changing pyproject.toml)
+    wrong = {}
+    for name, version in _lock().items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            wrong[name] = (version, "missing")
+            continue
+        if installed.split("+")[0] != version.split("+")[0]:
+            wrong[name] = (version, installed)
+    assert not wrong, wrong

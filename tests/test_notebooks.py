@@ -142,3 +142,25 @@ def test_the_audit_recovers_the_planted_traps_and_reaches_the_index(chain):
     assert "Audit: what inflates the score" in index and "position-guide box appears in 5 of 8 classes" in index
     comparison = pd.read_csv(tables / "comparison.csv", index_col=0)
     assert {"ECE", "Brier"} <= set(comparison.columns)
+
+
+def test_every_result_says_which_code_environment_and_data_made_it(chain):
+    import hashlib
+
+    from kvasir_utils import data
+    from kvasir_utils.environment import LOCK_FILE, study_version
+
+    archive = data.archive_path(chain)
+    for model in chain.train.models:
+        record = json.loads((chain.eval_dir(model) / "metrics.json").read_text())["provenance"]
+        assert record["commit"] == study_version()["commit"] and len(record["commit"]) == 40
+        assert isinstance(record["dirty"], bool)
+        assert record["lock_sha256"] == hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
+        assert record["archive"]["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+        assert record["archive"]["bytes"] == archive.stat().st_size and record["weights"] is None
+        assert record["overrides"] == chain.overrides and record["profile"] == "smoke"
+    for page in [chain.report_dir / "index.html", *(chain.report_dir / "html").glob("*.html")]:
+        text = page.read_text()
+        assert f"Study commit {record['commit'][:12]}" in text and record["archive"]["sha256"] in text, page
+    index = (chain.report_dir / "index.html").read_text()
+    assert "compare it with yours" in index and "Pogorelov" in index and "research and educational" in index
