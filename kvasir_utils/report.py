@@ -216,7 +216,9 @@ def index_html(cfg: Config, pages: list[Path]) -> str:
         "<h2>Tables</h2><ul>",
         *[f"<li>{html.escape(t.stem)}: <a href='{rel(t)}'>CSV</a>, <a href='{rel(t.with_suffix('.md'))}'>Markdown"
           f"</a>, <a href='{rel(t.with_suffix('.tex'))}'>LaTeX</a></li>" for t in tables],
-        "</ul><h2>Readings of the paper's ambiguous choices</h2>",
+        "</ul>",
+        *_provenance_section(cfg, evaluations),
+        "<h2>Readings of the paper's ambiguous choices</h2>",
         _table_html(paper.readings_table(cfg.to_dict())),
         "<h2>Settings</h2><pre>", html.escape(yaml.safe_dump(cfg.to_dict(), sort_keys=False)), "</pre>",
         "<h2>Versions and hardware</h2>", _table_html(_environments(evaluations)),
