@@ -89,13 +89,19 @@ def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "kvasir_utils", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_a_relative_profile_path_works_from_where_it_is_given(tmp_path):
+def test_a_relative_profile_path_works_and_a_grouped_split_keeps_planted_duplicates_together(tmp_path):
+    from kvasir_utils import synthetic
+
     (tmp_path / "my").mkdir()
-    (tmp_path / "my" / "profile.yaml").write_text("base: smoke\n")
+    (tmp_path / "my" / "profile.yaml").write_text("base: smoke\nsplit:\n  group_near_duplicates: true\n")
     overrides = [a for o in tmp_overrides(tmp_path) + TINY for a in ("--set", o)]
     result = _cli("run-notebook", "01_download_and_split", "--profile", "my/profile.yaml", *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-1500:]
-    assert (tmp_path / "runs" / "profile" / "split.csv").exists()
+    split = pd.read_csv(tmp_path / "runs" / "profile" / "split.csv").set_index("path")["split"]
+    traps = synthetic.planted_traps(config.load_profile("smoke").data.classes, 16, seed=0)
+    copies = traps.dropna(subset=["duplicate_of"])
+    assert len(copies) == 8 * 3
+    assert all(split[copy] == split[source] for copy, source in zip(copies["path"], copies["duplicate_of"]))
 
 
 def test_a_reading_one_model_lacks_stops_make_before_anything_runs(tmp_path):
