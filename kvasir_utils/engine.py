@@ -346,7 +346,8 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
             val = evaluate(model, loaders["val"], runtime, desc=f"{desc} val")
             row = {"epoch": epoch, "global_epoch": offset + epoch, "train_loss": fit["loss"], "train_acc": fit["acc"],
                    "val_loss": val["loss"], "val_acc": val["acc"], "seconds": fit["seconds"] + val["seconds"],
-                   "images_per_s": fit["images"] / fit["seconds"], "lr": stage_cfg.lr}
+                   "images_per_s": fit["images"] / fit["seconds"],
+                   "val_images_per_s": val["images"] / val["seconds"], "lr": stage_cfg.lr}
             history.append(row)
             for tag, column in SCALAR_TAGS.items():
                 writer.add_scalar(tag, row[column], row["global_epoch"])

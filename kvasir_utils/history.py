@@ -8,7 +8,7 @@ from kvasir_utils.config import STAGES, Config
 from kvasir_utils.errors import KvasirError
 
 HISTORY_COLUMNS = ["epoch", "global_epoch", "train_loss", "train_acc", "val_loss", "val_acc",
-                   "seconds", "images_per_s", "lr"]
+                   "seconds", "images_per_s", "val_images_per_s", "lr"]
 # TensorBoard scalar tag -> history.csv column: what training logs and what the figures read back.
 SCALAR_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss",
                "accuracy/train": "train_acc", "accuracy/val": "val_acc"}
