@@ -17,7 +17,15 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from kvasir_utils import audit, synthetic
-from kvasir_utils.cache import MANIFEST, DatasetCheck, build_cache, check_dataset, manifest_fingerprint, read_manifest
+from kvasir_utils.cache import (
+    MANIFEST,
+    DatasetCheck,
+    build_cache,
+    cached_name,
+    check_dataset,
+    manifest_fingerprint,
+    read_manifest,
+)
 from kvasir_utils.config import Config
 from kvasir_utils.dataset import read_image
 from kvasir_utils.download import fetch_archive
@@ -126,8 +134,6 @@ def input_fingerprints(cfg: Config) -> dict[str, str]:
 
 # -- what the images carry besides tissue (the audit) --------------------------------------
 def _cached_images(cfg: Config, paths):
-    from kvasir_utils.cache import cached_name
-
     root = cache_dir(cfg)
     return (read_image(root / cached_name(p)) for p in paths)
 
