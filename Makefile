@@ -26,6 +26,7 @@ help: ## list the targets (the default)
 setup: $(SETUP_STAMP) ## create .venv with the exact versions of requirements.lock and the study (editable)
 
 $(SETUP_STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: requirements.lock is made for Python 3.11, this is " + sys.version.split()[0] + "; run make setup PYTHON=python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither" || true; }; exit $${PIPESTATUS[0]}
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }; exit $${PIPESTATUS[0]}
@@ -109,7 +110,8 @@ $(NB)/04_evaluate-%.ipynb: notebooks/04_evaluate.ipynb $(NB)/03_finetune-%.ipynb
 $(NB)/05_compare.ipynb: notebooks/05_compare.ipynb $(EVALUATED)
 	$(call RUN_NB,05_compare)
 
-$(NB)/07_audit.ipynb: notebooks/07_audit.ipynb $(NB)/05_compare.ipynb
+# 07 reruns when the profile's masked twin (paper-masked) has been evaluated since
+$(NB)/07_audit.ipynb: notebooks/07_audit.ipynb $(NB)/05_compare.ipynb $(wildcard $(AUDIT_INPUTS))
 	$(call RUN_NB,07_audit)
 
 $(REPORT_DIR)/index.html: $(NB)/07_audit.ipynb

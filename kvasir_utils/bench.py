@@ -197,7 +197,7 @@ def measure_stages(images_per_class: int, epochs: int = 2, progress: bool = Fals
 def project_protocol(cfg: Config, measured: dict) -> dict:
     """Wall time of the profile's protocol on this machine from the measured rates: the data stage,
     every stage's epochs (training and a validation pass each) and the final evaluation per model.
-    Notebook start-up (a few seconds per notebook) is not included."""
+    Not included: notebook start-up (a few seconds per notebook) and the audit (notebook 07)."""
     images = cfg.data.expected_per_class * len(cfg.data.classes)
     val = math.ceil(images * cfg.split.val_fraction)  # as scikit-learn's train_test_split rounds
     train = images - val

@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"REPORT_DIR := {cfg.report_dir}")
             print(f"MODELS := {' '.join(cfg.train.models)}")
             print(f"SETTINGS := {settings}")
+            twin = config.masked_twin(cfg)  # notebook 07 shows its Table 1 once it is evaluated
+            twin_cfg = config.load_profile(twin, args.overrides) if twin else None
+            audit_inputs = [twin_cfg.eval_dir(m) / "metrics.json" for m in cfg.train.models] if twin_cfg else []
+            print(f"AUDIT_INPUTS := {' '.join(map(str, audit_inputs))}")
         elif args.command == "sweep":
             return run_sweep_command(args.sweep, args.overrides)
     except KvasirError as exc:

@@ -375,6 +375,15 @@ def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str]
     return validate_config(raw)
 
 
+def masked_twin(cfg: Config) -> str | None:
+    """The profile that repeats this one with the guide box masked (``<profile>-masked``, e.g.
+    ``paper-masked``), if there is one and this profile masks nothing itself."""
+    name = f"{cfg.profile}-masked"
+    if cfg.transforms.mask_overlays != "none" or not (CONFIG_DIR / f"{name}.yaml").exists():
+        return None
+    return name
+
+
 def save_config(cfg: Config, path: Path) -> Path:
     """Write the resolved config as YAML, atomically."""
     from kvasir_utils.io import write_text_atomic

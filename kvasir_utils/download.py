@@ -61,15 +61,16 @@ def read_archive_record(archive: Path) -> dict | None:
 
 def record_archive(archive: Path, source: str) -> dict:
     """Write ``<archive>.json`` (source, size, SHA-256) the first time the archive is used, and
-    again only if the file changed since (its size or time); otherwise read it back. Hashing a
+    again only if the file changed since (its size, times or inode); otherwise read it back. Hashing a
     2.5 GB archive takes a while, so it is done once, not every run."""
     info = archive.stat()
+    identity = [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]  # ctime: `cp -p` cannot fake it
     recorded = read_archive_record(archive)
-    if recorded and (recorded["bytes"], recorded["mtime_ns"]) == (info.st_size, info.st_mtime_ns):
+    if recorded and recorded.get("identity") == identity:
         return recorded
     if recorded:
         print(f"note: {archive.name} changed since it was recorded ({recorded['sha256'][:12]}...); hashing it again")
-    record = {"archive": archive.name, "source": source, "bytes": info.st_size, "mtime_ns": info.st_mtime_ns,
+    record = {"archive": archive.name, "source": source, "bytes": info.st_size, "identity": identity,
               "sha256": sha256_file(archive), "recorded": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json_atomic(archive_record_path(archive), record)
     return record

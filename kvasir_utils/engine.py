@@ -26,7 +26,7 @@ from kvasir_utils.config import STAGES, Config, ConfigError, RuntimeConfig, vali
 from kvasir_utils.dataset import make_loader, split_datasets
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.history import HISTORY_COLUMNS, SCALAR_TAGS
-from kvasir_utils.io import atomic_path, sha256_file, write_csv_atomic
+from kvasir_utils.io import atomic_path, sha256_file, write_csv_atomic, write_json_atomic
 from kvasir_utils.split import read_split
 
 SEED_SCHEME = "SeedSequence([train.seed, stage index, epoch])"
@@ -334,6 +334,8 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     offset = sum(cfg.stage_config(s).epochs for s in STAGES[: STAGES.index(stage)])
     if start >= stage_cfg.epochs:
         return pd.DataFrame(history, columns=HISTORY_COLUMNS)  # finished: reused as it is
+    if stage == STAGES[0] and start == 0:
+        record_weights(cfg, model_name, out)
     writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=offset + start + 1)
     try:
         for epoch in range(start + 1, stage_cfg.epochs + 1):
@@ -362,6 +364,17 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     finally:
         writer.close()
     return pd.DataFrame(history, columns=HISTORY_COLUMNS)
+
+
+def record_weights(cfg: Config, model_name: str, folder: Path) -> Path:
+    """``weights.json`` beside stage 1's checkpoint: the pretrained weights file this run started
+    from and its SHA-256, taken when it was loaded (the provenance reports it from here)."""
+    record = None
+    if cfg.train.weights is not None:
+        path = models.weights_file(model_name, cfg.train.weights)
+        record = {"weights": cfg.train.weights, "file": path.name,
+                  "sha256": sha256_file(path) if path.exists() else None}
+    return write_json_atomic(folder / "weights.json", record)
 
 
 # -- what the notebooks call --------------------------------------------------------------

@@ -3,11 +3,12 @@ it used, versions and hardware; written into every metrics.json and onto every r
 
 from __future__ import annotations
 
-import functools
+import json
 import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 from kvasir_utils.config import PROJECT_ROOT, Config
 from kvasir_utils.io import sha256_file
@@ -36,12 +37,15 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-@functools.lru_cache(maxsize=1)
 def study_version() -> dict:
-    """The study's git commit, whether tracked files had uncommitted changes, and the lock's hash."""
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit or "unknown (not a git checkout)", "dirty": bool(status),
+    """The study's git commit, whether it had uncommitted changes (tracked files, and untracked ones
+    that git does not ignore), and the lock's hash. Asked anew each time: a notebook kernel outlives
+    commits. Outside a git checkout of the study, commit and dirty are unknown (None)."""
+    top = _git("rev-parse", "--show-toplevel")
+    inside = top is not None and Path(top).resolve() == PROJECT_ROOT.resolve()
+    commit = _git("rev-parse", "HEAD") if inside else None
+    status = _git("status", "--porcelain") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status),
             "lock_sha256": sha256_file(LOCK_FILE) if LOCK_FILE.exists() else None}
 
 
@@ -55,13 +59,13 @@ def archive_provenance(cfg: Config) -> dict | None:
 
 
 def weights_provenance(cfg: Config, model_name: str) -> dict | None:
-    """The ImageNet weights file a model started from, with its SHA-256 (None without weights)."""
-    if cfg.train.weights is None:
+    """The ImageNet weights file a model started from, with its SHA-256 as recorded when stage 1
+    loaded it (None without pretrained weights, or before stage 1 ran)."""
+    path = cfg.stage_dir(model_name, "stage1") / "weights.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
         return None
-    from kvasir_utils.models import weights_file
-
-    path = weights_file(model_name, cfg.train.weights)
-    return {"weights": cfg.train.weights, "file": path.name, "sha256": sha256_file(path) if path.exists() else None}
 
 
 def provenance(cfg: Config, model_name: str | None = None) -> dict:
@@ -73,10 +77,16 @@ def provenance(cfg: Config, model_name: str | None = None) -> dict:
     return record
 
 
+def describe_commit(version: dict) -> str:
+    if version.get("commit") is None:
+        return "unknown (not a git checkout of the study)"
+    return version["commit"][:12] + (" with uncommitted changes" if version["dirty"] else "")
+
+
 def provenance_line(cfg: Config) -> str:
     """The provenance in one line, for the banner on every report page."""
     version = study_version()
-    commit = version["commit"][:12] + (" with uncommitted changes" if version["dirty"] else "")
+    commit = describe_commit(version)
     lock = (version["lock_sha256"] or "none")[:12]
     overrides = " ".join(cfg.overrides) or "none"
     archive = archive_provenance(cfg)

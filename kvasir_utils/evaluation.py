@@ -84,8 +84,13 @@ def masked_accuracy(cfg: Config, model_name: str, runtime: engine.Runtime, mode:
     test time only (how much the model leans on them)."""
     predictions = pd.read_csv(cfg.eval_dir(model_name) / "predictions.csv")
     model = engine.prepare_model(engine.load_trained_model(cfg, model_name), runtime)
+    if audit.MASK_MODES.index(cfg.transforms.mask_overlays) > audit.MASK_MODES.index(mode):
+        mode = cfg.transforms.mask_overlays  # never unmask what the profile masks
     masked_cfg = cfg.transforms.model_copy(update={"mask_overlays": mode})
     probs, targets = predict_validation(cfg, model, runtime, masked_cfg, desc=f"{model_name} masked")
+    if len(targets) != len(predictions) or (targets != predictions["true"].to_numpy()).any():
+        raise KvasirError(f"{cfg.eval_dir(model_name) / 'predictions.csv'} does not list today's validation images "
+                          f"in split order; rerun notebook 04 for {model_name}")
     frame = predictions[["label", "true", "pred"]].assign(masked_pred=probs.argmax(1))
     frame = frame.assign(correct=frame["true"] == frame["pred"], masked_correct=frame["masked_pred"] == frame["true"])
     table = frame.groupby("label", sort=False)[["correct", "masked_correct"]].mean()
@@ -94,16 +99,16 @@ def masked_accuracy(cfg: Config, model_name: str, runtime: engine.Runtime, mode:
     return table.assign(difference=table.iloc[:, 1] - table.iloc[:, 0]).reindex([*cfg.data.classes, "all"])
 
 
-def gradcam_examples(cfg: Config, model_name: str, predictions: pd.DataFrame, runtime: engine.Runtime,
-                     correct: int = 1, incorrect: int = 1):
+def gradcam_examples(cfg: Config, model_name: str, predictions: pd.DataFrame, correct: int = 1, incorrect: int = 1):
     """Figure 3's material: per class, correct and incorrect validation examples (where they exist)
     with the Grad-CAM overlay of the class the model predicted. Returns (overlays, rows)."""
     from kvasir_utils.plots import pick_examples_per_class
 
     rows = pick_examples_per_class(predictions, correct, incorrect, cfg.eval.seed)
     images = dataset.load_cached(data.cache_dir(cfg), rows["path"])
-    preset = transforms.eval_preset(cfg.transforms)
+    view, preset = transforms.eval_view(cfg.transforms), transforms.eval_preset(cfg.transforms)
+    seen = [view(image) for image in images]  # the map is drawn on what the model saw (crop, mask)
     tensors = torch.stack([preset(image) for image in images])
-    model = engine.load_trained_model(cfg, model_name).float()  # Grad-CAM needs fp32 gradients
-    overlays = audit.gradcam_overlays(model, images, tensors, rows["pred"].to_numpy(np.int64).tolist())
+    model = engine.load_trained_model(cfg, model_name).float()  # Grad-CAM needs fp32 gradients, on the CPU
+    overlays = audit.gradcam_overlays(model, seen, tensors, rows["pred"].to_numpy(np.int64).tolist())
     return overlays, rows

@@ -13,7 +13,7 @@ import yaml
 
 from kvasir_utils import metrics, paper
 from kvasir_utils.config import Config
-from kvasir_utils.environment import environment, provenance, provenance_line
+from kvasir_utils.environment import describe_commit, environment, provenance, provenance_line
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.evaluation import read_evaluations
 from kvasir_utils.io import atomic_path, write_text_atomic
@@ -244,12 +244,17 @@ def _audit_section(cfg: Config, rel) -> list[str]:
 
 
 def _provenance_section(cfg: Config, evaluations: dict) -> list[str]:
-    """Where these results came from, and what to cite."""
+    """Where these results came from (as each model's metrics.json recorded it when it was
+    evaluated; the page's own rendering may be later), and what to cite."""
     record = provenance(cfg)
     archive = record["archive"]
-    weights = {model: rec.get("provenance", {}).get("weights") for model, (rec, _) in evaluations.items()}
-    rows = {"study commit": record["commit"] + (" (with uncommitted changes)" if record["dirty"] else ""),
-            "requirements.lock SHA-256": record["lock_sha256"] or "none",
+    made = {model: rec.get("provenance", {}) for model, (rec, _) in evaluations.items()}
+    weights = {model: found.get("weights") for model, found in made.items()}
+    rows = {**{f"study commit of the {model} results": describe_commit(found) for model, found in made.items()},
+            **{f"requirements.lock SHA-256 of the {model} results": found.get("lock_sha256") or "none"
+               for model, found in made.items()},
+            "study commit this page was rendered at": describe_commit(record),
+            "requirements.lock SHA-256 now": record["lock_sha256"] or "none",
             "profile": record["profile"], "overrides (SET)": " ".join(record["overrides"]) or "none",
             "dataset archive": f"{archive['archive']}, {archive['bytes']:,} bytes" if archive else "not recorded",
             "dataset archive SHA-256": archive["sha256"] if archive else "not recorded",
@@ -369,13 +374,27 @@ def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame) -> list[str
     return sentences
 
 
-def masked_run_table1(cfg: Config, masked_cfg: Config) -> pd.DataFrame | None:
+def masked_run_table1(cfg: Config, masked_cfg: Config) -> tuple[pd.DataFrame | None, str]:
     """Per model and class: F1 of this run beside the run trained and evaluated with the overlays
-    masked (profile ``<profile>-masked``); None until that run has been evaluated."""
+    masked (profile ``<profile>-masked``), when that run was made with the same settings otherwise
+    and evaluated on the same images. Returns the table (or None) and a sentence saying why not."""
     mine, theirs = read_evaluations(cfg, required=False), read_evaluations(masked_cfg, required=False)
+    models = [m for m in cfg.train.models if m in mine and m in theirs]
+    if not models:
+        return None, (f"no evaluated run of profile {masked_cfg.profile} yet: "
+                      f"make reproduce PROFILE={masked_cfg.profile}")
+    ours, other = cfg.science_dict(), masked_cfg.science_dict()
+    for settings in (ours, other):
+        settings["transforms"].pop("mask_overlays")
+    if ours != other:
+        return None, (f"the {masked_cfg.profile} run was made with other settings than this one (beyond the mask); "
+                      f"rerun it with the same SET to compare")
     columns = {}
-    for model in set(mine) & set(theirs):
-        for label, (_, predictions) in ((cfg.profile, mine[model]), (masked_cfg.profile, theirs[model])):
+    for model in models:
+        if list(mine[model][1]["path"]) != list(theirs[model][1]["path"]):
+            return None, f"{model}: the two runs were evaluated on different images (another split?)"
+        masked_label = f"{masked_cfg.profile} ({masked_cfg.transforms.mask_overlays} masked)"
+        for label, (_, predictions) in ((cfg.profile, mine[model]), (masked_label, theirs[model])):
             table = metrics.classification_table(predictions["true"], predictions["pred"], cfg.data.classes)
             columns[(model, label)] = table["F1-Score"]
-    return pd.DataFrame(columns) if columns else None
+    return pd.DataFrame(columns), f"Table 1 F1 of {cfg.profile} and {masked_cfg.profile} side by side"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kvasir_utils.errors import KvasirError
@@ -31,11 +32,30 @@ def make_split(images: pd.DataFrame, val_fraction: float, seed: int, groups=None
             ordered.index, test_size=val_fraction, random_state=seed, stratify=ordered["label"]
         )
     else:
-        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
-        _, val_index = next(folds.split(ordered.index, ordered["label"], groups=pd.Series(groups).iloc[order]))
+        folds_count = round(1 / val_fraction)
+        if folds_count < 2 or abs(1 / folds_count - val_fraction) > 1e-9:
+            raise KvasirError(f"split.group_near_duplicates needs split.val_fraction = 1/k (0.5, 0.25, 0.2, 0.1, ...), "
+                              f"got {val_fraction}: the grouped split takes one of k folds as validation")
+        folds = StratifiedGroupKFold(n_splits=folds_count, shuffle=True, random_state=seed)
+        _, val_index = next(folds.split(ordered.index, ordered["label"], groups=np.asarray(groups)[order]))
     split = ordered.assign(split="train")
     split.loc[val_index, "split"] = "val"
+    _check_sides(split, val_fraction)
     return split[SPLIT_COLUMNS]
+
+
+def _check_sides(split: pd.DataFrame, val_fraction: float) -> None:
+    """Every class on both sides, and the validation share near the one asked for (a group of
+    near-duplicates can be a whole class, which no split can divide)."""
+    sides = split.groupby("label")["split"].agg(lambda s: set(s))
+    lopsided = [label for label, found in sides.items() if found != {"train", "val"}]
+    share = (split["split"] == "val").mean()
+    if lopsided or abs(share - val_fraction) > 0.05:
+        raise KvasirError(
+            f"the split is lopsided (validation share {share:.2f} for {val_fraction}; classes without images on "
+            f"both sides: {', '.join(lopsided) or 'none'}): near-duplicate groups this large cannot be divided. "
+            f"Set split.group_near_duplicates=false, or check the near-duplicate threshold on your images"
+        )
 
 
 def write_split(split: pd.DataFrame, path: Path) -> Path:

@@ -54,10 +54,16 @@ def train_preset(t: TransformsConfig) -> v2.Compose:
     ])
 
 
-def eval_preset(t: TransformsConfig) -> v2.Compose:
-    """Validation: a deterministic resize to the network's input size."""
+def eval_view(t: TransformsConfig) -> v2.Compose:
+    """What the network sees of a validation image, still as a PIL image: the overlays masked (if
+    set) and the deterministic resize to its input size (squash, or centre crop)."""
     if t.eval_resize == "squash":
         resize = [v2.Resize((t.image_size, t.image_size), antialias=True)]
     else:
         resize = [v2.Resize(t.image_size, antialias=True), v2.CenterCrop(t.image_size)]
-    return v2.Compose([*_masking(t), *resize, *_to_normalized_float(t)])
+    return v2.Compose([*_masking(t), *resize])
+
+
+def eval_preset(t: TransformsConfig) -> v2.Compose:
+    """Validation: ``eval_view``, then the normalised tensor."""
+    return v2.Compose([*eval_view(t).transforms, *_to_normalized_float(t)])

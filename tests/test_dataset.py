@@ -199,3 +199,12 @@ def test_a_grouped_split_never_separates_a_group_and_keeps_the_validation_share(
     assert split.groupby("label")["split"].apply(lambda s: (s == "val").sum()).between(2, 6).all()
     ungrouped = make_split(images, 0.2, seed=3)
     assert not ungrouped.assign(group=sides["group"]).groupby("group")["split"].nunique().eq(1).all()
+
+
+def test_a_grouped_split_that_cannot_divide_a_class_is_refused():
+    images = _images(per_class=10)
+    groups = np.where(images["label"] == "polyps", -1, np.arange(len(images)))  # all polyps frames one group
+    with pytest.raises(KvasirError, match=r"lopsided .* polyps(.|\n)*group_near_duplicates=false"):
+        make_split(images, 0.2, seed=3, groups=groups)
+    with pytest.raises(KvasirError, match=r"needs split.val_fraction = 1/k .* got 0.3"):
+        make_split(images, 0.3, seed=3, groups=np.arange(len(images)))

@@ -226,3 +226,20 @@ def test_an_interrupted_stage2_resumes_to_the_same_weights(tiny_data, tmp_path):
         finals.append(_train(cfg, stage="stage2")[0])
     for (name, a), b in zip(finals[0].state_dict().items(), finals[1].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_the_weights_file_and_its_hash_are_recorded_when_stage1_loads_them(tiny_data, runs, tmp_path, monkeypatch):
+    import hashlib
+
+    from kvasir_utils.environment import weights_provenance
+    from tests.test_models import _hub_file
+
+    prefix = _hub_file(tmp_path / "hub-home", monkeypatch, __import__("torchvision").models.resnet18().state_dict())
+    path = tmp_path / "hub-home" / "hub" / "checkpoints" / f"resnet18-{prefix}.pth"
+    cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1",
+                                        "train.weights=IMAGENET1K_V1"])
+    assert weights_provenance(cfg, "resnet18") is None  # before stage 1
+    _train(cfg)
+    expected = {"weights": "IMAGENET1K_V1", "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    path.unlink()  # the record stands for the file stage 1 loaded, wherever the evaluation runs later
+    assert weights_provenance(cfg, "resnet18") == expected

@@ -137,18 +137,3 @@ def test_unknown_weights_and_models_list_what_is_allowed():
         models.build_model("resnet50", 8, weights="V3")
     with pytest.raises(KvasirError, match="unknown torchvision model 'resnet51'"):
         models.build_model("resnet51", 8)
-
-
-def test_the_provenance_names_the_weights_file_and_its_hash(tmp_path, monkeypatch):
-    import hashlib
-
-    from kvasir_utils import config
-    from kvasir_utils.environment import weights_provenance
-
-    prefix = _hub_file(tmp_path, monkeypatch, __import__("torchvision").models.resnet18().state_dict())
-    path = tmp_path / "hub" / "checkpoints" / f"resnet18-{prefix}.pth"
-    cfg = config.load_profile("smoke", ["train.weights=IMAGENET1K_V1"])
-    record = weights_provenance(cfg, "resnet18")
-    assert record == {"weights": "IMAGENET1K_V1", "file": path.name,
-                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    assert weights_provenance(config.load_profile("smoke"), "resnet18") is None

@@ -1,0 +1,38 @@
+"""Report pieces checked on files written by hand."""
+
+import json
+
+import pandas as pd
+
+from kvasir_utils import config, report
+from tests.conftest import tmp_overrides
+
+
+def _evaluated(cfg, model: str, paths: list[str], correct: list[bool]) -> None:
+    folder = cfg.eval_dir(model)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"accuracy": sum(correct) / len(correct)}))
+    true = [i % 8 for i in range(len(paths))]
+    pred = [t if ok else (t + 1) % 8 for t, ok in zip(true, correct)]
+    pd.DataFrame({"path": paths, "true": true, "pred": pred}).to_csv(folder / "predictions.csv", index=False)
+
+
+def test_the_masked_run_is_compared_only_when_it_matches_in_everything_but_the_mask(tmp_path):
+    base = [*tmp_overrides(tmp_path), "train.models=[resnet18]"]
+    cfg = config.load_profile("smoke", base)
+    masked = config.load_profile("smoke", [*base, "transforms.mask_overlays=guide_box", f"paths.runs={tmp_path / 'm'}"])
+    paths = [f"img{i}.jpg" for i in range(16)]
+    table, reading = report.masked_run_table1(cfg, masked)
+    assert table is None and "make reproduce PROFILE=smoke" in reading
+    _evaluated(cfg, "resnet18", paths, [True] * 16)
+    _evaluated(masked, "resnet18", paths, [i % 2 == 0 for i in range(16)])
+    table, reading = report.masked_run_table1(cfg, masked)
+    assert list(table.columns) == [("resnet18", "smoke"), ("resnet18", "smoke (guide_box masked)")]
+    assert table.iloc[:8, 0].tolist() == [1.0] * 8 and table.iloc[:8, 1].max() < 1
+    other = config.load_profile("smoke", [*base, "transforms.mask_overlays=guide_box", f"paths.runs={tmp_path / 'm'}",
+                                          "train.stage1.lr=0.5"])
+    table, reading = report.masked_run_table1(cfg, other)
+    assert table is None and "other settings" in reading
+    assert config.masked_twin(config.load_profile("paper")) == "paper-masked"
+    assert config.masked_twin(config.load_profile("paper-masked")) is None
+    assert config.masked_twin(cfg) is None  # no smoke-masked profile
