@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import urllib.error
 from pathlib import Path
 
@@ -32,6 +33,24 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, nn.Linear(getattr(parent, child).in_features, num_classes))
     return model
+
+
+def body_of(model: nn.Module) -> nn.Module:
+    """The model without its output layer: a view that returns the head's input. It shares every
+    parameter, buffer and module with ``model`` except the modules on the path to the head (shallow
+    copies), so ``model`` itself is never changed (a compiled ``model`` keeps its graphs). In
+    torchvision's classifiers the head is the last operation, so ``head(body(x)) == model(x)``."""
+    *path, last = head_name(model).split(".")
+    body = copy.copy(model)
+    body._modules = dict(model._modules)
+    parent = body
+    for part in path:
+        child = copy.copy(parent._modules[part])
+        child._modules = dict(child._modules)
+        parent._modules[part] = child
+        parent = child
+    parent._modules[last] = nn.Identity()
+    return body
 
 
 def weights_enum(name: str, weights: str):

@@ -89,3 +89,10 @@ def test_a_saved_config_from_an_older_version_is_read_with_todays_defaults():
     saved = load_profile("smoke").to_dict()
     del saved["runtime"]["deterministic"]
     assert config.validate_config(saved).runtime.deterministic == "auto"
+
+
+def test_on_and_off_are_words_not_yaml_booleans():
+    cfg = config.load_profile("smoke", ["runtime.compile=on", "runtime.deterministic=off"])
+    assert (cfg.runtime.compile, cfg.runtime.deterministic) == ("on", "off")
+    with pytest.raises(config.ConfigError, match="runtime.compile"):
+        config.load_profile("smoke", ["runtime.compile=sometimes"])

@@ -243,3 +243,63 @@ def test_the_weights_file_and_its_hash_are_recorded_when_stage1_loads_them(tiny_
     expected = {"weights": "IMAGENET1K_V1", "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     path.unlink()  # the record stands for the file stage 1 loaded, wherever the evaluation runs later
     assert weights_provenance(cfg, "resnet18") == expected
+
+
+def test_a_head_only_stage_reuses_the_bodys_validation_features_bit_for_bit(tiny_data, runs):
+    cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=2",
+                                        "train.stage1.trainable=head"])
+    model, history = _train(cfg)
+    runtime = engine.resolve_runtime(cfg.runtime)
+    loader = engine.make_loaders(cfg, runtime)["val"]
+    full = engine.evaluate(model, loader, runtime)
+    # the last epoch's validation ran the head on features computed in the first epoch
+    assert history["val_loss"].iloc[-1] == full["loss"] and history["val_acc"].iloc[-1] == full["acc"]
+
+    features = engine.ValidationFeatures(model)
+    probs, targets, _ = engine.predict(model, loader, runtime)
+    for computed in (1, 1):
+        reused = engine.predict(model, loader, runtime, features=features)
+        assert features.computed == computed
+        np.testing.assert_array_equal(reused[0], probs)
+        np.testing.assert_array_equal(reused[1], targets)
+    with torch.no_grad():  # a body that changed (here a BatchNorm statistic) is noticed and recomputed
+        model.bn1.running_mean += 0.5
+    probs = engine.predict(model, loader, runtime)[0]
+    np.testing.assert_array_equal(engine.predict(model, loader, runtime, features=features)[0], probs)
+    assert features.computed == 2
+    assert "fc.weight" in model.state_dict() and isinstance(model.fc, torch.nn.Linear)  # the model is untouched
+
+
+def test_head_of_the_body_is_the_model_in_bf16_too():
+    for name in ("resnet50", "efficientnet_b0"):
+        model = models.build_model(name, 8).eval()
+        body = models.body_of(model).eval()
+        x = torch.randn(2, 3, 64, 64)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(model(x), model.get_submodule(models.head_name(model))(body(x)))
+        assert sum(p.numel() for p in body.parameters()) < sum(p.numel() for p in model.parameters())
+        assert {id(p) for p in body.parameters()} < {id(p) for p in model.parameters()}  # shared, not copied
+
+
+def test_runtime_compile_decides_by_the_stages_length():
+    rt = engine.resolve_runtime(RuntimeConfig(device="cpu"))
+    assert rt.compile == "auto"
+    assert engine.compile_for(rt, engine.COMPILE_MIN_IMAGES).compile == "on"
+    assert engine.compile_for(rt, engine.COMPILE_MIN_IMAGES - 1).compile == "off"
+    off = engine.resolve_runtime(RuntimeConfig(device="cpu", compile="off"))
+    assert engine.compile_for(off, 10**9).compile == "off"
+    assert "torch.compile" in engine.compile_for(rt, 10**9).describe()
+
+
+def test_a_compiled_stage_saves_plain_weights_and_validates_like_the_eager_model(tiny_data, runs):
+    cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1",
+                                        "train.stage1.trainable=last_tensors:4", "runtime.compile=on"])
+    model, history = _train(cfg)
+    checkpoint = engine.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
+    assert "torch.compile" in checkpoint["runtime"]
+    assert not any(key.startswith("_orig_mod") for key in checkpoint["model"])
+    # the validation pass ran through the compiled graph; the eager model counts the same correct images
+    runtime = engine.resolve_runtime(cfg.runtime)
+    eager = engine.evaluate(model, engine.make_loaders(cfg, runtime)["val"], runtime)
+    assert eager["acc"] == history["val_acc"].iloc[-1]
+    assert eager["loss"] == pytest.approx(history["val_loss"].iloc[-1], abs=1e-4)
