@@ -3,15 +3,18 @@
 The projection comes from the real thing, in one run: the data stage (copy, extraction, cache)
 per image, and every model's stages through ``fit_stage`` with the real loaders and the validation
 pass, on generated full-size JPEGs at the paper profile's settings (ImageNet weights are left out:
-the same network trains at the same speed from random weights). Each stage runs two epochs on a
-slice of images and the second (warmed-up) epoch is timed. The protocol (8,000 images, 20 epochs
-of both models with a validation pass each, the final evaluation) is projected from those rates.
+the same network trains at the same speed from random weights), compiled as the protocol's stages
+would be (``runtime.compile``). Each stage runs two epochs on a slice of images: the second gives
+the steady rates, the first's excess the one-off cost (compiling). A stage that trains only the
+head pays one full validation pass and then the head alone (``engine.ValidationFeatures``). The
+protocol (8,000 images, 20 epochs of both models with a validation pass each, the final
+evaluation) is projected from those. (e) puts it beside a floor: the protocol's forward passes at
+this machine's dense matrix-multiply peak.
 Component figures are kept as diagnostics, as ratios measured side by side:
   (a) loader_cache_vs_full        train loader reading the resized cache / decoding the originals
   (b) <model>_auto_vs_fp32        training step with precision ``auto`` / ``fp32``
   (c) pipeline_vs_model_only      loader + step / step on tensors already in memory
-Writes reports/bench/bench.json.
-"""
+Writes reports/bench/bench.json."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
+from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
 from kvasir_utils import engine, models, synthetic, transforms
 from kvasir_utils.cache import build_cache, cached_name
@@ -156,6 +160,11 @@ def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40) ->
     results["projection"] = project_protocol(cfg, measured)
     results["protocol_minutes"] = results["projection"]["protocol_minutes"]
     results["measured"] = measured
+    peak = peak_gflops(torch.bfloat16 if runtime.precision == "bf16" else torch.float32)
+    results["compute_bound"] = bound = compute_bound(cfg, measured, peak)
+    print(f"(e) dense {runtime.precision} matrix multiply: {peak:.0f} GFLOP/s; the protocol's forward passes alone "
+          f"at that rate: {bound['protocol_floor_minutes']:.1f} minutes; each stage runs at "
+          + ", ".join(f"{k} {v:.0%}" for k, v in bound["stage_fraction_of_peak"].items()) + " of it")
     write_json_atomic(out, results)
     print(f"wrote {out}")
     return results
@@ -163,41 +172,79 @@ def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40) ->
 
 def measure_stages(images_per_class: int, epochs: int = 2, progress: bool = False) -> dict:
     """The data stage and every model's stages of the paper profile, run for real on a slice of
-    generated full-size images; rates from each stage's last epoch."""
+    generated full-size images, compiled as the protocol's stages would be (``runtime.compile``
+    decided for 5 x 6,400 images); per stage and epoch: images, seconds and rates of training and
+    validation."""
     from kvasir_utils import cache, data, split
-    from kvasir_utils.history import HISTORY_COLUMNS
 
+    paper = load_profile("paper")
+    train_images = paper.data.expected_per_class * len(paper.data.classes) * (1 - paper.split.val_fraction)
+    protocol_runtime = engine.resolve_runtime(paper.runtime)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        classes = load_profile("paper").data.classes
-        archive = synthetic.make_archive(tmp / "generated.zip", classes, images_per_class, seed=0, large_fraction=0.1)
+        archive = synthetic.make_archive(tmp / "generated.zip", paper.data.classes, images_per_class, seed=0,
+                                         large_fraction=0.1)
         overrides = [f"paths.data={tmp / 'data'}", f"paths.runs={tmp / 'runs'}", f"paths.reports={tmp / 'reports'}",
                      f"data.url={archive}", f"data.expected_per_class={images_per_class}", "train.weights=null",
                      f"train.stage1.epochs={epochs}", f"train.stage2.epochs={epochs}", "runtime.offline=true"]
-        cfg = load_profile("paper", overrides)
         start = time.perf_counter()
+        cfg = load_profile("paper", overrides)
         prepared = data.prepare_dataset(cfg, progress=progress)
         data_seconds = (time.perf_counter() - start) / len(prepared.manifest)
         usable = cache.usable_images(prepared.manifest, "error")
-        data.write_run_split(cfg, split.make_split(usable, cfg.split.val_fraction, cfg.split.seed))
+        parts = split.make_split(usable, cfg.split.val_fraction, cfg.split.seed)
+        data.write_run_split(cfg, parts)
+        n_train, n_val = int((parts["split"] == "train").sum()), int((parts["split"] == "val").sum())
         stages = []
-        for name in cfg.train.models:
-            for stage in STAGES:
-                history = engine.start_stage(cfg, name, stage).fit()[HISTORY_COLUMNS]
-                last = history.iloc[-1]
-                stages.append({"model": name, "stage": stage, "trainable": cfg.stage_config(stage).trainable,
-                               "measured_images_per_s": float(last["images_per_s"]),
-                               "val_images_per_s": float(last["val_images_per_s"])})
-                print(f"    {name} {stage}: train {last['images_per_s']:.1f} img/s, "
-                      f"validation {last['val_images_per_s']:.1f} img/s")
+        # compiled graphs are measured cold (a first run's cost), not from inductor's cache of earlier runs
+        with temporary_cache_dir(str(tmp / "inductor")):
+            for name in cfg.train.models:
+                for stage in STAGES:
+                    decided = engine.compile_for(protocol_runtime, paper.stage_config(stage).epochs * int(train_images))
+                    run_cfg = load_profile("paper", overrides + [f"runtime.compile={decided.compile}"])
+                    stages.append(measure_stage(run_cfg, name, stage, n_train, n_val))
     return {"data_stage_seconds_per_image": data_seconds, "stages": stages,
             "images_per_class": images_per_class, "timed_epoch": epochs}
 
 
+def measure_stage(cfg: Config, name: str, stage: str, n_train: int, n_val: int) -> dict:
+    """One stage run for real (``engine.start_stage``): its seconds per epoch and last rates."""
+    from kvasir_utils.history import HISTORY_COLUMNS
+
+    history = engine.start_stage(cfg, name, stage).fit()[HISTORY_COLUMNS]
+    model = models.build_model(name, len(cfg.data.classes))
+    models.set_trainable(model, cfg.stage_config(stage).trainable)
+    last, reuses = history.iloc[-1], engine.ValidationFeatures.for_model(model) is not None
+    row = {"model": name, "stage": stage, "trainable": cfg.stage_config(stage).trainable,
+           "compile": cfg.runtime.compile, "reuses_val_features": reuses,
+           "train_images": n_train, "val_images": n_val,
+           "train_seconds": [n_train / r for r in history["images_per_s"]],
+           "val_seconds": [n_val / r for r in history["val_images_per_s"]],
+           "measured_images_per_s": float(last["images_per_s"]), "val_images_per_s": float(last["val_images_per_s"]),
+           "first_val_images_per_s": float(history["val_images_per_s"].iloc[0])}
+    print(f"    {name} {stage} (compile {cfg.runtime.compile}): train {row['measured_images_per_s']:.1f} img/s, "
+          f"validation {row['val_images_per_s']:.1f} img/s (first pass {row['first_val_images_per_s']:.1f}); "
+          f"epoch 1 took {history['seconds'].iloc[0]:.1f} s, epoch {len(history)} {history['seconds'].iloc[-1]:.1f} s")
+    return row
+
+
+def stage_seconds(row: dict, epochs: int, train: int, val: int) -> float:
+    """One stage's projected wall time: the last (steady) epoch's rates for every epoch, plus the
+    first epoch's one-off cost (compiling) measured as its excess over a steady epoch. A stage that
+    reuses the validation features pays one full validation pass (the first) and then the head."""
+    train_extra = max(0.0, row["train_seconds"][0] - row["train_seconds"][-1])
+    seconds = train_extra + epochs * train / row["measured_images_per_s"]
+    if row.get("reuses_val_features"):
+        return seconds + val / row["first_val_images_per_s"] + (epochs - 1) * val / row["val_images_per_s"]
+    val_extra = max(0.0, row["val_seconds"][0] - row["val_seconds"][-1])
+    return seconds + val_extra + epochs * val / row["val_images_per_s"]
+
+
 def project_protocol(cfg: Config, measured: dict) -> dict:
     """Wall time of the profile's protocol on this machine from the measured rates: the data stage,
-    every stage's epochs (training and a validation pass each) and the final evaluation per model.
-    Not included: notebook start-up (a few seconds per notebook) and the audit (notebook 07)."""
+    every stage's epochs (training and a validation pass each) and the final evaluation per model
+    (one full pass, not compiled). Not included: notebook start-up (a few seconds per notebook) and
+    the audit (notebook 07)."""
     images = cfg.data.expected_per_class * len(cfg.data.classes)
     val = math.ceil(images * cfg.split.val_fraction)  # as scikit-learn's train_test_split rounds
     train = images - val
@@ -205,16 +252,51 @@ def project_protocol(cfg: Config, measured: dict) -> dict:
     rows = []
     for row in measured["stages"]:
         epochs = cfg.stage_config(row["stage"]).epochs
-        seconds = epochs * (train / row["measured_images_per_s"] + val / row["val_images_per_s"])
+        seconds = stage_seconds(row, epochs, train, val)
         rows.append({**row, "epochs": epochs, "seconds": seconds})
         total += seconds
-    for name in cfg.train.models:  # notebook 04: one more pass over the validation images
-        total += val / next(r["val_images_per_s"] for r in rows if r["model"] == name)
+    for name in cfg.train.models:  # notebook 04: one more full pass over the validation images
+        first = next(r for r in rows if r["model"] == name)
+        total += val / first.get("first_val_images_per_s", first["val_images_per_s"])
     frame = pd.DataFrame(rows)[["model", "stage", "measured_images_per_s", "val_images_per_s", "epochs", "seconds"]]
     print(frame.round(1).to_string(index=False))
     print(f"projected paper protocol ({images:,} images, data stage, both stages of every model, evaluation): "
           f"{total / 60:.1f} minutes")
     return {"stages": rows, "total_hours": total / 3600, "protocol_minutes": total / 60}
+
+
+def peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """This machine's dense matrix-multiply rate (GFLOP/s) in ``dtype``: what convolutions can reach
+    at best."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def compute_bound(cfg: Config, measured: dict, peak: float) -> dict:
+    """The floor under the protocol's time on this machine: its forward passes (every training
+    image of every epoch, one full validation pass per stage, the evaluation) at the dense
+    matrix-multiply peak, with nothing else (no backward pass, loading or optimiser). And how close
+    each measured stage runs to that peak."""
+    images = cfg.data.expected_per_class * len(cfg.data.classes)
+    val = math.ceil(images * cfg.split.val_fraction)
+    train = images - val
+    forward = {name: models.gflops(models.build_model(name, len(cfg.data.classes)), cfg.transforms.image_size)
+               for name in cfg.train.models}
+    seconds = 0.0
+    for row in measured["stages"]:
+        epochs = cfg.stage_config(row["stage"]).epochs
+        full_val_passes = 1 if row.get("reuses_val_features") else epochs
+        seconds += (epochs * train + full_val_passes * val) * forward[row["model"]] / peak
+        row["fraction_of_peak"] = row["measured_images_per_s"] * forward[row["model"]] / peak
+    seconds += sum(val * forward[name] / peak for name in cfg.train.models)
+    return {"peak_gflops": peak, "forward_gflops_per_image": forward, "protocol_floor_minutes": seconds / 60,
+            "stage_fraction_of_peak": {f"{r['model']} {r['stage']}": r["fraction_of_peak"]
+                                       for r in measured["stages"]}}
 
 
 def main(argv: list[str] | None = None) -> None:

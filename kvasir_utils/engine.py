@@ -206,54 +206,62 @@ def predict(model, loader, runtime: Runtime, desc: str = "predict",
 
 
 class ValidationFeatures:
-    """The validation passes of a stage that trains only the head. Every pass runs the head on the
-    body's features of the validation images (``head(body(x))``, the same operations as
-    ``model(x)``); the features are computed on the first pass and reused while the body's weights
-    and buffers are unchanged, checked bit for bit against a copy at every pass (BatchNorm
-    statistics that move, ``train.frozen_batchnorm=train``, are noticed and recomputed). Each later
-    pass costs one linear layer instead of the whole network, and gives the same bits."""
+    """The validation passes of a stage that freezes the start of the network. Every pass runs
+    ``model(x)``'s operations split in two (``models.split_frozen``): the frozen part's outputs for
+    the validation images are computed on the first pass and kept (up to ``max_bytes``), and later
+    passes run only the rest while the frozen part's weights and buffers are unchanged, checked bit
+    for bit against a copy at every pass (BatchNorm statistics that move,
+    ``train.frozen_batchnorm=train``, are noticed and recomputed). The results are the same bits as
+    whole forward passes; a stage that trains only the head then pays one linear layer a pass."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.head = model.get_submodule(models.head_name(model))
-        self.prefix = models.head_name(model) + "."
-        self.body = models.body_of(model)
+    def __init__(self, model: nn.Module, max_bytes: int = 4 * 2**30):
+        self.parts = models.split_frozen(model)
+        self.max_bytes = max_bytes
         self.saved: dict[str, torch.Tensor] | None = None
-        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.computed = 0  # passes that ran the body (for the tests and the bench)
+        self.batches: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]] = []
+        self.computed = 0  # passes that ran the frozen part (for the tests and the bench)
 
-    def _body_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.model.state_dict().items() if not k.startswith(self.prefix)}
+    @classmethod
+    def for_model(cls, model: nn.Module) -> ValidationFeatures | None:
+        """None for a model with nothing frozen at its start (or that torch.fx cannot trace)."""
+        features = cls(model)
+        return features if features.parts is not None else None
+
+    def _frozen_state(self) -> dict[str, torch.Tensor]:
+        return self.parts[0].state_dict()
 
     def _unchanged(self) -> bool:
-        state = self._body_state()
+        state = self._frozen_state()
         return self.saved is not None and state.keys() == self.saved.keys() and \
             all(torch.equal(v, self.saved[k]) for k, v in state.items())
 
     @torch.inference_mode()
     def predict(self, loader, runtime: Runtime, desc: str) -> tuple[np.ndarray, np.ndarray, float]:
-        self.model.eval()
-        self.body.eval()
-        start = time.perf_counter()
-        if not self._unchanged():
-            self.batches = []
-            for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2):
+        prefix, suffix = self.parts
+        prefix.eval()
+        suffix.eval()
+        start, probs = time.perf_counter(), []
+        if self._unchanged():
+            for values, _ in self.batches:
                 with runtime.autocast():
-                    self.batches.append((self.body(to_device(images, runtime)), targets))
-            self.saved = {k: v.clone() for k, v in self._body_state().items()}
-            self.computed += 1
-        probs = []
-        for feats, _ in self.batches:
+                    probs.append(torch.softmax(suffix(*values).float(), dim=1).cpu())
+            targets = torch.cat([t for _, t in self.batches])
+            return torch.cat(probs).numpy(), targets.numpy(), time.perf_counter() - start
+        kept, batches, targets = 0, [], []
+        for images, batch_targets in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2):
             with runtime.autocast():
-                probs.append(torch.softmax(self.head(feats).float(), dim=1).cpu())
-        targets = torch.cat([t for _, t in self.batches])
-        return torch.cat(probs).numpy(), targets.numpy(), time.perf_counter() - start
-
-
-def head_only(model: nn.Module, trainable: list[str]) -> bool:
-    """True when ``trainable`` (parameter names) lies within the model's head."""
-    prefix = models.head_name(model) + "."
-    return all(name.startswith(prefix) for name in trainable)
+                values = prefix(to_device(images, runtime))
+                probs.append(torch.softmax(suffix(*values).float(), dim=1).cpu())
+            targets.append(batch_targets)
+            kept += sum(v.numel() * v.element_size() for v in values)
+            if batches is not None and kept <= self.max_bytes:
+                batches.append((values, batch_targets))
+            else:
+                batches = None  # too large to keep: every pass runs whole
+        self.computed += 1
+        self.batches = batches or []
+        self.saved = {k: v.clone() for k, v in self._frozen_state().items()} if batches else None
+        return torch.cat(probs).numpy(), torch.cat(targets).numpy(), time.perf_counter() - start
 
 
 def evaluate(model, loader, runtime: Runtime, desc: str = "val", features: ValidationFeatures | None = None) -> dict:
@@ -405,7 +413,7 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     history, start = (resumed["history"], resumed["epoch"]) if resumed else ([], 0)
     prepare_model(model, runtime)
     net = compiled(model, runtime)
-    features = ValidationFeatures(model) if head_only(model, trainable) else None
+    features = ValidationFeatures.for_model(model)
     order = resumed["optimizer_params"] if resumed else trainable
     params = dict(model.named_parameters())
     optimizer = torch.optim.Adam([params[n] for n in order], lr=stage_cfg.lr)

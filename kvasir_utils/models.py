@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import urllib.error
 from pathlib import Path
 
@@ -35,22 +34,51 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def body_of(model: nn.Module) -> nn.Module:
-    """The model without its output layer: a view that returns the head's input. It shares every
-    parameter, buffer and module with ``model`` except the modules on the path to the head (shallow
-    copies), so ``model`` itself is never changed (a compiled ``model`` keeps its graphs). In
-    torchvision's classifiers the head is the last operation, so ``head(body(x)) == model(x)``."""
-    *path, last = head_name(model).split(".")
-    body = copy.copy(model)
-    body._modules = dict(model._modules)
-    parent = body
-    for part in path:
-        child = copy.copy(parent._modules[part])
-        child._modules = dict(child._modules)
-        parent._modules[part] = child
-        parent = child
-    parent._modules[last] = nn.Identity()
-    return body
+def split_frozen(model: nn.Module) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule] | None:
+    """The model's computation in two parts: ``prefix``, everything that no trainable parameter
+    reaches, returning a tuple of the values the rest needs, and ``suffix``, taking those values and
+    returning the logits, so ``suffix(*prefix(x))`` runs exactly ``model(x)``'s operations. Traced
+    with torch.fx in eval mode (for validation and prediction only) and sharing every module with
+    ``model``, which is not changed. None when the model cannot be traced or nothing before the
+    first trainable parameter is worth keeping (everything trains)."""
+    was_training = model.training
+    model.eval()
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - any model torch.fx cannot trace simply runs whole
+        return None
+    finally:
+        model.train(was_training)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+
+    def reaches_trainable(node: torch.fx.Node) -> bool:
+        if node.op in ("call_module", "get_attr"):
+            return any(n == node.target or n.startswith(node.target + ".") for n in trainable)
+        return False
+
+    frozen: set[torch.fx.Node] = set()  # nodes computed from the input by frozen operations only
+    for node in traced.graph.nodes:
+        inputs = node.all_input_nodes
+        if node.op == "placeholder" or (node.op not in ("output", "get_attr") and not reaches_trainable(node)
+                                        and inputs and all(i in frozen or i.op == "get_attr" for i in inputs)
+                                        and any(i in frozen for i in inputs)):
+            frozen.add(node)
+    rest = [n for n in traced.graph.nodes if n not in frozen and n.op != "placeholder"]
+    boundary = list(dict.fromkeys(i for n in rest for i in n.all_input_nodes if i in frozen))
+    if all(n.op == "placeholder" for n in boundary):
+        return None
+
+    prefix_graph, env = torch.fx.Graph(), {}
+    for node in traced.graph.nodes:
+        if node in frozen or (node.op == "get_attr" and any(u in frozen for u in node.users)):
+            env[node] = prefix_graph.node_copy(node, lambda n: env[n])
+    prefix_graph.output(tuple(env[n] for n in boundary))
+    suffix_graph, env = torch.fx.Graph(), {}
+    for i, node in enumerate(boundary):
+        env[node] = suffix_graph.placeholder(f"boundary_{i}")
+    for node in rest:
+        env[node] = suffix_graph.node_copy(node, lambda n: env[n])
+    return torch.fx.GraphModule(traced, prefix_graph), torch.fx.GraphModule(traced, suffix_graph)
 
 
 def weights_enum(name: str, weights: str):

@@ -6,18 +6,44 @@ from kvasir_utils import bench
 from kvasir_utils.config import load_profile
 
 
+def _row(model, stage, train_rate, val_rate, first_train_s, reuses=False, first_val_rate=None, first_val_s=None):
+    """A measured stage on a slice of 256 training and 64 validation images, two epochs."""
+    return {"model": model, "stage": stage, "measured_images_per_s": train_rate, "val_images_per_s": val_rate,
+            "reuses_val_features": reuses, "first_val_images_per_s": first_val_rate or val_rate,
+            "train_seconds": [first_train_s, 256 / train_rate],
+            "val_seconds": [first_val_s or 64 / val_rate, 64 / val_rate]}
+
+
 def test_the_protocol_is_projected_from_the_measured_stage_rates():
     cfg = load_profile("paper")  # 8,000 images: 6,400 train, 1,600 validation; 5 + 5 epochs
     measured = {"data_stage_seconds_per_image": 0.01, "stages": [
-        {"model": "resnet50", "stage": "stage1", "measured_images_per_s": 40.0, "val_images_per_s": 80.0},
-        {"model": "resnet50", "stage": "stage2", "measured_images_per_s": 32.0, "val_images_per_s": 80.0},
-        {"model": "efficientnet_b0", "stage": "stage1", "measured_images_per_s": 64.0, "val_images_per_s": 160.0},
-        {"model": "efficientnet_b0", "stage": "stage2", "measured_images_per_s": 64.0, "val_images_per_s": 160.0},
+        # stage 1 reuses the validation features: one full pass at 40 img/s, then the head at 1,600 img/s;
+        # its first epoch took 30 s more than a steady one (compiling)
+        _row("resnet50", "stage1", 40.0, 1600.0, 256 / 40 + 30, reuses=True, first_val_rate=40.0),
+        # stage 2 compiles its validation graph too: 10 s more in the first validation pass
+        _row("resnet50", "stage2", 32.0, 80.0, 256 / 32 + 20, first_val_s=64 / 80 + 10),
+        _row("efficientnet_b0", "stage1", 64.0, 160.0, 256 / 64),
+        _row("efficientnet_b0", "stage2", 64.0, 160.0, 256 / 64 - 1),  # a faster first epoch adds nothing
     ]}
     projection = bench.project_protocol(cfg, measured)
-    expected = (8000 * 0.01                                    # data stage
-                + 5 * (6400 / 40 + 1600 / 80) + 5 * (6400 / 32 + 1600 / 80)   # ResNet50: 900 + 1100
-                + 10 * (6400 / 64 + 1600 / 160)                 # EfficientNet-B0: 1100
-                + 1600 / 80 + 1600 / 160)                       # notebook 04, both models
+    stages = [30 + 5 * 6400 / 40 + 1600 / 40 + 4 * 1600 / 1600,   # 871
+              20 + 5 * 6400 / 32 + 10 + 5 * 1600 / 80,              # 1130
+              5 * (6400 / 64 + 1600 / 160), 5 * (6400 / 64 + 1600 / 160)]  # 550, 550
+    expected = 8000 * 0.01 + sum(stages) + 1600 / 40 + 1600 / 160  # data stage, stages, notebook 04 (full passes)
+    assert [row["seconds"] for row in projection["stages"]] == pytest.approx(stages)
     assert projection["protocol_minutes"] == pytest.approx(expected / 60)
-    assert [row["seconds"] for row in projection["stages"]] == pytest.approx([900, 1100, 550, 550])
+
+
+def test_the_compute_floor_counts_every_forward_pass_at_the_peak():
+    cfg = load_profile("paper")
+    measured = {"stages": [_row("resnet50", "stage1", 40.0, 1600.0, 7, reuses=True, first_val_rate=40.0),
+                           _row("resnet50", "stage2", 32.0, 80.0, 9),
+                           _row("efficientnet_b0", "stage1", 64.0, 160.0, 4, reuses=True),
+                           _row("efficientnet_b0", "stage2", 64.0, 160.0, 4)]}
+    bound = bench.compute_bound(cfg, measured, peak=400.0)
+    r, e = bound["forward_gflops_per_image"]["resnet50"], bound["forward_gflops_per_image"]["efficientnet_b0"]
+    assert r == pytest.approx(8.17, abs=0.01) and e == pytest.approx(0.77, abs=0.01)  # 2 FLOPs a multiply-add
+    forwards = {"resnet50": 10 * 6400 + (1 + 5 + 1) * 1600, "efficientnet_b0": 10 * 6400 + (1 + 5 + 1) * 1600}
+    assert bound["protocol_floor_minutes"] == pytest.approx((forwards["resnet50"] * r + forwards["efficientnet_b0"] * e)
+                                                            / 400 / 60)
+    assert bound["stage_fraction_of_peak"]["resnet50 stage1"] == pytest.approx(40 * r / 400)

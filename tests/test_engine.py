@@ -245,40 +245,55 @@ def test_the_weights_file_and_its_hash_are_recorded_when_stage1_loads_them(tiny_
     assert weights_provenance(cfg, "resnet18") == expected
 
 
-def test_a_head_only_stage_reuses_the_bodys_validation_features_bit_for_bit(tiny_data, runs):
+@pytest.mark.parametrize("trainable", ["head", "last_tensors:4"])
+def test_validation_reuses_the_frozen_parts_outputs_bit_for_bit(tiny_data, runs, trainable):
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=2",
-                                        "train.stage1.trainable=head"])
+                                        f"train.stage1.trainable={trainable}"])
     model, history = _train(cfg)
     runtime = engine.resolve_runtime(cfg.runtime)
     loader = engine.make_loaders(cfg, runtime)["val"]
     full = engine.evaluate(model, loader, runtime)
-    # the last epoch's validation ran the head on features computed in the first epoch
+    # the last epoch's validation ran the trained part on what the frozen part gave in the first epoch
     assert history["val_loss"].iloc[-1] == full["loss"] and history["val_acc"].iloc[-1] == full["acc"]
 
-    features = engine.ValidationFeatures(model)
+    features = engine.ValidationFeatures.for_model(model)
     probs, targets, _ = engine.predict(model, loader, runtime)
-    for computed in (1, 1):
+    for _ in range(2):
         reused = engine.predict(model, loader, runtime, features=features)
-        assert features.computed == computed
+        assert features.computed == 1
         np.testing.assert_array_equal(reused[0], probs)
         np.testing.assert_array_equal(reused[1], targets)
-    with torch.no_grad():  # a body that changed (here a BatchNorm statistic) is noticed and recomputed
+    with torch.no_grad():  # a frozen part that changed (here a BatchNorm statistic) is noticed and recomputed
         model.bn1.running_mean += 0.5
     probs = engine.predict(model, loader, runtime)[0]
     np.testing.assert_array_equal(engine.predict(model, loader, runtime, features=features)[0], probs)
     assert features.computed == 2
-    assert "fc.weight" in model.state_dict() and isinstance(model.fc, torch.nn.Linear)  # the model is untouched
+    assert isinstance(model.fc, torch.nn.Linear) and "fc.weight" in model.state_dict()  # the model is untouched
+    # too large to keep: still right, recomputed every pass
+    small = engine.ValidationFeatures(model, max_bytes=1)
+    for computed in (1, 2):
+        np.testing.assert_array_equal(engine.predict(model, loader, runtime, features=small)[0], probs)
+        assert small.computed == computed
 
 
-def test_head_of_the_body_is_the_model_in_bf16_too():
-    for name in ("resnet50", "efficientnet_b0"):
-        model = models.build_model(name, 8).eval()
-        body = models.body_of(model).eval()
-        x = torch.randn(2, 3, 64, 64)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            assert torch.equal(model(x), model.get_submodule(models.head_name(model))(body(x)))
-        assert sum(p.numel() for p in body.parameters()) < sum(p.numel() for p in model.parameters())
-        assert {id(p) for p in body.parameters()} < {id(p) for p in model.parameters()}  # shared, not copied
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0"])
+@pytest.mark.parametrize("trainable", ["head", "last_tensors:10", "all"])
+def test_the_split_model_runs_the_models_operations(name, trainable):
+    model = models.build_model(name, 8)
+    models.set_trainable(model, trainable)
+    parts = models.split_frozen(model)
+    if trainable == "all":
+        assert parts is None  # nothing frozen to keep
+        return
+    prefix, suffix = parts
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(x), suffix(*prefix(x)))
+    frozen = {id(p) for p in prefix.parameters()}
+    assert frozen and not any(p.requires_grad for p in prefix.parameters())
+    assert {id(p) for p in model.parameters() if p.requires_grad} <= {id(p) for p in suffix.parameters()}
+    assert frozen <= {id(p) for p in model.parameters()}  # shared, not copied
 
 
 def test_runtime_compile_decides_by_the_stages_length():
