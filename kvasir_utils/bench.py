@@ -4,9 +4,10 @@ The projection comes from the real thing, in one run: the data stage (copy, extr
 per image, and every model's stages through ``fit_stage`` with the real loaders and the validation
 pass, on generated full-size JPEGs at the paper profile's settings (ImageNet weights are left out:
 the same network trains at the same speed from random weights), compiled as the protocol's stages
-would be (``runtime.compile``). Each stage runs two epochs on a slice of images: the second gives
-the steady rates, the first's excess the one-off cost (compiling). A stage that trains only the
-head pays one full validation pass and then the head alone (``engine.ValidationFeatures``). The
+would be (``runtime.compile``, from an empty compile cache), each stage in a fresh process as each
+notebook is. Each stage runs two epochs on a slice of images: the second gives the steady rates,
+the first's excess the one-off cost (compiling). Validation reuses the frozen part's outputs after
+the first pass (``engine.ValidationFeatures``). The
 protocol (8,000 images, 20 epochs of both models with a validation pass each, the final
 evaluation) is projected from those. (e) puts it beside a floor: the protocol's forward passes at
 this machine's dense matrix-multiply peak.
@@ -20,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -202,7 +205,9 @@ def measure_stages(images_per_class: int, epochs: int = 2, progress: bool = Fals
                 for stage in STAGES:
                     decided = engine.compile_for(protocol_runtime, paper.stage_config(stage).epochs * int(train_images))
                     run_cfg = load_profile("paper", overrides + [f"runtime.compile={decided.compile}"])
-                    stages.append(measure_stage(run_cfg, name, stage, n_train, n_val))
+                    # a fresh process per stage, as each notebook is: compiling's start-up is paid each time
+                    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                        stages.append(pool.submit(measure_stage, run_cfg, name, stage, n_train, n_val).result())
     return {"data_stage_seconds_per_image": data_seconds, "stages": stages,
             "images_per_class": images_per_class, "timed_epoch": epochs}
 

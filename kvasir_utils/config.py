@@ -91,6 +91,10 @@ class TransformsConfig(Section):
     mask_overlays: Literal["none", "guide_box", "guide_box_and_text"] = "none"
     mean: list[float] = Field([0.485, 0.456, 0.406], min_length=3, max_length=3)
     std: list[float] = Field([0.229, 0.224, 0.225], min_length=3, max_length=3)
+    # Where the training augmentations run: pil (the reference: torchvision on PIL images in the
+    # loader), device (kornia/torch on whole batches on the training device: kvasir_utils.augment),
+    # auto = device on a CUDA GPU, else pil. Same operations and distributions, other random draws.
+    backend: Literal["auto", "pil", "device"] = "auto"
 
 
 class StageConfig(Section):

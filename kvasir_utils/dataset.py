@@ -57,10 +57,11 @@ def split_datasets(cache_root: Path, split: pd.DataFrame, classes: list[str], tr
     }
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool, seed: int = 0):
+def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool, seed: int = 0,
+                collate_fn=None):
     """A DataLoader whose shuffle order depends only on ``seed`` (so a resumed epoch matches)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
         pin_memory=pin_memory, persistent_workers=False, drop_last=False,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), collate_fn=collate_fn,
     )

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kvasir_utils import data, models, transforms
+from kvasir_utils.augment import DeviceAugment, pad_collate, to_uint8_tensor
 from kvasir_utils.config import STAGES, Config, ConfigError, RuntimeConfig, validate_config
 from kvasir_utils.dataset import make_loader, split_datasets
 from kvasir_utils.errors import KvasirError
@@ -48,6 +49,12 @@ def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return int(state[0] >> np.uint64(1))  # 63 bits: any torch generator accepts it
 
 
+def augment_generator(seed: int) -> torch.Generator:
+    """The device backend's draws for an epoch: a stream of its own, apart from the shuffle's."""
+    state = np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
 def cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -63,6 +70,7 @@ class Runtime:
     workers: int
     deterministic: str = "auto"  # runtime.deterministic as applied
     compile: str = "off"  # runtime.compile: "on" or "off" once a stage has decided (see compile_for)
+    augment: str = "pil"  # transforms.backend as resolved for this device (see augment_backend)
 
     @property
     def channels_last(self) -> bool:
@@ -85,6 +93,7 @@ class Runtime:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
         layout = " + channels_last" if self.channels_last else ""
         layout += " + torch.compile" if self.compile == "on" else ""
+        layout += " + augmentation on the device" if self.augment == "device" else ""
         return (f"{name}, {self.precision}{layout}, {self.workers} loader workers, "
                 f"deterministic algorithms {self.deterministic}")
 
@@ -147,6 +156,14 @@ def compile_for(runtime: Runtime, images: int) -> Runtime:
     return runtime
 
 
+def augment_backend(backend: str, device: torch.device) -> str:
+    """``transforms.backend`` for this device: auto is ``device`` on a CUDA GPU (where the CPU
+    loader can hold the model back), else ``pil`` (on a CPU the PIL path is the faster one)."""
+    if backend == "auto":
+        return "device" if device.type == "cuda" else "pil"
+    return backend
+
+
 def compiled(model: nn.Module, runtime: Runtime) -> nn.Module:
     """``torch.compile(model)`` when the runtime says so, else ``model``. The compiled module shares
     ``model``'s parameters; checkpoints keep saving ``model.state_dict()`` (no ``_orig_mod.``)."""
@@ -162,16 +179,29 @@ def prepare_model(model: nn.Module, runtime: Runtime) -> nn.Module:
 
 
 # -- one epoch ----------------------------------------------------------------------------
+def device_batches(loader, runtime: Runtime, augment=None, generator: torch.Generator | None = None):
+    """``(images, targets)`` on the device from ``loader``; with ``augment`` (the device backend)
+    the loader gives padded uint8 batches, augmented here with draws from ``generator``."""
+    for batch in loader:
+        if augment is None:
+            images, targets = batch
+        else:
+            padded, sizes, targets = batch
+            images = augment(padded.to(runtime.device, non_blocking=True), sizes, generator)
+        yield to_device(images, runtime), targets.to(runtime.device, non_blocking=True)
+
+
 def train_one_epoch(model, criterion, optimizer, loader, runtime: Runtime, frozen_batchnorm: str = "eval",
-                    desc: str = "train") -> dict:
-    """One pass over ``loader``; returns mean loss, accuracy, images and seconds."""
+                    desc: str = "train", augment=None, generator: torch.Generator | None = None) -> dict:
+    """One pass over ``loader``; returns mean loss, accuracy, images and seconds. ``augment`` and
+    ``generator``: the device backend's augmentation (``augment.DeviceAugment``) and its draws."""
     models.set_train_mode(model, frozen_batchnorm)
     loss_sum = torch.zeros((), device=runtime.device)
     correct = torch.zeros((), device=runtime.device, dtype=torch.long)
     seen, start = 0, time.perf_counter()
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2)
+    bar = tqdm(device_batches(loader, runtime, augment, generator), desc=desc, unit="batch", leave=False,
+               mininterval=2, total=len(loader))
     for step, (images, targets) in enumerate(bar):
-        images, targets = to_device(images, runtime), targets.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             logits = model(images)
             loss = criterion(logits.float(), targets)
@@ -296,7 +326,8 @@ def stage_settings(config: dict, stage: str) -> dict:
              if k != "models" and k not in later and not any(k.startswith(f"{s}_") for s in later)}
     return {"data.classes": config["data"]["classes"], "split": config["split"],
             "cache": {k: config["cache"][k] for k in ("short_side", "quality")},
-            "transforms": config["transforms"], "train": train}
+            # the backend as resolved is part of the runtime the checkpoint records ("auto" differs by device)
+            "transforms": {k: v for k, v in config["transforms"].items() if k != "backend"}, "train": train}
 
 
 def _changed_keys(old, new, prefix="") -> list[str]:
@@ -397,6 +428,8 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     path = out / "checkpoint.pt"
     trainable = models.set_trainable(model, stage_cfg.trainable)
     runtime = compile_for(runtime, stage_cfg.epochs * len(loaders["train"].dataset))
+    runtime = dataclasses.replace(runtime, augment=augment_backend(cfg.transforms.backend, runtime.device))
+    augment = DeviceAugment(cfg.transforms) if runtime.augment == "device" else None
     inputs = stage_inputs(cfg, model_name, stage)
     resumed = load_checkpoint(path) if path.exists() else None
     if resumed is not None:
@@ -404,7 +437,8 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
         if resumed["epoch"] < stage_cfg.epochs and resumed.get("runtime", "").split(", ")[1:2] != \
                 runtime.describe().split(", ")[1:2]:
             print(f"warning: {path.parent.name} of {model_name} started as '{resumed.get('runtime')}' and goes on as "
-                  f"'{runtime.describe()}'; its last digits will differ from an uninterrupted run")
+                  f"'{runtime.describe()}'; the rest of it will not repeat an uninterrupted run exactly (other "
+                  f"rounding, or other augmentation draws)")
     previous = None
     if resumed is None and stage != STAGES[0]:
         previous = finished_checkpoint(cfg, model_name, STAGES[STAGES.index(stage) - 1])
@@ -435,7 +469,7 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
             loaders["train"].generator.manual_seed(seed)
             desc = f"{model_name} {stage} epoch {epoch}/{stage_cfg.epochs}"
             fit = train_one_epoch(net, criterion, optimizer, loaders["train"], runtime,
-                                  cfg.train.frozen_batchnorm, desc)
+                                  cfg.train.frozen_batchnorm, desc, augment, augment_generator(seed))
             val = evaluate(net, loaders["val"], runtime, desc=f"{desc} val", features=features)
             row = {"epoch": epoch, "global_epoch": offset + epoch, "train_loss": fit["loss"], "train_acc": fit["acc"],
                    "val_loss": val["loss"], "val_acc": val["acc"], "seconds": fit["seconds"] + val["seconds"],
@@ -474,10 +508,13 @@ def make_loaders(cfg: Config, runtime: Runtime, split: pd.DataFrame | None = Non
     ``runs/<profile>/split.csv`` unless given)."""
     if split is None:
         split = read_split(cfg.split_csv, cfg.data.classes)
-    datasets = split_datasets(data.cache_dir(cfg), split, cfg.data.classes, transforms.train_preset(cfg.transforms),
+    device = augment_backend(cfg.transforms.backend, runtime.device) == "device"
+    train = to_uint8_tensor(cfg.transforms) if device else transforms.train_preset(cfg.transforms)
+    datasets = split_datasets(data.cache_dir(cfg), split, cfg.data.classes, train,
                               transforms.eval_preset(cfg.transforms))
     return {name: make_loader(ds, cfg.train.batch_size, name == "train", runtime.workers, runtime.pin_memory,
-                              cfg.train.seed) for name, ds in datasets.items()}
+                              cfg.train.seed, pad_collate if device and name == "train" else None)
+            for name, ds in datasets.items()}
 
 
 def model_for_stage(cfg: Config, model_name: str, stage: str) -> nn.Module:

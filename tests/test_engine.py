@@ -318,3 +318,41 @@ def test_a_compiled_stage_saves_plain_weights_and_validates_like_the_eager_model
     eager = engine.evaluate(model, engine.make_loaders(cfg, runtime)["val"], runtime)
     assert eager["acc"] == history["val_acc"].iloc[-1]
     assert eager["loss"] == pytest.approx(history["val_loss"].iloc[-1], abs=1e-4)
+
+
+def test_the_device_backend_trains_resumes_exactly_and_is_recorded(tiny_data, tmp_path):
+    """transforms.backend=device on the CPU: padded uint8 batches, augmented in the training loop;
+    an interrupted stage resumes to the weights of an uninterrupted one, as with the PIL path."""
+    settings = ["train.models=[resnet18]", "train.stage1.epochs=2", "train.stage1.trainable=last_tensors:4",
+                "transforms.backend=device"]
+    _copy_split(tiny_data, tmp_path / "whole")
+    whole_cfg = tiny_config(tiny_data, tmp_path / "whole", settings)
+    runtime = engine.resolve_runtime(whole_cfg.runtime)
+    images, sizes, targets = next(iter(engine.make_loaders(whole_cfg, runtime)["train"]))
+    assert images.dtype == torch.uint8 and sizes.shape == (len(targets), 2)
+    whole, history = _train(whole_cfg)
+    assert history["train_loss"].notna().all()
+    checkpoint = engine.load_checkpoint(whole_cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
+    assert "augmentation on the device" in checkpoint["runtime"]
+
+    _copy_split(tiny_data, tmp_path / "cut")
+    cfg = tiny_config(tiny_data, tmp_path / "cut", settings)
+
+    def interrupt(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(cfg, on_epoch_end=interrupt)
+    resumed, _ = _train(cfg)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    # the PIL path draws other augmentations: same settings otherwise, other weights
+    _copy_split(tiny_data, tmp_path / "pil")
+    pil, _ = _train(tiny_config(tiny_data, tmp_path / "pil", settings[:-1] + ["transforms.backend=pil"]))
+    assert not torch.equal(pil.fc.weight, whole.fc.weight)
+
+
+def test_auto_augments_on_the_device_only_on_a_gpu():
+    assert engine.augment_backend("auto", torch.device("cuda")) == "device"
+    assert engine.augment_backend("auto", torch.device("cpu")) == "pil"
+    assert engine.augment_backend("device", torch.device("cpu")) == "device"
