@@ -9,6 +9,7 @@ SHELL := bash
 PROFILE ?= paper
 SET ?=
 SWEEP ?= smoke-seeds
+BENCH ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -17,7 +18,7 @@ ARGS = --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)')
 KV := $(PY) -m kvasir_utils
 SUBMAKE := $(MAKE) --no-print-directory PROFILE='$(PROFILE)' SET='$(SET)'
 
-.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast lint lab bench clean
+.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast lint lab bench gpu-check clean
 
 help: ## list the targets (the default)
 	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"] [SWEEP=name|path.yaml]"
@@ -67,8 +68,11 @@ lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored wit
 lab: $(SETUP_STAMP) ## open the notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks
 
-bench: $(SETUP_STAMP) ## measure loader, training-step and pipeline throughput; writes reports/bench/bench.json
-	$(PY) -m kvasir_utils.bench
+bench: $(SETUP_STAMP) ## measure the stages and project the paper protocol here (BENCH=--baseline: before/after); writes reports/bench/bench.json
+	$(PY) -m kvasir_utils.bench $(BENCH)
+
+gpu-check: $(SETUP_STAMP) ## on a GPU machine: paper-scale epoch, whole protocol, concurrent runs; writes reports/bench/gpu_check.json
+	$(PY) -m kvasir_utils.gpucheck
 
 clean: ## delete the runs and reports of PROFILE (keeps data/ and .venv)
 	@$(SUBMAKE) pipeline-clean

@@ -31,7 +31,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
-from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
 from kvasir_utils import engine, models, synthetic, transforms
 from kvasir_utils.cache import build_cache, cached_name
@@ -96,7 +95,7 @@ def step_throughput(model, runtime, batch: torch.Tensor, targets: torch.Tensor, 
     return seen / (time.perf_counter() - start)
 
 
-def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40) -> dict:
+def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40, baseline: bool = False) -> dict:
     cfg = load_profile("paper")  # the protocol being measured: its presets, batch size, models, cache size
     classes, batch_size, size = cfg.data.classes, cfg.train.batch_size, cfg.transforms.image_size
     needed = math.ceil(2 * batch_size / len(classes))
@@ -158,12 +157,21 @@ def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40) ->
         results["pipeline_vs_model_only"] = pipeline / model_only
         print(f"(c) {name} loader+step {pipeline:.1f} img/s vs model only {model_only:.1f} img/s "
               f"-> {results['pipeline_vs_model_only']:.2f}")
+    if baseline:
+        print(f"(d0) baseline: the same stages eager, every validation pass whole, {stage_images} images per class:")
+        before = measure_stages(stage_images, baseline=True)
+        results["baseline"] = {"projection": project_protocol(cfg, before), "measured": before}
     print(f"(d) the paper profile's stages through fit_stage, {stage_images} generated images per class:")
     measured = measure_stages(stage_images)
     results["projection"] = project_protocol(cfg, measured)
+    if baseline:
+        results["baseline"]["protocol_minutes"] = minutes = results["baseline"]["projection"]["protocol_minutes"]
+        results["speedup_vs_baseline"] = minutes / results["projection"]["protocol_minutes"]
+        print(f"    baseline {minutes:.1f} min -> {results['projection']['protocol_minutes']:.1f} min: "
+              f"{results['speedup_vs_baseline']:.2f}x")
     results["protocol_minutes"] = results["projection"]["protocol_minutes"]
     results["measured"] = measured
-    peak = peak_gflops(torch.bfloat16 if runtime.precision == "bf16" else torch.float32)
+    peak = peak_gflops(torch.bfloat16 if runtime.precision == "bf16" else torch.float32, runtime.device)
     results["compute_bound"] = bound = compute_bound(cfg, measured, peak)
     print(f"(e) dense {runtime.precision} matrix multiply: {peak:.0f} GFLOP/s; the protocol's forward passes alone "
           f"at that rate: {bound['protocol_floor_minutes']:.1f} minutes; each stage runs at "
@@ -173,11 +181,13 @@ def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40) ->
     return results
 
 
-def measure_stages(images_per_class: int, epochs: int = 2, progress: bool = False) -> dict:
+def measure_stages(images_per_class: int, epochs: int = 2, progress: bool = False, baseline: bool = False) -> dict:
     """The data stage and every model's stages of the paper profile, run for real on a slice of
     generated full-size images, compiled as the protocol's stages would be (``runtime.compile``
     decided for 5 x 6,400 images); per stage and epoch: images, seconds and rates of training and
     validation."""
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir  # private: imported where used
+
     from kvasir_utils import cache, data, split
 
     paper = load_profile("paper")
@@ -204,7 +214,9 @@ def measure_stages(images_per_class: int, epochs: int = 2, progress: bool = Fals
             for name in cfg.train.models:
                 for stage in STAGES:
                     decided = engine.compile_for(protocol_runtime, paper.stage_config(stage).epochs * int(train_images))
-                    run_cfg = load_profile("paper", overrides + [f"runtime.compile={decided.compile}"])
+                    before = ["runtime.compile=off", "runtime.reuse_frozen=false", "transforms.backend=pil"]
+                    how = before if baseline else [f"runtime.compile={decided.compile}"]
+                    run_cfg = load_profile("paper", overrides + how)
                     # a fresh process per stage, as each notebook is: compiling's start-up is paid each time
                     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                         stages.append(pool.submit(measure_stage, run_cfg, name, stage, n_train, n_val).result())
@@ -219,7 +231,8 @@ def measure_stage(cfg: Config, name: str, stage: str, n_train: int, n_val: int) 
     history = engine.start_stage(cfg, name, stage).fit()[HISTORY_COLUMNS]
     model = models.build_model(name, len(cfg.data.classes))
     models.set_trainable(model, cfg.stage_config(stage).trainable)
-    last, reuses = history.iloc[-1], engine.ValidationFeatures.for_model(model) is not None
+    last = history.iloc[-1]
+    reuses = cfg.runtime.reuse_frozen and engine.ValidationFeatures.for_model(model) is not None
     row = {"model": name, "stage": stage, "trainable": cfg.stage_config(stage).trainable,
            "compile": cfg.runtime.compile, "reuses_val_features": reuses,
            "train_images": n_train, "val_images": n_val,
@@ -270,15 +283,19 @@ def project_protocol(cfg: Config, measured: dict) -> dict:
     return {"stages": rows, "total_hours": total / 3600, "protocol_minutes": total / 60}
 
 
-def peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """This machine's dense matrix-multiply rate (GFLOP/s) in ``dtype``: what convolutions can reach
+def peak_gflops(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """The device's dense matrix-multiply rate (GFLOP/s) in ``dtype``: what convolutions can reach
     at best."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     for _ in range(2):
         a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
@@ -311,9 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage-images", type=int, default=40,
                         help="generated images per class for the measured stages (80%% of them train)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench" / "bench.json")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also measure the stages eager with every validation pass whole (before/after in one run)")
     args = parser.parse_args(argv)
     try:
-        run(args.images_per_class, args.steps, args.out, args.stage_images)
+        run(args.images_per_class, args.steps, args.out, args.stage_images, args.baseline)
     except KvasirError as exc:
         sys.exit(f"error: {exc}")
 

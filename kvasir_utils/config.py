@@ -136,6 +136,9 @@ class RuntimeConfig(Section):
     # stage trains on at least engine.COMPILE_MIN_IMAGES images (epochs x training images), where
     # the measured speed-up repays the compile time (about 15-40 s per graph on 2 cores).
     compile: Literal["auto", "on", "off"] = "auto"
+    # Validation passes reuse what the frozen start of the network gives the validation images
+    # (engine.ValidationFeatures: the same bits); false runs every pass whole (make bench --baseline).
+    reuse_frozen: bool = True
     offline: bool = False
 
     @field_validator("deterministic", "compile", mode="before")
@@ -210,7 +213,8 @@ class Config(Section):
 
     def science_dict(self) -> dict:
         """Everything that can change a result: the config without paths, runtime and how it was written."""
-        return self.model_dump(exclude={"paths", "runtime", "overrides"})
+        return self.model_dump(exclude={"paths": True, "runtime": True, "overrides": True,
+                                        "transforms": {"backend"}})  # where it augments: see engine.stage_settings
 
 
 # -- errors that name the key -------------------------------------------------------------

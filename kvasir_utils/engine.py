@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,12 +149,24 @@ def resolve_runtime(rt: RuntimeConfig) -> Runtime:
 COMPILE_MIN_IMAGES = 20_000
 
 
+def compiler_found() -> bool:
+    """torch.compile builds C++ (CPU) or Triton (CUDA) kernels with the system's C compiler."""
+    return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++"))
+
+
 def compile_for(runtime: Runtime, images: int) -> Runtime:
-    """``runtime`` with ``compile`` decided for a stage that trains on ``images`` images."""
+    """``runtime`` with ``compile`` decided for a stage that trains on ``images`` images. ``auto``
+    stays off where no C++ compiler is installed (compiling would fail at the first step)."""
     if runtime.compile == "auto":
         long_enough = images >= COMPILE_MIN_IMAGES and runtime.device.type in ("cpu", "cuda")
-        return dataclasses.replace(runtime, compile="on" if long_enough else "off")
+        return dataclasses.replace(runtime, compile="on" if long_enough and compiler_found() else "off")
     return runtime
+
+
+def stage_runtime(cfg: Config, runtime: Runtime, stage: str, train_images: int) -> Runtime:
+    """The runtime a stage trains with: compiled or not, and where it augments."""
+    runtime = compile_for(runtime, cfg.stage_config(stage).epochs * train_images)
+    return dataclasses.replace(runtime, augment=augment_backend(cfg.transforms.backend, runtime.device))
 
 
 def augment_backend(backend: str, device: torch.device) -> str:
@@ -167,7 +180,9 @@ def augment_backend(backend: str, device: torch.device) -> str:
 def compiled(model: nn.Module, runtime: Runtime) -> nn.Module:
     """``torch.compile(model)`` when the runtime says so, else ``model``. The compiled module shares
     ``model``'s parameters; checkpoints keep saving ``model.state_dict()`` (no ``_orig_mod.``)."""
-    return torch.compile(model) if runtime.compile == "on" else model
+    # static shapes: a last, smaller batch gets a graph of its own instead of turning every later
+    # batch onto a dynamic-shape graph (which would make a resumed run take other kernels)
+    return torch.compile(model, dynamic=False) if runtime.compile == "on" else model
 
 
 def to_device(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -249,6 +264,8 @@ class ValidationFeatures:
         self.max_bytes = max_bytes
         self.saved: dict[str, torch.Tensor] | None = None
         self.batches: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]] = []
+        self.source = None  # (loader, precision, device) the kept outputs came from
+        self.keep = True  # false once the frozen part changed between passes: keeping would not pay
         self.computed = 0  # passes that ran the frozen part (for the tests and the bench)
 
     @classmethod
@@ -260,10 +277,13 @@ class ValidationFeatures:
     def _frozen_state(self) -> dict[str, torch.Tensor]:
         return self.parts[0].state_dict()
 
-    def _unchanged(self) -> bool:
+    def _unchanged(self, source) -> bool:
+        if self.saved is None or source != self.source:
+            return False
         state = self._frozen_state()
-        return self.saved is not None and state.keys() == self.saved.keys() and \
-            all(torch.equal(v, self.saved[k]) for k, v in state.items())
+        same = state.keys() == self.saved.keys() and all(torch.equal(v, self.saved[k]) for k, v in state.items())
+        self.keep = same  # BatchNorm statistics that move (frozen_batchnorm=train): stop keeping
+        return same
 
     @torch.inference_mode()
     def predict(self, loader, runtime: Runtime, desc: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -271,19 +291,22 @@ class ValidationFeatures:
         prefix.eval()
         suffix.eval()
         start, probs = time.perf_counter(), []
-        if self._unchanged():
+        source = (id(loader), runtime.precision, runtime.device)
+        if self._unchanged(source):
             for values, _ in self.batches:
                 with runtime.autocast():
                     probs.append(torch.softmax(suffix(*values).float(), dim=1).cpu())
             targets = torch.cat([t for _, t in self.batches])
             return torch.cat(probs).numpy(), targets.numpy(), time.perf_counter() - start
-        kept, batches, targets = 0, [], []
+        self.batches, self.saved, self.source = [], None, source  # free what was kept before
+        kept, batches, targets = 0, [] if self.keep else None, []
         for images, batch_targets in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2):
             with runtime.autocast():
                 values = prefix(to_device(images, runtime))
                 probs.append(torch.softmax(suffix(*values).float(), dim=1).cpu())
             targets.append(batch_targets)
-            kept += sum(v.numel() * v.element_size() for v in values)
+            tensors = all(isinstance(v, torch.Tensor) for v in values)
+            kept += sum(v.numel() * v.element_size() for v in values) if tensors else self.max_bytes + 1
             if batches is not None and kept <= self.max_bytes:
                 batches.append((values, batch_targets))
             else:
@@ -427,8 +450,7 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     out = cfg.stage_dir(model_name, stage)
     path = out / "checkpoint.pt"
     trainable = models.set_trainable(model, stage_cfg.trainable)
-    runtime = compile_for(runtime, stage_cfg.epochs * len(loaders["train"].dataset))
-    runtime = dataclasses.replace(runtime, augment=augment_backend(cfg.transforms.backend, runtime.device))
+    runtime = stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset))
     augment = DeviceAugment(cfg.transforms) if runtime.augment == "device" else None
     inputs = stage_inputs(cfg, model_name, stage)
     resumed = load_checkpoint(path) if path.exists() else None
@@ -447,7 +469,7 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     history, start = (resumed["history"], resumed["epoch"]) if resumed else ([], 0)
     prepare_model(model, runtime)
     net = compiled(model, runtime)
-    features = ValidationFeatures.for_model(model)
+    features = ValidationFeatures.for_model(model) if cfg.runtime.reuse_frozen else None
     order = resumed["optimizer_params"] if resumed else trainable
     params = dict(model.named_parameters())
     optimizer = torch.optim.Adam([params[n] for n in order], lr=stage_cfg.lr)
@@ -538,8 +560,10 @@ class StageRun:
     model: nn.Module
 
     def describe(self) -> str:
+        split = read_split(self.cfg.split_csv, self.cfg.data.classes)
+        runtime = stage_runtime(self.cfg, self.runtime, self.stage, int((split["split"] == "train").sum()))
         return (f"{self.model_name}, {self.stage} (trainable: {self.cfg.stage_config(self.stage).trainable}) "
-                f"on {self.runtime.describe()}")
+                f"on {runtime.describe()}")
 
     def fit(self) -> pd.DataFrame:
         loaders = make_loaders(self.cfg, self.runtime)

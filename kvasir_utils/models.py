@@ -65,8 +65,8 @@ def split_frozen(model: nn.Module) -> tuple[torch.fx.GraphModule, torch.fx.Graph
             frozen.add(node)
     rest = [n for n in traced.graph.nodes if n not in frozen and n.op != "placeholder"]
     boundary = list(dict.fromkeys(i for n in rest for i in n.all_input_nodes if i in frozen))
-    if all(n.op == "placeholder" for n in boundary):
-        return None
+    if any(n.op == "placeholder" for n in boundary):
+        return None  # the rest needs the input itself: nothing worth keeping
 
     prefix_graph, env = torch.fx.Graph(), {}
     for node in traced.graph.nodes:

@@ -26,7 +26,7 @@ def test_the_protocol_is_projected_from_the_measured_stage_rates():
         _row("efficientnet_b0", "stage2", 64.0, 160.0, 256 / 64 - 1),  # a faster first epoch adds nothing
     ]}
     projection = bench.project_protocol(cfg, measured)
-    stages = [30 + 5 * 6400 / 40 + 1600 / 40 + 4 * 1600 / 1600,   # 871
+    stages = [30 + 5 * 6400 / 40 + 1600 / 40 + 4 * 1600 / 1600,   # 874
               20 + 5 * 6400 / 32 + 10 + 5 * 1600 / 80,              # 1130
               5 * (6400 / 64 + 1600 / 160), 5 * (6400 / 64 + 1600 / 160)]  # 550, 550
     expected = 8000 * 0.01 + sum(stages) + 1600 / 40 + 1600 / 160  # data stage, stages, notebook 04 (full passes)

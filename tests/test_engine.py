@@ -268,12 +268,23 @@ def test_validation_reuses_the_frozen_parts_outputs_bit_for_bit(tiny_data, runs,
     probs = engine.predict(model, loader, runtime)[0]
     np.testing.assert_array_equal(engine.predict(model, loader, runtime, features=features)[0], probs)
     assert features.computed == 2
+    other = engine.make_loaders(cfg, runtime)["val"]  # another loader is never answered from the kept outputs
+    np.testing.assert_array_equal(engine.predict(model, other, runtime, features=features)[0], probs)
+    assert features.computed == 3
     assert isinstance(model.fc, torch.nn.Linear) and "fc.weight" in model.state_dict()  # the model is untouched
     # too large to keep: still right, recomputed every pass
     small = engine.ValidationFeatures(model, max_bytes=1)
     for computed in (1, 2):
         np.testing.assert_array_equal(engine.predict(model, loader, runtime, features=small)[0], probs)
         assert small.computed == computed
+
+
+def test_no_split_where_the_rest_needs_the_input_itself():
+    with torch.device("meta"):
+        vit = models.build_model("vit_b_16", 8)
+    for reading in ("all", "module:conv_proj"):
+        models.set_trainable(vit, reading)
+        assert models.split_frozen(vit) is None
 
 
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0"])
@@ -308,12 +319,12 @@ def test_runtime_compile_decides_by_the_stages_length():
 
 def test_a_compiled_stage_saves_plain_weights_and_validates_like_the_eager_model(tiny_data, runs):
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1",
-                                        "train.stage1.trainable=last_tensors:4", "runtime.compile=on"])
+                                        "train.stage1.trainable=all", "runtime.compile=on"])
     model, history = _train(cfg)
     checkpoint = engine.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
     assert "torch.compile" in checkpoint["runtime"]
     assert not any(key.startswith("_orig_mod") for key in checkpoint["model"])
-    # the validation pass ran through the compiled graph; the eager model counts the same correct images
+    # nothing frozen, so validation ran through the compiled graph; the eager model counts the same correct images
     runtime = engine.resolve_runtime(cfg.runtime)
     eager = engine.evaluate(model, engine.make_loaders(cfg, runtime)["val"], runtime)
     assert eager["acc"] == history["val_acc"].iloc[-1]
