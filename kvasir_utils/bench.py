@@ -76,11 +76,7 @@ def step_throughput(model, runtime, batch: torch.Tensor, targets: torch.Tensor, 
             with torch.inference_mode(), runtime.autocast():
                 model(images)
             return len(labels)
-        with runtime.autocast():
-            loss = criterion(model(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        engine.train_step(model, criterion, optimizer, images, labels, runtime)
         return len(labels)
 
     models.set_train_mode(model) if train else model.eval()

@@ -206,6 +206,18 @@ def device_batches(loader, runtime: Runtime, augment=None, generator: torch.Gene
         yield to_device(images, runtime), targets.to(runtime.device, non_blocking=True)
 
 
+def train_step(model, criterion, optimizer, images: torch.Tensor, targets: torch.Tensor,
+               runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch already on the device; returns the loss and the logits."""
+    with runtime.autocast():
+        logits = model(images)
+        loss = criterion(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 def train_one_epoch(model, criterion, optimizer, loader, runtime: Runtime, frozen_batchnorm: str = "eval",
                     desc: str = "train", augment=None, generator: torch.Generator | None = None) -> dict:
     """One pass over ``loader``; returns mean loss, accuracy, images and seconds. ``augment`` and
@@ -217,12 +229,7 @@ def train_one_epoch(model, criterion, optimizer, loader, runtime: Runtime, froze
     bar = tqdm(device_batches(loader, runtime, augment, generator), desc=desc, unit="batch", leave=False,
                mininterval=2, total=len(loader))
     for step, (images, targets) in enumerate(bar):
-        with runtime.autocast():
-            logits = model(images)
-            loss = criterion(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = train_step(model, criterion, optimizer, images, targets, runtime)
         loss_sum += loss.detach() * len(targets)
         correct += (logits.argmax(1) == targets).sum()
         seen += len(targets)

@@ -122,12 +122,9 @@ def train_steps(model, optimizer, criterion, runtime: engine.Runtime, batches, s
     """Images per second of ``steps`` training steps on ``batches``, the first an untimed warm-up."""
     if steps < 2:
         raise KvasirError(f"{steps} training step(s) are too few to time: use more images (at least 3 batches)")
+
     def step(images, targets):
-        with runtime.autocast():
-            loss = criterion(model(images).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        engine.train_step(model, criterion, optimizer, images, targets, runtime)
         return len(targets)
 
     step(*next(batches))

@@ -52,8 +52,17 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tiny_data, tmp_path):
     _copy_split(tiny_data, tmp_path / "whole")
     whole, _ = _train(tiny_config(tiny_data, tmp_path / "whole", settings))
 
-    _copy_split(tiny_data, tmp_path / "cut")
-    cfg = tiny_config(tiny_data, tmp_path / "cut", settings)
+    cfg, resumed, history = _interrupted_and_resumed(tiny_data, tmp_path / "cut", settings)
+    assert engine.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")["epoch"] == 2
+    assert list(history["epoch"]) == [1, 2]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def _interrupted_and_resumed(tiny_data, runs, settings):
+    """Stage 1 stopped by a KeyboardInterrupt after its first epoch's checkpoint, then run again."""
+    _copy_split(tiny_data, runs)
+    cfg = tiny_config(tiny_data, runs, settings)
 
     def interrupt(row):
         raise KeyboardInterrupt
@@ -61,10 +70,7 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tiny_data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _train(cfg, on_epoch_end=interrupt)
     assert engine.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")["epoch"] == 1
-    resumed, history = _train(cfg)
-    assert list(history["epoch"]) == [1, 2]
-    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
+    return (cfg, *_train(cfg))
 
 
 def test_stage2_starts_from_stage1_and_tensorboard_holds_the_scalars(tiny_data, runs):
@@ -346,15 +352,7 @@ def test_the_device_backend_trains_resumes_exactly_and_is_recorded(tiny_data, tm
     checkpoint = engine.load_checkpoint(whole_cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
     assert "augmentation on the device" in checkpoint["runtime"]
 
-    _copy_split(tiny_data, tmp_path / "cut")
-    cfg = tiny_config(tiny_data, tmp_path / "cut", settings)
-
-    def interrupt(row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        _train(cfg, on_epoch_end=interrupt)
-    resumed, _ = _train(cfg)
+    _, resumed, _ = _interrupted_and_resumed(tiny_data, tmp_path / "cut", settings)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     # the PIL path draws other augmentations: same settings otherwise, other weights
