@@ -81,13 +81,11 @@ def step_throughput(model, runtime, batch: torch.Tensor, targets: torch.Tensor, 
 
     models.set_train_mode(model) if train else model.eval()
     one_step()
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
+    engine.synchronize(runtime.device)
     seen, start = 0, time.perf_counter()
     for _ in range(steps):
         seen += one_step()
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
+    engine.synchronize(runtime.device)
     return seen / (time.perf_counter() - start)
 
 
@@ -285,13 +283,11 @@ def peak_gflops(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
     a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     for _ in range(2):
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    engine.synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    engine.synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 

@@ -177,6 +177,18 @@ def augment_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def device_augment(cfg: Config, runtime: Runtime) -> DeviceAugment | None:
+    """The device backend's batch augmentation where ``transforms.backend`` resolves to it, else None."""
+    use = augment_backend(cfg.transforms.backend, runtime.device) == "device"
+    return DeviceAugment(cfg.transforms) if use else None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so a timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def compiled(model: nn.Module, runtime: Runtime) -> nn.Module:
     """``torch.compile(model)`` when the runtime says so, else ``model``. The compiled module shares
     ``model``'s parameters; checkpoints keep saving ``model.state_dict()`` (no ``_orig_mod.``)."""
@@ -458,7 +470,7 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     path = out / "checkpoint.pt"
     trainable = models.set_trainable(model, stage_cfg.trainable)
     runtime = stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset))
-    augment = DeviceAugment(cfg.transforms) if runtime.augment == "device" else None
+    augment = device_augment(cfg, runtime)
     inputs = stage_inputs(cfg, model_name, stage)
     resumed = load_checkpoint(path) if path.exists() else None
     if resumed is not None:

@@ -30,7 +30,6 @@ import yaml
 from torch import nn
 
 from kvasir_utils import data, engine
-from kvasir_utils.augment import DeviceAugment
 from kvasir_utils.cache import usable_images
 from kvasir_utils.config import PROJECT_ROOT, Config, load_profile
 from kvasir_utils.environment import environment
@@ -74,11 +73,6 @@ def prepare(cfg: Config) -> None:
         data.write_run_split(cfg, make_split(usable, cfg.split.val_fraction, cfg.split.seed))
 
 
-def _synchronize(runtime: engine.Runtime) -> None:
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _stage1(cfg: Config, runtime: engine.Runtime):
     name = cfg.train.models[0]
     model = engine.prepare_model(engine.model_for_stage(cfg, name, "stage1"), runtime)
@@ -90,19 +84,19 @@ def epoch_figures(cfg: Config, max_batches: int | None = None) -> dict:
     """Loader alone, loader + step and step alone over one epoch (or ``max_batches``) of stage 1."""
     runtime = engine.resolve_runtime(cfg.runtime)
     backend = engine.augment_backend(cfg.transforms.backend, runtime.device)
-    augment = DeviceAugment(cfg.transforms) if backend == "device" else None
+    augment = engine.device_augment(cfg, runtime)
     loader = engine.make_loaders(cfg, runtime)["train"]
     limit = max_batches or len(loader)
 
     start, first, seen = time.perf_counter(), None, 0
     for step, (_, targets) in enumerate(engine.device_batches(loader, runtime, augment, engine.augment_generator(0))):
         if first is None:
-            _synchronize(runtime)
+            engine.synchronize(runtime.device)
             first = time.perf_counter() - start
         seen += len(targets)
         if step + 1 >= limit:
             break
-    _synchronize(runtime)
+    engine.synchronize(runtime.device)
     loader_rate = seen / (time.perf_counter() - start)
 
     model, optimizer = _stage1(cfg, runtime)
@@ -128,11 +122,11 @@ def train_steps(model, optimizer, criterion, runtime: engine.Runtime, batches, s
         return len(targets)
 
     step(*next(batches))
-    _synchronize(runtime)
+    engine.synchronize(runtime.device)
     seen, start = 0, time.perf_counter()
     for _, (images, targets) in zip(range(steps - 1), batches):
         seen += step(images, targets)
-    _synchronize(runtime)
+    engine.synchronize(runtime.device)
     return seen / (time.perf_counter() - start)
 
 
@@ -154,8 +148,7 @@ def run_protocol(profile: Path, scale: str) -> dict:
 def _one_of_many(profile: str, scale: str, workers: int, batches: int, start_at: float) -> dict:
     cfg = load(Path(profile), scale, [f"runtime.workers={workers}"])
     runtime = engine.resolve_runtime(cfg.runtime)
-    device = engine.augment_backend(cfg.transforms.backend, runtime.device) == "device"
-    augment = DeviceAugment(cfg.transforms) if device else None
+    augment = engine.device_augment(cfg, runtime)
     loader = engine.make_loaders(cfg, runtime)["train"]
     model, optimizer = _stage1(cfg, runtime)
     criterion = nn.CrossEntropyLoss()
