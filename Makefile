@@ -17,6 +17,10 @@ SETUP_STAMP := $(VENV)/.installed
 ARGS = --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)')
 KV := $(PY) -m kvasir_utils
 SUBMAKE := $(MAKE) --no-print-directory PROFILE='$(PROFILE)' SET='$(SET)'
+# What the user ran, for the line that tells how to go on after an interrupt or an error.
+ifeq ($(MAKELEVEL),0)
+export KVASIR_COMMAND := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
+endif
 
 .PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast lint lab bench gpu-check clean
 
