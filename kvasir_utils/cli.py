@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 import yaml
 
-from kvasir_utils import config
+from kvasir_utils import config, runner
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import folder_lock, write_text_atomic
+from kvasir_utils.io import disk_full, folder_lock, is_disk_full, write_text_atomic
 
 NOTEBOOKS = ("01_download_and_split", "02_train", "03_finetune", "04_evaluate", "05_compare", "07_audit")
 PER_MODEL = {"02_train", "03_finetune", "04_evaluate"}
@@ -34,12 +35,18 @@ def executed_notebook_path(cfg: config.Config, name: str, model: str | None = No
 
 def write_settings_stamp(cfg: config.Config) -> Path:
     """``settings.yaml``: what changes results; rewritten only when it changes, so the Makefile
-    reruns the steps after a settings change and nothing after a mere rerun."""
+    reruns the steps after a settings change and nothing after a mere rerun. New settings are
+    first checked against every model and reading of the profile (on the meta device, before the
+    pipeline does anything); unchanged ones were checked when they were written."""
     path = cfg.run_dir / "settings.yaml"
     text = yaml.safe_dump(cfg.science_dict(), sort_keys=False)
-    if not path.exists() or path.read_text() != text:
-        write_text_atomic(path, text)
-    return path
+    if path.exists() and path.read_text() == text:
+        return path
+    from kvasir_utils import models
+
+    models.check_profile(cfg)  # before anything is created
+    with folder_lock(cfg.run_dir, "checking the settings", wait=False):  # not under a running run
+        return write_text_atomic(path, text)
 
 
 def check_make_path(path: Path) -> None:
@@ -52,29 +59,47 @@ def check_make_path(path: Path) -> None:
 
 def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, what: str) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``out``, holding ``lock_folder``'s
-    lock; the result appears under its name only if every cell succeeded."""
+    lock; the result appears under its name only if every cell succeeded. SIGINT and SIGTERM stop
+    the kernel too (``runner.KernelStopper``) and end in ``Interrupted``."""
     import papermill
 
     out.parent.mkdir(parents=True, exist_ok=True)
     failed = out.with_suffix(".failed.ipynb")
+    stopper = runner.KernelStopper()
     try:
-        with folder_lock(lock_folder, f"running {out.stem}", wait=False):
+        with folder_lock(lock_folder, f"running {out.stem}", wait=False), stopper:
             papermill.execute_notebook(
                 str(NOTEBOOK_SOURCE_DIR / f"{name}.ipynb"), str(failed), parameters=parameters,
                 cwd=str(NOTEBOOK_SOURCE_DIR), kernel_name="python3", progress_bar=False,
-                stdout_file=sys.stdout, stderr_file=sys.stderr,
+                stdout_file=runner.LineTracker(sys.stdout), stderr_file=runner.LineTracker(sys.stderr),
+                kernel_manager_class=stopper.kernel_manager_class(), on_cell_execute=stopper.before_cell,
             )
-    except papermill.PapermillExecutionError as exc:
-        raise KvasirError(f"{what} failed: {exc.ename}: {exc.evalue}\n"
-                          f"  the executed notebook, up to the failing cell, is {failed}") from None
     except KvasirError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a dead kernel (out of memory, say), a timeout: one line too
-        reason = (str(exc).strip().splitlines() or [""])[0]
-        raise KvasirError(f"{what} failed: {type(exc).__name__}: {reason}\n"
-                          f"  the executed notebook so far is {failed}") from None
+    except Exception as exc:  # noqa: BLE001 - a failing cell, a dead kernel, an interrupt: one line each
+        if failed.exists():
+            runner.print_last(f"the executed notebook up to there: {failed}")
+        if stopper.signum is not None:
+            how = "killed after it did not stop in time" if stopper.killed else "stopped"
+            raise runner.Interrupted(stopper.signum, f"{what} {how}") from None
+        raise KvasirError(f"{what} failed: {_reason(exc)}") from None
     os.replace(failed, out)
     return out
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, in one line: a study error's own message, else the exception's type and first line."""
+    import papermill
+
+    if isinstance(exc, papermill.PapermillExecutionError):
+        kind, text = exc.ename, exc.evalue
+    elif type(exc).__name__ == "DeadKernelError":
+        return "the Jupyter kernel died (killed, or out of memory?); what it finished is kept"
+    elif is_disk_full(exc):
+        return str(disk_full(Path(exc.filename or "the executed notebook"), None))
+    else:
+        kind, text = type(exc).__name__, (str(exc).strip().splitlines() or [""])[0]
+    return text if kind in {"KvasirError", "ConfigError", "DownloadError", "DiskFullError"} else f"{kind}: {text}"
 
 
 def run_notebook(name: str, profile: str, overrides: list[str], model: str | None = None) -> Path:
@@ -152,8 +177,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, _frame):
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, a sweep) stops like Ctrl-C: files are closed, temp files removed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _command(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _command(args) -> int:
     try:
         if args.command == "run-notebook":
             print(f"wrote {run_notebook(args.notebook, args.profile, args.overrides, args.model)}")
@@ -163,14 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config.load_profile(args.profile, args.overrides)
             print(f"wrote {report.render_reports(cfg)}")
         elif args.command == "makevars":
-            from kvasir_utils import models
-
             cfg = config.load_profile(args.profile, args.overrides)
-            models.check_profile(cfg)  # every model x reading, before the pipeline does anything
             check_make_path(cfg.run_dir)
             check_make_path(cfg.report_dir)
-            with folder_lock(cfg.run_dir, "checking the settings", wait=False):  # not under a running run
-                settings = write_settings_stamp(cfg)
+            settings = write_settings_stamp(cfg)
             print(f"RUN_DIR := {cfg.run_dir}")
             print(f"REPORT_DIR := {cfg.report_dir}")
             print(f"MODELS := {' '.join(cfg.train.models)}")
@@ -182,9 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sweep":
             return run_sweep_command(args.sweep, args.overrides)
     except KvasirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        runner.print_last(f"error: {exc}")
         return 1
+    except runner.Interrupted as exc:
+        runner.print_last(f"interrupted: {exc}. Finished steps and epochs are kept: {runner.resume_hint()} "
+                          "goes on from there.")
+        return 130
     except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        runner.print_last(f"interrupted: {runner.resume_hint()} goes on where it stopped.")
         return 130
     return 0
