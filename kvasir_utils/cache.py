@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
+import signal
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +21,12 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import atomic_path, sha256_text, write_csv_atomic
+from kvasir_utils.errors import DiskFullError, KvasirError
+from kvasir_utils.io import sha256_text, write_bytes_atomic, write_csv_atomic
 
 MANIFEST = "manifest.csv"
+PROGRESS = ".manifest.partial.csv"  # an interrupted build's finished images
+PROGRESS_SECONDS = 30
 MANIFEST_COLUMNS = ["path", "label", "width", "height", "bytes", "mtime_ns", "source_sha256", "error"]
 # What the fingerprint covers: the images' content and labels, not when they were unpacked.
 CONTENT_COLUMNS = ["path", "label", "width", "height", "source_sha256", "error"]
@@ -42,9 +46,9 @@ def resize_image(source: Path, target: Path, short_side: int, quality: int) -> t
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         image.draft("RGB", size)  # JPEG: decode at a reduced scale straight away
         resized = image.convert("RGB").resize(size, Image.BICUBIC, reducing_gap=2.0)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target, ".jpg") as tmp:
-        resized.save(tmp, format="JPEG", quality=quality)
+    encoded = io.BytesIO()
+    resized.save(encoded, format="JPEG", quality=quality)
+    write_bytes_atomic(target, encoded.getvalue())
     return width, height, hashlib.sha256(payload).hexdigest()
 
 
@@ -52,8 +56,14 @@ def _cache_one(job: tuple[str, str, int, int]) -> tuple[int | None, int | None, 
     source, target, short_side, quality = job
     try:
         return (*resize_image(Path(source), Path(target), short_side, quality), "")
+    except DiskFullError:
+        raise  # not a property of the image: the whole stage stops with the remedy
     except Exception as exc:  # noqa: BLE001 - any decode failure is reported by path
         return None, None, "", f"{type(exc).__name__}: {exc}"
+
+
+def _cache_chunk(jobs: list[tuple[str, str, int, int]]) -> list[tuple[int | None, int | None, str, str]]:
+    return [_cache_one(job) for job in jobs]
 
 
 def _source_key(path: Path) -> tuple[int, int]:
@@ -68,6 +78,28 @@ def read_manifest(path: Path) -> pd.DataFrame:
     return manifest.astype({"width": "Int64", "height": "Int64"})
 
 
+def _ignore_interrupts() -> None:
+    """Cache workers leave Ctrl-C to the process that started them, which cancels what is not begun."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _read_progress(dest: Path) -> dict:
+    """Rows of the manifest and of an interrupted build's progress file (``PROGRESS``), by path."""
+    rows = {}
+    for name in (MANIFEST, PROGRESS):
+        if (dest / name).exists():
+            found = read_manifest(dest / name)
+            if list(found.columns) == MANIFEST_COLUMNS:
+                rows |= {row["path"]: row for row in found.to_dict("records")}
+    return rows
+
+
+def _save_progress(rows: list[dict], dest: Path) -> None:
+    """What is cached so far, for a rerun to reuse; never the manifest, which means "complete"."""
+    done = [row for row in rows if "error" in row]
+    write_csv_atomic(pd.DataFrame(done, columns=MANIFEST_COLUMNS), dest / PROGRESS)
+
+
 def build_cache(
     root: Path, images: pd.DataFrame, dest: Path, short_side: int, quality: int = 95,
     workers: int = 0, progress: bool = True,
@@ -76,13 +108,11 @@ def build_cache(
 
     Returns the manifest (one row per image: original size, file size and SHA-256, and the
     reason for every image that could not be decoded) and how many images were (re)made now.
+    An interrupted build (Ctrl-C, a kill) keeps every image it finished: each cached file is
+    written whole or not at all, and what was done is saved in ``PROGRESS`` (at the interrupt,
+    and every ``PROGRESS_SECONDS``), which the next build reuses.
     """
-    manifest_path = dest / MANIFEST
-    previous = {}
-    if manifest_path.exists():
-        old = read_manifest(manifest_path)
-        if list(old.columns) == MANIFEST_COLUMNS:
-            previous = {row["path"]: row for row in old.to_dict("records")}
+    previous = _read_progress(dest)
     rows, pending = [], []
     for path, label in images.itertuples(index=False):
         key = _source_key(root / path)
@@ -94,18 +124,38 @@ def build_cache(
         rows.append({"path": path, "label": label, "bytes": key[0], "mtime_ns": key[1]})
         pending.append(rows[-1])
     if pending:
-        jobs = [(str(root / row["path"]), str(dest / cached_name(row["path"])), short_side, quality) for row in pending]
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            results = pool.map(_cache_one, jobs, chunksize=8)
-            for row, (width, height, digest, error) in tqdm(
-                zip(pending, results), total=len(jobs), desc=f"cache {short_side}px", unit="img",
-                disable=not progress, mininterval=1,
-            ):
-                row.update(width=width, height=height, source_sha256=digest, error=error)
+        _cache_pending(root, pending, dest, short_side, quality, workers, progress, rows)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype({"width": "Int64", "height": "Int64"})
-    if pending or len(rows) != len(previous):
-        write_csv_atomic(manifest, manifest_path)
+    if pending or len(rows) != len(previous) or not (dest / MANIFEST).exists():
+        write_csv_atomic(manifest, dest / MANIFEST)
+    (dest / PROGRESS).unlink(missing_ok=True)
     return manifest, len(pending)
+
+
+def _cache_pending(root: Path, pending: list[dict], dest: Path, short_side: int, quality: int, workers: int,
+                   progress: bool, rows: list[dict]) -> None:
+    """Decode and resize ``pending`` in worker processes, filling in each row as it finishes."""
+    chunks = [pending[i:i + 8] for i in range(0, len(pending), 8)]
+    pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=_ignore_interrupts)
+    saved = time.monotonic()
+    try:
+        futures = {pool.submit(_cache_chunk, [(str(root / r["path"]), str(dest / cached_name(r["path"])),
+                                               short_side, quality) for r in chunk]): chunk for chunk in chunks}
+        with tqdm(total=len(pending), desc=f"cache {short_side}px", unit="img", disable=not progress,
+                  mininterval=1) as bar:
+            for future in as_completed(futures):
+                for row, (width, height, digest, error) in zip(futures[future], future.result()):
+                    row.update(width=width, height=height, source_sha256=digest, error=error)
+                bar.update(len(futures[future]))
+                if time.monotonic() - saved > PROGRESS_SECONDS:
+                    _save_progress(rows, dest)
+                    saved = time.monotonic()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # finish what workers hold, start nothing new
+        _save_progress(rows, dest)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def manifest_fingerprint(manifest: pd.DataFrame, short_side: int, quality: int) -> str:
