@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlparse
 from tqdm import tqdm
 
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import sha256_file, write_json_atomic
+from kvasir_utils.io import disk_full, is_disk_full, sha256_file, write_json_atomic
 
 _CHUNK = 1 << 20
 
@@ -79,7 +79,13 @@ def record_archive(archive: Path, source: str) -> dict:
 def _copy_local(source: Path, part: Path) -> None:
     if not source.is_file():
         raise DownloadError(f"local file {source} does not exist")
-    shutil.copyfile(source, part)
+    try:
+        shutil.copyfile(source, part)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(part, source.stat().st_size) from None
+        raise
 
 
 def _http_attempt(url: str, part: Path, timeout: float, progress: bool) -> None:
@@ -121,11 +127,24 @@ def download_http(url: str, part: Path, retries: int = 4, timeout: float = 60.0,
                 continue
             raise DownloadError(f"the server answered HTTP {exc.code} {exc.reason}") from exc
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if is_disk_full(exc):  # retrying cannot help; the partial file is kept for the rerun
+                expected = _remaining(url, part)
+                raise disk_full(part, expected) from None
             last_error = exc
     reason = getattr(last_error, "reason", last_error)
     raise DownloadError(
         f"{reason} (after {retries + 1} attempts; the partial file {part} is kept and the next run resumes it)"
     )
+
+
+def _remaining(url: str, part: Path) -> int | None:
+    """Bytes still to come for ``part`` (None when the server does not say)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30) as response:
+            total = response.headers.get("Content-Length")
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        return None
+    return None if total is None else max(0, int(total) - part.stat().st_size)
 
 
 def fetch_archive(

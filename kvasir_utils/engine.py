@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import random
 import shutil
@@ -29,7 +30,7 @@ from kvasir_utils.config import STAGES, Config, ConfigError, RuntimeConfig, vali
 from kvasir_utils.dataset import make_loader, split_datasets
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.history import HISTORY_COLUMNS, SCALAR_TAGS
-from kvasir_utils.io import atomic_path, sha256_file, write_csv_atomic, write_json_atomic
+from kvasir_utils.io import sha256_file, write_bytes_atomic, write_csv_atomic, write_json_atomic
 from kvasir_utils.split import read_split
 
 SEED_SCHEME = "SeedSequence([train.seed, stage index, epoch])"
@@ -347,10 +348,11 @@ def evaluate(model, loader, runtime: Runtime, desc: str = "val", features: Valid
 
 # -- checkpoints: what a stage was trained with, and on -----------------------------------
 def save_checkpoint(path: Path, **state) -> Path:
-    """One format for every checkpoint, written atomically."""
-    with atomic_path(path, ".pt") as tmp:
-        torch.save(state, tmp)
-    return path
+    """One format for every checkpoint, written atomically (serialised first, so a disk without
+    room for it is named with the size it needs before anything is written)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict:

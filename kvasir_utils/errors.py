@@ -3,3 +3,7 @@
 
 class KvasirError(RuntimeError):
     """A problem the user can fix; the message names the problem and the remedy."""
+
+
+class DiskFullError(KvasirError):
+    """A write found no space left; the message names the folder, what it needs and the remedy."""

@@ -13,7 +13,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import write_json_atomic
+from kvasir_utils.io import disk_full, is_disk_full, write_json_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -50,7 +50,12 @@ def extract_archive(archive: Path, dest: Path, progress: bool = True) -> Path:
                 zf.extract(info, partial)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             shutil.rmtree(partial, ignore_errors=True)
+            if is_disk_full(exc):
+                raise disk_full(dest, sum(info.file_size for info in members)) from None
             raise KvasirError(f"{archive} is damaged ({exc}); delete it and run again") from exc
+        except BaseException:  # interrupted: no half-extracted folder is left to look finished
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     write_json_atomic(partial / stamp.name, marker)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(partial, dest)

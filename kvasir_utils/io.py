@@ -8,9 +8,11 @@ it takes its final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from kvasir_utils.errors import KvasirError
+from kvasir_utils.errors import DiskFullError, KvasirError
 
 _CHUNK = 1 << 20
 _UMASK_LOCK = threading.Lock()
@@ -51,9 +53,44 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def format_bytes(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return ""
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space for this user on the file system that holds ``folder`` (or its nearest existing parent)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def disk_full(path: Path, needed: int | None) -> DiskFullError:
+    """The error for a write that found no space: where, how much is free, how much it needs, what to do."""
+    path = Path(path)
+    need = f"needs {format_bytes(needed)}" if needed else "needs more than that"
+    return DiskFullError(
+        f"no space left on the disk holding {path.parent} ({format_bytes(free_bytes(path.parent))} free): writing "
+        f"{path.name} {need}. Nothing half-written was left behind. Free space there, or point the study at "
+        f"a larger disk (SET=\"paths.runs=... paths.data=... paths.reports=...\"), and run the same command again: "
+        f"it goes on from the last finished step."
+    )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextlib.contextmanager
-def atomic_path(path: os.PathLike, suffix: str = ""):
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+def atomic_path(path: os.PathLike, suffix: str = "", size: int | None = None):
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    A full disk (during the block or the final sync) raises ``DiskFullError`` naming ``path`` and
+    ``size`` (the bytes it needs, when known); the temporary file is removed either way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
@@ -65,15 +102,27 @@ def atomic_path(path: os.PathLike, suffix: str = ""):
         os.replace(tmp, path)
         with contextlib.suppress(OSError):  # not every file system syncs folders
             _fsync(path.parent, directory=True)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise disk_full(path, size) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def write_bytes_atomic(path: os.PathLike, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` atomically; refused up front when the disk cannot hold it."""
+    path = Path(path)
+    if free_bytes(path.parent) < len(payload):
+        raise disk_full(path, len(payload))
+    with atomic_path(path, size=len(payload)) as tmp:
+        tmp.write_bytes(payload)
+    return path
+
+
 def write_text_atomic(path: os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
+    return write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: os.PathLike, data) -> Path:
@@ -81,9 +130,7 @@ def write_json_atomic(path: os.PathLike, data) -> Path:
 
 
 def write_csv_atomic(frame, path: os.PathLike, **kwargs) -> Path:
-    with atomic_path(path, ".csv") as tmp:
-        frame.to_csv(tmp, index=False, **kwargs)
-    return Path(path)
+    return write_text_atomic(path, frame.to_csv(index=False, **kwargs))
 
 
 def sha256_file(path: os.PathLike) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from kvasir_utils.config import Config
 from kvasir_utils.environment import describe_commit, environment, provenance, provenance_line
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.evaluation import read_evaluations
-from kvasir_utils.io import atomic_path, write_text_atomic
+from kvasir_utils.io import write_bytes_atomic, write_text_atomic
 
 GENERATED_WARNING = (
     "Generated data: these results come from the synthetic Kvasir-shaped archive of the "
@@ -91,8 +92,7 @@ def save_table(frame: pd.DataFrame, target: Config | Path, name: str) -> Path:
     """Write ``<report folder>/tables/<name>.{csv,md,tex}``; returns the CSV path."""
     folder = _report_dir(target) / "tables"
     flat = _flat_columns(frame)
-    with atomic_path(folder / f"{name}.csv", ".csv") as tmp:
-        flat.to_csv(tmp, float_format="%.6g", index=_has_labels(flat))
+    write_text_atomic(folder / f"{name}.csv", flat.to_csv(float_format="%.6g", index=_has_labels(flat)))
     write_text_atomic(folder / f"{name}.md", to_markdown(frame))
     write_text_atomic(folder / f"{name}.tex", flat.to_latex(float_format="%.4f", na_rep="", index=_has_labels(flat)))
     return folder / f"{name}.csv"
@@ -102,8 +102,9 @@ def save_figure(fig, target: Config | Path, name: str) -> Path:
     """Write ``<report folder>/figures/<name>.png`` (for the reports) and ``.svg`` (for papers)."""
     folder = _report_dir(target) / "figures"
     for ext in ("png", "svg"):
-        with atomic_path(folder / f"{name}.{ext}", f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        encoded = io.BytesIO()
+        fig.savefig(encoded, format=ext, dpi=150, bbox_inches="tight")
+        write_bytes_atomic(folder / f"{name}.{ext}", encoded.getvalue())
     return folder / f"{name}.png"
 
 
