@@ -182,7 +182,7 @@ def measure_stages(images_per_class: int, epochs: int = 2, progress: bool = Fals
     validation."""
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir  # private: imported where used
 
-    from kvasir_utils import cache, data, split
+    from kvasir_utils import data
 
     paper = load_profile("paper")
     train_images = paper.data.expected_per_class * len(paper.data.classes) * (1 - paper.split.val_fraction)
@@ -198,9 +198,7 @@ def measure_stages(images_per_class: int, epochs: int = 2, progress: bool = Fals
         cfg = load_profile("paper", overrides)
         prepared = data.prepare_dataset(cfg, progress=progress)
         data_seconds = (time.perf_counter() - start) / len(prepared.manifest)
-        usable = cache.usable_images(prepared.manifest, "error")
-        parts = split.make_split(usable, cfg.split.val_fraction, cfg.split.seed)
-        data.write_run_split(cfg, parts)
+        parts = data.prepare_split(cfg, prepared)
         n_train, n_val = int((parts["split"] == "train").sum()), int((parts["split"] == "val").sum())
         stages = []
         # compiled graphs are measured cold (a first run's cost), not from inductor's cache of earlier runs

@@ -25,14 +25,15 @@ from kvasir_utils.cache import (
     check_dataset,
     manifest_fingerprint,
     read_manifest,
+    usable_images,
 )
-from kvasir_utils.config import Config
+from kvasir_utils.config import Config, save_config
 from kvasir_utils.dataset import read_image
 from kvasir_utils.download import fetch_archive
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.extract import extract_archive, find_class_root, scan_images
 from kvasir_utils.io import folder_lock, sha256_file
-from kvasir_utils.split import describe_change, write_split
+from kvasir_utils.split import describe_change, make_split, write_split
 
 
 # -- where things live --------------------------------------------------------------------
@@ -99,6 +100,19 @@ def prepare_dataset(cfg: Config, progress: bool = True) -> PreparedData:
                                cfg.cache.short_side, cfg.cache.quality, cfg.cache.workers, progress)
     check = check_dataset(manifest, cfg.data.classes, cfg.data.expected_per_class)
     return PreparedData(archive, image_root, manifest, check, newly_cached)
+
+
+def prepare_split(cfg: Config, prepared: PreparedData) -> pd.DataFrame:
+    """Notebook 01's split: the usable images (unreadable ones refused or left out, as
+    ``data.on_unreadable`` says), kept in near-duplicate groups when ``split.group_near_duplicates``
+    asks, split, and written as ``split.csv`` (never over a split that models were trained on), with
+    the settings it belongs to saved beside it only once it is written."""
+    usable = usable_images(prepared.manifest, cfg.data.on_unreadable)
+    groups = near_duplicate_groups(cfg, usable) if cfg.split.group_near_duplicates else None
+    run_split = make_split(usable, cfg.split.val_fraction, cfg.split.seed, groups)
+    write_run_split(cfg, run_split)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    return run_split
 
 
 def trained_checkpoints(cfg: Config) -> list[Path]:

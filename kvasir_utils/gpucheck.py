@@ -30,13 +30,11 @@ import yaml
 from torch import nn
 
 from kvasir_utils import data, engine
-from kvasir_utils.cache import usable_images
 from kvasir_utils.config import PROJECT_ROOT, Config, load_profile
 from kvasir_utils.environment import environment
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.history import read_history
 from kvasir_utils.io import write_json_atomic
-from kvasir_utils.split import make_split
 
 SCALES = {  # images per class, and settings on top of the paper profile
     "paper": (1000, []),
@@ -69,8 +67,7 @@ def prepare(cfg: Config) -> None:
     """The data stage and the split (notebook 01's calls), reused when already there."""
     prepared = data.prepare_dataset(cfg, progress=True)
     if not cfg.split_csv.exists():
-        usable = usable_images(prepared.manifest, cfg.data.on_unreadable)
-        data.write_run_split(cfg, make_split(usable, cfg.split.val_fraction, cfg.split.seed))
+        data.prepare_split(cfg, prepared)
 
 
 def _stage1(cfg: Config, runtime: engine.Runtime):

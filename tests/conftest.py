@@ -74,17 +74,15 @@ def http_server(tmp_path):
 
 
 TINY = ["data.synthetic.images_per_class=16", "data.expected_per_class=16", "cache.short_side=40",
-        "transforms.image_size=32", "train.batch_size=16", "runtime.precision=fp32"]
+        "transforms.image_size=32", "train.batch_size=16", "runtime.precision=fp32", "split.val_fraction=0.25"]
 
 
 def prepare_tiny_dataset(root: Path, extra: list[str] = ()):
     """The data stage (notebook 01's calls) on a tiny generated dataset under ``root``."""
-    from kvasir_utils import cache, config, data, split
+    from kvasir_utils import config, data
 
     cfg = config.load_profile("smoke", tmp_overrides(root) + TINY + ["cache.workers=1", *extra])
-    prepared = data.prepare_dataset(cfg, progress=False)
-    usable = cache.usable_images(prepared.manifest, "error")
-    data.write_run_split(cfg, split.make_split(usable, 0.25, cfg.split.seed))
+    data.prepare_split(cfg, data.prepare_dataset(cfg, progress=False))
     return cfg
 
 
