@@ -34,7 +34,9 @@ def test_a_small_model_learns_the_generated_cues(tiny_data, runs):
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=6",
                                         "train.stage1.lr=2e-3"])
     _, history = _train(cfg)
-    assert history["val_acc"].max() >= 0.4  # chance is 1/8
+    # 32 validation images, chance 1/8: 13 or more right by chance has probability about 1e-4 (binomial);
+    # fp32, so both CPU models this project runs on train alike up to rounding
+    assert history["val_acc"].max() >= 0.4
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
 
 
@@ -203,7 +205,11 @@ def test_bf16_gives_the_predictions_of_fp32_on_a_trained_model(tiny_data, runs):
     bf16_runtime = engine.resolve_runtime(RuntimeConfig(precision="bf16"))
     bf16 = engine.predict(engine.prepare_model(model, bf16_runtime), loader, bf16_runtime)[0]
     assert bf16_runtime.channels_last and bf16.dtype == fp32.dtype == np.float32
-    assert np.abs(bf16 - fp32).max() < 0.05 and (bf16.argmax(1) == fp32.argmax(1)).mean() >= 0.9
+    assert np.abs(bf16 - fp32).max() < 0.05
+    # so no image whose two top fp32 probabilities are more than twice that apart can change its class
+    top2 = np.sort(fp32, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.1
+    assert clear.sum() >= len(fp32) // 2 and (bf16.argmax(1) == fp32.argmax(1))[clear].all()
 
 
 def test_trainable_table_counts_parameters():

@@ -103,7 +103,9 @@ def test_every_link_and_image_of_every_report_page_resolves_to_a_file(chain):
 def test_the_smoke_models_learn_well_above_chance(chain):
     for model in chain.train.models:
         record = json.loads((chain.eval_dir(model) / "metrics.json").read_text())
-        assert record["accuracy"] >= 0.35, (model, record["accuracy"])  # chance is 1/8; 0.64-0.70 seen here
+        # 64 validation images, chance 1/8: 23 or more right by chance has probability under 1e-6 (binomial);
+        # seen: 0.64-0.70 on the AMD machines, so the bar holds for another CPU's rounding too
+        assert record["accuracy"] >= 0.35, (model, record["accuracy"])
 
 
 def test_a_failing_notebook_exits_non_zero_with_the_reason_and_leaves_no_stamp(tmp_path):
@@ -112,7 +114,7 @@ def test_a_failing_notebook_exits_non_zero_with_the_reason_and_leaves_no_stamp(t
                              "--model", "resnet50", *[a for o in overrides for a in ("--set", o)]],
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert "split.csv does not exist: run notebook 01 first" in result.stderr.splitlines()[-2]
+    assert "split.csv does not exist: run notebook 01 first" in result.stderr.splitlines()[-1]
     cfg = config.load_profile("smoke", overrides)
     assert not cli.executed_notebook_path(cfg, "02_train", "resnet50").exists()
 
@@ -134,8 +136,16 @@ def test_the_audit_recovers_the_planted_traps_and_reaches_the_index(chain):
         assert headline.loc[model, "ECE"] == pytest.approx(record["ece"], abs=1e-5)
         masked = pd.read_csv(tables / f"{model}_guide_box_masked.csv", index_col=0)
         assert list(masked.index) == [*chain.data.classes, "all"]
-        # the upper-GI classes carry no box: masking it changes nothing there
-        assert (masked.loc[["esophagitis", "normal-pylorus", "normal-z-line"], "difference"].abs() < 0.2).all()
+        # the table's arithmetic, exact whatever the model learned (8 images a class cannot bound a trained
+        # model's change: one image is 0.125): accuracy from predictions.csv, change = masked - unmasked,
+        # "all" weighted by images
+        predictions = pd.read_csv(chain.eval_dir(model) / "predictions.csv")
+        right = (predictions["true"] == predictions["pred"]).groupby(predictions["label"]).mean()
+        masked_accuracy = masked.iloc[:, 1]
+        assert masked["accuracy"].drop("all").to_numpy() == pytest.approx(right[chain.data.classes].to_numpy())
+        assert masked["difference"].to_numpy() == pytest.approx((masked_accuracy - masked["accuracy"]).to_numpy())
+        counts = predictions["label"].value_counts()[chain.data.classes].to_numpy()
+        assert masked_accuracy["all"] == pytest.approx((masked_accuracy.drop("all") * counts).sum() / counts.sum())
         assert (chain.report_dir / "figures" / f"{model}_figure3_gradcam.png").stat().st_size > 10_000
         assert (chain.report_dir / "figures" / f"{model}_reliability.png").exists()
     index = (chain.report_dir / "index.html").read_text()
