@@ -73,10 +73,10 @@ lab: $(SETUP_STAMP) ## open the notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks
 
 bench: $(SETUP_STAMP) ## measure the stages and project the paper protocol here (BENCH=--baseline: before/after); writes reports/bench/bench.json
-	$(PY) -m kvasir_utils.bench $(BENCH)
+	$(PY) -m kvasir_utils.bench.projection $(BENCH)
 
 gpu-check: $(SETUP_STAMP) ## on a GPU machine: paper-scale epoch, whole protocol, concurrent runs; writes reports/bench/gpu_check.json
-	$(PY) -m kvasir_utils.gpucheck
+	$(PY) -m kvasir_utils.bench.gpucheck
 
 clean: ## delete the runs and reports of PROFILE (keeps data/ and .venv)
 	@$(SUBMAKE) pipeline-clean

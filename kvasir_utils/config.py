@@ -196,6 +196,11 @@ class Config(Section):
         return self.run_dir / "split.csv"
 
     @property
+    def dataset_record(self) -> Path:
+        """The dataset archive the run's split was made from (written by notebook 01 with the split)."""
+        return self.run_dir / "dataset.json"
+
+    @property
     def notebook_dir(self) -> Path:
         return self.run_dir / "notebooks"
 

@@ -8,8 +8,11 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision import models
 
-from kvasir_utils import audit, paper, synthetic
+from kvasir_utils.analysis import audit, labels, metrics, runs
+from kvasir_utils.data import duplicates, overlays, synthetic
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.report import plots
+from kvasir_utils.train import explain
 
 PER_CLASS = 30
 SEED = 2
@@ -19,11 +22,11 @@ SEED = 2
 def trapped(tmp_path_factory):
     """A generated archive's images (JPEG bytes, archive order) and what was planted in them."""
     path = tmp_path_factory.mktemp("audit") / "k.zip"
-    synthetic.make_archive(path, paper.CLASSES, PER_CLASS, seed=SEED, large_fraction=0.2)
+    synthetic.make_archive(path, labels.CLASSES, PER_CLASS, seed=SEED, large_fraction=0.2)
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         payloads = [archive.read(name) for name in names]
-    truth = synthetic.planted_traps(paper.CLASSES, PER_CLASS, seed=SEED)
+    truth = synthetic.planted_traps(labels.CLASSES, PER_CLASS, seed=SEED)
     assert [name.split("/", 1)[1] for name in names] == list(truth["path"])
     return truth, payloads
 
@@ -40,7 +43,7 @@ def _jpeg(image: Image.Image, quality: int) -> Image.Image:
 
 def _teal(image: Image.Image) -> np.ndarray:
     pixels = np.asarray(image.convert("RGB"), np.float32)
-    return np.linalg.norm(pixels - np.array(audit.GUIDE_BOX_RGB, np.float32), axis=-1) < audit.GUIDE_BOX_TOLERANCE
+    return np.linalg.norm(pixels - np.array(overlays.GUIDE_BOX_RGB, np.float32), axis=-1) < overlays.GUIDE_BOX_TOLERANCE
 
 
 def _outside(size, *regions) -> np.ndarray:
@@ -61,10 +64,10 @@ def test_planted_rates_follow_the_constant_and_upper_gi_has_none(trapped):
 
 def test_has_guide_box_recovers_every_planted_box(trapped):
     truth, payloads = trapped
-    found = truth.assign(has_box=[audit.has_guide_box(_open(p)) for p in payloads])
+    found = truth.assign(has_box=[overlays.has_guide_box(_open(p)) for p in payloads])
     assert (found["has_box"] == found["guide_box"]).all()
     rates = audit.guide_box_rates(found).set_index("label")
-    assert list(rates.index) == paper.CLASSES and rates["images"].eq(PER_CLASS).all()
+    assert list(rates.index) == labels.CLASSES and rates["images"].eq(PER_CLASS).all()
     expected = pd.Series(synthetic.GUIDE_BOX_RATES)[rates.index]
     assert (rates["rate"] - expected).abs().max() <= 0.1
 
@@ -85,23 +88,23 @@ def test_detection_survives_jpeg_recompression_and_the_cache_resize(trapped, qua
         image = _open(payloads[index])
         if short_side:
             image = image.resize((image.width * short_side // image.height, short_side), Image.BILINEAR)
-        assert audit.has_guide_box(_jpeg(image, quality)) == truth.at[index, "guide_box"]
+        assert overlays.has_guide_box(_jpeg(image, quality)) == truth.at[index, "guide_box"]
 
 
 @pytest.mark.parametrize("dye", [(40, 60, 170), (70, 80, 200), (30, 160, 200), (25, 120, 180)])
 def test_blue_dye_in_the_box_corner_is_not_a_guide_box(trapped, dye):
     truth, payloads = trapped
     image = _open(payloads[truth.index[~truth["guide_box"]][0]])
-    left, top, right, bottom = audit.region_pixels(image.size, audit.GUIDE_BOX)
+    left, top, right, bottom = overlays.region_pixels(image.size, overlays.GUIDE_BOX)
     ImageDraw.Draw(image).ellipse((left - 20, top - 20, right + 20, bottom + 20), fill=dye)
-    assert audit.teal_fraction(_jpeg(image, 75)) < 0.05
-    assert not audit.has_guide_box(_jpeg(image, 75))
+    assert overlays.teal_fraction(_jpeg(image, 75)) < 0.05
+    assert not overlays.has_guide_box(_jpeg(image, 75))
 
 
 def test_a_teal_box_elsewhere_in_the_frame_is_not_the_guide_box():
     image = Image.new("RGB", (720, 576), (150, 70, 60))
-    ImageDraw.Draw(image).rectangle((460, 20, 680, 200), fill=audit.GUIDE_BOX_RGB)
-    assert not audit.has_guide_box(image)
+    ImageDraw.Draw(image).rectangle((460, 20, 680, 200), fill=overlays.GUIDE_BOX_RGB)
+    assert not overlays.has_guide_box(image)
 
 
 def test_masking_removes_every_box_pixel_and_nothing_else(trapped):
@@ -111,13 +114,13 @@ def test_masking_removes_every_box_pixel_and_nothing_else(trapped):
     assert large, "the archive should hold large frames with a box"
     for index in list(boxed[:4]) + large:
         image = _open(payloads[index])
-        mask = audit.region_pixels(image.size, audit.GUIDE_BOX, audit.MASK_MARGIN)
-        masked = audit.mask_overlays(image, "guide_box")
+        mask = overlays.region_pixels(image.size, overlays.GUIDE_BOX, overlays.MASK_MARGIN)
+        masked = overlays.mask_overlays(image, "guide_box")
         box = np.zeros(image.size[::-1], bool)
-        left, top, right, bottom = audit.region_pixels(image.size, audit.GUIDE_BOX)
+        left, top, right, bottom = overlays.region_pixels(image.size, overlays.GUIDE_BOX)
         box[top:bottom, left:right] = True
         assert _teal(image)[box].mean() > 0.9 and not _teal(masked)[box].any()
-        assert not audit.has_guide_box(masked)
+        assert not overlays.has_guide_box(masked)
         keep = _outside(image.size, mask)
         assert np.array_equal(np.asarray(masked)[keep], np.asarray(image)[keep])
         assert masked.size == image.size and image is not masked
@@ -127,32 +130,32 @@ def test_masking_removes_every_box_pixel_and_nothing_else(trapped):
 def test_no_teal_of_the_box_survives_the_mask_even_at_jpeg_edges(class_index, size):
     scene = synthetic.make_image(np.random.default_rng(class_index), class_index, size)
     without = _jpeg(synthetic.draw_overlays(scene, False, 0.5, "x"), 90)
-    masked = audit.mask_overlays(_jpeg(synthetic.draw_overlays(scene, True, 0.5, "x"), 90), "guide_box")
+    masked = overlays.mask_overlays(_jpeg(synthetic.draw_overlays(scene, True, 0.5, "x"), 90), "guide_box")
     assert not (_teal(masked) & ~_teal(without)).any()
 
 
 def test_text_mask_blanks_the_burnt_in_text(trapped):
     truth, payloads = trapped
     image = _open(payloads[0])
-    text = audit.region_pixels(image.size, audit.TEXT_REGION, audit.MASK_MARGIN)
+    text = overlays.region_pixels(image.size, overlays.TEXT_REGION, overlays.MASK_MARGIN)
     bright = np.asarray(image).min(axis=-1) > 200
     assert bright[text[1]:text[3], text[0]:text[2]].sum() > 200
-    masked = audit.mask_overlays(image, "guide_box_and_text")
+    masked = overlays.mask_overlays(image, "guide_box_and_text")
     assert not (np.asarray(masked).min(axis=-1) > 200)[text[1]:text[3], text[0]:text[2]].any()
-    keep = _outside(image.size, text, audit.region_pixels(image.size, audit.GUIDE_BOX, audit.MASK_MARGIN))
+    keep = _outside(image.size, text, overlays.region_pixels(image.size, overlays.GUIDE_BOX, overlays.MASK_MARGIN))
     assert np.array_equal(np.asarray(masked)[keep], np.asarray(image)[keep])
-    assert np.array_equal(np.asarray(audit.mask_overlays(image, "none")), np.asarray(image))
+    assert np.array_equal(np.asarray(overlays.mask_overlays(image, "none")), np.asarray(image))
 
 
 def test_an_unknown_mask_mode_names_the_allowed_ones():
     with pytest.raises(KvasirError, match="'box'.*none, guide_box, guide_box_and_text"):
-        audit.mask_overlays(Image.new("RGB", (8, 8)), "box")
+        overlays.mask_overlays(Image.new("RGB", (8, 8)), "box")
 
 
 def test_planted_traps_describe_small_archives_too(tmp_path):
     for per_class, copies in ((3, 0), (8, 2)):
-        path = synthetic.make_archive(tmp_path / f"{per_class}.zip", paper.CLASSES[:3], per_class, seed=4)
-        truth = synthetic.planted_traps(paper.CLASSES[:3], per_class, seed=4)
+        path = synthetic.make_archive(tmp_path / f"{per_class}.zip", labels.CLASSES[:3], per_class, seed=4)
+        truth = synthetic.planted_traps(labels.CLASSES[:3], per_class, seed=4)
         with zipfile.ZipFile(path) as archive:
             assert [n.split("/", 1)[1] for n in archive.namelist()] == list(truth["path"])
         assert truth.groupby("label")["duplicate_of"].count().eq(copies).all()
@@ -167,15 +170,15 @@ def _planted_pairs(truth: pd.DataFrame) -> set:
 
 def test_near_duplicate_finder_recovers_the_planted_pairs(trapped):
     truth, payloads = trapped
-    hashes = audit.perceptual_hashes(_open(p) for p in payloads)
+    hashes = duplicates.perceptual_hashes(_open(p) for p in payloads)
     assert hashes.dtype == np.uint64 and hashes.shape == (len(payloads),)
-    pairs = audit.near_duplicate_pairs(hashes)
+    pairs = duplicates.near_duplicate_pairs(hashes)
     found, planted = set(zip(pairs["i"], pairs["j"])), _planted_pairs(truth)
-    assert len(planted) == len(paper.CLASSES) * synthetic.NEAR_DUPLICATES_PER_CLASS
+    assert len(planted) == len(labels.CLASSES) * synthetic.NEAR_DUPLICATES_PER_CLASS
     assert planted <= found
     n = len(payloads)
     assert len(found - planted) <= n * (n - 1) / 2 / 5000
-    groups = audit.duplicate_groups(n, pairs.loc[[p in planted for p in zip(pairs["i"], pairs["j"])]])
+    groups = duplicates.duplicate_groups(n, pairs.loc[[p in planted for p in zip(pairs["i"], pairs["j"])]])
     assert len(np.unique(groups)) == n - len(planted)
     assert all(groups[i] == groups[j] for i, j in planted)
 
@@ -184,7 +187,7 @@ def test_pairs_are_found_across_blocks_exactly_as_by_brute_force():
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, 1100, dtype=np.uint64)
     hashes[1050] = hashes[3] ^ np.uint64(0b1011)  # a twin three bits away, in another block
-    pairs = audit.near_duplicate_pairs(hashes, max_distance=24)
+    pairs = duplicates.near_duplicate_pairs(hashes, max_distance=24)
     bits = np.unpackbits(hashes.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1)
     distance = (bits[:, None, :] != bits[None, :, :]).sum(axis=-1)
     i, j = np.nonzero(np.triu(distance <= 24, 1))
@@ -194,9 +197,9 @@ def test_pairs_are_found_across_blocks_exactly_as_by_brute_force():
 
 def test_groups_follow_chains_and_twins_are_counted_per_class():
     hashes = np.array([0b0, 0b1, 0b11, 0xFF00, 0xFF01, 0xF0F0F0], np.uint64)
-    pairs = audit.near_duplicate_pairs(hashes, max_distance=1)
+    pairs = duplicates.near_duplicate_pairs(hashes, max_distance=1)
     assert list(zip(pairs["i"], pairs["j"], pairs["distance"])) == [(0, 1, 1), (1, 2, 1), (3, 4, 1)]
-    groups = audit.duplicate_groups(len(hashes), pairs)
+    groups = duplicates.duplicate_groups(len(hashes), pairs)
     assert groups[0] == groups[1] == groups[2] != groups[3] == groups[4] != groups[5] != groups[0]
     split = pd.DataFrame({"path": list("abcdef"), "label": ["x", "x", "x", "y", "y", "y"],
                           "split": ["train", "val", "val", "val", "val", "val"]})
@@ -210,25 +213,25 @@ P = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])
 
 
 def test_reliability_table_bins_are_right_closed_and_hold_counts():
-    table = audit.reliability_table(Y, P, bins=5)
+    table = metrics.reliability_table(Y, P, bins=5)
     assert table["count"].tolist() == [0, 0, 1, 2, 1]
     assert table["confidence"].iloc[2:].tolist() == pytest.approx([0.6, 0.75, 0.9])
     assert table["accuracy"].iloc[2:].tolist() == pytest.approx([0.0, 1.0, 1.0])
-    assert len(audit.reliability_table(Y, P)) == audit.CALIBRATION_BINS == 15
+    assert len(metrics.reliability_table(Y, P)) == metrics.CALIBRATION_BINS == 15
 
 
 def test_ece_and_brier_match_hand_computed_values():
     # bins (0.4,0.6]: 1 wrong at 0.6; (0.6,0.8]: 2 right at 0.75 mean; (0.8,1]: 1 right at 0.9
-    assert audit.expected_calibration_error(Y, P, bins=5) == pytest.approx(0.6 / 4 + 0.25 * 2 / 4 + 0.1 / 4)
-    assert audit.brier_score(Y, P) == pytest.approx((0.02 + 0.72 + 0.18 + 0.08) / 4)
+    assert metrics.expected_calibration_error(Y, P, bins=5) == pytest.approx(0.6 / 4 + 0.25 * 2 / 4 + 0.1 / 4)
+    assert metrics.brier_score(Y, P) == pytest.approx((0.02 + 0.72 + 0.18 + 0.08) / 4)
     certain = np.eye(3)[[0, 2, 1]]
-    assert audit.expected_calibration_error([0, 2, 1], certain) == 0.0
-    assert audit.brier_score([0, 2, 1], certain) == 0.0 and audit.brier_score([1, 0, 2], certain) == 2.0
+    assert metrics.expected_calibration_error([0, 2, 1], certain) == 0.0
+    assert metrics.brier_score([0, 2, 1], certain) == 0.0 and metrics.brier_score([1, 0, 2], certain) == 2.0
 
 
 def test_calibration_refuses_mismatched_inputs():
     with pytest.raises(KvasirError, match="3 labels .* shape \\(4, 2\\)"):
-        audit.brier_score([0, 1, 1], P)
+        metrics.brier_score([0, 1, 1], P)
 
 
 @pytest.mark.parametrize("build, expected", [
@@ -238,14 +241,14 @@ def test_calibration_refuses_mismatched_inputs():
 ])
 def test_cam_target_layer_is_the_last_spatial_block(build, expected):
     model = build(weights=None, num_classes=8).train()
-    assert audit.cam_target_layer(model, input_size=64) is expected(model)
+    assert explain.cam_target_layer(model, input_size=64) is expected(model)
     assert model.training
 
 
 def test_cam_target_layer_refuses_a_model_without_feature_maps():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
     with pytest.raises(KvasirError, match="no module with a spatial feature map"):
-        audit.cam_target_layer(model, input_size=16)
+        explain.cam_target_layer(model, input_size=16)
 
 
 def test_gradcam_overlays_have_the_display_size_and_depend_on_the_target():
@@ -255,18 +258,17 @@ def test_gradcam_overlays_have_the_display_size_and_depend_on_the_target():
     images = [synthetic.make_image(rng, k, (100, 76)) for k in range(2)]
     tensors = torch.stack([torch.from_numpy(np.asarray(im.resize((96, 96)), np.float32) / 255).permute(2, 0, 1)
                            for im in images])
-    first = audit.gradcam_overlays(model, images, tensors, [0, 0])
-    second = audit.gradcam_overlays(model, images, tensors, [2, 2])
+    first = explain.gradcam_overlays(model, images, tensors, [0, 0])
+    second = explain.gradcam_overlays(model, images, tensors, [2, 2])
     assert [o.shape for o in first] == [(76, 100, 3)] * 2 and first[0].dtype == np.uint8
     assert np.abs(first[0].astype(int) - second[0].astype(int)).mean() > 5
 
 
 def test_gradcam_grid_puts_right_and_wrong_examples_of_each_class_in_their_row():
-    from kvasir_utils import plots
 
     predictions = pd.DataFrame({"true": [0, 0, 0, 1, 1, 2], "pred": [0, 1, 0, 1, 1, 0],
                                 "confidence": [0.9, 0.6, 0.8, 0.7, 0.95, 0.5]})
-    rows = plots.pick_examples_per_class(predictions, correct=1, incorrect=1, seed=0)
+    rows = runs.pick_examples_per_class(predictions, correct=1, incorrect=1, seed=0)
     assert rows.groupby(["true", "correct"]).size().to_dict() == {(0, False): 1, (0, True): 1, (1, True): 1,
                                                                    (2, False): 1}
     overlays = [np.full((6, 8, 3), 40 * k, np.uint8) for k in range(len(rows))]

@@ -1,4 +1,4 @@
-"""The device backend against the PIL reference (transforms.train_preset): same parameter
+"""The device backend against the PIL reference (presets.train_preset): same parameter
 distributions, same pixels where the parameters are fixed, padding that never shows."""
 
 import pickle
@@ -11,8 +11,9 @@ from scipy import stats
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from kvasir_utils import augment, synthetic, transforms
 from kvasir_utils.config import TransformsConfig
+from kvasir_utils.data import overlays, synthetic
+from kvasir_utils.train import augment, presets
 
 SIZES = [(256, 320), (256, 459), (256, 256)]  # (h, w): the cache's short side 256, long side varies
 DRAWS = 4002  # parameter sets per backend, the sizes in turn
@@ -189,7 +190,7 @@ def test_loader_side_pieces_pickle_and_mask_the_overlays():
     t = TransformsConfig(mask_overlays="guide_box_and_text")
     to_tensor = pickle.loads(pickle.dumps(augment.to_uint8_tensor(t)))
     frame = _frame()
-    expected = torch.from_numpy(np.array(transforms.MaskOverlays(t.mask_overlays)(frame))).permute(2, 0, 1)
+    expected = torch.from_numpy(np.array(overlays.MaskOverlays(t.mask_overlays)(frame))).permute(2, 0, 1)
     assert torch.equal(to_tensor(frame), expected) and not torch.equal(to_tensor(frame), F.pil_to_tensor(frame))
     assert torch.equal(augment.to_uint8_tensor(TransformsConfig())(frame), F.pil_to_tensor(frame))
     assert pickle.loads(pickle.dumps(augment.pad_collate)) is augment.pad_collate
@@ -205,7 +206,7 @@ def test_pixels_match_the_pil_preset_with_fixed_settings(flip_p):
     t = TransformsConfig(hflip_p=flip_p, vflip_p=flip_p, rotation_degrees=0, brightness=0, contrast=0,
                          crop_scale=[1.0, 1.0], crop_ratio=[w / h, w / h])
     frame = _frame((h, w))
-    reference = transforms.train_preset(t)(frame)
+    reference = presets.train_preset(t)(frame)
     images, sizes, _ = _batch([frame])
     out = augment.DeviceAugment(t)(images, sizes, torch.Generator().manual_seed(0))[0]
     assert (out - reference).abs().mean() < PIXEL_TOLERANCE

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvasir_utils import bench
+from kvasir_utils.bench import projection
 from kvasir_utils.config import load_profile
 
 
@@ -25,13 +25,13 @@ def test_the_protocol_is_projected_from_the_measured_stage_rates():
         _row("efficientnet_b0", "stage1", 64.0, 160.0, 256 / 64),
         _row("efficientnet_b0", "stage2", 64.0, 160.0, 256 / 64 - 1),  # a faster first epoch adds nothing
     ]}
-    projection = bench.project_protocol(cfg, measured)
+    projected = projection.project_protocol(cfg, measured)
     stages = [30 + 5 * 6400 / 40 + 1600 / 40 + 4 * 1600 / 1600,   # 874
               20 + 5 * 6400 / 32 + 10 + 5 * 1600 / 80,              # 1130
               5 * (6400 / 64 + 1600 / 160), 5 * (6400 / 64 + 1600 / 160)]  # 550, 550
     expected = 8000 * 0.01 + sum(stages) + 1600 / 40 + 1600 / 160  # data stage, stages, notebook 04 (full passes)
-    assert [row["seconds"] for row in projection["stages"]] == pytest.approx(stages)
-    assert projection["protocol_minutes"] == pytest.approx(expected / 60)
+    assert [row["seconds"] for row in projected["stages"]] == pytest.approx(stages)
+    assert projected["protocol_minutes"] == pytest.approx(expected / 60)
 
 
 def test_the_compute_floor_counts_every_forward_pass_at_the_peak():
@@ -40,7 +40,7 @@ def test_the_compute_floor_counts_every_forward_pass_at_the_peak():
                            _row("resnet50", "stage2", 32.0, 80.0, 9),
                            _row("efficientnet_b0", "stage1", 64.0, 160.0, 4, reuses=True),
                            _row("efficientnet_b0", "stage2", 64.0, 160.0, 4)]}
-    bound = bench.compute_bound(cfg, measured, peak=400.0)
+    bound = projection.compute_bound(cfg, measured, peak=400.0)
     r, e = bound["forward_gflops_per_image"]["resnet50"], bound["forward_gflops_per_image"]["efficientnet_b0"]
     assert r == pytest.approx(8.17, abs=0.01) and e == pytest.approx(0.77, abs=0.01)  # 2 FLOPs a multiply-add
     forwards = {"resnet50": 10 * 6400 + (1 + 5 + 1) * 1600, "efficientnet_b0": 10 * 6400 + (1 + 5 + 1) * 1600}

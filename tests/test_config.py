@@ -3,7 +3,8 @@ import re
 import pytest
 import yaml
 
-from kvasir_utils import config, labels, paper
+from kvasir_utils import config
+from kvasir_utils.analysis import labels, paper
 from kvasir_utils.config import ConfigError, load_profile
 
 

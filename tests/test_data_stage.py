@@ -10,9 +10,11 @@ import sys
 import pandas as pd
 import pytest
 
-from kvasir_utils import config, data, engine, io
+from kvasir_utils import config, io
+from kvasir_utils.data import prepare, synthetic
 from kvasir_utils.errors import KvasirError
-from tests.conftest import TINY, prepare_tiny_dataset, tmp_overrides
+from kvasir_utils.train import hardware, stages
+from tests.helpers import TINY, prepare_tiny_dataset, tmp_overrides
 
 
 def _prepare(root, queue):
@@ -22,7 +24,7 @@ def _prepare(root, queue):
     out = stdio.StringIO()
     with contextlib.redirect_stdout(out):
         cfg = config.load_profile("smoke", tmp_overrides(root) + TINY + ["cache.workers=1"])
-        prepared = data.prepare_dataset(cfg, progress=False)
+        prepared = prepare.prepare_dataset(cfg, progress=False)
     queue.put((os.getpid(), prepared.newly_cached, len(prepared.manifest), out.getvalue()))
 
 
@@ -41,7 +43,7 @@ def test_two_runs_preparing_the_same_dataset_at_once_prepare_it_once(tmp_path):
     assert second_built == 0  # ... the other decoded none
     assert f"waiting for process {first_pid}" in second_out  # it waited for the first, and said so
     cfg = config.load_profile("smoke", tmp_overrides(tmp_path) + TINY)
-    cached = sorted(data.cache_dir(cfg).rglob("*.jpg"))
+    cached = sorted(prepare.cache_dir(cfg).rglob("*.jpg"))
     assert len(cached) == images and not list(cfg.dataset_dir.rglob("*.tmp*"))
 
 
@@ -73,15 +75,15 @@ def test_a_new_split_is_refused_where_models_were_trained_on_the_old_one(tmp_pat
     other = config.load_profile("smoke", tmp_overrides(tmp_path) + TINY + ["split.seed=7"])
     split = pd.read_csv(cfg.split_csv)
     reshuffled = split.assign(split=split["split"].sample(frac=1, random_state=1).to_numpy())
-    data.write_run_split(other, reshuffled)  # nothing trained yet: the split may change
-    data.write_run_split(cfg, split)
-    runtime = engine.resolve_runtime(cfg.runtime)
-    model = engine.model_for_stage(cfg, "resnet18", "stage1")
-    engine.fit_stage(model, cfg, "resnet18", "stage1", engine.make_loaders(cfg, runtime), runtime)
-    data.write_run_split(cfg, split)  # the same split again is fine
+    prepare.write_run_split(other, reshuffled)  # nothing trained yet: the split may change
+    prepare.write_run_split(cfg, split)
+    runtime = hardware.resolve_runtime(cfg.runtime)
+    model = stages.model_for_stage(cfg, "resnet18", "stage1")
+    stages.fit_stage(model, cfg, "resnet18", "stage1", stages.make_loaders(cfg, runtime), runtime)
+    prepare.write_run_split(cfg, split)  # the same split again is fine
     with pytest.raises(KvasirError, match=r"holds models trained on the split .* moved between train and val"
                                           r"(.|\n)*make clean PROFILE=smoke(.|\n)*paths.runs"):
-        data.write_run_split(other, reshuffled)
+        prepare.write_run_split(other, reshuffled)
     assert cfg.split_csv.read_bytes() == before
 
 
@@ -90,7 +92,6 @@ def _cli(*args, cwd=None):
 
 
 def test_a_relative_profile_path_works_and_a_grouped_split_keeps_planted_duplicates_together(tmp_path):
-    from kvasir_utils import synthetic
 
     (tmp_path / "my").mkdir()
     (tmp_path / "my" / "profile.yaml").write_text("base: smoke\nsplit:\n  group_near_duplicates: true\n")

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kvasir_utils import cache, extract, labels, synthetic
+from kvasir_utils.analysis import labels
+from kvasir_utils.data import cache, extract, layout, prepare, synthetic
+from kvasir_utils.data.split import make_split
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.split import make_split
 
 
 def _jpeg(size=(64, 48)) -> bytes:
@@ -75,20 +76,20 @@ def _folder(tmp_path, classes, extra=None):
 def test_a_missing_class_folder_is_named(tmp_path):
     root = _folder(tmp_path, labels.CLASSES[:-1])
     with pytest.raises(KvasirError, match="missing from the dataset .*: ulcerative-colitis"):
-        extract.find_class_root(root, labels.CLASSES)
+        layout.find_class_root(root, labels.CLASSES)
 
 
 def test_an_archive_of_something_else_is_named(tmp_path):
     (tmp_path / "x" / "cats").mkdir(parents=True)
     with pytest.raises(KvasirError, match="no class folder .* is this a Kvasir v2 archive"):
-        extract.find_class_root(tmp_path / "x", labels.CLASSES)
+        layout.find_class_root(tmp_path / "x", labels.CLASSES)
 
 
 def test_corrupt_images_are_reported_by_path_and_other_files_ignored(tmp_path):
     root = _folder(tmp_path, labels.CLASSES, extra={"polyps/notes.txt": b"hi", "polyps/._a.jpg": b"apple",
                                                    "polyps/broken.jpg": _jpeg((640, 480))[:300]})
-    class_root = extract.find_class_root(root, labels.CLASSES)
-    images = extract.scan_images(class_root, labels.CLASSES)
+    class_root = layout.find_class_root(root, labels.CLASSES)
+    images = layout.scan_images(class_root, labels.CLASSES)
     assert len(images) == 17 and "polyps/notes.txt" not in set(images["path"])
     manifest, _ = cache.build_cache(class_root, images, tmp_path / "cache", 32, workers=1, progress=False)
     check = cache.check_dataset(manifest, labels.CLASSES, expected_per_class=2)
@@ -101,8 +102,8 @@ def test_corrupt_images_are_reported_by_path_and_other_files_ignored(tmp_path):
 
 
 def test_cache_resizes_short_side_and_is_reused(tmp_path):
-    root = extract.find_class_root(_folder(tmp_path, labels.CLASSES), labels.CLASSES)
-    images = extract.scan_images(root, labels.CLASSES)
+    root = layout.find_class_root(_folder(tmp_path, labels.CLASSES), labels.CLASSES)
+    images = layout.scan_images(root, labels.CLASSES)
     first, _ = cache.build_cache(root, images, tmp_path / "cache", 40, workers=1, progress=False)
     with Image.open(tmp_path / "cache" / "polyps" / "b.jpg") as im:
         assert im.size == (50, 40)
@@ -143,8 +144,8 @@ def test_generated_archive_is_deterministic_and_kvasir_shaped(tmp_path):
 def test_a_rerun_with_skip_after_the_unreadable_image_error_checks_the_dataset(tmp_path):
     # The error message's remedy (data.on_unreadable=skip) reruns on the manifest read back from disk.
     root = _folder(tmp_path, labels.CLASSES, extra={"polyps/broken.jpg": _jpeg((640, 480))[:300]})
-    class_root = extract.find_class_root(root, labels.CLASSES)
-    images = extract.scan_images(class_root, labels.CLASSES)
+    class_root = layout.find_class_root(root, labels.CLASSES)
+    images = layout.scan_images(class_root, labels.CLASSES)
     first, _ = cache.build_cache(class_root, images, tmp_path / "cache", 32, workers=1, progress=False)
     with pytest.raises(KvasirError, match="data.on_unreadable=skip"):
         cache.usable_images(first, "error")
@@ -164,12 +165,12 @@ def _noisy_folder(tmp_path):
 
 
 def test_the_cache_is_keyed_by_everything_that_changes_its_bytes(tmp_path):
-    from kvasir_utils import config, data
+    from kvasir_utils import config
 
     root = _noisy_folder(tmp_path)
-    images = extract.scan_images(root, labels.CLASSES)
+    images = layout.scan_images(root, labels.CLASSES)
     overrides = [f"paths.data={tmp_path / 'data'}"]
-    folders = {q: data.cache_dir(config.load_profile("smoke", [*overrides, f"cache.quality={q}"])) for q in (95, 50)}
+    folders = {q: prepare.cache_dir(config.load_profile("smoke", [*overrides, f"cache.quality={q}"])) for q in (95, 50)}
     assert folders[95] != folders[50]
     manifests = {q: cache.build_cache(root, images, folders[q], 72, q, workers=1, progress=False)[0] for q in folders}
     first = (folders[95] / "polyps" / "x.jpg").read_bytes()

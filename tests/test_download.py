@@ -3,7 +3,8 @@ import socket
 
 import pytest
 
-from kvasir_utils.download import fetch_archive
+from kvasir_utils.data import sources
+from kvasir_utils.data.sources import fetch_archive
 from kvasir_utils.errors import KvasirError
 
 
@@ -119,19 +120,18 @@ def test_a_stale_partial_file_answered_with_416_is_downloaded_afresh(http_server
 
 
 def test_the_archive_is_hashed_once_and_a_change_is_noticed(http_server, small_archive, tmp_path, monkeypatch):
-    from kvasir_utils import download
 
     url, size = _serve(http_server, small_archive)
     dest = fetch_archive([url], tmp_path / "kvasir.zip", size=size, progress=False)
-    record = download.read_archive_record(dest)
+    record = sources.read_archive_record(dest)
     assert record["sha256"] == hashlib.sha256(small_archive.read_bytes()).hexdigest() and record["source"] == url
     calls = []
-    monkeypatch.setattr(download, "sha256_file", lambda path: calls.append(path) or "0" * 64)
+    monkeypatch.setattr(sources, "sha256_file", lambda path: calls.append(path) or "0" * 64)
     fetch_archive([url], dest, size=size, progress=False)
     assert calls == []  # the second run reads the recorded value
     dest.write_bytes(dest.read_bytes()[:-1] + b"!")  # same size, other content, newer file
     fetch_archive([url], dest, progress=False)
-    assert calls == [dest] and download.read_archive_record(dest)["sha256"] == "0" * 64
+    assert calls == [dest] and sources.read_archive_record(dest)["sha256"] == "0" * 64
 
 
 def test_an_archive_fetched_from_another_address_under_the_same_name_is_not_reused(http_server, small_archive,

@@ -5,16 +5,19 @@ import pandas as pd
 import pytest
 import torch
 
-from kvasir_utils import engine, history, models, plots
+from kvasir_utils.analysis.runs import read_history, read_tensorboard
 from kvasir_utils.config import STAGES, RuntimeConfig
 from kvasir_utils.errors import KvasirError
-from tests.conftest import tiny_config
+from kvasir_utils.report import plots
+from kvasir_utils.train import checkpoints, frozen, hardware, loop, models, stages
+from kvasir_utils.train.frozen import split_frozen
+from tests.helpers import tiny_config
 
 
 def _train(cfg, model_name="resnet18", stage="stage1", on_epoch_end=None):
-    runtime = engine.resolve_runtime(cfg.runtime)
-    model = engine.model_for_stage(cfg, model_name, stage)
-    history = engine.fit_stage(model, cfg, model_name, stage, engine.make_loaders(cfg, runtime), runtime,
+    runtime = hardware.resolve_runtime(cfg.runtime)
+    model = stages.model_for_stage(cfg, model_name, stage)
+    history = stages.fit_stage(model, cfg, model_name, stage, stages.make_loaders(cfg, runtime), runtime,
                                on_epoch_end=on_epoch_end)
     return model, history
 
@@ -55,7 +58,7 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tiny_data, tmp_path):
     whole, _ = _train(tiny_config(tiny_data, tmp_path / "whole", settings))
 
     cfg, resumed, history = _interrupted_and_resumed(tiny_data, tmp_path / "cut", settings)
-    assert engine.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")["epoch"] == 2
+    assert checkpoints.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")["epoch"] == 2
     assert list(history["epoch"]) == [1, 2]
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -71,7 +74,7 @@ def _interrupted_and_resumed(tiny_data, runs, settings):
 
     with pytest.raises(KeyboardInterrupt):
         _train(cfg, on_epoch_end=interrupt)
-    assert engine.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")["epoch"] == 1
+    assert checkpoints.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")["epoch"] == 1
     return (cfg, *_train(cfg))
 
 
@@ -79,13 +82,13 @@ def test_stage2_starts_from_stage1_and_tensorboard_holds_the_scalars(tiny_data, 
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=2",
                                         "train.stage2.epochs=1", "train.stage2.trainable=head"])
     stage1, _ = _train(cfg)
-    initial = engine.model_for_stage(cfg, "resnet18", "stage2")
+    initial = stages.model_for_stage(cfg, "resnet18", "stage2")
     stage2, _ = _train(cfg, stage="stage2")
     # stage 2 froze conv1, so it still holds what stage 1 learned, not the initial weights
     assert torch.equal(stage2.conv1.weight, stage1.conv1.weight)
     assert not torch.equal(stage2.conv1.weight, initial.conv1.weight)
-    scalars = plots.read_tensorboard({s: cfg.stage_dir("resnet18", s) / "tensorboard" for s in ("stage1", "stage2")})
-    history_frame = history.read_history(cfg, "resnet18")
+    scalars = read_tensorboard({s: cfg.stage_dir("resnet18", s) / "tensorboard" for s in ("stage1", "stage2")})
+    history_frame = read_history(cfg, "resnet18")
     assert set(scalars["tag"]) == set(plots.CURVE_TAGS)
     val_acc = scalars[scalars["tag"] == "accuracy/val"]
     assert list(val_acc["step"]) == [1, 2, 3]
@@ -132,7 +135,7 @@ def test_a_finished_stage_is_not_reused_on_another_split(tiny_data, runs):
         with pytest.raises(KvasirError, match=r"split.csv \(SHA-256 \w+ then, \w+ now\) changed"):
             _train(cfg, stage=stage)
     with pytest.raises(KvasirError, match="split.csv"):
-        engine.load_trained_model(cfg, "resnet18")  # what notebook 04 calls before it evaluates
+        checkpoints.load_trained_model(cfg, "resnet18")  # what notebook 04 calls before it evaluates
 
 
 def test_stage2_is_not_reused_after_stage1_was_retrained(tiny_data, runs):
@@ -141,11 +144,11 @@ def test_stage2_is_not_reused_after_stage1_was_retrained(tiny_data, runs):
     cfg = tiny_config(tiny_data, runs, settings)
     _train(cfg)
     _train(cfg, stage="stage2")
-    engine.load_trained_model(cfg, "resnet18")
+    checkpoints.load_trained_model(cfg, "resnet18")
     shutil.rmtree(cfg.stage_dir("resnet18", "stage1"))
     _train(tiny_config(tiny_data, runs, [*settings, "train.stage1.lr=3e-4"]))
     with pytest.raises(KvasirError, match=r"stage1 checkpoint \(SHA-256"):
-        engine.load_trained_model(tiny_config(tiny_data, runs, [*settings, "train.stage1.lr=3e-4"]), "resnet18")
+        checkpoints.load_trained_model(tiny_config(tiny_data, runs, [*settings, "train.stage1.lr=3e-4"]), "resnet18")
 
 
 def test_continue_optimizer_carries_adam_state_by_parameter_name(tiny_data, runs):
@@ -153,12 +156,12 @@ def test_continue_optimizer_carries_adam_state_by_parameter_name(tiny_data, runs
                                         "train.stage1.trainable=all", "train.stage2.epochs=1",
                                         "train.stage2.trainable=head", "train.stage2_init=continue_optimizer"])
     _train(cfg)
-    stage1 = engine.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
+    stage1 = checkpoints.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
     fc_weight = stage1["optimizer"]["state"][stage1["optimizer_params"].index("fc.weight")]
-    model = engine.model_for_stage(cfg, "resnet18", "stage2")
+    model = stages.model_for_stage(cfg, "resnet18", "stage2")
     order = models.set_trainable(model, "head")
     optimizer = torch.optim.Adam([dict(model.named_parameters())[n] for n in order])
-    assert engine.carry_adam_state(optimizer, order, stage1) == 2
+    assert stages.carry_adam_state(optimizer, order, stage1) == 2
     carried = optimizer.state_dict()["state"][order.index("fc.weight")]
     assert torch.equal(carried["exp_avg"], fc_weight["exp_avg"]) and carried["step"] == fc_weight["step"]
     _train(cfg, stage="stage2")  # and the stage trains with it (Adam crashed on conv1's moments before)
@@ -170,7 +173,7 @@ def test_frozen_batchnorm_train_lets_frozen_statistics_move(tiny_data, runs):
         cfg = tiny_config(tiny_data, runs / mode, ["train.models=[resnet18]", "train.stage1.epochs=1",
                                                    "train.stage1.trainable=head", f"train.frozen_batchnorm={mode}"])
         shutil.copytree(runs / "smoke", runs / mode / "smoke")
-        initial = engine.model_for_stage(cfg, "resnet18", "stage1").state_dict()
+        initial = stages.model_for_stage(cfg, "resnet18", "stage1").state_dict()
         trained, _ = _train(cfg)
         moved[mode] = not torch.equal(trained.layer1[0].bn1.running_mean, initial["layer1.0.bn1.running_mean"])
         assert torch.equal(trained.layer1[0].bn1.weight, initial["layer1.0.bn1.weight"])  # frozen either way
@@ -179,31 +182,31 @@ def test_frozen_batchnorm_train_lets_frozen_statistics_move(tiny_data, runs):
 
 def test_epoch_seeds_never_collide_across_seeds_stages_and_epochs():
     keys = [(seed, stage, epoch) for seed in range(20) for stage in STAGES for epoch in range(1, 301)]
-    seeds = [engine.epoch_seed(*key) for key in keys]
+    seeds = [loop.epoch_seed(*key) for key in keys]
     assert len(set(seeds)) == len(keys)
-    assert engine.epoch_seed(1, "stage1", 101) != engine.epoch_seed(1, "stage2", 1)
-    assert engine.epoch_seed(1, "stage1", 3) == engine.epoch_seed(1, "stage1", 3) < 2**63
+    assert loop.epoch_seed(1, "stage1", 101) != loop.epoch_seed(1, "stage2", 1)
+    assert loop.epoch_seed(1, "stage1", 3) == loop.epoch_seed(1, "stage1", 3) < 2**63
 
 
 @pytest.mark.parametrize(("mode", "deterministic", "warn_only"), [("auto", True, True), ("on", True, False),
                                                                    ("off", False, False)])
 def test_runtime_deterministic_sets_torchs_switches(mode, deterministic, warn_only):
     try:
-        runtime = engine.resolve_runtime(RuntimeConfig(deterministic=mode))
+        runtime = hardware.resolve_runtime(RuntimeConfig(deterministic=mode))
         assert torch.are_deterministic_algorithms_enabled() == deterministic
         assert torch.is_deterministic_algorithms_warn_only_enabled() == warn_only
         assert f"deterministic algorithms {mode}" in runtime.describe()
     finally:
-        engine.apply_determinism("auto", "cpu")
+        hardware.apply_determinism("auto", "cpu")
 
 
 def test_bf16_gives_the_predictions_of_fp32_on_a_trained_model(tiny_data, runs):
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=3", "train.stage1.lr=2e-3"])
     model, _ = _train(cfg)
-    loader = engine.make_loaders(cfg, engine.resolve_runtime(cfg.runtime))["val"]
-    fp32 = engine.predict(model, loader, engine.resolve_runtime(RuntimeConfig(precision="fp32")))[0]
-    bf16_runtime = engine.resolve_runtime(RuntimeConfig(precision="bf16"))
-    bf16 = engine.predict(engine.prepare_model(model, bf16_runtime), loader, bf16_runtime)[0]
+    loader = stages.make_loaders(cfg, hardware.resolve_runtime(cfg.runtime))["val"]
+    fp32 = loop.predict(model, loader, hardware.resolve_runtime(RuntimeConfig(precision="fp32")))[0]
+    bf16_runtime = hardware.resolve_runtime(RuntimeConfig(precision="bf16"))
+    bf16 = loop.predict(hardware.prepare_model(model, bf16_runtime), loader, bf16_runtime)[0]
     assert bf16_runtime.channels_last and bf16.dtype == fp32.dtype == np.float32
     assert np.abs(bf16 - fp32).max() < 0.05
     # so no image whose two top fp32 probabilities are more than twice that apart can change its class
@@ -243,7 +246,7 @@ def test_an_interrupted_stage2_resumes_to_the_same_weights(tiny_data, tmp_path):
 def test_the_weights_file_and_its_hash_are_recorded_when_stage1_loads_them(tiny_data, runs, tmp_path, monkeypatch):
     import hashlib
 
-    from kvasir_utils.environment import weights_provenance
+    from kvasir_utils.provenance import weights_provenance
     from tests.test_models import _hub_file
 
     prefix = _hub_file(tmp_path / "hub-home", monkeypatch, __import__("torchvision").models.resnet18().state_dict())
@@ -262,32 +265,32 @@ def test_validation_reuses_the_frozen_parts_outputs_bit_for_bit(tiny_data, runs,
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=2",
                                         f"train.stage1.trainable={trainable}"])
     model, history = _train(cfg)
-    runtime = engine.resolve_runtime(cfg.runtime)
-    loader = engine.make_loaders(cfg, runtime)["val"]
-    full = engine.evaluate(model, loader, runtime)
+    runtime = hardware.resolve_runtime(cfg.runtime)
+    loader = stages.make_loaders(cfg, runtime)["val"]
+    full = loop.evaluate(model, loader, runtime)
     # the last epoch's validation ran the trained part on what the frozen part gave in the first epoch
     assert history["val_loss"].iloc[-1] == full["loss"] and history["val_acc"].iloc[-1] == full["acc"]
 
-    features = engine.ValidationFeatures.for_model(model)
-    probs, targets, _ = engine.predict(model, loader, runtime)
+    features = frozen.ValidationFeatures.for_model(model)
+    probs, targets, _ = loop.predict(model, loader, runtime)
     for _ in range(2):
-        reused = engine.predict(model, loader, runtime, features=features)
+        reused = loop.predict(model, loader, runtime, features=features)
         assert features.computed == 1
         np.testing.assert_array_equal(reused[0], probs)
         np.testing.assert_array_equal(reused[1], targets)
     with torch.no_grad():  # a frozen part that changed (here a BatchNorm statistic) is noticed and recomputed
         model.bn1.running_mean += 0.5
-    probs = engine.predict(model, loader, runtime)[0]
-    np.testing.assert_array_equal(engine.predict(model, loader, runtime, features=features)[0], probs)
+    probs = loop.predict(model, loader, runtime)[0]
+    np.testing.assert_array_equal(loop.predict(model, loader, runtime, features=features)[0], probs)
     assert features.computed == 2
-    other = engine.make_loaders(cfg, runtime)["val"]  # another loader is never answered from the kept outputs
-    np.testing.assert_array_equal(engine.predict(model, other, runtime, features=features)[0], probs)
+    other = stages.make_loaders(cfg, runtime)["val"]  # another loader is never answered from the kept outputs
+    np.testing.assert_array_equal(loop.predict(model, other, runtime, features=features)[0], probs)
     assert features.computed == 3
     assert isinstance(model.fc, torch.nn.Linear) and "fc.weight" in model.state_dict()  # the model is untouched
     # too large to keep: still right, recomputed every pass
-    small = engine.ValidationFeatures(model, max_bytes=1)
+    small = frozen.ValidationFeatures(model, max_bytes=1)
     for computed in (1, 2):
-        np.testing.assert_array_equal(engine.predict(model, loader, runtime, features=small)[0], probs)
+        np.testing.assert_array_equal(loop.predict(model, loader, runtime, features=small)[0], probs)
         assert small.computed == computed
 
 
@@ -296,7 +299,7 @@ def test_no_split_where_the_rest_needs_the_input_itself():
         vit = models.build_model("vit_b_16", 8)
     for reading in ("all", "module:conv_proj"):
         models.set_trainable(vit, reading)
-        assert models.split_frozen(vit) is None
+        assert split_frozen(vit) is None
 
 
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0"])
@@ -304,7 +307,7 @@ def test_no_split_where_the_rest_needs_the_input_itself():
 def test_the_split_model_runs_the_models_operations(name, trainable):
     model = models.build_model(name, 8)
     models.set_trainable(model, trainable)
-    parts = models.split_frozen(model)
+    parts = split_frozen(model)
     if trainable == "all":
         assert parts is None  # nothing frozen to keep
         return
@@ -320,25 +323,25 @@ def test_the_split_model_runs_the_models_operations(name, trainable):
 
 
 def test_runtime_compile_decides_by_the_stages_length():
-    rt = engine.resolve_runtime(RuntimeConfig(device="cpu"))
+    rt = hardware.resolve_runtime(RuntimeConfig(device="cpu"))
     assert rt.compile == "auto"
-    assert engine.compile_for(rt, engine.COMPILE_MIN_IMAGES).compile == "on"
-    assert engine.compile_for(rt, engine.COMPILE_MIN_IMAGES - 1).compile == "off"
-    off = engine.resolve_runtime(RuntimeConfig(device="cpu", compile="off"))
-    assert engine.compile_for(off, 10**9).compile == "off"
-    assert "torch.compile" in engine.compile_for(rt, 10**9).describe()
+    assert hardware.compile_for(rt, hardware.COMPILE_MIN_IMAGES).compile == "on"
+    assert hardware.compile_for(rt, hardware.COMPILE_MIN_IMAGES - 1).compile == "off"
+    off = hardware.resolve_runtime(RuntimeConfig(device="cpu", compile="off"))
+    assert hardware.compile_for(off, 10**9).compile == "off"
+    assert "torch.compile" in hardware.compile_for(rt, 10**9).describe()
 
 
 def test_a_compiled_stage_saves_plain_weights_and_validates_like_the_eager_model(tiny_data, runs):
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1",
                                         "train.stage1.trainable=all", "runtime.compile=on"])
     model, history = _train(cfg)
-    checkpoint = engine.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
+    checkpoint = checkpoints.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
     assert "torch.compile" in checkpoint["runtime"]
     assert not any(key.startswith("_orig_mod") for key in checkpoint["model"])
     # nothing frozen, so validation ran through the compiled graph; the eager model counts the same correct images
-    runtime = engine.resolve_runtime(cfg.runtime)
-    eager = engine.evaluate(model, engine.make_loaders(cfg, runtime)["val"], runtime)
+    runtime = hardware.resolve_runtime(cfg.runtime)
+    eager = loop.evaluate(model, stages.make_loaders(cfg, runtime)["val"], runtime)
     assert eager["acc"] == history["val_acc"].iloc[-1]
     assert eager["loss"] == pytest.approx(history["val_loss"].iloc[-1], abs=1e-4)
 
@@ -350,12 +353,12 @@ def test_the_device_backend_trains_resumes_exactly_and_is_recorded(tiny_data, tm
                 "transforms.backend=device"]
     _copy_split(tiny_data, tmp_path / "whole")
     whole_cfg = tiny_config(tiny_data, tmp_path / "whole", settings)
-    runtime = engine.resolve_runtime(whole_cfg.runtime)
-    images, sizes, targets = next(iter(engine.make_loaders(whole_cfg, runtime)["train"]))
+    runtime = hardware.resolve_runtime(whole_cfg.runtime)
+    images, sizes, targets = next(iter(stages.make_loaders(whole_cfg, runtime)["train"]))
     assert images.dtype == torch.uint8 and sizes.shape == (len(targets), 2)
     whole, history = _train(whole_cfg)
     assert history["train_loss"].notna().all()
-    checkpoint = engine.load_checkpoint(whole_cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
+    checkpoint = checkpoints.load_checkpoint(whole_cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
     assert "augmentation on the device" in checkpoint["runtime"]
 
     _, resumed, _ = _interrupted_and_resumed(tiny_data, tmp_path / "cut", settings)
@@ -368,6 +371,6 @@ def test_the_device_backend_trains_resumes_exactly_and_is_recorded(tiny_data, tm
 
 
 def test_auto_augments_on_the_device_only_on_a_gpu():
-    assert engine.augment_backend("auto", torch.device("cuda")) == "device"
-    assert engine.augment_backend("auto", torch.device("cpu")) == "pil"
-    assert engine.augment_backend("device", torch.device("cpu")) == "device"
+    assert hardware.augment_backend("auto", torch.device("cuda")) == "device"
+    assert hardware.augment_backend("auto", torch.device("cpu")) == "pil"
+    assert hardware.augment_backend("device", torch.device("cpu")) == "device"

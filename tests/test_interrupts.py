@@ -24,7 +24,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from kvasir_utils import cache, config, labels
+from kvasir_utils import config
+from kvasir_utils.analysis import labels
+from kvasir_utils.data import cache, prepare
+from kvasir_utils.train import evaluation, hardware, stages
 from tests.processes import Run, wait_until_gone
 
 pytestmark = pytest.mark.slow
@@ -75,13 +78,12 @@ def _config(study, run: str, extra: list[str] = ()) -> config.Config:
 @pytest.fixture(scope="module")
 def reference(study):
     """An uninterrupted run to compare with: the calls the notebooks make, in this process."""
-    from kvasir_utils import data, engine, evaluation
 
     cfg = _config(study, "reference")
-    data.prepare_split(cfg, data.prepare_dataset(cfg, progress=False))
+    prepare.prepare_split(cfg, prepare.prepare_dataset(cfg, progress=False))
     for stage in config.STAGES:
-        engine.start_stage(cfg, MODEL, stage).fit()
-    evaluation.evaluate_final_model(cfg, MODEL, engine.resolve_runtime(cfg.runtime))
+        stages.start_stage(cfg, MODEL, stage).fit()
+    evaluation.evaluate_final_model(cfg, MODEL, hardware.resolve_runtime(cfg.runtime))
     return cfg
 
 
@@ -123,14 +125,13 @@ def interrupted(study):
 
 
 def test_ctrl_c_in_the_data_stage_keeps_every_finished_cache_entry_and_no_half_written_one(interrupted):
-    from kvasir_utils import data
 
     cfg = interrupted["cfg"]
     run = interrupted["make"]()
     run.wait_for("cache 40px")
     time.sleep(1.5)
     _stopped_by_ctrl_c(run, "01_download_and_split")
-    folder = data.cache_dir(cfg)
+    folder = prepare.cache_dir(cfg)
     assert not (folder / cache.MANIFEST).exists() and not cfg.split_csv.exists()
     progress = cache.read_manifest(folder / cache.PROGRESS)
     assert 0 < len(progress) < 8 * PER_CLASS  # some images were cached, not all
@@ -142,7 +143,6 @@ def test_ctrl_c_in_the_data_stage_keeps_every_finished_cache_entry_and_no_half_w
 def test_ctrl_c_in_training_keeps_the_last_finished_epoch(interrupted):
     import torch
 
-    from kvasir_utils import data
 
     cfg = interrupted["cfg"]
     run = interrupted["make"]()
@@ -153,8 +153,8 @@ def test_ctrl_c_in_training_keeps_the_last_finished_epoch(interrupted):
     history = pd.read_csv(stage / "history.csv")
     assert checkpoint["epoch"] in (1, 2) and list(history["epoch"]) == list(range(1, checkpoint["epoch"] + 1))
     assert _temp_files(cfg.run_dir) == []
-    manifest = cache.read_manifest(data.cache_dir(cfg) / cache.MANIFEST)  # the data stage went on and finished
-    assert len(manifest) == 8 * PER_CLASS and not (data.cache_dir(cfg) / cache.PROGRESS).exists()
+    manifest = cache.read_manifest(prepare.cache_dir(cfg) / cache.MANIFEST)  # the data stage went on and finished
+    assert len(manifest) == 8 * PER_CLASS and not (prepare.cache_dir(cfg) / cache.PROGRESS).exists()
     assert len(pd.read_csv(cfg.split_csv)) == 8 * PER_CLASS
 
 
@@ -204,13 +204,12 @@ def _same_history(cfg, reference, stage: str) -> None:
 
 
 def test_the_interrupted_run_goes_on_to_the_results_of_an_uninterrupted_one(interrupted, reference):
-    from kvasir_utils import data
 
     cfg = interrupted["cfg"]
     run = interrupted["make"]()
     assert run.finish() == 0, run.output[-3000:]
     assert pd.read_csv(cfg.split_csv).equals(pd.read_csv(reference.split_csv))
-    assert (cache.read_manifest(data.cache_dir(cfg) / cache.MANIFEST)["error"] == "").all()
+    assert (cache.read_manifest(prepare.cache_dir(cfg) / cache.MANIFEST)["error"] == "").all()
     for stage in config.STAGES:
         _same_history(cfg, reference, stage)
     ours, theirs = (pd.read_csv(c.eval_dir(MODEL) / "predictions.csv") for c in (cfg, reference))
@@ -238,12 +237,11 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_names_the_folder_and_the_space_needed_and_a_rerun_resumes(study, reference, small_disk):
-    from kvasir_utils import data
 
     mount, grow = small_disk
     disk = [f"paths.runs={mount / 'runs'}"]
     cfg = _config(study, "disk", disk)
-    data.prepare_split(cfg, data.prepare_dataset(cfg, progress=False))  # notebook 01's calls; the data is ready
+    prepare.prepare_split(cfg, prepare.prepare_dataset(cfg, progress=False))  # notebook 01's calls; the data is ready
     run = _notebook(study, "disk", "02_train", disk)
     assert run.finish() == 1
     stage = cfg.stage_dir(MODEL, "stage1")

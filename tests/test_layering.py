@@ -1,48 +1,116 @@
-"""The direction of dependencies (DESIGN.md): from what runs the study down to pure computation."""
+"""The direction of dependencies (docs/architecture.md): from what runs the study down to pure
+computation, held transitively, and the report layer free of torch, torchvision, kornia and ray."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import kvasir_utils
 
 PACKAGE = Path(kvasir_utils.__file__).parent
+BASE = {"errors", "io", "config", "provenance"}
+# Which part of the package may import which (closed under "imports what it imports"). A part is a
+# subpackage or a top-level module; the run layer is the top and may import everything.
+ALLOWED = {
+    "errors": set(),
+    "io": {"errors"},
+    "config": {"errors", "io"},
+    "provenance": {"errors", "io", "config"},
+    "analysis": BASE,
+    "report": BASE | {"analysis"},
+    "data": BASE,
+    "train": BASE | {"data", "analysis"},
+    "bench": BASE | {"data", "analysis", "train"},
+    "run": BASE | {"data", "analysis", "train", "report"},
+}
+HEAVY = ("torch", "torchvision", "kornia", "ray")
 
 
-def _imports() -> dict[str, set[str]]:
-    """module -> the kvasir_utils modules it imports (at the top or inside functions)."""
+def module_imports(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """``kvasir_utils.x.y`` -> the package's modules it imports, at the top or inside functions."""
     graph = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in root.rglob("*.py"):
+        name = ".".join(("kvasir_utils", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kvasir_utils"):
-                found |= {node.module.removeprefix("kvasir_utils.")} if node.module != "kvasir_utils" else \
-                    {alias.name for alias in node.names}
+                for alias in node.names:  # `from kvasir_utils.data import prepare` imports a module
+                    candidate = f"{node.module}.{alias.name}"
+                    found.add(candidate if _is_module(root, candidate) else node.module)
             elif isinstance(node, ast.Import):
-                found |= {a.name.removeprefix("kvasir_utils.") for a in node.names
-                          if a.name.startswith("kvasir_utils.")}
-        graph[path.stem] = found - {path.stem}
+                found |= {a.name for a in node.names if a.name.startswith("kvasir_utils.")}
+        graph[name] = found - {name}
     return graph
 
 
-def test_no_import_circle_in_the_package():
-    graph = _imports()
+def _is_module(root: Path, dotted: str) -> bool:
+    parts = dotted.split(".")[1:]
+    return root.joinpath(*parts).with_suffix(".py").is_file() or root.joinpath(*parts, "__init__.py").is_file()
 
-    def reach(start, node, seen):
-        for nxt in graph.get(node, ()):
-            assert nxt != start, f"import circle through {start} and {node}"
+
+def part(module: str) -> str:
+    """``kvasir_utils.train.loop`` -> ``train``; ``kvasir_utils.config`` -> ``config``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "kvasir_utils"
+
+
+def reached(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
             if nxt not in seen:
                 seen.add(nxt)
-                reach(start, nxt, seen)
+                todo.append(nxt)
+    return seen
 
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    problems = []
     for module in graph:
-        reach(module, module, set())
+        if part(module) in ("kvasir_utils", "__main__"):
+            continue
+        for other in reached(graph, module):
+            if part(other) != part(module) and part(other) not in ALLOWED[part(module)]:
+                problems.append(f"{module} reaches {other} ({part(module)} may not import {part(other)})")
+    return problems
 
 
-def test_pure_computation_imports_nothing_that_runs_or_reports():
-    graph = _imports()
-    assert graph["metrics"] <= {"labels"}
-    for low in ("metrics", "labels", "config", "io", "errors", "transforms", "models", "split", "cache"):
-        assert not graph[low] & {"engine", "report", "plots", "paper", "cli", "sweep", "evaluation"}, low
-    importers_of_report = {m for m, deps in graph.items() if "report" in deps}
-    assert importers_of_report <= {"cli", "sweep"}, importers_of_report
-    assert "engine" not in graph["plots"] and "report" not in graph["engine"]
+def test_every_part_of_the_package_is_in_the_table():
+    parts = {part(m) for m in module_imports()} - {"kvasir_utils", "__main__"}
+    assert parts == set(ALLOWED)
+
+
+def test_imports_point_one_way_even_through_other_modules():
+    assert layering_violations(module_imports()) == []
+
+
+def test_the_layering_check_fails_on_a_planted_violation(tmp_path):
+    import shutil
+
+    copy = tmp_path / "kvasir_utils"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    # analysis -> report is against the direction; planted two steps away, so only a transitive check sees it
+    (copy / "analysis" / "planted.py").write_text("from kvasir_utils.report import outputs\n")
+    runs = copy / "analysis" / "runs.py"
+    runs.write_text(runs.read_text() + "\nfrom kvasir_utils.analysis import planted  # noqa\n")
+    problems = layering_violations(module_imports(copy))
+    assert any(p.startswith("kvasir_utils.analysis.runs reaches kvasir_utils.report") for p in problems), problems
+
+
+def test_no_import_circle_between_modules():
+    graph = module_imports()
+    for module in graph:
+        assert module not in reached(graph, module), f"import circle through {module}"
+
+
+@pytest.mark.parametrize("layer", ["analysis", "report"])
+def test_the_analysis_and_report_layers_load_no_torch_torchvision_kornia_or_ray(layer):
+    modules = sorted(m for m in module_imports() if part(m) == layer)
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from kvasir_utils import labels, metrics, paper
+from kvasir_utils.analysis import labels, metrics, paper
 
 CLASSES = labels.CLASSES
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from kvasir_utils import models
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.train import models
 
 
 @pytest.fixture(scope="module")

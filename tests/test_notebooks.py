@@ -8,8 +8,10 @@ import nbformat
 import pandas as pd
 import pytest
 
-from kvasir_utils import cli, config
-from tests.conftest import tmp_overrides
+from kvasir_utils import config
+from kvasir_utils.data import prepare, synthetic
+from kvasir_utils.run import cli, notebooks
+from tests.helpers import tmp_overrides
 
 pytestmark = pytest.mark.slow
 # The smoke profile as `make smoke` runs it (its sizes are what make the models learn), into tmp.
@@ -21,12 +23,12 @@ def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     overrides = tmp_overrides(root) + CHAIN
     cfg = config.load_profile("smoke", overrides)
-    cli.run_notebook("01_download_and_split", "smoke", overrides)
+    notebooks.run_notebook("01_download_and_split", "smoke", overrides)
     for model in cfg.train.models:
         for name in ("02_train", "03_finetune", "04_evaluate"):
-            cli.run_notebook(name, "smoke", overrides, model)
-    cli.run_notebook("05_compare", "smoke", overrides)
-    cli.run_notebook("07_audit", "smoke", overrides)
+            notebooks.run_notebook(name, "smoke", overrides, model)
+    notebooks.run_notebook("05_compare", "smoke", overrides)
+    notebooks.run_notebook("07_audit", "smoke", overrides)
     assert cli.main(["report", "--profile", "smoke", *[a for o in overrides for a in ("--set", o)]]) == 0
     return cfg
 
@@ -37,7 +39,7 @@ def test_notebook_01_writes_the_split_and_its_report_items(chain):
     assert set(split["split"]) == {"train", "val"} and split["label"].nunique() == 8
     for name in ("class_counts.csv", "class_counts.md", "class_counts.tex"):
         assert (chain.report_dir / "tables" / name).stat().st_size > 0
-    executed = nbformat.read(cli.executed_notebook_path(chain, "01_download_and_split"), as_version=4)
+    executed = nbformat.read(notebooks.executed_notebook_path(chain, "01_download_and_split"), as_version=4)
     outputs = json.dumps([c.get("outputs", []) for c in executed.cells])
     assert "dyed-lifted-polyps" in outputs and "Generated data" in outputs
 
@@ -116,11 +118,10 @@ def test_a_failing_notebook_exits_non_zero_with_the_reason_and_leaves_no_stamp(t
     assert result.returncode == 1
     assert "split.csv does not exist: run notebook 01 first" in result.stderr.splitlines()[-1]
     cfg = config.load_profile("smoke", overrides)
-    assert not cli.executed_notebook_path(cfg, "02_train", "resnet50").exists()
+    assert not notebooks.executed_notebook_path(cfg, "02_train", "resnet50").exists()
 
 
 def test_the_audit_recovers_the_planted_traps_and_reaches_the_index(chain):
-    from kvasir_utils import synthetic
 
     tables = chain.report_dir / "tables"
     rates = pd.read_csv(tables / "guide_box_rates.csv").set_index("label")["rate"]
@@ -157,10 +158,9 @@ def test_the_audit_recovers_the_planted_traps_and_reaches_the_index(chain):
 def test_every_result_says_which_code_environment_and_data_made_it(chain):
     import hashlib
 
-    from kvasir_utils import data
-    from kvasir_utils.environment import LOCK_FILE, study_version
+    from kvasir_utils.provenance import LOCK_FILE, study_version
 
-    archive = data.archive_path(chain)
+    archive = prepare.archive_path(chain)
     for model in chain.train.models:
         record = json.loads((chain.eval_dir(model) / "metrics.json").read_text())["provenance"]
         assert record["commit"] == study_version()["commit"] and len(record["commit"]) == 40

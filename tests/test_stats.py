@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kvasir_utils import stats
+from kvasir_utils.analysis import stats
 
 
 def test_t_interval_by_hand():

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from kvasir_utils import cli, sweep
+from kvasir_utils.analysis import sweeps
 from kvasir_utils.config import ConfigError
-from tests.conftest import TINY, tmp_overrides
+from kvasir_utils.run import notebooks, sweep_aggregate, sweep_execute, sweep_spec
+from tests.helpers import TINY, tmp_overrides
 
 FAST = [*TINY, "train.stage1.epochs=1", "train.stage2.epochs=1", "eval.bootstrap_samples=20",
         "eval.figure1_correct=2", "eval.figure1_incorrect=2"]
@@ -124,20 +125,20 @@ def test_every_member_is_validated_before_anything_runs(tmp_path):
                        grid={"train.stage2.trainable": ["block:layer4.2"]})
     with pytest.raises(ConfigError, match=r"member efficientnet_b0-seed1-train.stage2.trainable=block:layer4.2: "
                                           r"the profile does not fit(.|\n)*no module 'layer4.2'"):
-        sweep.load_sweep(str(path), tmp_overrides(tmp_path))
+        sweep_spec.load_sweep(str(path), tmp_overrides(tmp_path))
     path = _sweep_file(tmp_path, "typo", seeds=[1], grid={"train.stage2.trainabel": ["all"]})
     with pytest.raises(ConfigError, match="unknown setting 'train.stage2.trainabel'"):
-        sweep.load_sweep(str(path), tmp_overrides(tmp_path))
+        sweep_spec.load_sweep(str(path), tmp_overrides(tmp_path))
     path = _sweep_file(tmp_path, "resources", seeds=[1], resources={"cpus": 0})
     with pytest.raises(ConfigError, match="'resources.cpus' is not valid: Input should be greater than 0"):
-        sweep.load_sweep(str(path), tmp_overrides(tmp_path))
+        sweep_spec.load_sweep(str(path), tmp_overrides(tmp_path))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
 def test_members_are_named_by_their_settings_and_get_their_own_folders(tmp_path):
     path = _sweep_file(tmp_path, "names", seeds=[3], models=["resnet50"], seed_setting="both",
                        grid={"train.stage2.trainable": ["block:layer4.2", "all"]})
-    spec = sweep.load_sweep(str(path), tmp_overrides(tmp_path))
+    spec = sweep_spec.load_sweep(str(path), tmp_overrides(tmp_path))
     names = [m.name for m in spec.members]
     assert names == ["resnet50-seed3-train.stage2.trainable=block:layer4.2",
                      "resnet50-seed3-train.stage2.trainable=all"]
@@ -151,10 +152,10 @@ def test_members_are_named_by_their_settings_and_get_their_own_folders(tmp_path)
 
 def test_shipped_sweeps_are_valid():
     for name, count in (("seeds", 10), ("readings", 18), ("smoke-seeds", 4)):
-        spec = sweep.load_sweep(name)
+        spec = sweep_spec.load_sweep(name)
         assert len(spec.members) == count
         for member in spec.members:
-            cli.check_make_path(member.cfg.run_dir)  # e.g. block:layer4.2 is not in a folder name
+            notebooks.check_make_path(member.cfg.run_dir)  # e.g. block:layer4.2 is not in a folder name
 
 
 @pytest.mark.parametrize(("grid", "overrides", "message"), [
@@ -167,7 +168,7 @@ def test_shipped_sweeps_are_valid():
 def test_settings_that_would_mislabel_runs_are_refused(tmp_path, grid, overrides, message):
     path = _sweep_file(tmp_path, "mislabel", seeds=[1, 2], models=["resnet18"], grid=grid)
     with pytest.raises(ConfigError, match=re.escape(message)):
-        sweep.load_sweep(str(path), tmp_overrides(tmp_path) + overrides)
+        sweep_spec.load_sweep(str(path), tmp_overrides(tmp_path) + overrides)
 
 
 def _finish(member, accuracy: float, correct: list[bool]) -> None:
@@ -180,7 +181,7 @@ def _finish(member, accuracy: float, correct: list[bool]) -> None:
     pred = [t if ok else (t + 1) % 8 for t, ok in zip(true, correct)]
     pd.DataFrame({"path": [f"img{i}.jpg" for i in range(len(correct))], "label": "x", "true": true,
                   "pred": pred}).to_csv(eval_dir / "predictions.csv", index=False)
-    sweep.write_record(_SWEEP[0], member, "finished", "", {"id": "n", "hostname": "h"}, 1.0, 1)
+    sweep_execute.write_record(_SWEEP[0], member, "finished", "", {"id": "n", "hostname": "h"}, 1.0, 1)
 
 
 _SWEEP = []
@@ -189,7 +190,7 @@ _SWEEP = []
 def test_aggregation_by_hand_paired_by_seed_against_the_default_reading(tmp_path):
     path = _sweep_file(tmp_path, "hand", seeds=[1, 2, 3], models=["resnet18", "mobilenet_v3_small"],
                        grid={"train.stage2.lr": ["1e-3", 1.0e-2]})  # "1e-3" is the smoke profile's own value
-    spec = sweep.load_sweep(str(path), tmp_overrides(tmp_path))
+    spec = sweep_spec.load_sweep(str(path), tmp_overrides(tmp_path))
     _SWEEP[:] = [spec]
     accuracy = {("resnet18", 1e-3): [0.80, 0.82, 0.84], ("resnet18", 1e-2): [0.70, 0.75, 0.74],
                 ("mobilenet_v3_small", 1e-3): [0.78, 0.80, 0.80]}  # mobilenet at 1e-2 never finished
@@ -198,19 +199,19 @@ def test_aggregation_by_hand_paired_by_seed_against_the_default_reading(tmp_path
         if key in accuracy:
             value = accuracy[key][member.seed - 1]
             _finish(member, value, [i < round(value * 50) for i in range(50)])
-    results = sweep.member_results(spec)
+    results = sweep_aggregate.member_results(spec)
     assert results["default_reading"].tolist() == [m.cfg.train.stage2.lr == 1e-3 for m in spec.members]
-    summary = sweep.summary_table(results).set_index(["model", "reading", "metric"])
+    summary = sweeps.summary_table(results).set_index(["model", "reading", "metric"])
     row = summary.loc[("resnet18", "train.stage2.lr=1e-3", "accuracy")]
     assert (row["mean"], row["n"]) == (pytest.approx(0.82), 3) and row["sd"] == pytest.approx(0.02)
     assert ("mobilenet_v3_small", "train.stage2.lr=0.01", "accuracy") not in summary.index
-    paired = sweep.paired_table(spec, results).set_index("reading")
+    paired = sweeps.paired_table(results).set_index("reading")
     assert list(paired.index) == ["train.stage2.lr=1e-3"]  # the other reading has no pair of runs
     first = paired.loc["train.stage2.lr=1e-3"]
     assert first["mean_difference"] == pytest.approx((0.02 + 0.02 + 0.04) / 3) and first["n"] == 3
     assert first["sign_test_p"] == pytest.approx(0.25) and first["seeds"] == "1 2 3"
     assert len(first["mcnemar_p_per_seed"].split()) == 3
-    ablation = sweep.ablation_table(results).set_index(["model", "reading"])
+    ablation = sweeps.ablation_table(results).set_index(["model", "reading"])
     lower = ablation.loc[("resnet18", "train.stage2.lr=0.01")]
     assert lower["difference_to_default"] == pytest.approx(-(0.10 + 0.07 + 0.10) / 3) and lower["paired_n"] == 3
     assert lower["ci_low"] < lower["difference_to_default"] < lower["ci_high"] < 0
@@ -222,9 +223,9 @@ def test_a_finished_run_counts_as_not_done_once_its_resolved_settings_change(tmp
     profile.write_text("base: smoke\ntrain:\n  stage1:\n    epochs: 1\n")
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"base": str(profile), "seeds": [1], "models": ["resnet18"]}))
-    spec = sweep.load_sweep(str(path), tmp_overrides(tmp_path))
+    spec = sweep_spec.load_sweep(str(path), tmp_overrides(tmp_path))
     _SWEEP[:] = [spec]
     _finish(spec.members[0], 0.5, [True, False])
-    assert sweep.is_finished(spec.members[0])
+    assert sweep_execute.is_finished(spec.members[0])
     profile.write_text("base: smoke\ntrain:\n  stage1:\n    epochs: 3\n")  # the same overrides, other settings
-    assert not sweep.is_finished(sweep.load_sweep(str(path), tmp_overrides(tmp_path)).members[0])
+    assert not sweep_execute.is_finished(sweep_spec.load_sweep(str(path), tmp_overrides(tmp_path)).members[0])

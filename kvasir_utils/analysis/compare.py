@@ -1,0 +1,92 @@
+"""The models against each other and against the paper: the headline and comparison tables,
+McNemar's test on paired predictions, and the masked twin's Table 1.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kvasir_utils.analysis import metrics, paper
+from kvasir_utils.analysis.runs import read_evaluations, same_images
+from kvasir_utils.config import Config
+from kvasir_utils.errors import KvasirError
+
+
+def headline_table(evaluations: dict) -> pd.DataFrame:
+    """Accuracy, macro F1 and macro ROC-AUC per model: paper, this run, difference."""
+    rows = {}
+    for model, (ours, _) in evaluations.items():
+        reported = paper.MODELS.get(model, {})
+        for key in ("accuracy", "macro_f1", "macro_auc"):
+            mine, theirs = ours[key], reported.get(key, float("nan"))
+            rows[(model, key)] = {"paper": theirs, "this run": mine, "difference": mine - theirs}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def comparison_table(cfg: Config) -> pd.DataFrame:
+    """Every model against the paper: accuracy and macro F1 with bootstrap CIs, macro ROC-AUC,
+    parameters, GFLOPs, training time and inference throughput."""
+    rows = {}
+    for model, (record, predictions) in read_evaluations(cfg).items():
+        ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.data.classes),
+                                  cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.eval.seed)
+        reported = paper.MODELS.get(model, {})
+        level = f"{cfg.eval.confidence:.0%}"
+        rows[model] = {
+            "accuracy (paper)": reported.get("accuracy", float("nan")),
+            "accuracy": record["accuracy"],
+            f"accuracy {level} CI": f"[{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}]",
+            "macro F1 (paper)": reported.get("macro_f1", float("nan")),
+            "macro F1": record["macro_f1"],
+            f"macro F1 {level} CI": f"[{ci['macro_f1'][0]:.4f}, {ci['macro_f1'][1]:.4f}]",
+            "macro ROC-AUC (paper)": reported.get("macro_auc", float("nan")),
+            "macro ROC-AUC": record["macro_auc"],
+            "ECE": record.get("ece", float("nan")),
+            "Brier": record.get("brier", float("nan")),
+            "parameters (M)": record["parameters"] / 1e6,
+            "GFLOPs / image": record["gflops"],
+            "training time (s)": record["train_seconds"],
+            "inference images/s": record["inference_images_per_s"],
+            "validation images": record["images"],
+        }
+    return pd.DataFrame(rows).T
+
+
+def paired_tests(cfg: Config) -> pd.DataFrame:
+    """Exact McNemar test for each pair of evaluated models, on the same validation images."""
+    evaluations = read_evaluations(cfg)
+    names = list(evaluations)
+    rows = []
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            a, b = evaluations[first][1], evaluations[second][1]
+            if not same_images(a, b):
+                raise KvasirError(f"{first} and {second} were evaluated on different images; rerun notebook 04")
+            rows.append({"first": first, "second": second, **metrics.mcnemar_of_runs(a, b)})
+    return pd.DataFrame(rows, columns=["first", "second", "only_first_correct", "only_second_correct", "p_value"])
+
+
+def masked_run_table1(cfg: Config, masked_cfg: Config) -> tuple[pd.DataFrame | None, str]:
+    """Per model and class: F1 of this run beside the run trained and evaluated with the overlays
+    masked (profile ``<profile>-masked``), when that run was made with the same settings otherwise
+    and evaluated on the same images. Returns the table (or None) and a sentence saying why not."""
+    mine, theirs = read_evaluations(cfg, required=False), read_evaluations(masked_cfg, required=False)
+    models = [m for m in cfg.train.models if m in mine and m in theirs]
+    if not models:
+        return None, (f"no evaluated run of profile {masked_cfg.profile} yet: "
+                      f"make reproduce PROFILE={masked_cfg.profile}")
+    ours, other = cfg.science_dict(), masked_cfg.science_dict()
+    for settings in (ours, other):
+        settings["transforms"].pop("mask_overlays")
+    if ours != other:
+        return None, (f"the {masked_cfg.profile} run was made with other settings than this one (beyond the mask); "
+                      f"rerun it with the same SET to compare")
+    columns = {}
+    for model in models:
+        if not same_images(mine[model][1], theirs[model][1]):
+            return None, f"{model}: the two runs were evaluated on different images (another split?)"
+        masked_label = f"{masked_cfg.profile} ({masked_cfg.transforms.mask_overlays} masked)"
+        for label, (_, predictions) in ((cfg.profile, mine[model]), (masked_label, theirs[model])):
+            table = metrics.classification_table(predictions["true"], predictions["pred"], cfg.data.classes)
+            columns[(model, label)] = table["F1-Score"]
+    return pd.DataFrame(columns), f"Table 1 F1 of {cfg.profile} and {masked_cfg.profile} side by side"

@@ -1,0 +1,167 @@
+"""Table 1, Table 2, ROC-AUC, calibration, and the statistics beyond the paper on one run's
+predictions (bootstrap intervals, McNemar).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+
+from kvasir_utils.analysis.labels import abbreviation, display_name
+from kvasir_utils.errors import KvasirError
+
+TABLE1_COLUMNS = ["Precision", "Recall", "F1-Score", "Specificity", "Support"]
+
+
+def specificity(cm: np.ndarray) -> np.ndarray:
+    """Per class TN / (TN + FP) from a confusion matrix (rows true, columns predicted)."""
+    fp = cm.sum(axis=0) - np.diag(cm)
+    tn = cm.sum() - cm.sum(axis=1) - fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tn + fp > 0, tn / (tn + fp), 0.0)
+
+
+def classification_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame:
+    """The paper's Table 1: per class precision, recall, F1, specificity, support, then
+    ``Macro Avg`` and ``Weighted Avg`` (weighted specificity left empty, as in the paper)."""
+    labels = np.arange(len(class_names))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    spec = specificity(confusion_matrix(y_true, y_pred, labels=labels))
+    table = pd.DataFrame(
+        {"Precision": precision, "Recall": recall, "F1-Score": f1, "Specificity": spec, "Support": support},
+        index=[display_name(c) for c in class_names],
+    )
+    weights = support / support.sum()
+    macro = table[TABLE1_COLUMNS[:4]].mean()
+    weighted = table[TABLE1_COLUMNS[:3]].mul(weights, axis=0).sum()
+    table.loc["Macro Avg"] = [*macro, support.sum()]
+    table.loc["Weighted Avg"] = [*weighted, np.nan, support.sum()]
+    table["Support"] = table["Support"].astype(int)
+    return table
+
+
+def confusion_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame:
+    """The paper's Table 2: counts, rows true and columns predicted, labelled DLP, DRM, ..."""
+    labels = np.arange(len(class_names))
+    names = [abbreviation(c) for c in class_names]
+    return pd.DataFrame(confusion_matrix(y_true, y_pred, labels=labels), index=names, columns=names)
+
+
+def accuracy(y_true, y_pred) -> float:
+    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+
+
+def roc_auc_table(y_true, probs: np.ndarray, class_names: list[str]) -> pd.Series:
+    """One-vs-rest ROC-AUC per class from predicted probabilities, and their macro average."""
+    y_true = np.asarray(y_true)
+    values = {}
+    for i, name in enumerate(class_names):
+        positives = y_true == i
+        values[display_name(name)] = roc_auc_score(positives, probs[:, i]) if 0 < positives.sum() < len(y_true) \
+            else np.nan
+    auc = pd.Series(values, name="ROC-AUC")
+    auc["Macro Avg"] = auc.mean()
+    return auc
+
+
+def summary(y_true, probs: np.ndarray, class_names: list[str]) -> dict:
+    """The headline numbers, as written to metrics.json."""
+    y_pred = probs.argmax(1)
+    auc = roc_auc_table(y_true, probs, class_names)
+    return {
+        "accuracy": accuracy(y_true, y_pred),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=range(len(class_names)), zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", labels=range(len(class_names)),
+                                      zero_division=0)),
+        "macro_auc": float(auc["Macro Avg"]),
+        "images": int(len(y_true)),
+    }
+
+
+def _macro_f1_from_counts(cm: np.ndarray) -> np.ndarray:
+    """Macro F1 for a stack of confusion matrices (..., k, k)."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    denom = cm.sum(axis=-1) + cm.sum(axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
+    return f1.mean(axis=-1)
+
+
+def bootstrap_ci(y_true, y_pred, num_classes: int, samples: int = 1000, confidence: float = 0.95,
+                 seed: int = 0) -> dict:
+    """Percentile bootstrap confidence intervals for accuracy and macro F1 over validation images."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y_true), size=(samples, len(y_true)))
+    codes = y_true[idx] * num_classes + y_pred[idx]
+    offsets = np.arange(samples)[:, None] * num_classes**2
+    counts = np.bincount((codes + offsets).ravel(), minlength=samples * num_classes**2)
+    cms = counts.reshape(samples, num_classes, num_classes)
+    stats = {"accuracy": np.trace(cms, axis1=1, axis2=2) / len(y_true), "macro_f1": _macro_f1_from_counts(cms)}
+    tail = (1 - confidence) / 2 * 100
+    return {name: tuple(float(v) for v in np.percentile(values, [tail, 100 - tail])) for name, values in stats.items()}
+
+
+def mcnemar(correct_a, correct_b) -> dict:
+    """Exact McNemar test on paired predictions: is one model right where the other is wrong
+    more often than chance allows?"""
+    from scipy.stats import binomtest
+
+    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(~correct_a & correct_b))
+    p_value = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"only_first_correct": only_a, "only_second_correct": only_b, "p_value": float(p_value)}
+
+
+CALIBRATION_BINS = 15
+
+
+def _checked(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
+    y_true, probs = np.asarray(y_true, int), np.asarray(probs, float)
+    if probs.ndim != 2 or len(y_true) != len(probs):
+        raise KvasirError(f"Calibration needs one row of class probabilities per label; got {len(y_true)} labels "
+                          f"and probabilities of shape {probs.shape}. Pass the same images' predictions.")
+    return y_true, probs
+
+
+def reliability_table(y_true, probs, bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+    """Per equal-width bin of top-1 confidence (right-closed): count, mean confidence, accuracy."""
+    y_true, probs = _checked(y_true, probs)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.searchsorted(edges[1:-1], confidence, side="left")
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(which, confidence, bins) / count
+        accuracy = np.bincount(which, correct, bins) / count
+    return pd.DataFrame({"lower": edges[:-1], "upper": edges[1:], "count": count,
+                         "confidence": mean_confidence, "accuracy": accuracy})
+
+
+def expected_calibration_error(y_true, probs, bins: int = CALIBRATION_BINS) -> float:
+    """ECE: the gap between accuracy and mean top-1 confidence per bin, weighted by the bin's share of images."""
+    table = reliability_table(y_true, probs, bins).query("count > 0")
+    weights = table["count"] / table["count"].sum()
+    return float((weights * (table["accuracy"] - table["confidence"]).abs()).sum())
+
+
+def brier_score(y_true, probs) -> float:
+    """Multi-class Brier score (Brier 1950): mean over images of the sum over classes of (p - one-hot)^2.
+
+    Ranges 0 (certain and right) to 2 (certain and wrong); some libraries report it divided by the
+    number of classes, or for the top class only.
+    """
+    y_true, probs = _checked(y_true, probs)
+    onehot = np.eye(probs.shape[1])[y_true]
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
+def mcnemar_of_runs(first: pd.DataFrame, second: pd.DataFrame) -> dict:
+    """``mcnemar`` of two runs' predictions.csv, image by image (the caller checks they share images)."""
+    return mcnemar(first["true"] == first["pred"], second["true"] == second["pred"])
+

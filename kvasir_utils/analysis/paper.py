@@ -1,0 +1,162 @@
+"""The paper's reported numbers as data, and where its text is open to more than one reading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kvasir_utils.analysis.labels import ABBREVIATIONS, CLASSES
+from kvasir_utils.analysis.metrics import accuracy, classification_table
+
+# Table 1: per-class performance on the validation set.
+TABLE1 = pd.DataFrame(
+    [
+        [0.9299, 0.9803, 0.9544, 0.9893, 203],
+        [0.9836, 0.9231, 0.9524, 0.9979, 195],
+        [0.9317, 0.7212, 0.8130, 0.9921, 208],
+        [0.9615, 0.9756, 0.9685, 0.9943, 205],
+        [0.9760, 1.0000, 0.9878, 0.9964, 203],
+        [0.7412, 0.9389, 0.8284, 0.9585, 180],
+        [0.9797, 0.9234, 0.9507, 0.9971, 209],
+        [0.9353, 0.9543, 0.9447, 0.9907, 197],
+        [0.9300, 0.9269, 0.9250, 0.9895, 1600],
+        [0.9308, 0.9263, 0.9250, np.nan, 1600],
+    ],
+    index=[c.capitalize() for c in CLASSES] + ["Macro Avg", "Weighted Avg"],
+    columns=["Precision", "Recall", "F1-Score", "Specificity", "Support"],
+)
+
+
+# Table 2: confusion matrix, rows true, columns predicted.
+TABLE2 = pd.DataFrame(
+    [
+        [199, 3, 0, 0, 0, 0, 0, 1],
+        [15, 180, 0, 0, 0, 0, 0, 0],
+        [0, 0, 150, 0, 0, 58, 0, 0],
+        [0, 0, 0, 200, 0, 0, 2, 3],
+        [0, 0, 0, 0, 203, 0, 0, 0],
+        [0, 0, 11, 0, 0, 169, 0, 0],
+        [0, 0, 0, 3, 3, 1, 193, 9],
+        [0, 0, 0, 5, 2, 0, 2, 188],
+    ],
+    index=list(ABBREVIATIONS.values()), columns=list(ABBREVIATIONS.values()),
+)
+
+
+# Section 4.2: "ROC-AUC scores yield a macro-average of 0.98, with normal-pylorus at 1.00 and esophagitis at 0.92".
+ROC_AUC = {"Normal-pylorus": 1.00, "Esophagitis": 0.92, "Macro Avg": 0.98}
+MODELS = {
+    # Section 4: "validation accuracy of 92.63%"; macro F1 from Table 1; macro ROC-AUC from Section 4.2.
+    "resnet50": {"accuracy": 0.9263, "macro_f1": TABLE1.loc["Macro Avg", "F1-Score"],
+                 "macro_auc": ROC_AUC["Macro Avg"]},
+    # Section 4.3: "EfficientNet-B0 ... achieves 91.50% validation accuracy and a macro-average F1-score of 0.9150".
+    "efficientnet_b0": {"accuracy": 0.9150, "macro_f1": 0.9150, "macro_auc": np.nan},
+}
+
+
+# What the paper reports per model: only ResNet50 has per-class tables.
+REPORTED = {"resnet50": {"table1": TABLE1, "table2": TABLE2, "roc_auc": pd.Series(ROC_AUC, name="ROC-AUC").to_frame()}}
+# Section 4.1: "a 2.5% accuracy improvement during fine-tuning".
+FINE_TUNING_GAIN = 0.025
+# Every choice the paper leaves open: (setting, the paper's words, what the readings are).
+AMBIGUITIES = [
+    ("split.seed", "split into 80% training ... and 20% validation ..., ensuring balanced class distribution",
+     "stratified split; the paper gives no seed"),
+    ("transforms.brightness", "Brightness and contrast adjustments (±0.2)",
+     "ColorJitter factors drawn from [1-0.2, 1+0.2]"),
+    ("transforms.crop_scale", "Random cropping and resizing to 224x224 pixels",
+     "RandomResizedCrop scale range (torchvision's default [0.08, 1])"),
+    ("transforms.eval_resize", "resizing to 224x224 pixels",
+     "squash: direct resize of validation images; center_crop: short side then centre crop"),
+    ("train.weights", "Initialize M with ImageNet weights",
+     "torchvision weights version (the paper names none)"),
+    ("train.stage1.trainable", "Train M on D_train with frozen weights",
+     "head: everything frozen but the new final layer"),
+    ("train.stage2.trainable", "the last 10 layers unfrozen",
+     "last_tensors:10 | block:layer4.2 (Keras' reading) | module:<name> | all"),
+    ("train.stage2.lr", "learning rate η = 10^-4", "the fine-tuning learning rate is not given separately"),
+    ("train.stage2_init", "Stage 2: Fine-Tuning", "a new Adam for stage 2, or stage 1's Adam state carried on"),
+    ("train.frozen_batchnorm", "with frozen weights",
+     "eval: frozen BatchNorm layers keep their running statistics; train: they keep updating"),
+    ("train.seed", "(no seed is given)", "seed of initialisation, shuffling and augmentation"),
+]
+
+
+def setting_value(config: dict, dotted: str):
+    node = config
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def readings_table(config: dict) -> pd.DataFrame:
+    """The paper's ambiguous choices and the reading this run used."""
+    return pd.DataFrame(
+        [{"setting": key, "the paper says": words, "readings": readings, "this run": setting_value(config, key)}
+         for key, words, readings in AMBIGUITIES]
+    )
+
+
+def side_by_side(ours: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
+    """Columns (metric, paper | this run | difference) for every metric both tables have."""
+    index = ours.index.append(reported.index.difference(ours.index))
+    parts = {}
+    for column in [c for c in reported.columns if c in ours.columns]:
+        mine, theirs = ours[column].reindex(index), reported[column].reindex(index)
+        parts[column] = pd.DataFrame({"paper": theirs, "this run": mine, "difference": mine - theirs})
+    return pd.concat(parts, axis=1)
+
+
+def versus(ours: pd.DataFrame, reported: pd.DataFrame | None) -> pd.DataFrame:
+    """``side_by_side`` where the paper reports this table; this run's table alone where it does not."""
+    return ours if reported is None else side_by_side(ours, reported)
+
+
+def expand_confusion(confusion: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Label vectors that reproduce a confusion matrix exactly."""
+    counts = confusion.to_numpy()
+    true = np.repeat(np.arange(len(counts)), counts.sum(axis=1))
+    pred = np.concatenate([np.repeat(np.arange(len(counts)), row) for row in counts])
+    return true, pred
+
+
+def consistency_notes() -> list[str]:
+    """Where the paper's numbers disagree with each other (Table 1 recomputed from Table 2)."""
+    true, pred = expand_confusion(TABLE2)
+    recomputed = classification_table(true, pred, CLASSES)
+    notes = []
+    for row in TABLE1.index:
+        for column in TABLE1.columns:
+            stated, derived = TABLE1.loc[row, column], recomputed.loc[row, column]
+            if not (np.isnan(stated) and np.isnan(derived)) and abs(stated - derived) > 0.00051:
+                notes.append(f"Table 1 {row} {column} is {stated:g}; Table 2 gives {derived:.4f}")
+    acc = accuracy(true, pred)
+    stated = MODELS["resnet50"]["accuracy"]
+    if abs(acc - stated) > 0.00005:
+        notes.append(f"the stated accuracy {stated:.4f} differs from Table 2's {acc:.4f}")
+    eff = MODELS["efficientnet_b0"]
+    if eff["accuracy"] == eff["macro_f1"]:
+        notes.append("EfficientNet-B0's accuracy (91.50%) and macro F1 (0.9150) are stated as the same number; "
+                     "possible for a balanced set but not usual; no per-class table is given to check it")
+    notes.append("ROC-AUC is reported for two classes only (normal-pylorus 1.00, esophagitis 0.92) and the "
+                 "macro average (0.98), to two decimals")
+    return notes
+
+
+# What to cite, and the dataset's terms (shown where the data is downloaded and on the index page).
+CITATIONS = [
+    "Cruz, A. (2025). Advanced Classification of Gastrointestinal Endoscopy Images Using Transfer Learning "
+    "with ResNet50 on the Kvasir v2 Dataset. (The paper this study reproduces.)",
+    "Pogorelov, K., Randel, K. R., Griwodz, C., Eskeland, S. L., de Lange, T., Johansen, D., Spampinato, C., "
+    "Dang-Nguyen, D.-T., Lux, M., Schmidt, P. T., Riegler, M., & Halvorsen, P. (2017). KVASIR: A Multi-Class "
+    "Image Dataset for Computer Aided Gastrointestinal Disease Detection. Proceedings of the 8th ACM Multimedia "
+    "Systems Conference (MMSys '17), 164-169. doi:10.1145/3083187.3083212. (The dataset.)",
+]
+
+
+DATASET_TERMS = (
+    "Kvasir v2 terms of use (Simula): the dataset may be used for research and educational purposes only; "
+    "any publication or presentation of results that uses it must cite the Kvasir paper (Pogorelov et al., "
+    "MMSys 2017); commercial use needs the data owners' permission. Read the terms on the dataset's page, "
+    "https://datasets.simula.no/kvasir/, before you download."
+)

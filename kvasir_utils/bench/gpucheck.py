@@ -1,0 +1,196 @@
+"""``make gpu-check``: the speed figures a GPU machine owes the README, in one run, to JSON.
+
+1. ``epoch``: one training epoch of generated data at paper scale (6,400 images, the paper's
+   settings, stage 1), for each ``transforms.backend`` (pil: the CPU loader; device: batched on the
+   GPU): the loader alone (its first batch is the workers' start-up), loader + training step, and
+   the training step alone on a batch held on the device. ``pipeline_vs_model_only`` is the goal's
+   ratio (>= 0.9).
+2. ``protocol``: ``make evaluate`` on 8,000 generated images (both models, 5 + 5 epochs with a
+   validation pass each, the evaluation), its wall time and each stage's seconds.
+3. ``concurrency``: 1, 2 and 4 processes training at once on the one GPU (each with its share of
+   the CPU cores for loader workers), started together; aggregate images/s and the ratio to one.
+``--scale small`` runs the same on a few small images (how the tests exercise it on a CPU);
+``--parts`` picks some of the three. Nothing here is a GPU-only code path: on a CPU it measures the
+CPU. Writes ``reports/bench/gpu_check.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from kvasir_utils.analysis.runs import read_history
+from kvasir_utils.bench.timing import train_steps
+from kvasir_utils.config import PROJECT_ROOT, Config, load_profile
+from kvasir_utils.data import prepare
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.io import write_json_atomic
+from kvasir_utils.provenance import environment
+from kvasir_utils.train import hardware, loop, stages
+
+SCALES = {  # images per class, and settings on top of the paper profile
+    "paper": (1000, []),
+    "small": (8, ["transforms.image_size=64", "cache.short_side=72", "train.batch_size=8",
+                  "train.stage1.epochs=1", "train.stage2.epochs=1", "train.models=[resnet18]"]),
+}
+PARTS = ("epoch", "protocol", "concurrency")
+
+
+def write_profile(work: Path, scale: str) -> Path:
+    """A profile file: the paper's protocol on generated full-size images under ``work``."""
+    per_class, extra = SCALES[scale]
+    profile = {"base": "paper", "paths": {"data": str(work / "data"), "runs": str(work / "runs"),
+                                          "reports": str(work / "reports")},
+               "data": {"name": f"generated-{scale}", "url": "", "mirrors": [], "size": None,
+                        "expected_per_class": per_class,
+                        "synthetic": {"images_per_class": per_class, "seed": 0, "large_fraction": 0.1}},
+               "train": {"weights": None}, "runtime": {"offline": True}}
+    path = work / f"gpu-check-{scale}.yaml"
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+def load(profile: Path, scale: str, extra: list[str] = ()) -> Config:
+    return load_profile(str(profile), SCALES[scale][1] + list(extra))
+
+
+def prepare_data(cfg: Config) -> None:
+    """The data stage and the split (notebook 01's calls), reused when already there."""
+    prepared = prepare.prepare_dataset(cfg, progress=True)
+    if not cfg.split_csv.exists():
+        prepare.prepare_split(cfg, prepared)
+
+
+def _stage1(cfg: Config, runtime: hardware.Runtime):
+    name = cfg.train.models[0]
+    model = hardware.prepare_model(stages.model_for_stage(cfg, name, "stage1"), runtime)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.stage1.lr)
+    return model, optimizer
+
+
+def epoch_figures(cfg: Config, max_batches: int | None = None) -> dict:
+    """Loader alone, loader + step and step alone over one epoch (or ``max_batches``) of stage 1."""
+    runtime = hardware.resolve_runtime(cfg.runtime)
+    backend = hardware.augment_backend(cfg.transforms.backend, runtime.device)
+    augment = hardware.device_augment(cfg, runtime)
+    loader = stages.make_loaders(cfg, runtime)["train"]
+    limit = max_batches or len(loader)
+
+    start, first, seen = time.perf_counter(), None, 0
+    for step, (_, targets) in enumerate(loop.device_batches(loader, runtime, augment, loop.augment_generator(0))):
+        if first is None:
+            hardware.synchronize(runtime.device)
+            first = time.perf_counter() - start
+        seen += len(targets)
+        if step + 1 >= limit:
+            break
+    hardware.synchronize(runtime.device)
+    loader_rate = seen / (time.perf_counter() - start)
+
+    model, optimizer = _stage1(cfg, runtime)
+    criterion = nn.CrossEntropyLoss()
+    batches = iter(loop.device_batches(loader, runtime, augment, loop.augment_generator(1)))
+    images, targets = next(batches)
+    pipeline = train_steps(model, optimizer, criterion, runtime, batches, limit - 1)
+    held = iter([(images, targets)] * (limit - 1))
+    model_only = train_steps(model, optimizer, criterion, runtime, held, limit - 1)
+    return {"backend": backend, "runtime": runtime.describe(), "batches": limit,
+            "loader_images_per_s": loader_rate, "loader_first_batch_s": first,
+            "pipeline_images_per_s": pipeline, "model_only_images_per_s": model_only,
+            "pipeline_vs_model_only": pipeline / model_only}
+
+
+def run_protocol(profile: Path, scale: str) -> dict:
+    """``make evaluate`` for the generated profile (notebooks 01-04 of both models): wall time."""
+    settings = " ".join(SCALES[scale][1])
+    start = time.perf_counter()
+    done = subprocess.run(["make", "--no-print-directory", "evaluate", f"PROFILE={profile}", f"SET={settings}"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise KvasirError(f"make evaluate failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    cfg = load(profile, scale)
+    stages = {name: read_history(cfg, name)[["stage", "epoch", "seconds", "val_acc"]].to_dict("records")
+              for name in cfg.train.models}
+    return {"wall_seconds": seconds, "minutes": seconds / 60, "stages": stages}
+
+
+def _one_of_many(profile: str, scale: str, workers: int, batches: int, start_at: float) -> dict:
+    cfg = load(Path(profile), scale, [f"runtime.workers={workers}"])
+    runtime = hardware.resolve_runtime(cfg.runtime)
+    augment = hardware.device_augment(cfg, runtime)
+    loader = stages.make_loaders(cfg, runtime)["train"]
+    model, optimizer = _stage1(cfg, runtime)
+    criterion = nn.CrossEntropyLoss()
+    warm_up = iter(loop.device_batches(loader, runtime, augment, loop.augment_generator(0)))
+    train_steps(model, optimizer, criterion, runtime, warm_up, 2)
+    time.sleep(max(0.0, start_at - time.time()))
+    start = time.time()
+    stream = iter(loop.device_batches(loader, runtime, augment, loop.augment_generator(1)))
+    rate = train_steps(model, optimizer, criterion, runtime, stream, min(len(loader), batches))
+    return {"images_per_s": rate, "started": start, "ended": time.time()}
+
+
+def concurrency(profile: Path, scale: str, counts=(1, 2, 4), batches: int = 100, settle: float = 30) -> dict:
+    """Aggregate training images/s of 1, 2 and 4 processes sharing the device, started together
+    ``settle`` seconds (and 5 s a process) after they are launched, once each has built its model."""
+    cores = os.cpu_count() or 1
+    figures = {}
+    for count in counts:
+        workers = max(1, (cores - 1) // count)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(count, mp_context=context) as pool:
+            start_at = time.time() + settle + 5 * count
+            runs = [pool.submit(_one_of_many, str(profile), scale, workers, batches, start_at) for _ in range(count)]
+            results = [r.result() for r in runs]
+        figures[str(count)] = {"processes": count, "loader_workers_each": workers,
+                               "images_per_s_each": [r["images_per_s"] for r in results],
+                               "aggregate_images_per_s": sum(r["images_per_s"] for r in results)}
+    one = figures[str(counts[0])]["aggregate_images_per_s"]
+    for entry in figures.values():
+        entry["vs_one"] = entry["aggregate_images_per_s"] / one
+    return figures
+
+
+def run(scale: str, parts: list[str], out: Path, work: Path) -> dict:
+    profile = write_profile(work, scale)
+    cfg = load(profile, scale)
+    prepare_data(cfg)
+    results: dict = {"machine": environment(), "scale": scale, "profile": str(profile), "parts": parts}
+    if "epoch" in parts:
+        results["epoch"] = {backend: epoch_figures(load(profile, scale, [f"transforms.backend={backend}"]))
+                            for backend in ("pil", "device")}
+        write_json_atomic(out, results)
+    if "protocol" in parts:
+        results["protocol"] = run_protocol(profile, scale)
+        write_json_atomic(out, results)
+    if "concurrency" in parts:
+        results["concurrency"] = concurrency(profile, scale)
+    write_json_atomic(out, results)
+    print(f"wrote {out}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="paper")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench" / "gpu_check.json")
+    parser.add_argument("--work", type=Path, default=PROJECT_ROOT / "data" / "gpu-check",
+                        help="where the generated data and runs go (reused by a second run)")
+    args = parser.parse_args(argv)
+    try:
+        run(args.scale, args.parts, args.out, args.work)
+    except KvasirError as exc:
+        sys.exit(f"error: {exc}")

@@ -1,0 +1,34 @@
+"""Reading images: the one decoder every stage uses (training, display, hashing, the audit), and the
+cached copy of an image by its path in the split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from kvasir_utils.data.cache import cached_name
+
+
+def read_image(path: Path) -> Image.Image:
+    """An image file, decoded, as RGB (the presets' PIL operations are the fastest on CPU)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def iter_cached(cache_root: Path, paths):
+    """The cached images (PIL, RGB) of split-relative ``paths``, one at a time (for passes over every image)."""
+    return (read_image(Path(cache_root) / cached_name(p)) for p in paths)
+
+
+def load_cached(cache_root: Path, paths) -> list:
+    """The cached images (PIL, RGB) of split-relative ``paths``, for display."""
+    return list(iter_cached(cache_root, paths))
+
+
+def cached_images_per_class(cache_root: Path, split: pd.DataFrame, per_class: int, seed: int = 0):
+    """A few cached images of each class (for the sample grid): list of (label, PIL image)."""
+    picked = split.groupby("label", sort=False).sample(frac=1, random_state=seed).groupby("label").head(per_class)
+    return list(zip(picked["label"], load_cached(cache_root, picked["path"])))

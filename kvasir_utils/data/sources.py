@@ -1,0 +1,206 @@
+"""Getting the dataset archive: HTTP with resume, local files, size and SHA-256 checks, and the
+archive's record (where it came from, its size and SHA-256, computed once).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from tqdm import tqdm
+
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.io import disk_full, is_disk_full, sha256_file, write_json_atomic
+
+_CHUNK = 1 << 20
+
+
+class DownloadError(KvasirError):
+    """One address failed; the caller may try the next one."""
+
+
+def _local_source(url: str) -> Path | None:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if len(parsed.scheme) <= 1:  # a plain path (or a Windows drive letter)
+        return Path(url).expanduser()
+    return None
+
+
+def verify_archive(path: Path, size: int | None, sha256: str | None) -> None:
+    """Raise DownloadError unless ``path`` has the expected size and SHA-256 (when given)."""
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        raise DownloadError(f"{path.name} is {actual:,} bytes, expected {size:,}")
+    if sha256:
+        digest = sha256_file(path)
+        if digest != sha256.lower():
+            raise DownloadError(f"{path.name} has SHA-256 {digest}, expected {sha256}")
+
+
+# -- the archive's record: where it came from, its size and SHA-256, computed once ---------
+HAND_PLACED = "placed by hand"
+
+
+def archive_record_path(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".json")
+
+
+def read_archive_record(archive: Path) -> dict | None:
+    try:
+        return json.loads(archive_record_path(archive).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def record_archive(archive: Path, source: str) -> dict:
+    """Write ``<archive>.json`` (source, size, SHA-256) the first time the archive is used, and
+    again only if the file changed since (its size, times or inode); otherwise read it back. Hashing a
+    2.5 GB archive takes a while, so it is done once, not every run."""
+    info = archive.stat()
+    identity = [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]  # ctime: `cp -p` cannot fake it
+    recorded = read_archive_record(archive)
+    if recorded and recorded.get("identity") == identity:
+        return recorded
+    if recorded:
+        print(f"note: {archive.name} changed since it was recorded ({recorded['sha256'][:12]}...); hashing it again")
+    record = {"archive": archive.name, "source": source, "bytes": info.st_size, "identity": identity,
+              "sha256": sha256_file(archive), "recorded": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json_atomic(archive_record_path(archive), record)
+    return record
+
+
+def _copy_local(source: Path, part: Path) -> None:
+    if not source.is_file():
+        raise DownloadError(f"local file {source} does not exist")
+    try:
+        shutil.copyfile(source, part)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(part, source.stat().st_size) from None
+        raise
+
+
+def _http_attempt(url: str, part: Path, timeout: float, progress: bool) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "kvasir-study/1.0"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        resumed = have > 0 and response.status == 206  # a server that ignores Range sends it all (200)
+        start = have if resumed else 0
+        length = response.headers.get("Content-Length")
+        expected = start + int(length) if length is not None else None
+        with open(part, "ab" if resumed else "wb") as handle, tqdm(
+            total=expected, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=f"download {part.name.removesuffix('.part')}", disable=not progress, mininterval=1,
+        ) as bar:
+            while chunk := response.read(_CHUNK):
+                handle.write(chunk)
+                bar.update(len(chunk))
+    received = part.stat().st_size
+    if expected is not None and received < expected:
+        raise http.client.IncompleteRead(b"", expected - received)
+
+
+def download_http(url: str, part: Path, retries: int = 4, timeout: float = 60.0, progress: bool = True) -> None:
+    """Download ``url`` into ``part``, resuming with an HTTP Range request after each cut."""
+    last_error: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(0.25 * 2**attempt, 10))
+        try:
+            _http_attempt(url, part, timeout, progress)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and part.exists():  # our partial file is not a prefix of theirs
+                part.unlink()
+                last_error = exc
+                continue
+            raise DownloadError(f"the server answered HTTP {exc.code} {exc.reason}") from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if is_disk_full(exc):  # retrying cannot help; the partial file is kept for the rerun
+                expected = _remaining(url, part)
+                raise disk_full(part, expected) from None
+            last_error = exc
+    reason = getattr(last_error, "reason", last_error)
+    raise DownloadError(
+        f"{reason} (after {retries + 1} attempts; the partial file {part} is kept and the next run resumes it)"
+    )
+
+
+def _remaining(url: str, part: Path) -> int | None:
+    """Bytes still to come for ``part`` (None when the server does not say)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30) as response:
+            total = response.headers.get("Content-Length")
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        return None
+    return None if total is None else max(0, int(total) - part.stat().st_size)
+
+
+def fetch_archive(
+    urls: list[str], dest: Path, size: int | None = None, sha256: str | None = None,
+    offline: bool = False, retries: int = 4, progress: bool = True,
+) -> Path:
+    """Make ``dest`` hold the verified archive: use it if present, else download or copy it.
+
+    Each address is tried in turn. The download goes to ``<dest>.part`` and is renamed into
+    place only when complete and verified, so an interrupted run never leaves a finished-looking
+    archive; a cut download resumes where it stopped.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        try:
+            verify_archive(dest, size, sha256)
+        except DownloadError as exc:
+            raise KvasirError(
+                f"the archive already at {dest} does not match the profile: {exc}. "
+                f"Delete it (or fix data.size / data.sha256) and run again."
+            ) from exc
+        recorded = read_archive_record(dest)
+        if recorded and recorded["source"] != HAND_PLACED and recorded["source"] not in urls:
+            raise KvasirError(
+                f"the archive at {dest} was fetched from {recorded['source']}, but this profile asks for "
+                f"{urls[0]}. Nothing was changed. Delete {dest} to fetch the new one, or keep both by giving this "
+                f"run another data folder (SET=\"... paths.data=<another folder>\")."
+            )
+        record_archive(dest, HAND_PLACED if recorded is None else recorded["source"])
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    failures = []
+    for url in urls:
+        try:
+            local = _local_source(url)
+            if local is not None:
+                _copy_local(local, part)
+            elif offline:
+                raise DownloadError("not fetched: runtime.offline is true")
+            else:
+                download_http(url, part, retries=retries, progress=progress)
+            try:
+                verify_archive(part, size, sha256)
+            except DownloadError:
+                part.unlink()
+                raise
+            os.replace(part, dest)
+            record_archive(dest, url)
+            return dest
+        except DownloadError as exc:
+            failures.append(f"  {url}: {exc}")
+    raise KvasirError(
+        "could not get the dataset archive:\n" + "\n".join(failures) + "\n"
+        f"Without network, download it elsewhere and copy it to {dest} (it is then used as is). "
+        f"`make smoke` runs the whole study offline on generated data."
+    )

@@ -1,0 +1,230 @@
+"""A generated Kvasir-shaped archive for the smoke profile, the tests and the benchmark.
+
+Same zip layout as Kvasir v2 (``kvasir-dataset-v2/<class>/<uuid>.jpg``), the real resolutions,
+an endoscope's round field of view with a dark vignette, and one class-specific cue (colour and
+shape of a lesion-like blob) strong enough for a small CNN to learn in a few epochs. Numbers
+computed on it say nothing about Kvasir.
+
+It also carries the real data's traps, so the audit has something to find: the teal position-guide
+box in some lower-GI frames at class-specific rates (``GUIDE_BOX_RATES``), burnt-in text at the top
+left and black borders, and a few near-duplicate frames per class (shifted, re-encoded copies of an
+earlier frame). ``planted_traps`` says which frames got what, without reading the archive.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from kvasir_utils.data.overlays import GUIDE_BOX, GUIDE_BOX_RGB, TEXT_REGION, region_pixels
+from kvasir_utils.io import atomic_path
+
+ARCHIVE_TOP = "kvasir-dataset-v2"
+# Bumped whenever the generator draws other images, so an archive made by an older version (its
+# file name carries this) is never reused for a newer one.
+GENERATOR_VERSION = 2
+COMMON_SIZE = (720, 576)
+LARGE_SIZES = ((1920, 1072), (1280, 1024), (1350, 1080))
+# One cue per class: blob colour (RGB) and shape. Eight well-separated colours.
+CUES = (
+    ((40, 80, 220), "disc"),
+    ((30, 160, 200), "ring"),
+    ((230, 40, 40), "stripes"),
+    ((230, 210, 60), "disc"),
+    ((20, 20, 20), "ring"),
+    ((245, 245, 245), "stripes"),
+    ((200, 60, 160), "disc"),
+    ((60, 200, 80), "ring"),
+)
+
+
+_ZIP_DATE = (2017, 1, 1, 0, 0, 0)
+# Share of a class's original frames that get the guide box (copies keep their source's): lower-GI
+# classes at high and low rates, none in upper-GI ones. Classes not named here get none.
+GUIDE_BOX_RATES = {
+    "dyed-lifted-polyps": 0.8, "dyed-resection-margins": 0.6, "esophagitis": 0.0, "normal-cecum": 0.7,
+    "normal-pylorus": 0.0, "normal-z-line": 0.0, "polyps": 0.3, "ulcerative-colitis": 0.1,
+}
+
+
+# Near-duplicates per class, at most a quarter of its frames: the copies are its last frames.
+NEAR_DUPLICATES_PER_CLASS = 3
+DUPLICATE_MAX_SHIFT = 6
+JPEG_QUALITY = 90
+DUPLICATE_JPEG_QUALITY = 75
+BORDER_FRACTION = 0.02
+_PLAN_STREAM = 1
+
+
+def _image_size(rng: np.random.Generator, large_fraction: float) -> tuple[int, int]:
+    if rng.random() < large_fraction:
+        return LARGE_SIZES[rng.integers(len(LARGE_SIZES))]
+    return COMMON_SIZE
+
+
+def _lighting(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Uneven light and a dark lumen at a random place: what makes one frame unlike the next at a
+    glance, so that only the planted copies look alike to a perceptual hash."""
+    small_h, small_w = xx.shape
+    coarse = rng.normal(0, 1, (5, 6)).astype(np.float32)
+    field = np.asarray(Image.fromarray(coarse).resize((small_w, small_h), Image.BICUBIC))
+    lx, ly = rng.uniform(0.15, 0.85) * small_w, rng.uniform(0.15, 0.85) * small_h
+    spread = rng.uniform(0.1, 0.3) * min(small_w, small_h)
+    lumen = np.exp(-((xx - lx) ** 2 + (yy - ly) ** 2) / (2 * spread**2))
+    return np.clip(1.0 + 0.5 * field, 0.3, 1.8) * (1.0 - 0.9 * lumen)
+
+
+def make_image(rng: np.random.Generator, class_index: int, size: tuple[int, int]) -> Image.Image:
+    """One endoscopy-like RGB image of ``size`` (width, height) carrying class ``class_index``'s cue."""
+    width, height = size
+    small_w, small_h = max(width // 8, 8), max(height // 8, 8)
+    yy, xx = np.mgrid[0:small_h, 0:small_w].astype(np.float32)
+    cx, cy = small_w / 2, small_h / 2
+    radius = np.hypot((xx - cx) / (small_w / 2), (yy - cy) / (small_h / 2))
+
+    tissue = np.array([190, 95, 80], np.float32) + rng.normal(0, 12, 3)
+    shade = 1.0 + 0.15 * rng.standard_normal((small_h, small_w, 1)).astype(np.float32)
+    img = tissue * shade * _lighting(rng, xx, yy)[..., None]
+
+    color, shape = CUES[class_index % len(CUES)]
+    bx, by = cx + rng.uniform(-0.2, 0.2) * small_w, cy + rng.uniform(-0.2, 0.2) * small_h
+    blob_r = rng.uniform(0.22, 0.32) * min(small_w, small_h)
+    dist = np.hypot(xx - bx, yy - by) / blob_r
+    if shape == "disc":
+        mask = dist < 1.0
+    elif shape == "ring":
+        mask = (dist > 0.6) & (dist < 1.2)
+    else:
+        angle = rng.uniform(0, np.pi)
+        along = (xx - bx) * np.cos(angle) + (yy - by) * np.sin(angle)
+        mask = (np.sin(along / blob_r * 6) > 0.3) & (dist < 1.5)
+    img[mask] = 0.25 * img[mask] + 0.75 * np.array(color, np.float32)
+
+    vignette = np.clip(1.15 - 0.6 * radius**2, 0, 1)[..., None]
+    field_of_view = (radius < 0.98)[..., None]
+    img = img * vignette * field_of_view
+    full = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    grain = rng.normal(0, 4, (height, width, 1)).astype(np.float32)
+    pixels = np.clip(np.asarray(full, np.float32) + grain, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _shift(pixels: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``pixels`` moved by (dx, dy), black where nothing moved in, as the scene moves between video frames."""
+    height, width = pixels.shape[:2]
+    moved = np.zeros_like(pixels)
+    moved[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+        pixels[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
+    return moved
+
+
+@functools.lru_cache(maxsize=8)
+def _font(height: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=max(height // 36, 8))
+
+
+def draw_overlays(image: Image.Image, guide_box: bool, marker: float, caption: str) -> Image.Image:
+    """Black borders, burnt-in text at the top left and, if ``guide_box``, the teal guide box with a
+    colon sketch and the scope's position (``marker``, 0 to 1 along it) drawn inside."""
+    width, height = image.size
+    pixels = np.array(image)
+    bx, by = max(round(BORDER_FRACTION * width), 1), max(round(BORDER_FRACTION * height), 1)
+    pixels[:by], pixels[-by:], pixels[:, :bx], pixels[:, -bx:] = 0, 0, 0, 0
+    framed = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(framed)
+    left, top, _, _ = region_pixels(image.size, TEXT_REGION)
+    draw.multiline_text((left + 0.03 * width, top + 0.03 * height), caption, fill=(235, 235, 235),
+                        font=_font(height))
+    if guide_box:
+        x0, y0, x1, y1 = region_pixels(image.size, GUIDE_BOX)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=GUIDE_BOX_RGB)
+        w, h = x1 - x0, y1 - y0
+        sketch = [(x0 + 0.3 * w, y0 + 0.85 * h), (x0 + 0.25 * w, y0 + 0.2 * h), (x0 + 0.75 * w, y0 + 0.2 * h),
+                  (x0 + 0.7 * w, y0 + 0.85 * h)]
+        draw.line(sketch, fill=(240, 240, 240), width=max(w // 60, 2), joint="curve")
+        sx, sy = sketch[min(int(marker * 3), 2)]
+        r = max(w // 25, 3)
+        draw.ellipse((sx - r, sy - r, sx + r, sy + r), fill=(20, 20, 20))
+    return framed
+
+
+def _class_plan(seed: int, class_index: int, name: str, images_per_class: int) -> pd.DataFrame:
+    """Which frames of one class get the box, which are copies of which, their names: from a stream of
+    its own, so ``planted_traps`` can say it without drawing a single image."""
+    rng = np.random.default_rng([seed, class_index, _PLAN_STREAM])
+    copies = min(NEAR_DUPLICATES_PER_CLASS, images_per_class // 4)
+    originals = images_per_class - copies
+    sources = rng.choice(originals, copies, replace=False)
+    box = np.zeros(originals, bool)
+    box[rng.choice(originals, round(GUIDE_BOX_RATES.get(name, 0.0) * originals), replace=False)] = True
+    shift = rng.integers(2, DUPLICATE_MAX_SHIFT + 1, (copies, 2)) * rng.choice([-1, 1], (copies, 2))
+    marker = rng.random(originals)
+    paths = [f"{name}/{uuid.UUID(bytes=rng.bytes(16), version=4)}.jpg" for _ in range(images_per_class)]
+    return pd.DataFrame({
+        "path": paths, "label": name,
+        "guide_box": np.concatenate([box, box[sources]]),
+        "source": np.concatenate([np.full(originals, -1), sources]),
+        "dx": np.concatenate([np.zeros(originals, int), shift[:, 0]]),
+        "dy": np.concatenate([np.zeros(originals, int), shift[:, 1]]),
+        "marker": np.concatenate([marker, marker[sources]]),
+    })
+
+
+def planted_traps(classes: list[str], images_per_class: int, seed: int = 0) -> pd.DataFrame:
+    """What ``make_archive`` with the same arguments plants: one row per image in archive order, with
+    ``path`` (``<class>/<name>.jpg``, as ``data.scan_images`` names it), ``label``, ``guide_box`` and
+    ``duplicate_of`` (the path of the frame it copies; missing for an original)."""
+    plans = []
+    for class_index, name in enumerate(classes):
+        plan = _class_plan(seed, class_index, name, images_per_class)
+        source = plan["source"].to_numpy()
+        plan["duplicate_of"] = [plan["path"].iat[s] if s >= 0 else None for s in source]
+        plans.append(plan[["path", "label", "guide_box", "duplicate_of"]])
+    return pd.concat(plans, ignore_index=True)
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def make_archive(
+    path: Path,
+    classes: list[str],
+    images_per_class: int,
+    seed: int = 0,
+    large_fraction: float = 0.1,
+    top: str = ARCHIVE_TOP,
+) -> Path:
+    """Write a Kvasir-layout zip to ``path`` (atomically); the same arguments give the same bytes.
+
+    ``images_per_class`` counts the near-duplicate copies too; ``planted_traps`` lists them.
+    """
+    path = Path(path)
+    with atomic_path(path, ".zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for class_index, name in enumerate(classes):
+            rng = np.random.default_rng([seed, class_index])
+            plan = _class_plan(seed, class_index, name, images_per_class)
+            sources, kept = set(plan["source"]), {}  # kept: scenes a later copy shifts; overlays stay put
+            for index, frame in enumerate(plan.itertuples()):
+                if frame.source < 0:
+                    scene = make_image(rng, class_index, _image_size(rng, large_fraction))
+                    quality = JPEG_QUALITY
+                else:
+                    scene = Image.fromarray(_shift(np.asarray(kept[frame.source]), frame.dx, frame.dy))
+                    quality = DUPLICATE_JPEG_QUALITY
+                if index in sources:
+                    kept[index] = scene
+                caption = f"KVASIR SYNTH\n2017-01-01\nID {seed:04d}\n#{index:04d}"
+                image = draw_overlays(scene, frame.guide_box, frame.marker, caption)
+                info = zipfile.ZipInfo(f"{top}/{frame.path}", date_time=_ZIP_DATE)
+                archive.writestr(info, _jpeg(image, quality))
+    return path

@@ -1,0 +1,115 @@
+"""Where a result came from: the study's commit, the locked environment, the data and weights
+it used, versions and hardware; written into every metrics.json and onto every report page.
+
+Torch-free: package versions come from their installed metadata, so the report layer uses it too.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from kvasir_utils.config import PROJECT_ROOT, Config
+from kvasir_utils.io import sha256_file
+
+LOCK_FILE = PROJECT_ROOT / "requirements.lock"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``AMD EPYC ...``, ``Intel(R) Xeon(R) ...``); every speed figure names it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """Python, torch and torchvision versions, the platform, the CPU and, where torch is already
+    loaded (training, evaluation), the GPU. Never imports torch itself."""
+    torch = sys.modules.get("torch")
+    gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
+    return {
+        "python": sys.version.split()[0], "torch": _version("torch"), "torchvision": _version("torchvision"),
+        "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu,
+    }
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def study_version() -> dict:
+    """The study's git commit, whether it had uncommitted changes (tracked files, and untracked ones
+    that git does not ignore), and the lock's hash. Asked anew each time: a notebook kernel outlives
+    commits. Outside a git checkout of the study, commit and dirty are unknown (None)."""
+    top = _git("rev-parse", "--show-toplevel")
+    inside = top is not None and Path(top).resolve() == PROJECT_ROOT.resolve()
+    commit = _git("rev-parse", "HEAD") if inside else None
+    status = _git("status", "--porcelain") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status),
+            "lock_sha256": sha256_file(LOCK_FILE) if LOCK_FILE.exists() else None}
+
+
+def archive_provenance(cfg: Config) -> dict | None:
+    """The dataset archive this run's split was made from (name, source, size, SHA-256), as notebook
+    01 recorded it beside the split; None before notebook 01 ran."""
+    try:
+        return json.loads(cfg.dataset_record.read_text())["archive"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def weights_provenance(cfg: Config, model_name: str) -> dict | None:
+    """The ImageNet weights file a model started from, with its SHA-256 as recorded when stage 1
+    loaded it (None without pretrained weights, or before stage 1 ran)."""
+    path = cfg.stage_dir(model_name, "stage1") / "weights.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def provenance(cfg: Config, model_name: str | None = None) -> dict:
+    """Everything a reader needs to tell whether they have the same study, settings and data."""
+    record = {**study_version(), "profile": cfg.profile, "overrides": list(cfg.overrides),
+              "archive": archive_provenance(cfg)}
+    if model_name is not None:
+        record["weights"] = weights_provenance(cfg, model_name)
+    return record
+
+
+def describe_commit(version: dict) -> str:
+    if version.get("commit") is None:
+        return "unknown (not a git checkout of the study)"
+    return version["commit"][:12] + (" with uncommitted changes" if version["dirty"] else "")
+
+
+def provenance_line(cfg: Config) -> str:
+    """The provenance in one line, for the banner on every report page."""
+    version = study_version()
+    commit = describe_commit(version)
+    lock = (version["lock_sha256"] or "none")[:12]
+    overrides = " ".join(cfg.overrides) or "none"
+    archive = archive_provenance(cfg)
+    data = f"{archive['archive']} ({archive['bytes']:,} bytes, SHA-256 {archive['sha256']})" if archive else "not yet"
+    return (f"Study commit {commit}; lock {lock}; profile '{cfg.profile}', overrides: {overrides}; "
+            f"dataset archive {data}.")

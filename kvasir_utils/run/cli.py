@@ -1,0 +1,127 @@
+"""Command line used by the Makefile: run notebooks headlessly, render the reports, run sweeps.
+
+    python -m kvasir_utils run-notebook 02_train --profile smoke --model resnet50 --set train.stage1.epochs=1
+    python -m kvasir_utils report --profile smoke
+    python -m kvasir_utils makevars --profile smoke
+    python -m kvasir_utils sweep smoke-seeds --set paths.runs=/tmp/runs
+
+Every failure ends with one line on stderr that says what went wrong, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from kvasir_utils import config
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.io import folder_lock
+from kvasir_utils.run import signals
+from kvasir_utils.run.notebooks import NOTEBOOKS, check_make_path, record_failure, run_notebook, write_settings_stamp
+from kvasir_utils.run.sweep_aggregate import aggregate_sweep
+
+
+def run_sweep_command(name: str, overrides: list[str]) -> int:
+    """``make sweep``: validate every run, run the unfinished ones on Ray, then notebook 06 and the
+    sweep's report. Returns the exit code: 1 when a run failed (the others still count)."""
+    from kvasir_utils.run import sweep_execute, sweep_spec
+
+    spec = sweep_spec.load_sweep(name, overrides)
+    print(f"sweep {spec.name}: {len(spec.members)} run(s) of profile {spec.base.profile}, results under {spec.run_dir}")
+    with folder_lock(spec.run_dir, f"sweep {spec.name}", wait=False):  # one driver per sweep folder
+        outcome = sweep_execute.run_sweep(spec)
+        if outcome.skipped:
+            print(f"{len(outcome.skipped)} run(s) finished earlier and were not run again")
+        print(f"wrote {aggregate_sweep(spec, name, overrides)}")
+    if outcome.failed:
+        listing = "\n".join(f"  {member}: {error}" for member, error in outcome.failed.items())
+        print(f"error: {len(outcome.failed)} of {len(spec.members)} run(s) failed (each run's output is in "
+              f"member.log in its folder under {spec.run_dir / 'members'}):\n{listing}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kvasir_utils", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str, profile: bool = True) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text)
+        if profile:
+            cmd.add_argument("--profile", default="paper", help="profile name or path to a YAML file")
+        cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="dotted override, e.g. train.stage1.epochs=1 (repeatable)")
+        return cmd
+
+    run = add("run-notebook", "execute one notebook with papermill")
+    run.add_argument("notebook", choices=NOTEBOOKS)
+    run.add_argument("--model", default=None)
+    add("report", "render the executed notebooks to HTML and write index.html")
+    add("makevars", "check the profile and print its folders and models as make variables")
+    sweep_cmd = add("sweep", "run a sweep's members on Ray, then aggregate them (notebook 06)", profile=False)
+    sweep_cmd.add_argument("sweep", help="sweep name (configs/sweeps/<name>.yaml) or path to a sweep file")
+    return parser
+
+
+def _terminate(signum, _frame):
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, a sweep) stops like Ctrl-C: files are closed, temp files removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _command(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _record_failure(args, error: str, exit_code: int) -> None:
+    step = args.notebook + (f" ({args.model})" if args.model else "") if args.command == "run-notebook" \
+        else args.command
+    record_failure(step, error, exit_code)
+
+
+def _command(args) -> int:
+    try:
+        return _dispatch(args)
+    except KvasirError as exc:
+        _record_failure(args, str(exc), 1)
+        signals.print_last(f"error: {exc}")
+        return 1
+    except signals.Interrupted as exc:
+        _record_failure(args, f"interrupted: {exc}", 130)
+        signals.print_last(f"interrupted: {exc}. Finished steps and epochs are kept: {signals.resume_hint()} "
+                           "goes on from there.")
+        return 130
+    except KeyboardInterrupt:
+        _record_failure(args, "interrupted", 130)
+        signals.print_last(f"interrupted: {signals.resume_hint()} goes on where it stopped.")
+        return 130
+
+
+def _dispatch(args) -> int:
+    if args.command == "run-notebook":
+        print(f"wrote {run_notebook(args.notebook, args.profile, args.overrides, args.model)}")
+    elif args.command == "report":
+        from kvasir_utils.report import site
+
+        cfg = config.load_profile(args.profile, args.overrides)
+        print(f"wrote {site.render_reports(cfg)}")
+    elif args.command == "makevars":
+        cfg = config.load_profile(args.profile, args.overrides)
+        check_make_path(cfg.run_dir)
+        check_make_path(cfg.report_dir)
+        settings = write_settings_stamp(cfg)
+        print(f"RUN_DIR := {cfg.run_dir}")
+        print(f"REPORT_DIR := {cfg.report_dir}")
+        print(f"MODELS := {' '.join(cfg.train.models)}")
+        print(f"SETTINGS := {settings}")
+        twin = config.masked_twin(cfg)  # notebook 07 shows its Table 1 once it is evaluated
+        twin_cfg = config.load_profile(twin, args.overrides) if twin else None
+        audit_inputs = [twin_cfg.eval_dir(m) / "metrics.json" for m in cfg.train.models] if twin_cfg else []
+        print(f"AUDIT_INPUTS := {' '.join(map(str, audit_inputs))}")
+    elif args.command == "sweep":
+        return run_sweep_command(args.sweep, args.overrides)
+    return 0

@@ -1,0 +1,122 @@
+"""Notebooks run headlessly (papermill) as the Makefile's steps: the executed copy is the step's stamp,
+written only when every cell succeeded; a failure leaves ``<name>.failed.ipynb`` and one line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from kvasir_utils import config
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.io import disk_full, folder_lock, is_disk_full, write_json_atomic, write_text_atomic
+from kvasir_utils.run import signals
+
+NOTEBOOKS = ("01_download_and_split", "02_train", "03_finetune", "04_evaluate", "05_compare", "07_audit")
+PER_MODEL = {"02_train", "03_finetune", "04_evaluate"}
+SWEEP_NOTEBOOK = "06_sweep"
+NOTEBOOK_SOURCE_DIR = config.PROJECT_ROOT / "notebooks"
+
+
+FAILURE_FILE = "KVASIR_FAILURE_FILE"  # set by a caller (a sweep member) that wants a failure as fields
+
+
+def record_failure(step: str, error: str, exit_code: int) -> None:
+    """The failing step, its exit code and its error, as fields in ``$KVASIR_FAILURE_FILE`` when set."""
+    path = os.environ.get(FAILURE_FILE)
+    if path:
+        write_json_atomic(Path(path), {"step": step, "exit_code": exit_code, "error": error})
+
+
+def executed_notebook_path(cfg: config.Config, name: str, model: str | None = None) -> Path:
+    """Where the executed copy of a notebook goes; the Makefile uses it as the step's stamp."""
+    return cfg.notebook_dir / (f"{name}-{model}.ipynb" if model else f"{name}.ipynb")
+
+
+def write_settings_stamp(cfg: config.Config) -> Path:
+    """``settings.yaml``: what changes results; rewritten only when it changes, so the Makefile
+    reruns the steps after a settings change and nothing after a mere rerun. New settings are
+    first checked against every model and reading of the profile (on the meta device, before the
+    pipeline does anything); unchanged ones were checked when they were written."""
+    path = cfg.run_dir / "settings.yaml"
+    text = yaml.safe_dump(cfg.science_dict(), sort_keys=False)
+    if path.exists() and path.read_text() == text:
+        return path
+    from kvasir_utils.train import models
+
+    models.check_profile(cfg)  # before anything is created
+    with folder_lock(cfg.run_dir, "checking the settings", wait=False):  # not under a running run
+        return write_text_atomic(path, text)
+
+
+def check_make_path(path: Path) -> None:
+    """make cannot have these characters in a file name (it reads them as its own syntax)."""
+    bad = sorted({c for c in str(path) if c in ":%#$;*?[]" or c.isspace()})
+    if bad:
+        raise KvasirError(f"the folder {path} contains {' '.join(repr(c) for c in bad)}, which make cannot handle in "
+                          "a file name; choose paths.runs / paths.reports (or a profile file name) without them")
+
+
+def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, what: str) -> Path:
+    """Execute ``notebooks/<name>.ipynb`` with papermill into ``out``, holding ``lock_folder``'s
+    lock; the result appears under its name only if every cell succeeded. SIGINT and SIGTERM stop
+    the kernel too (``signals.KernelStopper``) and end in ``Interrupted``."""
+    import papermill
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    failed = out.with_suffix(".failed.ipynb")
+    stopper = signals.KernelStopper()
+    try:
+        with folder_lock(lock_folder, f"running {out.stem}", wait=False), stopper:
+            papermill.execute_notebook(
+                str(NOTEBOOK_SOURCE_DIR / f"{name}.ipynb"), str(failed), parameters=parameters,
+                cwd=str(NOTEBOOK_SOURCE_DIR), kernel_name="python3", progress_bar=False,
+                stdout_file=signals.LineTracker(sys.stdout), stderr_file=signals.LineTracker(sys.stderr),
+                kernel_manager_class=stopper.kernel_manager_class(), on_cell_execute=stopper.before_cell,
+            )
+    except KvasirError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failing cell, a dead kernel, an interrupt: one line each
+        if failed.exists():
+            signals.print_last(f"the executed notebook up to there: {failed}")
+        if stopper.signum is not None:
+            how = "killed after it did not stop in time" if stopper.killed else "stopped"
+            raise signals.Interrupted(stopper.signum, f"{what} {how}") from None
+        raise KvasirError(f"{what} failed: {_reason(exc)}") from None
+    os.replace(failed, out)
+    return out
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, in one line: a study error's own message, else the exception's type and first line."""
+    import papermill
+
+    if isinstance(exc, papermill.PapermillExecutionError):
+        kind, text = exc.ename, exc.evalue
+    elif type(exc).__name__ == "DeadKernelError":
+        return "the Jupyter kernel died (killed, or out of memory?); what it finished is kept"
+    elif is_disk_full(exc):
+        return str(disk_full(Path(exc.filename or "the executed notebook"), None))
+    else:
+        kind, text = type(exc).__name__, (str(exc).strip().splitlines() or [""])[0]
+    return text if kind in {"KvasirError", "ConfigError", "DownloadError", "DiskFullError"} else f"{kind}: {text}"
+
+
+def run_notebook(name: str, profile: str, overrides: list[str], model: str | None = None) -> Path:
+    """Execute one of the study's notebooks (01-05) for a profile (and a model)."""
+    if name not in NOTEBOOKS:
+        raise KvasirError(f"unknown notebook {name!r}; expected one of {', '.join(NOTEBOOKS)}")
+    if (name in PER_MODEL) != (model is not None):
+        raise KvasirError(f"notebook {name} {'needs' if name in PER_MODEL else 'takes no'} --model")
+    cfg = config.load_profile(profile, overrides)
+    if model is not None and model not in cfg.train.models:
+        raise KvasirError(f"model {model!r} is not in train.models of profile {cfg.profile}: {cfg.train.models}")
+    # the kernel runs in notebooks/: a relative profile path is made absolute
+    parameters = {"PROFILE": config.profile_reference(profile), "OVERRIDES": list(overrides)}
+    if model is not None:
+        parameters["MODEL"] = model
+    return execute_notebook(name, parameters, executed_notebook_path(cfg, name, model), cfg.run_dir,
+                            f"{name}{f' ({model})' if model else ''}")

@@ -1,0 +1,194 @@
+"""A sweep file and its members: a base profile, seeds, models and a grid of dotted settings; every
+combination is a member, an ordinary run with its own folders. Every member is validated before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from kvasir_utils import config
+from kvasir_utils.analysis import paper
+from kvasir_utils.analysis.sweeps import DEFAULT_READING
+from kvasir_utils.config import Config, ConfigError, Section
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.io import sha256_text
+from kvasir_utils.train import models
+
+SWEEP_DIR = config.CONFIG_DIR / "sweeps"
+SEED_SETTINGS = {"train.seed": ["train.seed"], "split.seed": ["split.seed"], "both": ["train.seed", "split.seed"]}
+
+
+class Resources(Section):
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)  # fractions let several members share one GPU
+
+
+class SweepFile(Section):
+    base: str = "paper"
+    seeds: list[int] = Field([42], min_length=1)
+    # train.seed: the validation set stays fixed and runs are paired by seed (the default);
+    # split.seed: another split per seed; both: both vary together.
+    seed_setting: Literal["train.seed", "split.seed", "both"] = "train.seed"
+    models: list[str] | None = Field(None, min_length=1)  # default: the base profile's train.models
+    grid: dict[str, list] = {}
+    overrides: list[str] = []  # dotted settings for every member, like SET
+    resources: Resources = Resources()
+    max_retries: int = Field(1, ge=0)
+    address: str | None = None  # a Ray cluster; RAY_ADDRESS also works; none: a local instance
+
+
+@dataclass
+class Member:
+    name: str
+    model: str
+    seed: int
+    settings: dict  # the grid values of this member
+    reading: str  # the settings in words, "profile's reading" when there is no grid
+    overrides: list[str]
+    cfg: Config
+
+    @property
+    def folder(self) -> Path:
+        """The member's own runs folder (its run is ``<folder>/<profile>``)."""
+        return self.cfg.runs_root
+
+    @property
+    def record_path(self) -> Path:
+        return self.folder / "member.json"
+
+    @property
+    def report_index(self) -> Path:
+        return self.cfg.report_dir / "index.html"
+
+
+@dataclass
+class Sweep:
+    name: str
+    spec: SweepFile
+    profile: str  # what to hand to make: a profile name, or an absolute path
+    overrides: list[str]  # SET, for every member
+    base: Config
+    source: Path | None = None  # the sweep file
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.base.runs_root / "sweeps" / self.name
+
+    @property
+    def report_dir(self) -> Path:
+        return self.base.reports_root / "sweeps" / self.name
+
+    @property
+    def default_settings(self) -> dict:
+        """The base profile's value of every grid setting: the paper's reading the others are compared with."""
+        return {key: paper.setting_value(self.base.to_dict(), key) for key in self.spec.grid}
+
+
+# -- the sweep file -----------------------------------------------------------------------
+def find_sweep(name_or_path: str) -> Path:
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        if not candidate.is_file():
+            raise ConfigError(f"sweep file {candidate} does not exist")
+        return candidate.resolve()
+    path = SWEEP_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown sweep {name_or_path!r}; known sweeps: {known} (or give the path to a YAML file)")
+    return path
+
+
+def _value_text(value) -> str:
+    """A grid value as it is written in an override (and in a member's name)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def folder_name(member_name: str) -> str:
+    """A member's folder: its name with what make cannot take in a file name (``:`` in
+    ``block:layer4.2``, ``/``, spaces) replaced by ``_``; member.json keeps the name itself."""
+    return re.sub(r"[^A-Za-z0-9._=+,@\[\]-]", "_", member_name).replace("[", "(").replace("]", ")")
+
+
+# Settings a sweep sets for each run itself: a grid over them (or an override of them) would make
+# a run claim one model or seed while training another.
+OWN_KEYS = {"train.models", "train.seed", "split.seed"}
+
+
+def _check_spec(sweep_name: str, spec: SweepFile, overrides: list[str]) -> None:
+    """Refuse what would silently mislabel runs: grid keys the sweep sets itself, empty value
+    lists, negative seeds, and overrides of the model or the varying seed."""
+    problems = [f"grid key {key!r} is set by the sweep itself (use `models:`, `seeds:` and `seed_setting:`)"
+                for key in spec.grid if key in OWN_KEYS or key.startswith("paths.")]
+    problems += [f"grid key {key!r} has no values" for key, values in spec.grid.items() if not values]
+    problems += [f"seed {seed} is negative" for seed in spec.seeds if seed < 0]
+    varying = {"train.models", *SEED_SETTINGS[spec.seed_setting]}
+    problems += [f"override {text!r} is replaced by the sweep for every run (use `models:` / `seeds:`)"
+                 for text in [*spec.overrides, *overrides] if text.partition("=")[0].strip() in varying]
+    if problems:
+        raise ConfigError(f"sweep {sweep_name}: " + "; ".join(problems))
+
+
+def _check_override_text(text: str, where: str) -> None:
+    if any(c.isspace() for c in text) or "'" in text:
+        raise ConfigError(f"{where}: {text!r} contains a space or a quote; members run through `make ... SET=...`, "
+                          "which separates settings by spaces")
+
+
+def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
+    """Read a sweep file and validate every member's settings (as a profile is validated, and
+    every model x reading on the meta device) before anything runs."""
+    path = find_sweep(name_or_path)
+    raw = config._read_yaml(path)
+    try:
+        spec = SweepFile.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"])
+        raise ConfigError(f"sweep {path.name}: setting {key!r} is not valid: {error['msg']}") from None
+    overrides = list(overrides or [])
+    _check_spec(path.stem, spec, overrides)
+    profile = config.profile_reference(config.find_profile(spec.base, relative_to=path.parent))
+    base = config.load_profile(profile, [*spec.overrides, *overrides])
+    sweep = Sweep(path.stem, spec, profile, overrides, base, source=path)
+    for text in [*spec.overrides, *overrides]:
+        _check_override_text(text, f"sweep {sweep.name}")
+    sweep.members = [_member(sweep, model, seed, dict(zip(spec.grid, values)))
+                     for values in itertools.product(*spec.grid.values())
+                     for model in (spec.models or base.train.models) for seed in spec.seeds]
+    folders = [m.folder for m in sweep.members]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"sweep {sweep.name}: two runs would share a folder (repeated seeds or grid values?)")
+    return sweep
+
+
+def _member(sweep: Sweep, model: str, seed: int, settings: dict) -> Member:
+    name = "-".join([model, f"seed{seed}", *(f"{k}={_value_text(v)}" for k, v in settings.items())])
+    reading = ", ".join(f"{k}={_value_text(v)}" for k, v in settings.items()) or DEFAULT_READING
+    folder = folder_name(name)
+    own = [f"train.models=[{model}]", *(f"{key}={seed}" for key in SEED_SETTINGS[sweep.spec.seed_setting]),
+           *(f"{k}={_value_text(v)}" for k, v in settings.items()),
+           f"paths.runs={sweep.run_dir / 'members' / folder}", f"paths.reports={sweep.report_dir / 'members' / folder}"]
+    for text in own:
+        _check_override_text(text, f"sweep {sweep.name}, member {name}")
+    member_overrides = [*sweep.spec.overrides, *sweep.overrides, *own]
+    try:
+        cfg = config.load_profile(sweep.profile, member_overrides)
+        models.check_profile(cfg)
+    except KvasirError as exc:
+        raise ConfigError(f"sweep {sweep.name}, member {name}: {exc}") from None
+    return Member(name, model, seed, settings, reading, member_overrides, cfg)
+
+
+def settings_fingerprint(member: Member) -> str:
+    """SHA-256 of everything that changes the run's result (its resolved settings, not how they
+    were written), so an edited profile or SET makes a finished run count as not done."""
+    return sha256_text(json.dumps(member.cfg.science_dict(), sort_keys=True, default=str))

@@ -1,0 +1,123 @@
+"""Checkpoints: one format, written atomically, and what a stage was trained with and on.
+
+A result belongs to its inputs: every checkpoint records the settings that change the stage's
+result and the fingerprints of what it was trained on (``split.csv``, the cache's content, and for
+stage 2 the stage-1 checkpoint it started from). A stage whose settings or inputs changed is
+refused with a message that names what changed; nothing is reused or overwritten silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kvasir_utils.config import STAGES, Config, ConfigError, validate_config
+from kvasir_utils.data import prepare
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.io import sha256_file, write_bytes_atomic
+from kvasir_utils.train import models
+from kvasir_utils.train.loop import SEED_SCHEME
+
+
+# -- checkpoints: what a stage was trained with, and on -----------------------------------
+def save_checkpoint(path: Path, **state) -> Path:
+    """One format for every checkpoint, written atomically (serialised first, so a disk without
+    room for it is named with the size it needs before anything is written)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.exists():
+        raise KvasirError(f"no checkpoint at {path}; run the stage that writes it first")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def stage_settings(config: dict, stage: str) -> dict:
+    """The settings a stage's result depends on: the classes, the split, how the cache is made,
+    the presets, and the training settings of this stage and the ones before it. Not which other
+    models run (``train.models``), how many processes build the cache, paths or runtime."""
+    later = STAGES[STAGES.index(stage) + 1:]
+    train = {k: v for k, v in config["train"].items()
+             if k != "models" and k not in later and not any(k.startswith(f"{s}_") for s in later)}
+    return {"data.classes": config["data"]["classes"], "split": config["split"],
+            "cache": {k: config["cache"][k] for k in ("short_side", "quality")},
+            # the backend as resolved is part of the runtime the checkpoint records ("auto" differs by device)
+            "transforms": {k: v for k, v in config["transforms"].items() if k != "backend"}, "train": train}
+
+
+def _changed_keys(old, new, prefix="") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _as_current_schema(saved: dict) -> dict:
+    """A saved config with today's defaults filled in, so a setting added since is not a change."""
+    with contextlib.suppress(ConfigError):
+        return validate_config(saved).to_dict()
+    return saved
+
+
+def stage_inputs(cfg: Config, model_name: str, stage: str) -> dict[str, str]:
+    """Fingerprints of what ``stage`` trains on: the split and the cache, and for a later stage
+    the checkpoint of the stage before it."""
+    inputs = prepare.input_fingerprints(cfg)
+    if stage != STAGES[0]:
+        previous = STAGES[STAGES.index(stage) - 1]
+        path = cfg.stage_dir(model_name, previous) / "checkpoint.pt"
+        if not path.exists():
+            raise KvasirError(f"{previous} of {model_name} has no checkpoint ({path}); run it first")
+        inputs[f"{previous} checkpoint"] = sha256_file(path)
+    return inputs
+
+
+def check_checkpoint(checkpoint: dict, cfg: Config, inputs: dict[str, str], path: Path) -> None:
+    """Refuse a checkpoint made with other settings or from other inputs (nothing is overwritten)."""
+    stage = checkpoint["stage"]
+    changed = _changed_keys(stage_settings(_as_current_schema(checkpoint["config"]), stage),
+                            stage_settings(cfg.to_dict(), stage))
+    recorded = checkpoint.get("inputs")
+    if recorded is None:
+        changed.append("inputs (the checkpoint predates input fingerprints)")
+    else:
+        changed += [f"{name} (SHA-256 {recorded.get(name, 'none')[:12]} then, {digest[:12]} now)"
+                    for name, digest in inputs.items() if recorded.get(name) != digest]
+    if checkpoint.get("seed_scheme") != SEED_SCHEME:
+        changed.append("the seeding scheme (an earlier version of the study)")
+    if changed:
+        raise KvasirError(
+            f"the checkpoint {path} was made from other settings or data: {'; '.join(changed)} changed. "
+            f"Nothing was overwritten. Delete {path.parent} to retrain it (`make clean PROFILE={cfg.profile}` "
+            f"deletes every run of the profile), or keep it and give this run its own folder: "
+            f"SET=\"... paths.runs=<another folder>\"."
+        )
+
+
+def final_stage(cfg: Config) -> str:
+    """The last stage that trains (stage 2 unless its epochs are 0)."""
+    return "stage2" if cfg.train.stage2.epochs > 0 else "stage1"
+
+
+def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> dict:
+    """A finished stage's checkpoint, checked against today's settings and inputs."""
+    path = cfg.stage_dir(model_name, stage) / "checkpoint.pt"
+    checkpoint = load_checkpoint(path)
+    if checkpoint["epoch"] < cfg.stage_config(stage).epochs:
+        raise KvasirError(f"{stage} of {model_name} is not finished ({path}); run it first")
+    check_checkpoint(checkpoint, cfg, stage_inputs(cfg, model_name, stage), path)
+    return checkpoint
+
+
+def load_trained_model(cfg: Config, model_name: str) -> nn.Module:
+    """The model as it ended training, after checking it was trained on today's split and cache."""
+    checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg))
+    model = models.build_model(model_name, len(cfg.data.classes), weights=None)
+    model.load_state_dict(checkpoint["model"])
+    return model

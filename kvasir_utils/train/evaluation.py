@@ -1,0 +1,84 @@
+"""The trained model on the validation set: notebook 04's files, and the audit's variants.
+
+``predictions.csv`` (per image: true and predicted class, confidence, every class's probability)
+and ``metrics.json`` (headline numbers, calibration, model size and speed, where it ran) under
+``runs/<profile>/<model>/eval/``; the reports read them back with ``read_evaluations``. The audit
+predicts the same images with the guide box masked at test time only.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kvasir_utils.analysis import metrics
+from kvasir_utils.analysis.runs import read_history
+from kvasir_utils.config import Config
+from kvasir_utils.data import dataset, overlays, prepare
+from kvasir_utils.data.split import read_split
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.io import write_csv_atomic, write_json_atomic
+from kvasir_utils.provenance import environment, provenance
+from kvasir_utils.train import checkpoints, hardware, loop, models, presets, stages
+
+
+def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime) -> tuple[pd.DataFrame, dict]:
+    """Predict the validation set once with the trained model (after checking it was trained on
+    today's split and cache); write ``predictions.csv`` and ``metrics.json``."""
+    model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
+    split = read_split(cfg.split_csv, cfg.data.classes)
+    val = split[split["split"] == "val"].reset_index(drop=True)
+    loader = stages.make_loaders(cfg, runtime, split)["val"]
+    probs, targets, seconds = loop.predict(model, loader, runtime, desc=f"{model_name} predict")
+    predictions = val[["path", "label"]].assign(true=targets, pred=probs.argmax(1), confidence=probs.max(1))
+    predictions = pd.concat([predictions, pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.data.classes])], axis=1)
+    history = read_history(cfg, model_name)
+    stage_acc = {stage: float(part["val_acc"].iloc[-1]) for stage, part in history.groupby("stage")}
+    record = metrics.summary(targets, probs, cfg.data.classes) | {
+        "parameters": models.count_parameters(model),
+        "gflops": models.gflops(model, cfg.transforms.image_size),
+        "train_seconds": float(history["seconds"].sum()),
+        "inference_images_per_s": len(targets) / seconds,
+        "ece": metrics.expected_calibration_error(targets, probs),
+        "brier": metrics.brier_score(targets, probs),
+        "stage_val_acc": stage_acc,
+        "fine_tuning_gain": stage_acc.get("stage2", float("nan")) - stage_acc["stage1"],
+        "runtime": runtime.describe(),
+        "provenance": provenance(cfg, model_name),
+        "environment": environment(),
+        "generated_data": cfg.generated_data,
+    }
+    out = cfg.eval_dir(model_name)
+    write_csv_atomic(predictions, out / "predictions.csv")
+    write_json_atomic(out / "metrics.json", record)
+    return predictions, record
+
+
+def predict_validation(cfg: Config, model, runtime: hardware.Runtime, transforms_cfg=None, desc: str = "predict"):
+    """Probabilities and targets for the validation images, with the profile's eval preset or the
+    one ``transforms_cfg`` describes (e.g. with overlays masked)."""
+    split = read_split(cfg.split_csv, cfg.data.classes)
+    preset = presets.eval_preset(transforms_cfg or cfg.transforms)
+    val = dataset.KvasirDataset(prepare.cache_dir(cfg), split[split["split"] == "val"], cfg.data.classes, preset)
+    loader = dataset.make_loader(val, cfg.train.batch_size, False, runtime.workers, runtime.pin_memory)
+    probs, targets, _ = loop.predict(model, loader, runtime, desc=desc)
+    return probs, targets
+
+
+def masked_accuracy(cfg: Config, model_name: str, runtime: hardware.Runtime, mode: str = "guide_box") -> pd.DataFrame:
+    """Per class: validation accuracy as trained and evaluated, and with the overlays masked at
+    test time only (how much the model leans on them)."""
+    predictions = pd.read_csv(cfg.eval_dir(model_name) / "predictions.csv")
+    model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
+    if overlays.MASK_MODES.index(cfg.transforms.mask_overlays) > overlays.MASK_MODES.index(mode):
+        mode = cfg.transforms.mask_overlays  # never unmask what the profile masks
+    masked_cfg = cfg.transforms.model_copy(update={"mask_overlays": mode})
+    probs, targets = predict_validation(cfg, model, runtime, masked_cfg, desc=f"{model_name} masked")
+    if len(targets) != len(predictions) or (targets != predictions["true"].to_numpy()).any():
+        raise KvasirError(f"{cfg.eval_dir(model_name) / 'predictions.csv'} does not list today's validation images "
+                          f"in split order; rerun notebook 04 for {model_name}")
+    frame = predictions[["label", "true", "pred"]].assign(masked_pred=probs.argmax(1))
+    frame = frame.assign(correct=frame["true"] == frame["pred"], masked_correct=frame["masked_pred"] == frame["true"])
+    table = frame.groupby("label", sort=False)[["correct", "masked_correct"]].mean()
+    table.loc["all"] = frame[["correct", "masked_correct"]].mean()
+    table.columns = ["accuracy", f"accuracy, {mode} masked at test time"]
+    return table.assign(difference=table.iloc[:, 1] - table.iloc[:, 0]).reindex([*cfg.data.classes, "all"])

@@ -1,0 +1,201 @@
+"""A whole stage of Algorithm 1 (train, validate, checkpoint every epoch, resume where it stopped),
+and what notebooks 02 and 03 call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from kvasir_utils.analysis.runs import HISTORY_COLUMNS, SCALAR_TAGS
+from kvasir_utils.config import STAGES, Config
+from kvasir_utils.data import prepare
+from kvasir_utils.data.dataset import make_loader, split_datasets
+from kvasir_utils.data.split import read_split
+from kvasir_utils.io import sha256_file, write_csv_atomic, write_json_atomic
+from kvasir_utils.train import models, presets
+from kvasir_utils.train.augment import pad_collate, to_uint8_tensor
+from kvasir_utils.train.checkpoints import (
+    check_checkpoint,
+    finished_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    stage_inputs,
+)
+from kvasir_utils.train.frozen import ValidationFeatures
+from kvasir_utils.train.hardware import (
+    Runtime,
+    augment_backend,
+    compiled,
+    device_augment,
+    prepare_model,
+    resolve_runtime,
+    stage_runtime,
+)
+from kvasir_utils.train.loop import (
+    SEED_SCHEME,
+    augment_generator,
+    epoch_seed,
+    evaluate,
+    seed_everything,
+    train_one_epoch,
+)
+
+
+# -- a whole stage ------------------------------------------------------------------------
+def carry_adam_state(optimizer: torch.optim.Optimizer, order: list[str], previous: dict) -> int:
+    """Give each parameter the previous stage's Adam moments for the parameter of the same name
+    (Adam keeps state by position, and the stages train different parameters). Returns how many
+    parameters received state; the others start fresh."""
+    by_name = {previous["optimizer_params"][int(i)]: s for i, s in previous["optimizer"]["state"].items()}
+    state = optimizer.state_dict()
+    state["state"] = {i: by_name[name] for i, name in enumerate(order) if name in by_name}
+    optimizer.load_state_dict(state)
+    return len(state["state"])
+
+
+def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loaders: dict, runtime: Runtime,
+              on_epoch_end=None) -> pd.DataFrame:
+    """Train one stage of Algorithm 1, checkpointing after every epoch and resuming if interrupted.
+
+    Writes ``checkpoint.pt``, ``history.csv`` and ``tensorboard/`` under the stage's folder.
+    Stage 2 starts from stage 1's final weights. Returns the stage's history.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    stage_cfg = cfg.stage_config(stage)
+    out = cfg.stage_dir(model_name, stage)
+    path = out / "checkpoint.pt"
+    trainable = models.set_trainable(model, stage_cfg.trainable)
+    runtime = stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset))
+    augment = device_augment(cfg, runtime)
+    inputs = stage_inputs(cfg, model_name, stage)
+    resumed = load_checkpoint(path) if path.exists() else None
+    if resumed is not None:
+        check_checkpoint(resumed, cfg, inputs, path)
+        if resumed["epoch"] < stage_cfg.epochs and resumed.get("runtime", "").split(", ")[1:2] != \
+                runtime.describe().split(", ")[1:2]:
+            print(f"warning: {path.parent.name} of {model_name} started as '{resumed.get('runtime')}' and goes on as "
+                  f"'{runtime.describe()}'; the rest of it will not repeat an uninterrupted run exactly (other "
+                  f"rounding, or other augmentation draws)")
+    previous = None
+    if resumed is None and stage != STAGES[0]:
+        previous = finished_checkpoint(cfg, model_name, STAGES[STAGES.index(stage) - 1])
+    if resumed or previous:
+        model.load_state_dict((resumed or previous)["model"])
+    history, start = (resumed["history"], resumed["epoch"]) if resumed else ([], 0)
+    prepare_model(model, runtime)
+    net = compiled(model, runtime)
+    features = ValidationFeatures.for_model(model) if cfg.runtime.reuse_frozen else None
+    order = resumed["optimizer_params"] if resumed else trainable
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.Adam([params[n] for n in order], lr=stage_cfg.lr)
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+    elif previous is not None and cfg.train.stage2_init == "continue_optimizer":
+        carry_adam_state(optimizer, order, previous)
+    criterion = nn.CrossEntropyLoss()
+    offset = sum(cfg.stage_config(s).epochs for s in STAGES[: STAGES.index(stage)])
+    if start >= stage_cfg.epochs:
+        return pd.DataFrame(history, columns=HISTORY_COLUMNS)  # finished: reused as it is
+    if stage == STAGES[0] and start == 0:
+        record_weights(cfg, model_name, out)
+    writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=offset + start + 1)
+    try:
+        for epoch in range(start + 1, stage_cfg.epochs + 1):
+            seed = epoch_seed(cfg.train.seed, stage, epoch)
+            seed_everything(seed)
+            loaders["train"].generator.manual_seed(seed)
+            desc = f"{model_name} {stage} epoch {epoch}/{stage_cfg.epochs}"
+            fit = train_one_epoch(net, criterion, optimizer, loaders["train"], runtime,
+                                  cfg.train.frozen_batchnorm, desc, augment, augment_generator(seed))
+            val = evaluate(net, loaders["val"], runtime, desc=f"{desc} val", features=features)
+            row = {"epoch": epoch, "global_epoch": offset + epoch, "train_loss": fit["loss"], "train_acc": fit["acc"],
+                   "val_loss": val["loss"], "val_acc": val["acc"], "seconds": fit["seconds"] + val["seconds"],
+                   "images_per_s": fit["images"] / fit["seconds"],
+                   "val_images_per_s": val["images"] / val["seconds"], "lr": stage_cfg.lr}
+            history.append(row)
+            for tag, column in SCALAR_TAGS.items():
+                writer.add_scalar(tag, row[column], row["global_epoch"])
+            writer.flush()
+            save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
+                            history=history, config=cfg.to_dict(), model_name=model_name, stage=stage,
+                            trainable=trainable, optimizer_params=order, inputs=inputs,
+                            seed_scheme=SEED_SCHEME, runtime=runtime.describe())
+            write_csv_atomic(pd.DataFrame(history, columns=HISTORY_COLUMNS), out / "history.csv")
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+    finally:
+        writer.close()
+    return pd.DataFrame(history, columns=HISTORY_COLUMNS)
+
+
+def record_weights(cfg: Config, model_name: str, folder: Path) -> Path:
+    """``weights.json`` beside stage 1's checkpoint: the pretrained weights file this run started
+    from and its SHA-256, taken when it was loaded (the provenance reports it from here)."""
+    record = None
+    if cfg.train.weights is not None:
+        path = models.weights_file(model_name, cfg.train.weights)
+        record = {"weights": cfg.train.weights, "file": path.name,
+                  "sha256": sha256_file(path) if path.exists() else None}
+    return write_json_atomic(folder / "weights.json", record)
+
+
+# -- what the notebooks call --------------------------------------------------------------
+def make_loaders(cfg: Config, runtime: Runtime, split: pd.DataFrame | None = None) -> dict:
+    """Train and val loaders over the resized cache, with the paper's presets (split read from
+    ``runs/<profile>/split.csv`` unless given)."""
+    if split is None:
+        split = read_split(cfg.split_csv, cfg.data.classes)
+    device = augment_backend(cfg.transforms.backend, runtime.device) == "device"
+    train = to_uint8_tensor(cfg.transforms) if device else presets.train_preset(cfg.transforms)
+    datasets = split_datasets(prepare.cache_dir(cfg), split, cfg.data.classes, train,
+                              presets.eval_preset(cfg.transforms))
+    return {name: make_loader(ds, cfg.train.batch_size, name == "train", runtime.workers, runtime.pin_memory,
+                              cfg.train.seed, pad_collate if device and name == "train" else None)
+            for name, ds in datasets.items()}
+
+
+def model_for_stage(cfg: Config, model_name: str, stage: str) -> nn.Module:
+    """The model a stage starts from, frozen as the stage says. Stage 1 loads the pretrained
+    weights; later stages load the previous stage's weights inside ``fit_stage``."""
+    seed_everything(cfg.train.seed)
+    weights = cfg.train.weights if stage == STAGES[0] else None
+    model = models.build_model(model_name, len(cfg.data.classes), weights, cfg.runtime.offline)
+    models.set_trainable(model, cfg.stage_config(stage).trainable)
+    return model
+
+
+@dataclass
+class StageRun:
+    """One stage of one model, ready to train: what notebooks 02 and 03 share."""
+
+    cfg: Config
+    model_name: str
+    stage: str
+    runtime: Runtime
+    model: nn.Module
+
+    def describe(self) -> str:
+        split = read_split(self.cfg.split_csv, self.cfg.data.classes)
+        runtime = stage_runtime(self.cfg, self.runtime, self.stage, int((split["split"] == "train").sum()))
+        return (f"{self.model_name}, {self.stage} (trainable: {self.cfg.stage_config(self.stage).trainable}) "
+                f"on {runtime.describe()}")
+
+    def fit(self) -> pd.DataFrame:
+        loaders = make_loaders(self.cfg, self.runtime)
+        return fit_stage(self.model, self.cfg, self.model_name, self.stage, loaders, self.runtime)
+
+
+def start_stage(cfg: Config, model_name: str, stage: str) -> StageRun:
+    """Resolve the runtime and build the model as ``stage`` starts it."""
+    return StageRun(cfg, model_name, stage, resolve_runtime(cfg.runtime), model_for_stage(cfg, model_name, stage))
+
+
+def throughput_summary(history: pd.DataFrame) -> str:
+    return (f"time per epoch: {history['seconds'].mean():.1f} s, "
+            f"training throughput: {history['images_per_s'].mean():.1f} images/s")

@@ -1,0 +1,63 @@
+"""What many tests share: settings that point a profile at a temporary folder, a tiny generated
+dataset, and a local HTTP server's request handler (fixtures that use them are in conftest.py)."""
+
+from __future__ import annotations
+
+import http.server
+from pathlib import Path
+
+from kvasir_utils import config
+from kvasir_utils.data import prepare
+
+
+def tmp_overrides(root: Path) -> list[str]:
+    """Point every path of a profile at ``root``."""
+    return [f"paths.data={root / 'data'}", f"paths.runs={root / 'runs'}", f"paths.reports={root / 'reports'}"]
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files from ``server.root`` with Range support (``server.ignore_range`` turns it off,
+    as some servers do); ``server.cut_after`` bytes makes the next response stop early, as a
+    dropped connection does."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = self.server.root / self.path.lstrip("/")
+        self.server.requests.append(dict(self.headers))
+        if not path.is_file():
+            self.send_error(404, "Not Found")
+            return
+        body = path.read_bytes()
+        start = 0
+        if "Range" in self.headers and not self.server.ignore_range:
+            start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
+            if start >= len(body):
+                self.send_error(416, "Range Not Satisfiable")
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        payload = body[start:]
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.server.cut_after is not None:
+            payload, self.server.cut_after = payload[: self.server.cut_after], None
+        self.wfile.write(payload)
+
+
+TINY = ["data.synthetic.images_per_class=16", "data.expected_per_class=16", "cache.short_side=40",
+        "transforms.image_size=32", "train.batch_size=16", "runtime.precision=fp32", "split.val_fraction=0.25"]
+
+
+def prepare_tiny_dataset(root: Path, extra: list[str] = ()):
+    """The data stage (notebook 01's calls) on a tiny generated dataset under ``root``."""
+    cfg = config.load_profile("smoke", tmp_overrides(root) + TINY + ["cache.workers=1", *extra])
+    prepare.prepare_split(cfg, prepare.prepare_dataset(cfg, progress=False))
+    return cfg
+
+
+def tiny_config(root: Path, runs: Path, extra: list[str] = ()):
+    return config.load_profile("smoke", tmp_overrides(root) + TINY + [f"paths.runs={runs}", *extra])
