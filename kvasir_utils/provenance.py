@@ -97,6 +97,15 @@ def provenance(cfg: Config, model_name: str | None = None) -> dict:
     return record
 
 
+def describe_runtime(record: dict) -> str:
+    """A runtime as checkpoints and metrics.json record it (``train.hardware.Runtime.record``), in words."""
+    layout = " + channels_last" if record["channels_last"] else ""
+    layout += " + torch.compile" if record["compile"] == "on" else ""
+    layout += " + augmentation on the device" if record["augment"] == "device" else ""
+    return (f"{record['device_name']}, {record['precision']}{layout}, {record['workers']} loader workers, "
+            f"deterministic algorithms {record['deterministic']}")
+
+
 def describe_commit(version: dict) -> str:
     if version.get("commit") is None:
         return "unknown (not a git checkout of the study)"

@@ -20,7 +20,7 @@ from kvasir_utils.analysis.runs import read_evaluations
 from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import write_text_atomic
-from kvasir_utils.provenance import describe_commit, environment, provenance
+from kvasir_utils.provenance import describe_commit, describe_runtime, environment, provenance
 from kvasir_utils.report.outputs import _flat_columns, banner_html
 
 STYLE = """
@@ -148,7 +148,7 @@ def _environments(evaluations: dict) -> pd.DataFrame:
     """Where each model was evaluated (recorded by notebook 04), and where this page was rendered."""
     columns = {"this report": environment()}
     for model, (record, _) in evaluations.items():
-        columns[model] = {**record["environment"], "runtime": record["runtime"]}
+        columns[model] = {**record["environment"], "runtime": describe_runtime(record["runtime"])}
     return pd.DataFrame(columns).fillna("")
 
 

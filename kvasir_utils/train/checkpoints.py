@@ -15,20 +15,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kvasir_utils.config import STAGES, Config, ConfigError, validate_config
+from kvasir_utils.config import STAGES, Config, ConfigError
 from kvasir_utils.data import prepare
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import sha256_file, write_bytes_atomic
+from kvasir_utils.profiles import with_protocol
 from kvasir_utils.train import models
 from kvasir_utils.train.loop import SEED_SCHEME
 
+# The checkpoint's layout; bumped when it changes (2: the runtime as a dict, this field itself).
+CHECKPOINT_FORMAT = 2
 
-# -- checkpoints: what a stage was trained with, and on -----------------------------------
+
 def save_checkpoint(path: Path, **state) -> Path:
-    """One format for every checkpoint, written atomically (serialised first, so a disk without
-    room for it is named with the size it needs before anything is written)."""
+    """One format for every checkpoint (``format``, then the model, optimizer, epoch, history,
+    settings, inputs, runtime), written atomically; serialised first, so a disk without room for it
+    is named with the size it needs before anything is written."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
     return write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -59,9 +63,9 @@ def _changed_keys(old, new, prefix="") -> list[str]:
 
 
 def _as_current_schema(saved: dict) -> dict:
-    """A saved config with today's defaults filled in, so a setting added since is not a change."""
+    """A saved config with today's protocol filling what it lacks, so a setting added since is not a change."""
     with contextlib.suppress(ConfigError):
-        return validate_config(saved).to_dict()
+        return with_protocol(saved).to_dict()
     return saved
 
 
@@ -80,6 +84,12 @@ def stage_inputs(cfg: Config, model_name: str, stage: str) -> dict[str, str]:
 
 def check_checkpoint(checkpoint: dict, cfg: Config, inputs: dict[str, str], path: Path) -> None:
     """Refuse a checkpoint made with other settings or from other inputs (nothing is overwritten)."""
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise KvasirError(
+            f"the checkpoint {path} was written by another version of the study (checkpoint format "
+            f"{checkpoint.get('format', 1)}, this version reads {CHECKPOINT_FORMAT}). Nothing was overwritten. "
+            f"Retrain it with this version: delete {path.parent} (`make clean PROFILE={cfg.profile}` deletes "
+            f"every run of the profile), or use the study's version that wrote it.")
     stage = checkpoint["stage"]
     changed = _changed_keys(stage_settings(_as_current_schema(checkpoint["config"]), stage),
                             stage_settings(cfg.to_dict(), stage))

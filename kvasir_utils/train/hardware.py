@@ -17,6 +17,7 @@ from torch import nn
 
 from kvasir_utils.config import Config, RuntimeConfig
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.provenance import describe_runtime
 from kvasir_utils.train.augment import DeviceAugment
 
 
@@ -54,13 +55,20 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def describe(self) -> str:
+    def record(self) -> dict:
+        """The runtime as data, as checkpoints and metrics.json keep it (compared field by field)."""
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
-        layout = " + channels_last" if self.channels_last else ""
-        layout += " + torch.compile" if self.compile == "on" else ""
-        layout += " + augmentation on the device" if self.augment == "device" else ""
-        return (f"{name}, {self.precision}{layout}, {self.workers} loader workers, "
-                f"deterministic algorithms {self.deterministic}")
+        return {"device": self.device.type, "device_name": name, "precision": self.precision,
+                "channels_last": self.channels_last, "compile": self.compile, "augment": self.augment,
+                "workers": self.workers, "deterministic": self.deterministic}
+
+    def describe(self) -> str:
+        return describe_runtime(self.record())
+
+
+# What changes a stage's numbers (beyond the settings): a stage resumed under other values of these
+# goes on, but not exactly as an uninterrupted run would have.
+NUMERIC_FIELDS = ("device", "precision", "compile", "augment")
 
 
 def apply_determinism(mode: str, kind: str) -> None:

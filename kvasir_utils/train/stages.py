@@ -28,6 +28,7 @@ from kvasir_utils.train.checkpoints import (
 )
 from kvasir_utils.train.frozen import ValidationFeatures
 from kvasir_utils.train.hardware import (
+    NUMERIC_FIELDS,
     Runtime,
     augment_backend,
     compiled,
@@ -77,11 +78,11 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     resumed = load_checkpoint(path) if path.exists() else None
     if resumed is not None:
         check_checkpoint(resumed, cfg, inputs, path)
-        if resumed["epoch"] < stage_cfg.epochs and resumed.get("runtime", "").split(", ")[1:2] != \
-                runtime.describe().split(", ")[1:2]:
-            print(f"warning: {path.parent.name} of {model_name} started as '{resumed.get('runtime')}' and goes on as "
-                  f"'{runtime.describe()}'; the rest of it will not repeat an uninterrupted run exactly (other "
-                  f"rounding, or other augmentation draws)")
+        before, now = resumed["runtime"], runtime.record()
+        changed = [f"{k} {before[k]} -> {now[k]}" for k in NUMERIC_FIELDS if before[k] != now[k]]
+        if resumed["epoch"] < stage_cfg.epochs and changed:
+            print(f"warning: {path.parent.name} of {model_name} goes on with {', '.join(changed)}; the rest of it "
+                  f"will not repeat an uninterrupted run exactly (other rounding, or other augmentation draws)")
     previous = None
     if resumed is None and stage != STAGES[0]:
         previous = finished_checkpoint(cfg, model_name, STAGES[STAGES.index(stage) - 1])
@@ -125,7 +126,7 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
             save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                             history=history, config=cfg.to_dict(), model_name=model_name, stage=stage,
                             trainable=trainable, optimizer_params=order, inputs=inputs,
-                            seed_scheme=SEED_SCHEME, runtime=runtime.describe())
+                            seed_scheme=SEED_SCHEME, runtime=runtime.record())
             write_csv_atomic(pd.DataFrame(history, columns=HISTORY_COLUMNS), out / "history.csv")
             if on_epoch_end is not None:
                 on_epoch_end(row)
