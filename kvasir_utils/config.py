@@ -1,11 +1,8 @@
-"""Profiles: one typed, validated settings object and every path the study writes.
+"""Settings: the one typed, validated settings object of a run, and every path the study writes.
 
-A profile is a YAML file in ``configs/`` (or any path). ``base: <profile>`` inherits another
-profile and overrides only what it names. Dotted overrides (``train.stage1.epochs=1``) are
-applied last, the way ``make reproduce SET="..."`` and the notebooks' ``OVERRIDES`` pass them.
-Types and ranges are checked by pydantic when the profile is loaded, so a bad value stops the
-run before anything is downloaded or trained; the readings that depend on a model's layers are
-checked by ``models.check_readings``.
+The schema holds types and ranges only; the values come from profiles (``profiles.load_profile``),
+and the paper's protocol from ``configs/paper.yaml`` alone. A bad value names its key and what is
+allowed, before anything is downloaded or trained.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kvasir_utils.errors import KvasirError
@@ -41,105 +37,95 @@ class Section(BaseModel):
 
 
 class PathsConfig(Section):
-    data: str = "data"
-    runs: str = "runs"
-    reports: str = "reports"
+    data: str
+    runs: str
+    reports: str
 
 
 class SyntheticConfig(Section):
-    images_per_class: int = Field(40, ge=2)
-    seed: int = Field(0, ge=0, lt=2**32)
-    large_fraction: float = Field(0.1, ge=0, le=1)
+    images_per_class: int = Field(ge=2)
+    seed: int = Field(ge=0, lt=2**32)
+    large_fraction: float = Field(ge=0, le=1)
 
 
 class DataConfig(Section):
-    name: str = Field("kvasir-v2", min_length=1)
-    url: str = ""
-    mirrors: list[str] = []
-    size: int | None = Field(None, gt=0)
-    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
-    classes: list[str] = []
-    expected_per_class: int = Field(1000, ge=1)
-    on_unreadable: Literal["error", "skip"] = "error"
-    synthetic: SyntheticConfig | None = None
+    name: str = Field(min_length=1)
+    url: str
+    mirrors: list[str]
+    size: int | None = Field(gt=0)
+    sha256: str | None = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    classes: list[str]
+    expected_per_class: int = Field(ge=1)
+    on_unreadable: Literal["error", "skip"]
+    synthetic: SyntheticConfig | None
 
 
 class SplitConfig(Section):
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = Field(42, ge=0, lt=2**32)
-    # Beyond the paper: keep every group of near-duplicate frames on one side of the split.
-    group_near_duplicates: bool = False
+    val_fraction: float = Field(gt=0, lt=1)
+    seed: int = Field(ge=0, lt=2**32)
+    group_near_duplicates: bool  # beyond the paper: near-duplicate frames kept on one side
 
 
 class CacheConfig(Section):
-    short_side: int = Field(256, ge=16)
-    quality: int = Field(95, ge=1, le=100)
-    workers: int = Field(0, ge=0)
+    short_side: int = Field(ge=16)
+    quality: int = Field(ge=1, le=100)
+    workers: int = Field(ge=0)
 
 
 class TransformsConfig(Section):
-    image_size: int = Field(224, ge=16)
-    rotation_degrees: float = Field(30.0, ge=0, le=180)
-    hflip_p: float = Field(0.5, ge=0, le=1)
-    vflip_p: float = Field(0.5, ge=0, le=1)
-    brightness: float = Field(0.2, ge=0, le=1)
-    contrast: float = Field(0.2, ge=0, le=1)
-    crop_scale: list[float] = Field([0.08, 1.0], min_length=2, max_length=2)
-    crop_ratio: list[float] = Field([0.75, 1.3333333], min_length=2, max_length=2)
-    eval_resize: Literal["squash", "center_crop"] = "squash"
-    # Beyond the paper: black out the position-guide box (and the burnt-in text) before augmentation.
-    mask_overlays: Literal["none", "guide_box", "guide_box_and_text"] = "none"
-    mean: list[float] = Field([0.485, 0.456, 0.406], min_length=3, max_length=3)
-    std: list[float] = Field([0.229, 0.224, 0.225], min_length=3, max_length=3)
-    # Where the training augmentations run: pil (the reference: torchvision on PIL images in the
-    # loader), device (kornia/torch on whole batches on the training device: kvasir_utils.augment),
-    # auto = device on a CUDA GPU, else pil. Same operations and distributions, other random draws.
-    backend: Literal["auto", "pil", "device"] = "auto"
+    image_size: int = Field(ge=16)
+    rotation_degrees: float = Field(ge=0, le=180)
+    hflip_p: float = Field(ge=0, le=1)
+    vflip_p: float = Field(ge=0, le=1)
+    brightness: float = Field(ge=0, le=1)
+    contrast: float = Field(ge=0, le=1)
+    crop_scale: list[float] = Field(min_length=2, max_length=2)
+    crop_ratio: list[float] = Field(min_length=2, max_length=2)
+    eval_resize: Literal["squash", "center_crop"]
+    mask_overlays: Literal["none", "guide_box", "guide_box_and_text"]  # beyond the paper
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[float] = Field(min_length=3, max_length=3)
+    # where the training augmentations run (train.hardware.augment_backend); not a science setting
+    backend: Literal["auto", "pil", "device"]
 
 
 class StageConfig(Section):
-    epochs: int = Field(5, ge=0)
-    trainable: str = "head"
-    lr: float = Field(1e-4, gt=0)
+    epochs: int = Field(ge=0)
+    trainable: str
+    lr: float = Field(gt=0)
 
 
 class TrainConfig(Section):
-    models: list[str] = Field(["resnet50", "efficientnet_b0"], min_length=1)
-    weights: str | None = "IMAGENET1K_V1"
-    batch_size: int = Field(32, ge=1)
-    optimizer: Literal["adam"] = "adam"
-    stage1: StageConfig = StageConfig()
-    stage2: StageConfig = StageConfig(trainable="last_tensors:10")
-    stage2_init: Literal["fresh_optimizer", "continue_optimizer"] = "fresh_optimizer"
-    frozen_batchnorm: Literal["eval", "train"] = "eval"
-    seed: int = Field(42, ge=0, lt=2**32)
+    models: list[str] = Field(min_length=1)
+    weights: str | None
+    batch_size: int = Field(ge=1)
+    optimizer: Literal["adam"]
+    stage1: StageConfig
+    stage2: StageConfig
+    stage2_init: Literal["fresh_optimizer", "continue_optimizer"]
+    frozen_batchnorm: Literal["eval", "train"]
+    seed: int = Field(ge=0, lt=2**32)
 
 
 class EvalConfig(Section):
-    figure1_correct: int = Field(8, ge=0)
-    figure1_incorrect: int = Field(8, ge=0)
-    bootstrap_samples: int = Field(1000, ge=10)
-    confidence: float = Field(0.95, gt=0, lt=1)
-    seed: int = Field(0, ge=0, lt=2**32)
+    figure1_correct: int = Field(ge=0)
+    figure1_incorrect: int = Field(ge=0)
+    bootstrap_samples: int = Field(ge=10)
+    confidence: float = Field(gt=0, lt=1)
+    seed: int = Field(ge=0, lt=2**32)
 
 
 class RuntimeConfig(Section):
-    """How to run, never what is computed; no checkpoint compares these."""
+    """How to run, never what is computed; no checkpoint compares these (configs/paper.yaml says
+    what each value does)."""
 
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    # auto: deterministic algorithms on CUDA, warning where an operation has none; on: an error
-    # there instead; off: cuDNN picks the fastest kernels (benchmark mode), not repeatable.
-    deterministic: Literal["auto", "on", "off"] = "auto"
-    workers: int | Literal["auto"] = "auto"
-    # torch.compile for the training stages: on, off, or auto = on for a CPU or CUDA device when a
-    # stage trains on at least engine.COMPILE_MIN_IMAGES images (epochs x training images), where
-    # the measured speed-up repays the compile time (about 15-40 s per graph on 2 cores).
-    compile: Literal["auto", "on", "off"] = "auto"
-    # Validation passes reuse what the frozen start of the network gives the validation images
-    # (engine.ValidationFeatures: the same bits); false runs every pass whole (make bench --baseline).
-    reuse_frozen: bool = True
-    offline: bool = False
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    precision: Literal["auto", "bf16", "fp32"]
+    deterministic: Literal["auto", "on", "off"]
+    workers: int | Literal["auto"]
+    compile: Literal["auto", "on", "off"]
+    reuse_frozen: bool
+    offline: bool
 
     @field_validator("deterministic", "compile", mode="before")
     @classmethod
@@ -149,16 +135,20 @@ class RuntimeConfig(Section):
 
 
 class Config(Section):
-    profile: str = "paper"
-    overrides: list[str] = []  # the dotted settings this run was given on top of the profile (SET)
-    paths: PathsConfig = PathsConfig()
-    data: DataConfig = DataConfig()
-    split: SplitConfig = SplitConfig()
-    cache: CacheConfig = CacheConfig()
-    transforms: TransformsConfig = TransformsConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
+    """One run's settings. Every value comes from a profile, and every profile from the paper's
+    protocol (``configs/paper.yaml``, the one place its values are written): a profile names only
+    what it changes. The schema here holds the types and ranges."""
+
+    profile: str
+    overrides: list[str]  # the dotted settings this run was given on top of the profile (SET)
+    paths: PathsConfig
+    data: DataConfig
+    split: SplitConfig
+    cache: CacheConfig
+    transforms: TransformsConfig
+    train: TrainConfig
+    eval: EvalConfig
+    runtime: RuntimeConfig
 
     @property
     def generated_data(self) -> bool:
@@ -219,7 +209,7 @@ class Config(Section):
     def science_dict(self) -> dict:
         """Everything that can change a result: the config without paths, runtime and how it was written."""
         return self.model_dump(exclude={"paths": True, "runtime": True, "overrides": True,
-                                        "transforms": {"backend"}})  # where it augments: see engine.stage_settings
+                                        "transforms": {"backend"}})  # where it augments: the runtime
 
 
 # -- errors that name the key -------------------------------------------------------------
@@ -243,9 +233,13 @@ def _dotted_key(loc: tuple) -> tuple[str, type[BaseModel] | None]:
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
-    """The first failing setting, with what is allowed (all its union alternatives together)."""
-    errors = exc.errors()
+    """The first failing setting, with what is allowed (all its union alternatives together); a
+    misspelt key first, since it is also why the key meant is missing."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     key, section = _dotted_key(errors[0]["loc"])
+    if errors[0]["type"] == "missing":
+        return ConfigError(f"setting {key!r} is missing: a profile gives only what it changes and takes the rest "
+                           f"from configs/paper.yaml, which must give every setting")
     if errors[0]["type"] == "extra_forbidden":
         where = key.rpartition(".")[0] or "the top level"
         return ConfigError(f"unknown setting {key!r}; allowed under {where}: {', '.join(section.model_fields)}")
@@ -284,131 +278,3 @@ def _check_together(cfg: Config) -> None:
     for ok, key, expected in checks:
         if not ok:
             raise ConfigError(f"setting {key!r} is not valid: expected {expected}")
-
-
-# -- loading ------------------------------------------------------------------------------
-def _read_yaml(path: Path) -> dict:
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"profile {path} is not valid YAML: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"profile {path} must be a mapping of settings, got {type(loaded).__name__}")
-    return loaded
-
-
-def _deep_merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def find_profile(name_or_path: str | os.PathLike, relative_to: Path | None = None) -> Path:
-    """A profile name (``paper``, ``smoke``) or a path to a YAML file of the same form.
-
-    A relative path is taken from the current folder, or from ``relative_to`` (the folder of
-    the file that names it, for ``base:``)."""
-    text = str(name_or_path)
-    candidate = Path(text).expanduser()
-    if relative_to is not None and not candidate.is_absolute():
-        candidate = relative_to / candidate
-    if text.endswith((".yaml", ".yml")) or candidate.is_file():
-        if not candidate.is_file():
-            raise ConfigError(f"profile file {candidate} does not exist")
-        return candidate.resolve()
-    path = CONFIG_DIR / f"{text}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(
-            f"unknown profile {text!r}; known profiles: {', '.join(known)} "
-            f"(or give the path to a YAML file)"
-        )
-    return path
-
-
-def profile_reference(name_or_path: str | os.PathLike) -> str:
-    """What to hand to another process (a notebook kernel runs in ``notebooks/``): a profile's
-    name as it is, a path made absolute."""
-    path = find_profile(name_or_path)
-    return path.stem if path == CONFIG_DIR / f"{name_or_path}.yaml" else str(path)
-
-
-def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    if path in seen:
-        raise ConfigError(f"profile {path} inherits itself through 'base'")
-    raw = _read_yaml(path)
-    base = raw.pop("base", None)
-    if base is None:
-        return raw
-    return _deep_merge(_load_raw(find_profile(base, relative_to=path.parent), (*seen, path)), raw)
-
-
-def parse_override(text: str) -> tuple[list[str], object]:
-    """``"train.stage1.epochs=1"`` -> (["train", "stage1", "epochs"], 1)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {text!r} must look like dotted.key=value")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    out = _deep_merge({}, raw)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = out
-        for key in keys[:-1]:
-            child = node.get(key)
-            node[key] = child = dict(child) if isinstance(child, dict) else {}
-            node = child
-        node[keys[-1]] = value
-    return out
-
-
-# data.size, data.sha256 and data.mirrors describe the archive at the profile's data.url.
-SOURCE_DETAILS = {"size": None, "sha256": None, "mirrors": []}
-
-
-def _clear_source_details(raw: dict, overrides: list[str]) -> None:
-    """An override of data.url points at another archive: the profile's size, checksum and
-    mirrors no longer apply, so they are cleared unless the same overrides set them."""
-    keys = {".".join(parse_override(o)[0]) for o in overrides}
-    if "data.url" in keys:
-        raw["data"].update({k: v for k, v in SOURCE_DETAILS.items() if f"data.{k}" not in keys})
-
-
-def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str] | None = None) -> Config:
-    """Load a profile by name or path, apply dotted overrides, validate every key and range.
-
-    Overriding ``data.url`` clears ``data.size``, ``data.sha256`` and ``data.mirrors`` (they
-    describe the profile's own archive) unless the overrides set them too.
-    """
-    path = find_profile(name_or_path)
-    overrides = list(overrides or [])
-    raw = apply_overrides(_load_raw(path), overrides)
-    _clear_source_details(raw, overrides)
-    for key in ("profile", "overrides"):
-        if key in raw:
-            raise ConfigError(f"'{key}' is set by the study itself (the file's name, the SET given); remove it")
-    raw["profile"] = path.stem
-    raw["overrides"] = overrides
-    return validate_config(raw)
-
-
-def masked_twin(cfg: Config) -> str | None:
-    """The profile that repeats this one with the guide box masked (``<profile>-masked``, e.g.
-    ``paper-masked``), if there is one and this profile masks nothing itself."""
-    name = f"{cfg.profile}-masked"
-    if cfg.transforms.mask_overlays != "none" or not (CONFIG_DIR / f"{name}.yaml").exists():
-        return None
-    return name
-
-
-def save_config(cfg: Config, path: Path) -> Path:
-    """Write the resolved config as YAML, atomically."""
-    from kvasir_utils.io import write_text_atomic
-
-    return write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

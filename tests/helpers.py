@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.server
 from pathlib import Path
 
-from kvasir_utils import config
+from kvasir_utils import profiles
 from kvasir_utils.data import prepare
 
 
@@ -54,10 +54,17 @@ TINY = ["data.synthetic.images_per_class=16", "data.expected_per_class=16", "cac
 
 def prepare_tiny_dataset(root: Path, extra: list[str] = ()):
     """The data stage (notebook 01's calls) on a tiny generated dataset under ``root``."""
-    cfg = config.load_profile("smoke", tmp_overrides(root) + TINY + ["cache.workers=1", *extra])
+    cfg = profiles.load_profile("smoke", tmp_overrides(root) + TINY + ["cache.workers=1", *extra])
     prepare.prepare_split(cfg, prepare.prepare_dataset(cfg, progress=False))
     return cfg
 
 
 def tiny_config(root: Path, runs: Path, extra: list[str] = ()):
-    return config.load_profile("smoke", tmp_overrides(root) + TINY + [f"paths.runs={runs}", *extra])
+    return profiles.load_profile("smoke", tmp_overrides(root) + TINY + [f"paths.runs={runs}", *extra])
+
+
+def paper_settings(section: str, **changes):
+    """One section of the paper's protocol (``transforms``, ``runtime``, ...) with ``changes``, validated."""
+    current = getattr(profiles.load_profile("paper"), section)
+    return type(current).model_validate({**current.model_dump(), **changes})
+

@@ -14,6 +14,7 @@ from torchvision.transforms.v2 import functional as F
 from kvasir_utils.config import TransformsConfig
 from kvasir_utils.data import overlays, synthetic
 from kvasir_utils.train import augment, presets
+from tests.helpers import paper_settings
 
 SIZES = [(256, 320), (256, 459), (256, 256)]  # (h, w): the cache's short side 256, long side varies
 DRAWS = 4002  # parameter sets per backend, the sizes in turn
@@ -29,7 +30,7 @@ def _frame(size=(256, 320), seed=0) -> Image.Image:
 
 
 def _batch(frames, t=None):
-    to_tensor = augment.to_uint8_tensor(t or TransformsConfig())
+    to_tensor = augment.to_uint8_tensor(t or paper_settings("transforms"))
     return augment.pad_collate([(to_tensor(frame), i) for i, frame in enumerate(frames)])
 
 
@@ -93,7 +94,7 @@ def _torchvision_draws(t: TransformsConfig, seed=0) -> dict:
 
 @pytest.fixture(scope="module")
 def torchvision_draws():
-    return _torchvision_draws(TransformsConfig())
+    return _torchvision_draws(paper_settings("transforms"))
 
 
 def _binomial_close(a: np.ndarray, b: np.ndarray) -> bool:
@@ -104,7 +105,7 @@ def _binomial_close(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def test_parameters_follow_torchvision_distributions(torchvision_draws):
-    device = _device_draws(TransformsConfig())
+    device = _device_draws(paper_settings("transforms"))
     for name in ("area_fraction", "log_aspect", "centre_x", "centre_y", "angle", "brightness", "contrast"):
         p = stats.ks_2samp(device[name], torchvision_draws[name]).pvalue
         assert p > KS_MIN_P, (name, p)
@@ -116,12 +117,12 @@ def test_parameters_follow_torchvision_distributions(torchvision_draws):
 
 
 def test_distribution_check_rejects_a_different_crop_scale(torchvision_draws):
-    device = _device_draws(TransformsConfig(crop_scale=[0.3, 1.0]))
+    device = _device_draws(paper_settings("transforms", crop_scale=[0.3, 1.0]))
     assert stats.ks_2samp(device["area_fraction"], torchvision_draws["area_fraction"]).pvalue < 1e-6
 
 
 def test_flip_probabilities_and_switched_off_colour_follow_the_settings():
-    t = TransformsConfig(hflip_p=0.0, vflip_p=1.0, brightness=0.0, contrast=0.5, rotation_degrees=0)
+    t = paper_settings("transforms", hflip_p=0.0, vflip_p=1.0, brightness=0.0, contrast=0.5, rotation_degrees=0)
     p = augment.DeviceAugment(t).sample_params(torch.tensor([[256, 320]] * 500), torch.Generator().manual_seed(1))
     assert not p["hflip"].any() and p["vflip"].all() and (p["angle"] == 0).all()
     assert p["brightness"] is None and p["contrast"].min() >= 0.5 and p["contrast"].max() <= 1.5
@@ -149,7 +150,7 @@ def test_crop_boxes_lie_inside_each_image_not_the_padded_batch():
 
 # -- the output -------------------------------------------------------------------------------------------
 def test_output_shape_dtype_device_and_range():
-    t = TransformsConfig(image_size=64)
+    t = paper_settings("transforms", image_size=64)
     images, sizes, targets = _batch([_frame(s, seed=i) for i, s in enumerate(SIZES)])
     assert images.dtype == torch.uint8 and images.shape == (3, 3, 256, 459)
     assert sizes.tolist() == [list(s) for s in SIZES] and targets.tolist() == [0, 1, 2]
@@ -164,7 +165,7 @@ def test_output_shape_dtype_device_and_range():
 
 
 def test_padding_never_leaks_into_the_crop():
-    t = TransformsConfig(image_size=64)
+    t = paper_settings("transforms", image_size=64)
     small, large = _frame((256, 256), seed=1), _frame((300, 459), seed=2)
     images, sizes, _ = _batch([small, large])
     images[0, :, 256:, :] = 255  # fill the small image's padding with white: none of it may show
@@ -179,7 +180,7 @@ def test_padding_never_leaks_into_the_crop():
 
 
 def test_same_seed_same_batch_other_seed_other_batch():
-    aug = augment.DeviceAugment(TransformsConfig(image_size=48))
+    aug = augment.DeviceAugment(paper_settings("transforms", image_size=48))
     images, sizes, _ = _batch([_frame(s, seed=i) for i, s in enumerate(SIZES)])
     first = aug(images, sizes, torch.Generator().manual_seed(7))
     assert torch.equal(first, aug(images, sizes, torch.Generator().manual_seed(7)))
@@ -187,12 +188,12 @@ def test_same_seed_same_batch_other_seed_other_batch():
 
 
 def test_loader_side_pieces_pickle_and_mask_the_overlays():
-    t = TransformsConfig(mask_overlays="guide_box_and_text")
+    t = paper_settings("transforms", mask_overlays="guide_box_and_text")
     to_tensor = pickle.loads(pickle.dumps(augment.to_uint8_tensor(t)))
     frame = _frame()
     expected = torch.from_numpy(np.array(overlays.MaskOverlays(t.mask_overlays)(frame))).permute(2, 0, 1)
     assert torch.equal(to_tensor(frame), expected) and not torch.equal(to_tensor(frame), F.pil_to_tensor(frame))
-    assert torch.equal(augment.to_uint8_tensor(TransformsConfig())(frame), F.pil_to_tensor(frame))
+    assert torch.equal(augment.to_uint8_tensor(paper_settings("transforms"))(frame), F.pil_to_tensor(frame))
     assert pickle.loads(pickle.dumps(augment.pad_collate)) is augment.pad_collate
 
 
@@ -203,7 +204,7 @@ PIXEL_TOLERANCE = 0.01  # mean |difference| in normalised units; rounding to uin
 @pytest.mark.parametrize("flip_p", [0.0, 1.0])
 def test_pixels_match_the_pil_preset_with_fixed_settings(flip_p):
     h, w = 256, 320
-    t = TransformsConfig(hflip_p=flip_p, vflip_p=flip_p, rotation_degrees=0, brightness=0, contrast=0,
+    t = paper_settings("transforms", hflip_p=flip_p, vflip_p=flip_p, rotation_degrees=0, brightness=0, contrast=0,
                          crop_scale=[1.0, 1.0], crop_ratio=[w / h, w / h])
     frame = _frame((h, w))
     reference = presets.train_preset(t)(frame)
@@ -228,7 +229,7 @@ def test_resized_crop_matches_pil_antialiased_bilinear(box):
 
 
 def test_rotation_matches_pil_nearest():
-    t = TransformsConfig(image_size=224, brightness=0, contrast=0)
+    t = paper_settings("transforms", image_size=224, brightness=0, contrast=0)
     frame = _frame((224, 224), seed=4)
     images, _, _ = _batch([frame] * 4)
     angles = torch.tensor([-30.0, -7.3, 12.5, 29.9])

@@ -3,7 +3,7 @@
 import pytest
 
 from kvasir_utils.bench import projection
-from kvasir_utils.config import load_profile
+from kvasir_utils.profiles import load_profile
 
 
 def _row(model, stage, train_rate, val_rate, first_train_s, reuses=False, first_val_rate=None, first_val_s=None):

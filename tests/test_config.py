@@ -3,9 +3,10 @@ import re
 import pytest
 import yaml
 
-from kvasir_utils import config
+from kvasir_utils import config, profiles
 from kvasir_utils.analysis import labels, paper
-from kvasir_utils.config import ConfigError, load_profile
+from kvasir_utils.config import ConfigError
+from kvasir_utils.profiles import load_profile
 
 
 def test_paper_profile_holds_the_papers_protocol():
@@ -69,7 +70,7 @@ def test_overriding_the_url_clears_the_official_archives_size_and_mirrors():
 
 def test_saved_config_round_trips(tmp_path):
     cfg = load_profile("smoke", ["train.seed=7"])
-    path = config.save_config(cfg, tmp_path / "config.yaml")
+    path = profiles.save_config(cfg, tmp_path / "config.yaml")
     again = config.validate_config(yaml.safe_load(path.read_text()))
     assert again == cfg
 
@@ -86,14 +87,27 @@ def test_every_ambiguity_is_a_setting_with_the_papers_words_beside_it_in_the_pro
         assert "AMBIGUOUS" in comment or "not given" in comment, key
 
 
-def test_a_saved_config_from_an_older_version_is_read_with_todays_defaults():
+def test_a_saved_config_from_an_older_version_is_read_with_todays_protocol():
     saved = load_profile("smoke").to_dict()
     del saved["runtime"]["deterministic"]
-    assert config.validate_config(saved).runtime.deterministic == "auto"
+    assert profiles.with_protocol(saved).runtime.deterministic == "auto"
+    assert profiles.with_protocol(saved).transforms.image_size == 64  # what it has is kept
+
+
+def test_the_protocol_is_written_once_in_paper_yaml_and_the_schema_only_types_it(tmp_path):
+    sections = [s for s in config.Section.__subclasses__() if s.__module__ == config.__name__]
+    assert len(sections) == 11  # Config and its ten sections
+    with_default = [f"{model.__name__}.{name}" for model in sections for name, field in model.model_fields.items()
+                    if not field.is_required()]
+    assert with_default == []  # a default in the schema would be a second copy of paper.yaml
+    own = tmp_path / "mine.yaml"  # no base: starts from the paper's protocol
+    own.write_text("train:\n  batch_size: 8\n")
+    mine, paper = load_profile(str(own)), load_profile("paper")
+    assert mine.train.batch_size == 8 and mine.train.stage2 == paper.train.stage2 and mine.data == paper.data
 
 
 def test_on_and_off_are_words_not_yaml_booleans():
-    cfg = config.load_profile("smoke", ["runtime.compile=on", "runtime.deterministic=off"])
+    cfg = profiles.load_profile("smoke", ["runtime.compile=on", "runtime.deterministic=off"])
     assert (cfg.runtime.compile, cfg.runtime.deterministic) == ("on", "off")
     with pytest.raises(config.ConfigError, match="runtime.compile"):
-        config.load_profile("smoke", ["runtime.compile=sometimes"])
+        profiles.load_profile("smoke", ["runtime.compile=sometimes"])

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from kvasir_utils import config, io
+from kvasir_utils import config, io, profiles
 from kvasir_utils.data import prepare, synthetic
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.train import hardware, stages
@@ -23,7 +23,7 @@ def _prepare(root, queue):
 
     out = stdio.StringIO()
     with contextlib.redirect_stdout(out):
-        cfg = config.load_profile("smoke", tmp_overrides(root) + TINY + ["cache.workers=1"])
+        cfg = profiles.load_profile("smoke", tmp_overrides(root) + TINY + ["cache.workers=1"])
         prepared = prepare.prepare_dataset(cfg, progress=False)
     queue.put((os.getpid(), prepared.newly_cached, len(prepared.manifest), out.getvalue()))
 
@@ -42,7 +42,7 @@ def test_two_runs_preparing_the_same_dataset_at_once_prepare_it_once(tmp_path):
     assert first_built == images == second_images == 8 * 16  # one decoded every image ...
     assert second_built == 0  # ... the other decoded none
     assert f"waiting for process {first_pid}" in second_out  # it waited for the first, and said so
-    cfg = config.load_profile("smoke", tmp_overrides(tmp_path) + TINY)
+    cfg = profiles.load_profile("smoke", tmp_overrides(tmp_path) + TINY)
     cached = sorted(prepare.cache_dir(cfg).rglob("*.jpg"))
     assert len(cached) == images and not list(cfg.dataset_dir.rglob("*.tmp*"))
 
@@ -72,7 +72,7 @@ def test_files_written_atomically_get_the_umask_mode_not_0600(tmp_path):
 def test_a_new_split_is_refused_where_models_were_trained_on_the_old_one(tmp_path):
     cfg = prepare_tiny_dataset(tmp_path, ["train.models=[resnet18]", "train.stage1.epochs=1"])
     before = cfg.split_csv.read_bytes()
-    other = config.load_profile("smoke", tmp_overrides(tmp_path) + TINY + ["split.seed=7"])
+    other = profiles.load_profile("smoke", tmp_overrides(tmp_path) + TINY + ["split.seed=7"])
     split = pd.read_csv(cfg.split_csv)
     reshuffled = split.assign(split=split["split"].sample(frac=1, random_state=1).to_numpy())
     prepare.write_run_split(other, reshuffled)  # nothing trained yet: the split may change
@@ -99,7 +99,7 @@ def test_a_relative_profile_path_works_and_a_grouped_split_keeps_planted_duplica
     result = _cli("run-notebook", "01_download_and_split", "--profile", "my/profile.yaml", *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-1500:]
     split = pd.read_csv(tmp_path / "runs" / "profile" / "split.csv").set_index("path")["split"]
-    traps = synthetic.planted_traps(config.load_profile("smoke").data.classes, 16, seed=0)
+    traps = synthetic.planted_traps(profiles.load_profile("smoke").data.classes, 16, seed=0)
     copies = traps.dropna(subset=["duplicate_of"])
     assert len(copies) == 8 * 3
     assert all(split[copy] == split[source] for copy, source in zip(copies["path"], copies["duplicate_of"]))
@@ -122,4 +122,4 @@ def test_a_reading_one_model_lacks_stops_make_before_anything_runs(tmp_path):
 ])
 def test_ranges_are_checked_when_the_profile_loads(override, message):
     with pytest.raises(config.ConfigError, match=message.replace("[", r"\[")):
-        config.load_profile("paper", [override])
+        profiles.load_profile("paper", [override])

@@ -165,12 +165,13 @@ def _noisy_folder(tmp_path):
 
 
 def test_the_cache_is_keyed_by_everything_that_changes_its_bytes(tmp_path):
-    from kvasir_utils import config
+    from kvasir_utils import profiles
 
     root = _noisy_folder(tmp_path)
     images = layout.scan_images(root, labels.CLASSES)
     overrides = [f"paths.data={tmp_path / 'data'}"]
-    folders = {q: prepare.cache_dir(config.load_profile("smoke", [*overrides, f"cache.quality={q}"])) for q in (95, 50)}
+    folders = {q: prepare.cache_dir(profiles.load_profile("smoke", [*overrides, f"cache.quality={q}"]))
+               for q in (95, 50)}
     assert folders[95] != folders[50]
     manifests = {q: cache.build_cache(root, images, folders[q], 72, q, workers=1, progress=False)[0] for q in folders}
     first = (folders[95] / "polyps" / "x.jpg").read_bytes()

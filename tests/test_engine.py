@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from kvasir_utils.analysis.runs import read_history, read_tensorboard
-from kvasir_utils.config import STAGES, RuntimeConfig
+from kvasir_utils.config import STAGES
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.report import plots
 from kvasir_utils.train import checkpoints, frozen, hardware, loop, models, stages
 from kvasir_utils.train.frozen import split_frozen
-from tests.helpers import tiny_config
+from tests.helpers import paper_settings, tiny_config
 
 
 def _train(cfg, model_name="resnet18", stage="stage1", on_epoch_end=None):
@@ -192,7 +192,7 @@ def test_epoch_seeds_never_collide_across_seeds_stages_and_epochs():
                                                                    ("off", False, False)])
 def test_runtime_deterministic_sets_torchs_switches(mode, deterministic, warn_only):
     try:
-        runtime = hardware.resolve_runtime(RuntimeConfig(deterministic=mode))
+        runtime = hardware.resolve_runtime(paper_settings("runtime", deterministic=mode))
         assert torch.are_deterministic_algorithms_enabled() == deterministic
         assert torch.is_deterministic_algorithms_warn_only_enabled() == warn_only
         assert f"deterministic algorithms {mode}" in runtime.describe()
@@ -204,8 +204,8 @@ def test_bf16_gives_the_predictions_of_fp32_on_a_trained_model(tiny_data, runs):
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=3", "train.stage1.lr=2e-3"])
     model, _ = _train(cfg)
     loader = stages.make_loaders(cfg, hardware.resolve_runtime(cfg.runtime))["val"]
-    fp32 = loop.predict(model, loader, hardware.resolve_runtime(RuntimeConfig(precision="fp32")))[0]
-    bf16_runtime = hardware.resolve_runtime(RuntimeConfig(precision="bf16"))
+    fp32 = loop.predict(model, loader, hardware.resolve_runtime(paper_settings("runtime", precision="fp32")))[0]
+    bf16_runtime = hardware.resolve_runtime(paper_settings("runtime", precision="bf16"))
     bf16 = loop.predict(hardware.prepare_model(model, bf16_runtime), loader, bf16_runtime)[0]
     assert bf16_runtime.channels_last and bf16.dtype == fp32.dtype == np.float32
     assert np.abs(bf16 - fp32).max() < 0.05
@@ -323,11 +323,11 @@ def test_the_split_model_runs_the_models_operations(name, trainable):
 
 
 def test_runtime_compile_decides_by_the_stages_length():
-    rt = hardware.resolve_runtime(RuntimeConfig(device="cpu"))
+    rt = hardware.resolve_runtime(paper_settings("runtime", device="cpu"))
     assert rt.compile == "auto"
     assert hardware.compile_for(rt, hardware.COMPILE_MIN_IMAGES).compile == "on"
     assert hardware.compile_for(rt, hardware.COMPILE_MIN_IMAGES - 1).compile == "off"
-    off = hardware.resolve_runtime(RuntimeConfig(device="cpu", compile="off"))
+    off = hardware.resolve_runtime(paper_settings("runtime", device="cpu", compile="off"))
     assert hardware.compile_for(off, 10**9).compile == "off"
     assert "torch.compile" in hardware.compile_for(rt, 10**9).describe()
 
@@ -337,7 +337,7 @@ def test_a_compiled_stage_saves_plain_weights_and_validates_like_the_eager_model
                                         "train.stage1.trainable=all", "runtime.compile=on"])
     model, history = _train(cfg)
     checkpoint = checkpoints.load_checkpoint(cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
-    assert "torch.compile" in checkpoint["runtime"]
+    assert checkpoint["runtime"]["compile"] == "on"
     assert not any(key.startswith("_orig_mod") for key in checkpoint["model"])
     # nothing frozen, so validation ran through the compiled graph; the eager model counts the same correct images
     runtime = hardware.resolve_runtime(cfg.runtime)
@@ -359,7 +359,7 @@ def test_the_device_backend_trains_resumes_exactly_and_is_recorded(tiny_data, tm
     whole, history = _train(whole_cfg)
     assert history["train_loss"].notna().all()
     checkpoint = checkpoints.load_checkpoint(whole_cfg.stage_dir("resnet18", "stage1") / "checkpoint.pt")
-    assert "augmentation on the device" in checkpoint["runtime"]
+    assert checkpoint["runtime"]["augment"] == "device"
 
     _, resumed, _ = _interrupted_and_resumed(tiny_data, tmp_path / "cut", settings)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from kvasir_utils import config
+from kvasir_utils import config, profiles
 from kvasir_utils.analysis import labels
 from kvasir_utils.data import cache, prepare
 from kvasir_utils.train import evaluation, hardware, stages
@@ -72,7 +72,7 @@ def study(tmp_path_factory):
 
 
 def _config(study, run: str, extra: list[str] = ()) -> config.Config:
-    return config.load_profile(str(study["profile"]), [*_paths(study["root"], run), *extra])
+    return profiles.load_profile(str(study["profile"]), [*_paths(study["root"], run), *extra])
 
 
 @pytest.fixture(scope="module")

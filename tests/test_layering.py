@@ -11,13 +11,14 @@ import pytest
 import kvasir_utils
 
 PACKAGE = Path(kvasir_utils.__file__).parent
-BASE = {"errors", "io", "config", "provenance"}
+BASE = {"errors", "io", "config", "profiles", "provenance"}
 # Which part of the package may import which (closed under "imports what it imports"). A part is a
 # subpackage or a top-level module; the run layer is the top and may import everything.
 ALLOWED = {
     "errors": set(),
     "io": {"errors"},
     "config": {"errors", "io"},
+    "profiles": {"errors", "io", "config"},
     "provenance": {"errors", "io", "config"},
     "analysis": BASE,
     "report": BASE | {"analysis"},

@@ -91,4 +91,4 @@ def test_side_by_side_shows_paper_this_run_and_difference():
     ours.loc["Polyps", "Recall"] = 0.9
     both = paper.side_by_side(ours, paper.TABLE1)
     assert both.loc["Polyps", ("Recall", "difference")] == pytest.approx(0.9 - 0.9234)
-    assert list(both["Recall"].columns) == ["paper", "this run", "difference"]
+    assert list(both["Recall"].columns) == ["paper", "run", "difference"]

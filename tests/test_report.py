@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from kvasir_utils import config
+from kvasir_utils import profiles
 from kvasir_utils.analysis import compare
 from tests.helpers import tmp_overrides
 
@@ -20,8 +20,9 @@ def _evaluated(cfg, model: str, paths: list[str], correct: list[bool]) -> None:
 
 def test_the_masked_run_is_compared_only_when_it_matches_in_everything_but_the_mask(tmp_path):
     base = [*tmp_overrides(tmp_path), "train.models=[resnet18]"]
-    cfg = config.load_profile("smoke", base)
-    masked = config.load_profile("smoke", [*base, "transforms.mask_overlays=guide_box", f"paths.runs={tmp_path / 'm'}"])
+    cfg = profiles.load_profile("smoke", base)
+    masked = profiles.load_profile("smoke", [*base, "transforms.mask_overlays=guide_box",
+                                             f"paths.runs={tmp_path / 'm'}"])
     paths = [f"img{i}.jpg" for i in range(16)]
     table, reading = compare.masked_run_table1(cfg, masked)
     assert table is None and "make reproduce PROFILE=smoke" in reading
@@ -30,10 +31,10 @@ def test_the_masked_run_is_compared_only_when_it_matches_in_everything_but_the_m
     table, reading = compare.masked_run_table1(cfg, masked)
     assert list(table.columns) == [("resnet18", "smoke"), ("resnet18", "smoke (guide_box masked)")]
     assert table.iloc[:8, 0].tolist() == [1.0] * 8 and table.iloc[:8, 1].max() < 1
-    other = config.load_profile("smoke", [*base, "transforms.mask_overlays=guide_box", f"paths.runs={tmp_path / 'm'}",
+    other = profiles.load_profile("smoke", [*base, "transforms.mask_overlays=guide_box", f"paths.runs={tmp_path / 'm'}",
                                           "train.stage1.lr=0.5"])
     table, reading = compare.masked_run_table1(cfg, other)
     assert table is None and "other settings" in reading
-    assert config.masked_twin(config.load_profile("paper")) == "paper-masked"
-    assert config.masked_twin(config.load_profile("paper-masked")) is None
-    assert config.masked_twin(cfg) is None  # no smoke-masked profile
+    assert profiles.masked_twin(profiles.load_profile("paper")) == "paper-masked"
+    assert profiles.masked_twin(profiles.load_profile("paper-masked")) is None
+    assert profiles.masked_twin(cfg) is None  # no smoke-masked profile

@@ -13,41 +13,34 @@ from kvasir_utils.errors import KvasirError
 
 
 def headline_table(evaluations: dict) -> pd.DataFrame:
-    """Accuracy, macro F1 and macro ROC-AUC per model: paper, this run, difference."""
+    """Accuracy, macro F1 and macro ROC-AUC per model: ``paper``, ``run`` and ``difference`` (run - paper)."""
     rows = {}
     for model, (ours, _) in evaluations.items():
         reported = paper.MODELS.get(model, {})
         for key in ("accuracy", "macro_f1", "macro_auc"):
             mine, theirs = ours[key], reported.get(key, float("nan"))
-            rows[(model, key)] = {"paper": theirs, "this run": mine, "difference": mine - theirs}
+            rows[(model, key)] = {"paper": theirs, "run": mine, "difference": mine - theirs}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def comparison_table(cfg: Config) -> pd.DataFrame:
-    """Every model against the paper: accuracy and macro F1 with bootstrap CIs, macro ROC-AUC,
-    parameters, GFLOPs, training time and inference throughput."""
+    """Every model against the paper: accuracy and macro F1 with bootstrap intervals over the
+    validation images (``*_ci_low``, ``*_ci_high`` at ``eval.confidence``), macro ROC-AUC, calibration,
+    parameters (millions), GFLOPs per image, training seconds and inference images per second."""
     rows = {}
     for model, (record, predictions) in read_evaluations(cfg).items():
         ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.data.classes),
                                   cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.eval.seed)
         reported = paper.MODELS.get(model, {})
-        level = f"{cfg.eval.confidence:.0%}"
         rows[model] = {
-            "accuracy (paper)": reported.get("accuracy", float("nan")),
-            "accuracy": record["accuracy"],
-            f"accuracy {level} CI": f"[{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}]",
-            "macro F1 (paper)": reported.get("macro_f1", float("nan")),
-            "macro F1": record["macro_f1"],
-            f"macro F1 {level} CI": f"[{ci['macro_f1'][0]:.4f}, {ci['macro_f1'][1]:.4f}]",
-            "macro ROC-AUC (paper)": reported.get("macro_auc", float("nan")),
-            "macro ROC-AUC": record["macro_auc"],
-            "ECE": record.get("ece", float("nan")),
-            "Brier": record.get("brier", float("nan")),
-            "parameters (M)": record["parameters"] / 1e6,
-            "GFLOPs / image": record["gflops"],
-            "training time (s)": record["train_seconds"],
-            "inference images/s": record["inference_images_per_s"],
-            "validation images": record["images"],
+            "accuracy_paper": reported.get("accuracy", float("nan")), "accuracy": record["accuracy"],
+            "accuracy_ci_low": ci["accuracy"][0], "accuracy_ci_high": ci["accuracy"][1],
+            "macro_f1_paper": reported.get("macro_f1", float("nan")), "macro_f1": record["macro_f1"],
+            "macro_f1_ci_low": ci["macro_f1"][0], "macro_f1_ci_high": ci["macro_f1"][1],
+            "macro_auc_paper": reported.get("macro_auc", float("nan")), "macro_auc": record["macro_auc"],
+            "ece": record["ece"], "brier": record["brier"], "parameters_m": record["parameters"] / 1e6,
+            "gflops": record["gflops"], "train_seconds": record["train_seconds"],
+            "inference_images_per_s": record["inference_images_per_s"], "images": record["images"],
         }
     return pd.DataFrame(rows).T
 

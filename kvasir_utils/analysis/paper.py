@@ -92,7 +92,7 @@ def setting_value(config: dict, dotted: str):
 def readings_table(config: dict) -> pd.DataFrame:
     """The paper's ambiguous choices and the reading this run used."""
     return pd.DataFrame(
-        [{"setting": key, "the paper says": words, "readings": readings, "this run": setting_value(config, key)}
+        [{"setting": key, "paper_words": words, "readings": readings, "value": setting_value(config, key)}
          for key, words, readings in AMBIGUITIES]
     )
 
@@ -103,7 +103,7 @@ def side_by_side(ours: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
     parts = {}
     for column in [c for c in reported.columns if c in ours.columns]:
         mine, theirs = ours[column].reindex(index), reported[column].reindex(index)
-        parts[column] = pd.DataFrame({"paper": theirs, "this run": mine, "difference": mine - theirs})
+        parts[column] = pd.DataFrame({"paper": theirs, "run": mine, "difference": mine - theirs})
     return pd.concat(parts, axis=1)
 
 

@@ -34,7 +34,7 @@ import torch
 
 from kvasir_utils.analysis.runs import HISTORY_COLUMNS
 from kvasir_utils.bench.timing import step_throughput
-from kvasir_utils.config import PROJECT_ROOT, STAGES, Config, RuntimeConfig, load_profile
+from kvasir_utils.config import PROJECT_ROOT, STAGES, Config
 from kvasir_utils.data import prepare, synthetic
 from kvasir_utils.data.cache import build_cache, cached_name
 from kvasir_utils.data.dataset import KvasirDataset, make_loader
@@ -43,6 +43,7 @@ from kvasir_utils.data.images import read_image
 from kvasir_utils.data.layout import find_class_root, scan_images
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import write_json_atomic
+from kvasir_utils.profiles import load_profile
 from kvasir_utils.provenance import environment
 from kvasir_utils.train import frozen, hardware, models, presets, stages
 
@@ -71,8 +72,8 @@ def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40, ba
     if images_per_class < needed:
         raise KvasirError(f"--images-per-class {images_per_class} is too few to time the loader: "
                           f"use at least {needed} (two batches of {batch_size})")
-    runtime = hardware.resolve_runtime(RuntimeConfig())
-    fp32 = hardware.resolve_runtime(RuntimeConfig(precision="fp32"))
+    runtime = hardware.resolve_runtime(cfg.runtime)
+    fp32 = hardware.resolve_runtime(cfg.runtime.model_copy(update={"precision": "fp32"}))
     results: dict = {"machine": environment(), "runtime_auto": runtime.describe(), "batch_size": batch_size}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from kvasir_utils.config import Config, save_config
+from kvasir_utils.config import Config
 from kvasir_utils.data import duplicates, overlays, synthetic
 from kvasir_utils.data.cache import (
     MANIFEST,
@@ -34,6 +34,7 @@ from kvasir_utils.data.sources import fetch_archive, read_archive_record
 from kvasir_utils.data.split import describe_change, make_split, write_split
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import folder_lock, sha256_file, write_json_atomic
+from kvasir_utils.profiles import save_config
 
 
 # -- where things live --------------------------------------------------------------------

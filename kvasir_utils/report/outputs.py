@@ -14,6 +14,30 @@ from kvasir_utils.config import Config
 from kvasir_utils.io import write_bytes_atomic, write_text_atomic
 from kvasir_utils.provenance import provenance_line
 
+# Machine names of the study's tables (CSV columns and index entries) -> what a reader sees.
+LABELS = {
+    "run": "this run", "paper": "paper", "difference": "difference", "accuracy": "accuracy",
+    "macro_f1": "macro F1", "macro_auc": "macro ROC-AUC", "weighted_f1": "weighted F1",
+    "accuracy_paper": "accuracy (paper)", "accuracy_ci_low": "accuracy CI low", "accuracy_ci_high": "accuracy CI high",
+    "macro_f1_paper": "macro F1 (paper)", "macro_f1_ci_low": "macro F1 CI low", "macro_f1_ci_high": "macro F1 CI high",
+    "macro_auc_paper": "macro ROC-AUC (paper)", "ece": "ECE", "brier": "Brier", "parameters_m": "parameters (M)",
+    "gflops": "GFLOPs per image", "train_seconds": "training time (s)", "inference_images_per_s": "inference images/s",
+    "images": "images", "masked_accuracy": "accuracy with the box masked",
+    "change": "change (masked - unmasked)", "masked_change": "change with the box masked (masked - unmasked)",
+    "twin_share": "validation images with a near-duplicate in training",
+    "accuracy_with_twin": "accuracy on those", "accuracy_without_twin": "accuracy on the others",
+    "twin_gap": "gap (with - without a near-duplicate)", "with_twin": "with a near-duplicate in training",
+    "without_twin": "without", "paper_words": "the paper says", "value": "this run",
+    "only_first_correct": "only the first right", "only_second_correct": "only the second right",
+    "p_value": "p-value",
+}
+
+
+def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its machine names (columns, index, MultiIndex levels) shown as ``LABELS`` says."""
+    return frame.rename(index=lambda v: LABELS.get(v, v), columns=lambda v: LABELS.get(v, v))
+
+
 GENERATED_WARNING = (
     "Generated data: these results come from the synthetic Kvasir-shaped archive of the "
     "'{profile}' profile and mean nothing about Kvasir or endoscopy."

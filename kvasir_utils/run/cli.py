@@ -14,7 +14,7 @@ import argparse
 import signal
 import sys
 
-from kvasir_utils import config
+from kvasir_utils import profiles
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import folder_lock
 from kvasir_utils.run import signals
@@ -107,10 +107,10 @@ def _dispatch(args) -> int:
     elif args.command == "report":
         from kvasir_utils.report import site
 
-        cfg = config.load_profile(args.profile, args.overrides)
+        cfg = profiles.load_profile(args.profile, args.overrides)
         print(f"wrote {site.render_reports(cfg)}")
     elif args.command == "makevars":
-        cfg = config.load_profile(args.profile, args.overrides)
+        cfg = profiles.load_profile(args.profile, args.overrides)
         check_make_path(cfg.run_dir)
         check_make_path(cfg.report_dir)
         settings = write_settings_stamp(cfg)
@@ -118,8 +118,8 @@ def _dispatch(args) -> int:
         print(f"REPORT_DIR := {cfg.report_dir}")
         print(f"MODELS := {' '.join(cfg.train.models)}")
         print(f"SETTINGS := {settings}")
-        twin = config.masked_twin(cfg)  # notebook 07 shows its Table 1 once it is evaluated
-        twin_cfg = config.load_profile(twin, args.overrides) if twin else None
+        twin = profiles.masked_twin(cfg)  # notebook 07 shows its Table 1 once it is evaluated
+        twin_cfg = profiles.load_profile(twin, args.overrides) if twin else None
         audit_inputs = [twin_cfg.eval_dir(m) / "metrics.json" for m in cfg.train.models] if twin_cfg else []
         print(f"AUDIT_INPUTS := {' '.join(map(str, audit_inputs))}")
     elif args.command == "sweep":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from kvasir_utils import config
+from kvasir_utils import config, profiles
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import disk_full, folder_lock, is_disk_full, write_json_atomic, write_text_atomic
 from kvasir_utils.run import signals
@@ -111,11 +111,11 @@ def run_notebook(name: str, profile: str, overrides: list[str], model: str | Non
         raise KvasirError(f"unknown notebook {name!r}; expected one of {', '.join(NOTEBOOKS)}")
     if (name in PER_MODEL) != (model is not None):
         raise KvasirError(f"notebook {name} {'needs' if name in PER_MODEL else 'takes no'} --model")
-    cfg = config.load_profile(profile, overrides)
+    cfg = profiles.load_profile(profile, overrides)
     if model is not None and model not in cfg.train.models:
         raise KvasirError(f"model {model!r} is not in train.models of profile {cfg.profile}: {cfg.train.models}")
     # the kernel runs in notebooks/: a relative profile path is made absolute
-    parameters = {"PROFILE": config.profile_reference(profile), "OVERRIDES": list(overrides)}
+    parameters = {"PROFILE": profiles.profile_reference(profile), "OVERRIDES": list(overrides)}
     if model is not None:
         parameters["MODEL"] = model
     return execute_notebook(name, parameters, executed_notebook_path(cfg, name, model), cfg.run_dir,

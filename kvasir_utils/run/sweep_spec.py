@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from kvasir_utils import config
+from kvasir_utils import config, profiles
 from kvasir_utils.analysis import paper
 from kvasir_utils.analysis.sweeps import DEFAULT_READING
 from kvasir_utils.config import Config, ConfigError, Section
@@ -95,16 +95,7 @@ class Sweep:
 
 # -- the sweep file -----------------------------------------------------------------------
 def find_sweep(name_or_path: str) -> Path:
-    candidate = Path(name_or_path).expanduser()
-    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
-        if not candidate.is_file():
-            raise ConfigError(f"sweep file {candidate} does not exist")
-        return candidate.resolve()
-    path = SWEEP_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")))
-        raise ConfigError(f"unknown sweep {name_or_path!r}; known sweeps: {known} (or give the path to a YAML file)")
-    return path
+    return profiles.find_yaml(name_or_path, SWEEP_DIR, "sweep")
 
 
 def _value_text(value) -> str:
@@ -147,7 +138,7 @@ def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
     """Read a sweep file and validate every member's settings (as a profile is validated, and
     every model x reading on the meta device) before anything runs."""
     path = find_sweep(name_or_path)
-    raw = config._read_yaml(path)
+    raw = profiles.read_yaml(path)
     try:
         spec = SweepFile.model_validate(raw)
     except ValidationError as exc:
@@ -156,8 +147,8 @@ def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
         raise ConfigError(f"sweep {path.name}: setting {key!r} is not valid: {error['msg']}") from None
     overrides = list(overrides or [])
     _check_spec(path.stem, spec, overrides)
-    profile = config.profile_reference(config.find_profile(spec.base, relative_to=path.parent))
-    base = config.load_profile(profile, [*spec.overrides, *overrides])
+    profile = profiles.profile_reference(profiles.find_profile(spec.base, relative_to=path.parent))
+    base = profiles.load_profile(profile, [*spec.overrides, *overrides])
     sweep = Sweep(path.stem, spec, profile, overrides, base, source=path)
     for text in [*spec.overrides, *overrides]:
         _check_override_text(text, f"sweep {sweep.name}")
@@ -181,7 +172,7 @@ def _member(sweep: Sweep, model: str, seed: int, settings: dict) -> Member:
         _check_override_text(text, f"sweep {sweep.name}, member {name}")
     member_overrides = [*sweep.spec.overrides, *sweep.overrides, *own]
     try:
-        cfg = config.load_profile(sweep.profile, member_overrides)
+        cfg = profiles.load_profile(sweep.profile, member_overrides)
         models.check_profile(cfg)
     except KvasirError as exc:
         raise ConfigError(f"sweep {sweep.name}, member {name}: {exc}") from None

@@ -42,7 +42,7 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
         "brier": metrics.brier_score(targets, probs),
         "stage_val_acc": stage_acc,
         "fine_tuning_gain": stage_acc.get("stage2", float("nan")) - stage_acc["stage1"],
-        "runtime": runtime.describe(),
+        "runtime": runtime.record(),
         "provenance": provenance(cfg, model_name),
         "environment": environment(),
         "generated_data": cfg.generated_data,
@@ -64,9 +64,10 @@ def predict_validation(cfg: Config, model, runtime: hardware.Runtime, transforms
     return probs, targets
 
 
-def masked_accuracy(cfg: Config, model_name: str, runtime: hardware.Runtime, mode: str = "guide_box") -> pd.DataFrame:
-    """Per class: validation accuracy as trained and evaluated, and with the overlays masked at
-    test time only (how much the model leans on them)."""
+def masked_predictions(cfg: Config, model_name: str, runtime: hardware.Runtime,
+                       mode: str = "guide_box") -> pd.DataFrame:
+    """predictions.csv's images (``path``, ``label``, ``true``, ``pred``) with ``masked_pred``: the
+    class predicted with the overlays masked at test time only (how much the model leans on them)."""
     predictions = pd.read_csv(cfg.eval_dir(model_name) / "predictions.csv")
     model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
     if overlays.MASK_MODES.index(cfg.transforms.mask_overlays) > overlays.MASK_MODES.index(mode):
@@ -76,9 +77,4 @@ def masked_accuracy(cfg: Config, model_name: str, runtime: hardware.Runtime, mod
     if len(targets) != len(predictions) or (targets != predictions["true"].to_numpy()).any():
         raise KvasirError(f"{cfg.eval_dir(model_name) / 'predictions.csv'} does not list today's validation images "
                           f"in split order; rerun notebook 04 for {model_name}")
-    frame = predictions[["label", "true", "pred"]].assign(masked_pred=probs.argmax(1))
-    frame = frame.assign(correct=frame["true"] == frame["pred"], masked_correct=frame["masked_pred"] == frame["true"])
-    table = frame.groupby("label", sort=False)[["correct", "masked_correct"]].mean()
-    table.loc["all"] = frame[["correct", "masked_correct"]].mean()
-    table.columns = ["accuracy", f"accuracy, {mode} masked at test time"]
-    return table.assign(difference=table.iloc[:, 1] - table.iloc[:, 0]).reindex([*cfg.data.classes, "all"])
+    return predictions[["path", "label", "true", "pred"]].assign(masked_pred=probs.argmax(1))

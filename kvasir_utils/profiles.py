@@ -1,0 +1,147 @@
+"""Profiles: YAML files of settings, loaded into the one ``config.Config``.
+
+A profile is a YAML file in ``configs/`` (or any path). ``base: <profile>`` inherits another
+profile and overrides only what it names; a profile without ``base:`` starts from the paper's
+protocol, ``configs/paper.yaml``, the one place the protocol's values are written. Dotted overrides
+(``train.stage1.epochs=1``) are applied last, the way ``make reproduce SET="..."`` and the
+notebooks' ``OVERRIDES`` pass them. Types and ranges are checked when the profile is loaded, so a
+bad value stops the run before anything is downloaded or trained; the readings that depend on a
+model's layers are checked by ``train.models.check_readings``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from kvasir_utils.config import CONFIG_DIR, Config, ConfigError, validate_config
+from kvasir_utils.io import write_text_atomic
+
+PROTOCOL = CONFIG_DIR / "paper.yaml"
+# data.size, data.sha256 and data.mirrors describe the archive at the profile's data.url.
+SOURCE_DETAILS = {"size": None, "sha256": None, "mirrors": []}
+
+
+def read_yaml(path: Path, what: str = "profile") -> dict:
+    """A YAML file that must hold a mapping (a profile, a sweep file)."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of settings, got {type(loaded).__name__}")
+    return loaded
+
+
+def find_yaml(name_or_path: str | os.PathLike, folder: Path, what: str, relative_to: Path | None = None) -> Path:
+    """A name (``smoke`` -> ``<folder>/smoke.yaml``) or a path to a YAML file: the one lookup for
+    profiles and sweep files. A relative path is taken from the current folder, or from
+    ``relative_to`` (the folder of the file that names it, for ``base:``)."""
+    text = str(name_or_path)
+    candidate = Path(text).expanduser()
+    if relative_to is not None and not candidate.is_absolute():
+        candidate = relative_to / candidate
+    if text.endswith((".yaml", ".yml")) or candidate.is_file():
+        if not candidate.is_file():
+            raise ConfigError(f"{what} file {candidate} does not exist")
+        return candidate.resolve()
+    path = folder / f"{text}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ConfigError(f"unknown {what} {text!r}; known {what}s: {known} (or give the path to a YAML file)")
+    return path
+
+
+def find_profile(name_or_path: str | os.PathLike, relative_to: Path | None = None) -> Path:
+    return find_yaml(name_or_path, CONFIG_DIR, "profile", relative_to)
+
+
+def profile_reference(name_or_path: str | os.PathLike) -> str:
+    """What to hand to another process (a notebook kernel runs in ``notebooks/``): a profile's
+    name as it is, a path made absolute."""
+    path = find_profile(name_or_path)
+    return path.stem if path == CONFIG_DIR / f"{name_or_path}.yaml" else str(path)
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"profile {path} inherits itself through 'base'")
+    raw = read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw if path.resolve() == PROTOCOL.resolve() else deep_merge(read_yaml(PROTOCOL), raw)
+    return deep_merge(_load_raw(find_profile(base, relative_to=path.parent), (*seen, path)), raw)
+
+
+def with_protocol(values: dict) -> Config:
+    """A saved config (in a checkpoint, ``config.yaml``) read with today's protocol filling what it
+    lacks, so a setting added since it was saved is no change."""
+    return validate_config(deep_merge({"profile": "paper", "overrides": [], **read_yaml(PROTOCOL)}, values))
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``"train.stage1.epochs=1"`` -> (["train", "stage1", "epochs"], 1)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    out = deep_merge({}, raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for key in keys[:-1]:
+            child = node.get(key)
+            node[key] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def _clear_source_details(raw: dict, overrides: list[str]) -> None:
+    """An override of data.url points at another archive: the profile's size, checksum and
+    mirrors no longer apply, so they are cleared unless the same overrides set them."""
+    keys = {".".join(parse_override(o)[0]) for o in overrides}
+    if "data.url" in keys:
+        raw["data"].update({k: v for k, v in SOURCE_DETAILS.items() if f"data.{k}" not in keys})
+
+
+def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str] | None = None) -> Config:
+    """Load a profile by name or path, apply dotted overrides, validate every key and range.
+
+    Overriding ``data.url`` clears ``data.size``, ``data.sha256`` and ``data.mirrors`` (they
+    describe the profile's own archive) unless the overrides set them too.
+    """
+    path = find_profile(name_or_path)
+    overrides = list(overrides or [])
+    raw = apply_overrides(_load_raw(path), overrides)
+    _clear_source_details(raw, overrides)
+    for key in ("profile", "overrides"):
+        if key in raw:
+            raise ConfigError(f"'{key}' is set by the study itself (the file's name, the SET given); remove it")
+    return validate_config({**raw, "profile": path.stem, "overrides": overrides})
+
+
+def masked_twin(cfg: Config) -> str | None:
+    """The profile that repeats this one with the guide box masked (``<profile>-masked``, e.g.
+    ``paper-masked``), if there is one and this profile masks nothing itself."""
+    name = f"{cfg.profile}-masked"
+    if cfg.transforms.mask_overlays != "none" or not (CONFIG_DIR / f"{name}.yaml").exists():
+        return None
+    return name
+
+
+def save_config(cfg: Config, path: Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    return write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
