@@ -22,7 +22,7 @@ ifeq ($(MAKELEVEL),0)
 export KVASIR_COMMAND := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
 endif
 
-.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast lint lab bench gpu-check clean
+.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast docs lint lab bench gpu-check clean
 
 help: ## list the targets (the default)
 	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"] [SWEEP=name|path.yaml]"
@@ -64,6 +64,9 @@ test: $(SETUP_STAMP) ## all tests, the end-to-end papermill runs on generated da
 
 test-fast: $(SETUP_STAMP) ## the tests without the end-to-end notebook runs
 	$(PY) -m pytest -m "not slow"
+
+docs: $(SETUP_STAMP) ## remake the tables in docs/ that come from the code (the paper's readings)
+	$(KV) docs
 
 lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored without outputs
 	$(PY) -m ruff check kvasir_utils tests notebooks

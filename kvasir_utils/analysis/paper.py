@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -58,27 +60,39 @@ MODELS = {
 REPORTED = {"resnet50": {"table1": TABLE1, "table2": TABLE2, "roc_auc": pd.Series(ROC_AUC, name="ROC-AUC").to_frame()}}
 # Section 4.1: "a 2.5% accuracy improvement during fine-tuning".
 FINE_TUNING_GAIN = 0.025
-# Every choice the paper leaves open: (setting, the paper's words, what the readings are).
+@dataclass(frozen=True)
+class Ambiguity:
+    """A choice the paper leaves open: the setting that makes it, the paper's words, the reading
+    the protocol uses (``configs/paper.yaml``) and the others the study offers."""
+
+    setting: str
+    paper_says: str
+    default: str
+    others: str = ""
+
+
+# Every choice the paper leaves open, in one place: the reports' readings table and
+# docs/paper-readings.md are made from it, and a test holds paper.yaml's AMBIGUOUS comments to it.
 AMBIGUITIES = [
-    ("split.seed", "split into 80% training ... and 20% validation ..., ensuring balanced class distribution",
-     "stratified split; the paper gives no seed"),
-    ("transforms.brightness", "Brightness and contrast adjustments (±0.2)",
-     "ColorJitter factors drawn from [1-0.2, 1+0.2]"),
-    ("transforms.crop_scale", "Random cropping and resizing to 224x224 pixels",
-     "RandomResizedCrop scale range (torchvision's default [0.08, 1])"),
-    ("transforms.eval_resize", "resizing to 224x224 pixels",
-     "squash: direct resize of validation images; center_crop: short side then centre crop"),
-    ("train.weights", "Initialize M with ImageNet weights",
-     "torchvision weights version (the paper names none)"),
-    ("train.stage1.trainable", "Train M on D_train with frozen weights",
-     "head: everything frozen but the new final layer"),
-    ("train.stage2.trainable", "the last 10 layers unfrozen",
-     "last_tensors:10 | block:layer4.2 (Keras' reading) | module:<name> | all"),
-    ("train.stage2.lr", "learning rate η = 10^-4", "the fine-tuning learning rate is not given separately"),
-    ("train.stage2_init", "Stage 2: Fine-Tuning", "a new Adam for stage 2, or stage 1's Adam state carried on"),
-    ("train.frozen_batchnorm", "with frozen weights",
-     "eval: frozen BatchNorm layers keep their running statistics; train: they keep updating"),
-    ("train.seed", "(no seed is given)", "seed of initialisation, shuffling and augmentation"),
+    Ambiguity("split.seed", "ensuring balanced class distribution", "stratified split, seed 42", "any seed"),
+    Ambiguity("transforms.brightness", "Brightness and contrast adjustments (±0.2)",
+              "ColorJitter factors drawn from [0.8, 1.2] (contrast alike)"),
+    Ambiguity("transforms.crop_scale", "Random cropping and resizing to 224x224 pixels",
+              "RandomResizedCrop with torchvision's scale [0.08, 1]", "any range"),
+    Ambiguity("transforms.eval_resize", "resizing to 224x224 pixels",
+              "squash: validation images resized straight to 224x224", "center_crop: short side, then the centre"),
+    Ambiguity("train.weights", "Initialize M with ImageNet weights", "IMAGENET1K_V1 (the paper names no version)",
+              "IMAGENET1K_V2, null (random initialisation)"),
+    Ambiguity("train.stage1.trainable", "Train M on D_train with frozen weights",
+              "head: everything frozen but the new final layer", "any reading of train.stage2.trainable"),
+    Ambiguity("train.stage2.trainable", "the last 10 layers unfrozen",
+              "last_tensors:10 (the last 10 parameter tensors)", "block:layer4.2 (Keras' meaning), module:<name>, all"),
+    Ambiguity("train.stage2.lr", "learning rate η = 10^-4", "1e-4 for fine-tuning too (not given separately)"),
+    Ambiguity("train.stage2_init", "Stage 2: Fine-Tuning", "fresh_optimizer: a new Adam for stage 2",
+              "continue_optimizer: stage 1's Adam state carried on"),
+    Ambiguity("train.frozen_batchnorm", "with frozen weights", "eval: frozen BatchNorm layers keep their statistics",
+              "train: they keep updating"),
+    Ambiguity("train.seed", "(no seed is given)", "42, for initialisation, shuffling and augmentation", "any seed"),
 ]
 
 
@@ -90,11 +104,17 @@ def setting_value(config: dict, dotted: str):
 
 
 def readings_table(config: dict) -> pd.DataFrame:
-    """The paper's ambiguous choices and the reading this run used."""
+    """The paper's ambiguous choices, the protocol's reading, the others, and the value this run used."""
     return pd.DataFrame(
-        [{"setting": key, "paper_words": words, "readings": readings, "value": setting_value(config, key)}
-         for key, words, readings in AMBIGUITIES]
+        [{"setting": a.setting, "paper_words": a.paper_says, "default": a.default, "others": a.others,
+          "value": setting_value(config, a.setting)} for a in AMBIGUITIES]
     )
+
+
+def readings_markdown() -> str:
+    """The table of docs/paper-readings.md, made from ``AMBIGUITIES``."""
+    rows = [f"| `{a.setting}` | \"{a.paper_says}\" | {a.default} | {a.others} |" for a in AMBIGUITIES]
+    return "\n".join(["| setting | the paper says | default reading | other readings |", "|---|---|---|---|", *rows])
 
 
 def side_by_side(ours: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from kvasir_utils import profiles
+from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import folder_lock
+from kvasir_utils.io import folder_lock, write_text_atomic
 from kvasir_utils.run import signals
 from kvasir_utils.run.notebooks import NOTEBOOKS, check_make_path, record_failure, run_notebook, write_settings_stamp
 from kvasir_utils.run.sweep_aggregate import aggregate_sweep
@@ -59,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None)
     add("report", "render the executed notebooks to HTML and write index.html")
     add("makevars", "check the profile and print its folders and models as make variables")
+    add("docs", "write the tables of docs/ that are made from the code (the paper's readings)", profile=False)
     sweep_cmd = add("sweep", "run a sweep's members on Ray, then aggregate them (notebook 06)", profile=False)
     sweep_cmd.add_argument("sweep", help="sweep name (configs/sweeps/<name>.yaml) or path to a sweep file")
     return parser
@@ -124,4 +127,24 @@ def _dispatch(args) -> int:
         print(f"AUDIT_INPUTS := {' '.join(map(str, audit_inputs))}")
     elif args.command == "sweep":
         return run_sweep_command(args.sweep, args.overrides)
+    elif args.command == "docs":
+        print(f"wrote {write_readings_doc()}")
     return 0
+
+
+READINGS_DOC = PROJECT_ROOT / "docs" / "paper-readings.md"
+MARKERS = ("<!-- made from kvasir_utils/analysis/paper.py by `make docs`: start -->",
+           "<!-- made from kvasir_utils/analysis/paper.py by `make docs`: end -->")
+
+
+def readings_doc_text(text: str) -> str:
+    """``text`` (docs/paper-readings.md) with the table between its markers made anew from AMBIGUITIES."""
+    from kvasir_utils.analysis import paper
+
+    before, _, rest = text.partition(MARKERS[0])
+    _, _, after = rest.partition(MARKERS[1])
+    return f"{before}{MARKERS[0]}\n{paper.readings_markdown()}\n{MARKERS[1]}{after}"
+
+
+def write_readings_doc() -> Path:
+    return write_text_atomic(READINGS_DOC, readings_doc_text(READINGS_DOC.read_text()))
