@@ -26,8 +26,10 @@ def t_interval(values, confidence: float = 0.95) -> dict:
     if n < 2:
         return {"mean": mean, "sd": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": n}
     sd = float(values.std(ddof=1))
-    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return {"mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+    if sd == 0:
+        return {"mean": mean, "sd": 0.0, "ci_low": mean, "ci_high": mean, "n": n}
+    low, high = sps.t.interval(confidence, n - 1, loc=mean, scale=sps.sem(values))
+    return {"mean": mean, "sd": sd, "ci_low": float(low), "ci_high": float(high), "n": n}
 
 
 def summarize(runs: pd.DataFrame, by: list[str], metrics: list[str], confidence: float = 0.95) -> pd.DataFrame:
@@ -58,7 +60,9 @@ def paired_difference(first, second, confidence: float = 0.95) -> dict:
     differences = first[keep] - second[keep]
     interval = t_interval(differences, confidence)
     if len(differences) >= 2 and np.ptp(differences) > 0:
-        t_p = float(sps.ttest_rel(first[keep], second[keep]).pvalue)
+        test = sps.ttest_rel(first[keep], second[keep])
+        t_p = float(test.pvalue)
+        interval["ci_low"], interval["ci_high"] = map(float, test.confidence_interval(confidence))
     else:
         t_p = math.nan  # no spread: the t-test is undefined
     return {"mean_difference": interval["mean"], "sd": interval["sd"], "ci_low": interval["ci_low"],

@@ -28,6 +28,7 @@ LABELS = {
     "accuracy_with_twin": "accuracy on those", "accuracy_without_twin": "accuracy on the others",
     "twin_gap": "gap (with - without a near-duplicate)", "with_twin": "with a near-duplicate in training",
     "without_twin": "without", "paper_words": "the paper says", "value": "this run",
+    "default": "the protocol's reading", "others": "other readings",
     "only_first_correct": "only the first right", "only_second_correct": "only the second right",
     "p_value": "p-value",
 }
@@ -80,20 +81,12 @@ def _has_labels(frame: pd.DataFrame) -> bool:
     return not isinstance(frame.index, pd.RangeIndex)
 
 
-def to_markdown(frame: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A table as GitHub Markdown (pandas' ``to_markdown``), four decimals, empty where nothing is known."""
     frame = _flat_columns(frame)
-    if not _has_labels(frame) and len(frame.columns):
-        frame = frame.set_index(frame.columns[0])
-
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "" if pd.isna(value) else floatfmt.format(value)
-        return str(value)
-
-    header = ["", *map(str, frame.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join([str(index), *map(cell, row)]) + " |" for index, row in zip(frame.index, frame.values)]
-    return "\n".join(lines) + "\n"
+    index = _has_labels(frame)
+    cells = labelled(frame).astype(object).where(frame.notna().to_numpy(), None)  # None prints as missingval
+    return cells.to_markdown(index=index, floatfmt=".4f", missingval="") + "\n"
 
 
 def _report_dir(target: Config | Path) -> Path:
