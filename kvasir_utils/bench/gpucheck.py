@@ -143,16 +143,18 @@ def _one_of_many(profile: str, scale: str, workers: int, batches: int, start_at:
     return {"images_per_s": rate, "started": start, "ended": time.time()}
 
 
-def concurrency(profile: Path, scale: str, counts=(1, 2, 4), batches: int = 100, settle: float = 30) -> dict:
+def concurrency(profile: Path, scale: str, counts=(1, 2, 4), batches: int = 100, settle: float = 30,
+                per_process: float = 5) -> dict:
     """Aggregate training images/s of 1, 2 and 4 processes sharing the device, started together
-    ``settle`` seconds (and 5 s a process) after they are launched, once each has built its model."""
+    ``settle`` seconds (and ``per_process`` seconds a process) after they are launched, once each has
+    built its model."""
     cores = os.cpu_count() or 1
     figures = {}
     for count in counts:
         workers = max(1, (cores - 1) // count)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(count, mp_context=context) as pool:
-            start_at = time.time() + settle + 5 * count
+            start_at = time.time() + settle + per_process * count
             runs = [pool.submit(_one_of_many, str(profile), scale, workers, batches, start_at) for _ in range(count)]
             results = [r.result() for r in runs]
         figures[str(count)] = {"processes": count, "loader_workers_each": workers,

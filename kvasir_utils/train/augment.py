@@ -50,7 +50,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import kornia
 import torch
 from torchvision.transforms import v2
 
@@ -161,6 +160,8 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int, hflip: to
 def rotate(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """``v2.RandomRotation``'s defaults: anticlockwise by ``angle`` degrees (B) about the centre,
     nearest neighbour, same size, zeros outside."""
+    import kornia  # only the device backend needs it (and it costs a notebook half a second to import)
+
     return kornia.geometry.transform.rotate(images, angle.to(images.dtype), mode="nearest", padding_mode="zeros")
 
 
