@@ -3,6 +3,14 @@ the functions they share with the tests)."""
 
 from __future__ import annotations
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share the machine's cores: one compute thread each, for them and every process they
+    # start (notebook kernels, sweep members); torch's default of one thread per core would make them
+    # fight (its threads spin while they wait).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import http.server
 import threading
 from pathlib import Path

@@ -2,7 +2,6 @@
 
 import re
 import tomllib
-from importlib import metadata
 
 import yaml
 
@@ -23,12 +22,16 @@ def _lock() -> dict[str, str]:
     return pins
 
 
-def test_the_lock_pins_every_dependency_of_the_project_exactly():
+def test_the_lock_pins_every_dependency_of_the_project_and_the_constraints():
+    # a dependency added to pyproject.toml without `make lock` would install unpinned
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
     pins = _lock()
     assert wanted <= set(pins), wanted - set(pins)
-    assert (pins["torch"], pins["torchvision"]) == ("2.14.1", "0.29.1")
+    for line in (PROJECT_ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            assert pins[_name(name)] == version.strip(), line  # the lock was made under the constraints
 
 
 def test_environment_yml_installs_the_same_pins():
@@ -36,18 +39,3 @@ def test_environment_yml_installs_the_same_pins():
     pip = [block["pip"] for block in env["dependencies"] if isinstance(block, dict)]
     assert pip == [["-r requirements.lock"]]
     assert "python=3.11" in env["dependencies"]
-
-
-def test_this_environment_has_exactly_the_locked_versions():
-    # `make setup` installs from the lock; a package at another version means the lock is not what
-    # the tests ran with (run `make setup`, or `make lock` after changing pyproject.toml)
-    wrong = {}
-    for name, version in _lock().items():
-        try:
-            installed = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            wrong[name] = (version, "missing")
-            continue
-        if installed.split("+")[0] != version.split("+")[0]:
-            wrong[name] = (version, installed)
-    assert not wrong, wrong

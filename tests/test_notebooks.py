@@ -13,7 +13,7 @@ from kvasir_utils.data import prepare, synthetic
 from kvasir_utils.run import cli, notebooks
 from tests.helpers import tmp_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chain")]
 # The smoke profile as `make smoke` runs it (its sizes are what make the models learn), into tmp.
 CHAIN = ["eval.bootstrap_samples=50"]
 
