@@ -22,7 +22,7 @@ ifeq ($(MAKELEVEL),0)
 export KVASIR_COMMAND := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
 endif
 
-.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast docs lint lab bench gpu-check clean
+.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast docs browser lint lab bench gpu-check clean
 
 help: ## list the targets (the default)
 	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"] [SWEEP=name|path.yaml]"
@@ -59,7 +59,7 @@ report: $(SETUP_STAMP) ## re-render the HTML reports of PROFILE from the execute
 sweep: $(SETUP_STAMP) ## many runs on Ray (SWEEP=seeds|readings|smoke-seeds|path.yaml; SET applies to each), then notebook 06
 	$(KV) sweep '$(SWEEP)' $(foreach s,$(SET),--set '$(s)')
 
-test: $(SETUP_STAMP) ## all tests, the end-to-end papermill runs on generated data included (no network)
+test: $(SETUP_STAMP) browser ## all tests: notebook runs, a Ray cluster, a browser (no network)
 	$(PY) -m pytest
 
 test-fast: $(SETUP_STAMP) ## the tests without the end-to-end notebook runs
@@ -67,6 +67,12 @@ test-fast: $(SETUP_STAMP) ## the tests without the end-to-end notebook runs
 
 docs: $(SETUP_STAMP) ## remake the tables in docs/ that come from the code (the paper's readings)
 	$(KV) docs
+
+browser: ## install Debian's chromium and chromium-driver for the browser tests, when missing (needs apt)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+		  echo "warning: could not install chromium (needs root and apt); the browser tests will be skipped"; }
 
 lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored without outputs
 	$(PY) -m ruff check kvasir_utils tests notebooks

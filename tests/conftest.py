@@ -19,7 +19,7 @@ import pytest
 
 from kvasir_utils.analysis import labels
 from kvasir_utils.data import synthetic
-from tests.helpers import RangeHandler, prepare_tiny_dataset
+from tests.helpers import RangeHandler, prepare_tiny_dataset, tmp_overrides
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +52,28 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     prepare_tiny_dataset(root)
     return root
+
+
+# The smoke profile as `make smoke` runs it (its sizes are what make the models learn), into tmp.
+SMOKE_CHAIN = ["eval.bootstrap_samples=50"]
+
+
+@pytest.fixture(scope="session")
+def smoke_chain(tmp_path_factory):
+    """``make smoke`` by its notebooks, once per test worker: tests that use it are marked
+    ``pytest.mark.xdist_group("chain")`` so they all run on the worker that made it."""
+    from kvasir_utils import profiles
+    from kvasir_utils.run import cli, notebooks
+
+    root = tmp_path_factory.mktemp("chain")
+    overrides = tmp_overrides(root) + SMOKE_CHAIN
+    cfg = profiles.load_profile("smoke", overrides)
+    notebooks.run_notebook("01_download_and_split", "smoke", overrides)
+    for model in cfg.train.models:
+        for name in ("02_train", "03_finetune", "04_evaluate"):
+            notebooks.run_notebook(name, "smoke", overrides, model)
+    notebooks.run_notebook("05_compare", "smoke", overrides)
+    notebooks.run_notebook("07_audit", "smoke", overrides)
+    assert cli.main(["report", "--profile", "smoke", *[a for o in overrides for a in ("--set", o)]]) == 0
+    return cfg
+

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from kvasir_utils import config, profiles
-from kvasir_utils.analysis import labels, paper
+from kvasir_utils.analysis import labels
 from kvasir_utils.config import ConfigError
 from kvasir_utils.profiles import load_profile
 
@@ -73,18 +73,6 @@ def test_saved_config_round_trips(tmp_path):
     path = profiles.save_config(cfg, tmp_path / "config.yaml")
     again = config.validate_config(yaml.safe_load(path.read_text()))
     assert again == cfg
-
-
-def test_every_ambiguity_is_a_setting_with_the_papers_words_beside_it_in_the_profile():
-    lines = (config.CONFIG_DIR / "paper.yaml").read_text().splitlines()
-    cfg = load_profile("paper").to_dict()
-    for key, _, _ in paper.AMBIGUITIES:
-        paper.setting_value(cfg, key)  # raises KeyError if the setting does not exist
-        name = key.split(".")[-1] + ":"
-        at = next(i for i, line in enumerate(lines) if line.strip().startswith(name)
-                  and all(part + ":" in "\n".join(lines[:i + 1]) for part in key.split(".")[:-1]))
-        comment = "\n".join(lines[max(0, at - 4):at + 1])
-        assert "AMBIGUOUS" in comment or "not given" in comment, key
 
 
 def test_a_saved_config_from_an_older_version_is_read_with_todays_protocol():

@@ -52,7 +52,7 @@ def _png_archive(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def study(tmp_path_factory):
     """The profile; every run of this module shares one data folder (the first test interrupts its making)."""
     root = tmp_path_factory.mktemp("stops")
@@ -74,7 +74,7 @@ def _config(study, run: str, extra: list[str] = ()) -> config.Config:
     return profiles.load_profile(str(study["profile"]), [*_paths(study["root"], run), *extra])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(study):
     """An uninterrupted run to compare with: the calls the notebooks make, in this process."""
 
@@ -111,7 +111,7 @@ def _temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith(".part")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def interrupted(study):
     """The run that the next tests interrupt, each at its step, in the order of the pipeline."""
     return {"cfg": _config(study, "interrupted"), "make": lambda: _make(study, "interrupted")}

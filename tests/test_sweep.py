@@ -68,8 +68,8 @@ def test_a_sweep_on_a_two_node_cluster_where_one_reading_fails_and_a_rerun_train
                        grid={"train.weights": [None, "IMAGENET1K_V1"], "train.stage2.trainable": ["last_tensors:4"]})
     result = _run(path, tmp_path, two_node_cluster)
     assert result.returncode == 1, result.stderr[-3000:]
-    names = {weights: f"resnet18-seed1-train.weights={weights}-train.stage2.trainable=last_tensors:4"
-             for weights in ("null", "IMAGENET1K_V1")}
+    names = {weights: f"resnet18-seed1-train.stage2.trainable=last_tensors:4-train.weights={weights}"
+             for weights in ("null", "IMAGENET1K_V1")}  # the grid's keys in the file's (sorted) order
     failed = [names["IMAGENET1K_V1"]]
     assert "1 of 2 run(s) failed" in result.stderr and failed[0] in result.stderr
     records = _records(tmp_path, "cluster")

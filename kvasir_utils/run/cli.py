@@ -21,13 +21,14 @@ from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import folder_lock, write_text_atomic
 from kvasir_utils.run import signals
 from kvasir_utils.run.notebooks import NOTEBOOKS, check_make_path, record_failure, run_notebook, write_settings_stamp
-from kvasir_utils.run.sweep_aggregate import aggregate_sweep
 
 
 def run_sweep_command(name: str, overrides: list[str]) -> int:
     """``make sweep``: validate every run, run the unfinished ones on Ray, then notebook 06 and the
     sweep's report. Returns the exit code: 1 when a run failed (the others still count)."""
+    # imported here: Ray, torch and torchvision cost every other command seconds to import
     from kvasir_utils.run import sweep_execute, sweep_spec
+    from kvasir_utils.run.sweep_aggregate import aggregate_sweep
 
     spec = sweep_spec.load_sweep(name, overrides)
     print(f"sweep {spec.name}: {len(spec.members)} run(s) of profile {spec.base.profile}, results under {spec.run_dir}")
