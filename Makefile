@@ -22,7 +22,7 @@ ifeq ($(MAKELEVEL),0)
 export KVASIR_COMMAND := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
 endif
 
-.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast docs browser lint lab bench gpu-check clean
+.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast docs browser screenshots lint lab bench gpu-check clean
 
 help: ## list the targets (the default)
 	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"] [SWEEP=name|path.yaml]"
@@ -73,6 +73,9 @@ browser: ## install Debian's chromium and chromium-driver for the browser tests,
 		{ apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
 		  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
 		  echo "warning: could not install chromium (needs root and apt); the browser tests will be skipped"; }
+
+screenshots: $(SETUP_STAMP) browser ## PNGs of reports/PROFILE's index and one page of each kind, into docs/images/
+	$(PY) -m kvasir_utils.report.browser reports/$(PROFILE) docs/images
 
 lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored without outputs
 	$(PY) -m ruff check kvasir_utils tests notebooks

@@ -24,6 +24,11 @@ class ConfigError(KvasirError):
     """A profile or override that does not fit the schema."""
 
 
+def cached_name(path: str) -> str:
+    """The file name of an image's copy in the resized cache (and in the reports' thumbnails): JPEG."""
+    return str(Path(path).with_suffix(".jpg"))
+
+
 def _checked_stage(stage: str) -> str:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")

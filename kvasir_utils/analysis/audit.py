@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from kvasir_utils.analysis import intervals
+
 
 def guide_box_rates(frame: pd.DataFrame) -> pd.DataFrame:
     """Per class (``label``): images, images with the box (``has_box``) and their rate, in first-seen order."""
@@ -61,28 +63,65 @@ def accuracy_by_twin(predictions: pd.DataFrame, twinned_paths: set[str]) -> pd.D
     return pd.DataFrame(rows).T.astype({"images": int})
 
 
-def audit_headline(records: dict[str, dict], masked: dict[str, pd.DataFrame],
-                   by_twin: dict[str, pd.DataFrame], twin_rate: float) -> pd.DataFrame:
-    """One row per model: what the audit found, in numbers (the index page's Audit table).
-    ``masked_change`` = accuracy with the box masked - as evaluated; ``twin_gap`` = accuracy on
-    images with a near-duplicate in training - on the others."""
+def twin_paths(split: pd.DataFrame, pairs: pd.DataFrame) -> pd.Series:
+    """For each validation row of ``split``, the path of a training image it nearly duplicates ("" if none)."""
+    side, paths = split["split"].to_numpy(), split["path"].to_numpy()
+    twins = pd.Series("", index=split.index, name="twin")
+    for i, j in zip(pairs["i"], pairs["j"]):
+        for val, train in ((i, j), (j, i)):
+            if side[val] == "val" and side[train] == "train" and not twins.iat[val]:
+                twins.iat[val] = paths[train]
+    return twins
+
+
+def validation_images(split: pd.DataFrame, pairs: pd.DataFrame, has_box: pd.Series) -> pd.DataFrame:
+    """Per validation image: ``path``, ``label``, ``has_box`` (the guide box) and ``twin`` (a training
+    image it nearly duplicates, "" if none): what the error browser shows beside each prediction."""
+    frame = split.assign(has_box=has_box.to_numpy(), twin=twin_paths(split, pairs))
+    return frame.loc[frame["split"] == "val", ["path", "label", "has_box", "twin"]].reset_index(drop=True)
+
+
+def audit_headline(records: dict[str, dict], masked: dict[str, pd.DataFrame], twinned: set[str],
+                   samples: int, confidence: float, seed: int) -> pd.DataFrame:
+    """One row per model: what the audit found, with bootstrap intervals over the validation images.
+    ``masked`` holds each model's per-image predictions with and without the box masked
+    (``train.evaluation.masked_predictions``); ``twinned`` the validation paths with a near-duplicate
+    in training. ``masked_change`` = accuracy with the box masked - as evaluated; ``twin_gap`` =
+    accuracy on images with a near-duplicate in training - on the others."""
     rows = {}
     for model, record in records.items():
-        table, twins = masked[model], by_twin[model]
+        frame = masked[model]
+        right, masked_right = frame["true"] == frame["pred"], frame["masked_pred"] == frame["true"]
+        twin = frame["path"].isin(twinned)
+        change = intervals.paired_difference_interval(masked_right, right, samples, confidence, seed)
+        gap = intervals.group_gap_interval(right[twin], right[~twin], samples, confidence, seed)
         rows[model] = {
-            "accuracy": record["accuracy"], "masked_accuracy": table.loc["all", "masked_accuracy"],
-            "masked_change": table.loc["all", "change"], "twin_share": twin_rate,
-            "accuracy_with_twin": twins.loc["with_twin", "accuracy"],
-            "accuracy_without_twin": twins.loc["without_twin", "accuracy"],
-            "twin_gap": twins.loc["with_twin", "accuracy"] - twins.loc["without_twin", "accuracy"],
-            "ece": record["ece"], "brier": record["brier"],
+            "accuracy": record["accuracy"], "masked_accuracy": masked_right.mean(),
+            "masked_change": masked_right.mean() - right.mean(), "masked_change_ci_low": change[0],
+            "masked_change_ci_high": change[1], "twin_share": twin.mean(), "twin_images": int(twin.sum()),
+            "accuracy_with_twin": right[twin].mean() if twin.any() else np.nan,
+            "accuracy_without_twin": right[~twin].mean() if (~twin).any() else np.nan,
+            "twin_gap_ci_low": gap[0], "twin_gap_ci_high": gap[1], "ece": record["ece"], "brier": record["brier"],
         }
+        rows[model]["twin_gap"] = rows[model]["accuracy_with_twin"] - rows[model]["accuracy_without_twin"]
     return pd.DataFrame(rows).T
 
 
-# -- the audit ----------------------------------------------------------------------------
-def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame) -> list[str]:
-    """The audit's numbers in plain words, for readers who are not statisticians."""
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f} points"
+
+
+def _interval_words(low: float, high: float, effect: str, none: str) -> str:
+    """What an interval of a difference says: ``effect`` when it excludes zero, else too few images."""
+    if np.isnan(low) or np.isnan(high):
+        return "no interval: one of the groups is empty"
+    span = f"[{_points(low)}, {_points(high)}]"
+    return f"{span}: {effect}" if low > 0 or high < 0 else f"{span}: {none}"
+
+
+def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame, confidence: float = 0.95) -> list[str]:
+    """The audit's findings in plain words, each difference with its interval (change = masked -
+    unmasked; gap = with - without a near-duplicate in training)."""
     with_box = box_rates[box_rates["rate"] > 0]
     sentences = [
         f"The teal position-guide box appears in {len(with_box)} of {len(box_rates)} classes "
@@ -90,14 +129,24 @@ def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame) -> list[str
         "so a network can learn 'box means lower-GI class' without looking at tissue."
         if len(with_box) else "No frame carries the position-guide box.",
     ]
+    level = f"{confidence:.0%}"
     for model, row in headline.iterrows():
+        change = row["masked_change"]
+        leans = "the model leans on the box" if row["masked_change_ci_high"] < 0 else "masking the box helps"
         sentences.append(
-            f"{model}: blacking out the box at test time changes accuracy from {row['accuracy']:.1%} to "
-            f"{row['masked_accuracy']:.1%}; a large drop means the model leans on the box. "
-            f"Validation images with a near-duplicate frame in training are classified "
-            f"{row['accuracy_with_twin']:.1%} correctly against {row['accuracy_without_twin']:.1%} for the others; "
-            f"a gap means the image-level split flatters the score. Its confidence is off by "
-            f"{row['ece']:.3f} on average (ECE; 0 is perfectly calibrated).")
+            f"{model}: masking the box at test time changes accuracy from {row['accuracy']:.1%} to "
+            f"{row['masked_accuracy']:.1%}, a change of {_points(change)} ({level} interval "
+            + _interval_words(row["masked_change_ci_low"], row["masked_change_ci_high"], leans,
+                              "too few images to tell whether the model leans on the box") + ").")
+        gap = row["twin_gap"]
+        flatters = "the image-level split flatters the score" if row["twin_gap_ci_low"] > 0 else \
+            "images with a near-duplicate are harder"
+        sentences.append(
+            f"{model}: the {int(row['twin_images'])} validation images with a near-duplicate in training are "
+            f"classified {row['accuracy_with_twin']:.1%} correctly against {row['accuracy_without_twin']:.1%} for the "
+            f"others, a gap of {_points(gap) if not np.isnan(gap) else 'nothing to compare'} ({level} interval "
+            + _interval_words(row["twin_gap_ci_low"], row["twin_gap_ci_high"], flatters,
+                              "too few images to tell") + f"). Its ECE is {row['ece']:.3f} (0: perfectly calibrated).")
     share = headline["twin_share"].iloc[0] if len(headline) else float("nan")
     sentences.append(f"{share:.1%} of the validation images have a near-duplicate in training. Kvasir has no "
                      "patient ids; `split.group_near_duplicates=true` keeps such groups on one side of the split.")

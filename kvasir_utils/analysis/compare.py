@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kvasir_utils.analysis import metrics, paper
+from kvasir_utils.analysis import labels, metrics, paper
 from kvasir_utils.analysis.runs import read_evaluations, same_images
 from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
@@ -83,3 +83,29 @@ def masked_run_table1(cfg: Config, masked_cfg: Config) -> tuple[pd.DataFrame | N
             table = metrics.classification_table(predictions["true"], predictions["pred"], cfg.data.classes)
             columns[(model, label)] = table["F1-Score"]
     return pd.DataFrame(columns), f"Table 1 F1 of {cfg.profile} and {masked_cfg.profile} side by side"
+
+
+def mcnemar_sentences(tests: pd.DataFrame, names: dict[str, str] | None = None) -> list[str]:
+    """``paired_tests`` in words: where the two models disagree and whether that is more than chance."""
+    names = names or {}
+    sentences = []
+    for row in tests.itertuples():
+        first, second = names.get(row.first, row.first), names.get(row.second, row.second)
+        disagree = row.only_first_correct + row.only_second_correct
+        verdict = ("more than chance gives: the models differ" if row.p_value < 0.05
+                   else "within what chance gives: these images cannot tell the models apart")
+        sentences.append(f"{first} and {second} disagree on {disagree} validation images: {first} alone is right on "
+                         f"{row.only_first_correct}, {second} alone on {row.only_second_correct}. McNemar's exact test "
+                         f"gives p = {row.p_value:.2g}, {verdict} (p < 0.05 would say they differ).")
+    return sentences
+
+
+def abbreviation_names(classes: list[str]) -> dict[str, str]:
+    """``{abbreviation: class}`` for the columns and rows of Table 2."""
+    return {labels.abbreviation(name): name for name in classes}
+
+
+def abbreviations_sentence(classes: list[str]) -> str:
+    """The abbreviations of Table 2 spelled out, for the text beside every confusion matrix."""
+    spelled = [f"{short} = {name}" for short, name in abbreviation_names(classes).items() if short != name]
+    return ("Abbreviations: " + "; ".join(spelled) + ".") if spelled else ""

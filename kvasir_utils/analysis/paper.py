@@ -118,12 +118,14 @@ def readings_markdown() -> str:
 
 
 def side_by_side(ours: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
-    """Columns (metric, paper | this run | difference) for every metric both tables have."""
+    """Columns (metric, paper | run | difference) for every metric both tables have; run - paper,
+    except for ``Support``, whose counts belong to validation sets of different sizes."""
     index = ours.index.append(reported.index.difference(ours.index))
     parts = {}
     for column in [c for c in reported.columns if c in ours.columns]:
         mine, theirs = ours[column].reindex(index), reported[column].reindex(index)
-        parts[column] = pd.DataFrame({"paper": theirs, "run": mine, "difference": mine - theirs})
+        difference = mine - theirs if column != "Support" else pd.Series(np.nan, index=index)
+        parts[column] = pd.DataFrame({"paper": theirs, "run": mine, "difference": difference})
     return pd.concat(parts, axis=1)
 
 

@@ -97,3 +97,11 @@ def class_names(predictions: pd.DataFrame) -> list[str]:
     """The run's classes, in its order, from predictions.csv's probability columns (``p_<class>``)."""
     return [column.removeprefix("p_") for column in predictions.columns if column.startswith("p_")]
 
+
+
+def epochs_table(history: pd.DataFrame) -> pd.DataFrame:
+    """A stage's history.csv as the notebooks show it: epochs numbered across both stages, as in
+    Figure 2 and TensorBoard, and only what a reader compares."""
+    table = history.rename(columns={"global_epoch": "epoch (both stages)", "epoch": "epoch of the stage"})
+    return table[["epoch (both stages)", "epoch of the stage", "train_loss", "train_acc", "val_loss", "val_acc",
+                  "seconds", "images_per_s"]].reset_index(drop=True)

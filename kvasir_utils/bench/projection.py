@@ -34,9 +34,9 @@ import torch
 
 from kvasir_utils.analysis.runs import HISTORY_COLUMNS
 from kvasir_utils.bench.timing import step_throughput
-from kvasir_utils.config import PROJECT_ROOT, STAGES, Config
+from kvasir_utils.config import PROJECT_ROOT, STAGES, Config, cached_name
 from kvasir_utils.data import prepare, synthetic
-from kvasir_utils.data.cache import build_cache, cached_name
+from kvasir_utils.data.cache import build_cache
 from kvasir_utils.data.dataset import KvasirDataset, make_loader
 from kvasir_utils.data.extract import extract_archive
 from kvasir_utils.data.images import read_image

@@ -21,6 +21,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from kvasir_utils.config import cached_name
 from kvasir_utils.errors import DiskFullError, KvasirError
 from kvasir_utils.io import sha256_text, write_bytes_atomic, write_csv_atomic
 
@@ -30,10 +31,6 @@ PROGRESS_SECONDS = 30
 MANIFEST_COLUMNS = ["path", "label", "width", "height", "bytes", "mtime_ns", "source_sha256", "error"]
 # What the fingerprint covers: the images' content and labels, not when they were unpacked.
 CONTENT_COLUMNS = ["path", "label", "width", "height", "source_sha256", "error"]
-
-
-def cached_name(path: str) -> str:
-    return str(Path(path).with_suffix(".jpg"))
 
 
 def resize_image(source: Path, target: Path, short_side: int, quality: int) -> tuple[int, int, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kvasir_utils.data.cache import cached_name
+from kvasir_utils.config import cached_name
 from kvasir_utils.data.images import read_image
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from kvasir_utils.data.cache import cached_name
+from kvasir_utils.config import cached_name
 
 
 def read_image(path: Path) -> Image.Image:
@@ -32,3 +32,24 @@ def cached_images_per_class(cache_root: Path, split: pd.DataFrame, per_class: in
     """A few cached images of each class (for the sample grid): list of (label, PIL image)."""
     picked = split.groupby("label", sort=False).sample(frac=1, random_state=seed).groupby("label").head(per_class)
     return list(zip(picked["label"], load_cached(cache_root, picked["path"])))
+
+
+def write_thumbnails(cache_root: Path, paths, dest: Path, size: int = 160) -> int:
+    """Small JPEG copies of the cached images of ``paths`` under ``dest`` (for the reports' error
+    browser, which must not reach into the data folder); returns how many were made now."""
+    import io
+
+    from kvasir_utils.io import write_bytes_atomic
+
+    made = 0
+    for path in paths:
+        target = Path(dest) / cached_name(path)
+        if target.exists():
+            continue
+        image = read_image(Path(cache_root) / cached_name(path))
+        image.thumbnail((size, size))
+        encoded = io.BytesIO()
+        image.save(encoded, format="JPEG", quality=85)
+        write_bytes_atomic(target, encoded.getvalue())
+        made += 1
+    return made

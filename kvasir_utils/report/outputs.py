@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from kvasir_utils.analysis import departures
 from kvasir_utils.config import Config
 from kvasir_utils.io import write_bytes_atomic, write_text_atomic
 from kvasir_utils.provenance import provenance_line
+from kvasir_utils.report import formats
 
 # Machine names of the study's tables (CSV columns and index entries) -> what a reader sees.
 LABELS = {
@@ -40,33 +42,75 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 GENERATED_WARNING = (
-    "Generated data: these results come from the synthetic Kvasir-shaped archive of the "
+    "Pipeline check on generated data: these results come from the synthetic Kvasir-shaped archive of the "
     "'{profile}' profile and mean nothing about Kvasir or endoscopy."
 )
-
-
-BANNER_STYLE = (".kvasir-banner{background:#fff3cd;border:2px solid #e0a800;padding:0.8em 1em;"
-                "margin:0 0 1em;font-weight:bold}"
-                ".kvasir-provenance{font-weight:normal;font-size:0.8em;margin-top:0.4em;word-break:break-all}")
+BANNER_STYLE = (".kvasir-banner{background:#fff3cd;border:2px solid #e0a800;padding:0.8em 1em;margin:0 0 1em}"
+                ".kvasir-banner p{margin:0.2em 0}.kvasir-banner strong{font-weight:bold}"
+                ".kvasir-provenance{font-size:0.8em;margin-top:0.4em;overflow-wrap:anywhere}")
 
 
 # -- in the notebooks ---------------------------------------------------------------------
-def banner_html(cfg: Config, about: str = "") -> str:
-    """The box on top of every page: the profile (or what ``about`` says), for generated data the
-    warning that the numbers mean nothing about Kvasir, and where the result came from (commit,
-    lock, overrides, dataset archive)."""
+def _departure_text(cfg: Config, page: str | None) -> str:
+    """This page's departures from the paper's protocol, in one sentence (empty when none)."""
+    found = departures.departures(cfg) if page is None else departures.departures_for(cfg, page)
+    if not len(found):
+        return ""
+    items = [f"{row.setting} = {_value(row.run)} (paper: {_value(row.paper)})" for row in found.itertuples()]
+    where = "this run" if page is None else "this step"
+    return f"Where {where} departs from the paper's protocol: " + "; ".join(items) + "."
+
+
+def _value(value) -> str:
+    return "none" if value is None or value == "" else str(value)
+
+
+def banner_html(cfg: Config, about: str = "", page: str | None = None) -> str:
+    """The box on top of every page: the profile (or what ``about`` says); for generated data, that
+    the page is a pipeline check and means nothing about Kvasir; the settings of ``page`` (a
+    notebook's name, or every setting for None) that depart from the paper's protocol; and where the
+    result came from (commit, lock, overrides, dataset archive)."""
     text = about or f"Profile '{cfg.profile}'."
+    lines = [f"<p><strong>{html.escape(text)}</strong></p>"]
     if cfg.generated_data:
-        text = f"{about} {GENERATED_WARNING.format(profile=cfg.profile)}".strip()
-    return (f'<style>{BANNER_STYLE}</style><div class="kvasir-banner">{html.escape(text)}'
+        lines.append(f"<p><strong>{html.escape(GENERATED_WARNING.format(profile=cfg.profile))}</strong></p>")
+    if departed := _departure_text(cfg, page):
+        lines.append(f'<p class="kvasir-departures">{html.escape(departed)}</p>')
+    return (f'<style>{BANNER_STYLE}</style><div class="kvasir-banner">{"".join(lines)}'
             f'<div class="kvasir-provenance">{html.escape(provenance_line(cfg))}</div></div>')
 
 
-def show_banner(cfg: Config, about: str = "") -> None:
+def show_banner(cfg: Config, about: str = "", page: str | None = None) -> None:
     """Display the banner at the top of a notebook (the rendered page shows it from there)."""
     from IPython.display import HTML, display
 
-    display(HTML(banner_html(cfg, about)))
+    display(HTML(banner_html(cfg, about, page)))
+
+
+def table_html(frame: pd.DataFrame, kinds: dict[str, str] | None = None, caption: str = "",
+               missing: str = "") -> str:
+    """A table in the house style (``formats``): labels for machine names, numbers formatted by
+    kind, no row numbers, ``missing`` where there is no value; wrapped so a wide table scrolls
+    inside the page instead of widening it."""
+    frame = _flat_columns(frame)
+    shown = labelled(formats.formatted(frame, kinds, missing))
+    body = shown.to_html(index=_has_labels(frame), border=0, classes="kvasir-table", escape=True)
+    title = f"<p class=\"kvasir-caption\">{html.escape(caption)}</p>" if caption else ""
+    return f'<div class="kvasir-scroll">{title}{body}</div>'
+
+
+def show_table(frame: pd.DataFrame, caption: str = "", kinds: dict[str, str] | None = None,
+               missing: str = "") -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(table_html(frame, kinds, caption, missing)))
+
+
+def show_prose(text: str | list[str]) -> None:
+    """Sentences (a list: one bullet each) or a paragraph, as prose on the page, not console output."""
+    from IPython.display import Markdown, display
+
+    display(Markdown("\n".join(f"- {line}" for line in text) if isinstance(text, list) else text))
 
 
 def _flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -112,3 +156,54 @@ def save_figure(fig, target: Config | Path, name: str) -> Path:
         fig.savefig(encoded, format=ext, dpi=150, bbox_inches="tight")
         write_bytes_atomic(folder / f"{name}.{ext}", encoded.getvalue())
     return folder / f"{name}.png"
+
+
+# What every figure shows, by its file name (``{model}`` is filled in): the notebooks and the index
+# caption them from here.
+CAPTIONS = {
+    "dataset_resolutions": "Images per resolution (width x height) in the dataset.",
+    "dataset_samples": "A few cached images of each class, as training reads them.",
+    "{model}_figure1_predictions": "Figure 1 (paper): {name}'s correct (top row, ✓) and incorrect (bottom row, ✗) "
+                                   "validation predictions, each with its true class, predicted class and confidence.",
+    "{model}_figure2_curves": "Figure 2 (paper): {name}'s training and validation loss and accuracy per epoch, "
+                              "numbered across both stages; the dashed line marks where fine-tuning (stage 2) begins.",
+    "{model}_figure3_gradcam": "Figure 3: where {name} looks: Grad-CAM of the predicted class laid over a correct (✓) "
+                               "and an incorrect (✗) validation example of each class (viridis: yellow is most "
+                               "weight); an empty cell means the class has no such example.",
+    "{model}_confusion": "Table 2 (paper) as a heat map for {name}: rows are the true class, columns the predicted "
+                         "one; counts in the cells.",
+    "{model}_roc": "ROC curve of each class against the rest for {name}, with its area (ROC-AUC) in the legend.",
+    "{model}_f1_vs_paper": "Per-class F1 of {name}: this run beside the paper's Table 1.",
+    "{model}_reliability": "Reliability of {name}'s confidence: accuracy against top-1 confidence in 15 bins; "
+                           "bars below the diagonal are over-confident, above it under-confident.",
+    "audit_guide_box_rates": "Share of each class's frames that carry the teal position-guide box.",
+    "accuracy_per_run": "Every finished run of the sweep as a point, the mean as a black bar, the paper's value "
+                        "dashed.",
+}
+
+
+def caption(name: str) -> str:
+    """The caption of figure ``name`` (``resnet50_figure2_curves``...), or "" for one without."""
+    for pattern, text in CAPTIONS.items():
+        if "{model}" not in pattern:
+            if name == pattern:
+                return text
+            continue
+        prefix, suffix = pattern.split("{model}")
+        if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix):
+            model = name[len(prefix):len(name) - len(suffix)]
+            return text.format(name=formats.model_name(model))
+    return ""
+
+
+def show_figure(fig, target: Config | Path, name: str) -> Path:
+    """Save the figure (``save_figure``), show it once with its caption, and close it."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    path = save_figure(fig, target, name)
+    display(fig)
+    plt.close(fig)
+    if text := caption(name):
+        display(Markdown(f"*{text}*"))
+    return path

@@ -41,29 +41,40 @@ def sample_grid(samples: list, classes: list[str], per_class: int):
 
 
 def training_curves(scalars: pd.DataFrame, title: str = ""):
-    """Figure 2: training and validation loss and accuracy per epoch, stage boundary marked."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    """Figure 2: training and validation loss and accuracy per epoch, numbered across both stages
+    (as history.csv's ``global_epoch``), whole-number ticks, the start of fine-tuning marked."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, kind in zip(axes, ("loss", "accuracy")):
-        for split, style in (("train", "-o"), ("val", "-s")):
+        for split, style in (("train", "-o"), ("val", "--s")):
             part = scalars[scalars["tag"] == f"{kind}/{split}"]
             ax.plot(part["step"], part["value"], style, label=split, markersize=4)
-        ax.set(xlabel="epoch", ylabel=kind, title=f"{title} {kind}".strip())
+        ax.set(xlabel="epoch (both stages)", ylabel=kind, title=f"{title} {kind}".strip())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     stage1 = scalars.loc[scalars["stage"] == "stage1", "step"]
     if len(stage1) and (scalars["stage"] != "stage1").any():
         for ax in axes:
-            ax.axvline(stage1.max() + 0.5, color="grey", linestyle="--", linewidth=1)
-            ax.text(stage1.max() + 0.6, ax.get_ylim()[1], "fine-tuning", va="top", fontsize=8, color="grey")
-    axes[0].legend()
+            ax.axvline(stage1.max() + 0.5, color="grey", linestyle=":", linewidth=1.2)
+            ax.text(stage1.max() + 0.55, 0.97, "fine-tuning", transform=ax.get_xaxis_transform(), ha="left",
+                    va="top", fontsize=9, color="dimgrey")
+    axes[0].legend(fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def confusion_heatmap(confusion: pd.DataFrame, title: str = "Confusion matrix"):
-    """Table 2 as a heatmap: rows are true classes, columns predicted."""
-    fig, ax = plt.subplots(figsize=(6.4, 5.4))
-    sns.heatmap(confusion, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
+    """Table 2 as a heatmap (rows true, columns predicted), sized by the number of classes, with the
+    abbreviations spelled out beside it."""
+    size = len(confusion)
+    fig, ax = plt.subplots(figsize=(max(5.4, 0.55 * size + 2.4) + 3.2, max(4.6, 0.5 * size + 1.8)))
+    sns.heatmap(confusion, annot=size <= 12, fmt="d", cmap="viridis", cbar=True, ax=ax, square=True,
+                annot_kws={"fontsize": 9})
     ax.set(xlabel="predicted", ylabel="true", title=title)
+    spelled = [f"{short} = {long}" for short, long in getattr(confusion, "attrs", {}).get("names", {}).items()]
+    if spelled:
+        ax.text(1.28, 1.0, "\n".join(spelled), transform=ax.transAxes, va="top", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -85,21 +96,26 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str], auc: p
 
 
 def prediction_grid(images: list, rows: pd.DataFrame, classes: list[str], title: str = ""):
-    """Figure 1: images with true class, predicted class and confidence; correct on top, wrong below.
+    """Figure 1: images with true class, predicted class and confidence; correct on top, wrong below,
+    marked ✓ / ✗ as well as green / red.
 
     ``rows`` has ``true``, ``pred``, ``confidence``, ``correct``; ``images`` are PIL images in that order.
     """
     groups = [rows[rows["correct"]], rows[~rows["correct"]]]
     cols = max(1, max(len(g) for g in groups))
-    fig, axes = plt.subplots(2, cols, figsize=(cols * 2.0, 5.0), squeeze=False)
+    fig, axes = plt.subplots(2, cols, figsize=(cols * 2.1, 5.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r, group in enumerate(groups):
+        if not len(group):
+            axes[r, 0].text(0.5, 0.5, "no incorrect prediction" if r else "no correct prediction",
+                            ha="center", va="center", fontsize=9, transform=axes[r, 0].transAxes)
         for c, (index, row) in enumerate(group.iterrows()):
             ax = axes[r, c]
             ax.imshow(images[rows.index.get_loc(index)])
-            ax.set_title(f"true: {classes[row['true']]}\npred: {classes[row['pred']]} ({row['confidence']:.2f})",
-                         fontsize=6.5, color="green" if row["correct"] else "red")
+            mark = "✓" if row["correct"] else "✗"
+            ax.set_title(f"{mark} true: {classes[row['true']]}\npred: {classes[row['pred']]} ({row['confidence']:.2f})",
+                         fontsize=8, color="darkgreen" if row["correct"] else "firebrick")
     axes[0, 0].text(-0.1, 0.5, "correct", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right")
     axes[1, 0].text(-0.1, 0.5, "incorrect", transform=axes[1, 0].transAxes, rotation=90, va="center", ha="right")
     if title:
@@ -124,50 +140,73 @@ def guide_box_rate_chart(rates: pd.DataFrame, title: str = "Frames with the guid
 
 def reliability_diagram(table: pd.DataFrame, title: str = "Reliability"):
     """Accuracy against top-1 confidence per bin (``lower``, ``upper``, ``count``, ``confidence``,
-    ``accuracy``): bars under the diagonal are over-confident; below, how many images each bin holds."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.8, 5.4), sharex=True, height_ratios=(3, 1))
-    width = table["upper"] - table["lower"]
-    filled = table["count"] > 0
-    top.bar(table["lower"][filled], table["accuracy"][filled], width=width[filled], align="edge",
-            color="#4C72B0", edgecolor="white", label="accuracy")
-    top.bar(table["lower"][filled], table["confidence"][filled] - table["accuracy"][filled],
-            bottom=table["accuracy"][filled], width=width[filled], align="edge", color="#C44E52", alpha=0.35,
-            label="gap to confidence")
+    ``accuracy``): the gap to the diagonal is red (over-confident) or blue (under-confident), and
+    hatched differently; below, how many images each bin holds."""
+    from matplotlib.patches import Patch
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 5.6), sharex=True, height_ratios=(3, 1))
+    width = (table["upper"] - table["lower"]).to_numpy()
+    filled = (table["count"] > 0).to_numpy()
+    lower, accuracy, confidence = (table[c].to_numpy() for c in ("lower", "accuracy", "confidence"))
+    top.bar(lower[filled], accuracy[filled], width=width[filled], align="edge", color="#4C72B0", edgecolor="white")
+    over = filled & (confidence > accuracy)
+    under = filled & (confidence < accuracy)
+    top.bar(lower[over], (confidence - accuracy)[over], bottom=accuracy[over], width=width[over], align="edge",
+            color="#C44E52", alpha=0.5, hatch="//", edgecolor="#C44E52")
+    top.bar(lower[under], (accuracy - confidence)[under], bottom=confidence[under], width=width[under],
+            align="edge", color="#55A8D8", alpha=0.5, hatch="..", edgecolor="#2F6F9F")
     top.plot([0, 1], [0, 1], color="grey", linestyle=":")
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
-    top.legend(fontsize=7, loc="upper left")
+    top.legend(handles=[Patch(color="#4C72B0", label="accuracy"),
+                        Patch(facecolor="#C44E52", alpha=0.5, hatch="//", label="over-confident (gap)"),
+                        Patch(facecolor="#55A8D8", alpha=0.5, hatch="..", label="under-confident (gap)")],
+               fontsize=8, loc="upper left")
     bottom.bar(table["lower"], table["count"], width=width, align="edge", color="grey", edgecolor="white")
     bottom.set(xlabel="top-1 confidence", ylabel="images")
     fig.tight_layout()
     return fig
 
 
-def gradcam_grid(overlays: list, rows: pd.DataFrame, classes: list[str], title: str = ""):
-    """Figure 3: a row per true class, Grad-CAM overlays of correct predictions on the left, wrong ones on the
-    right (where they exist). ``rows`` has ``true``, ``pred``, ``confidence``, ``correct``; ``overlays`` are
-    RGB arrays in that order."""
+def gradcam_grid(overlays: list, rows: pd.DataFrame, classes: list[str], title: str = "",
+                 map_size: tuple[int, int] | None = None):
+    """Figure 3: a row per true class, Grad-CAM overlays (viridis) of correct predictions on the left,
+    wrong ones on the right, a placeholder where a class has no such example, a colour bar, and a
+    note when the explained feature map is 4x4 or coarser (its maps are then a few blobs).
+    ``rows`` has ``true``, ``pred``, ``confidence``, ``correct``; ``overlays`` are RGB arrays in that order."""
+    from matplotlib import cm
+    from matplotlib.colors import Normalize
+
     per_class = pd.crosstab(rows["true"], rows["correct"]).reindex(columns=[True, False], fill_value=0)
     present = list(per_class.index)
     right, wrong = (max(1, int(per_class[kind].to_numpy().max(initial=0))) for kind in (True, False))
-    fig, axes = plt.subplots(max(len(present), 1), right + wrong, figsize=((right + wrong) * 1.9,
-                             max(len(present), 1) * 1.9), squeeze=False)
+    n_rows = max(len(present), 1)
+    fig, axes = plt.subplots(n_rows, right + wrong, figsize=((right + wrong) * 2.2 + 1.2, n_rows * 2.3 + 0.9),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r, true in enumerate(present):
         of_class = rows[rows["true"] == true]
         for offset, part in ((0, of_class[of_class["correct"]]), (right, of_class[~of_class["correct"]])):
+            if not len(part):
+                axes[r, offset].text(0.5, 0.5, "no example", ha="center", va="center", fontsize=9, color="grey",
+                                     transform=axes[r, offset].transAxes)
             for c, (index, row) in enumerate(part.iterrows()):
                 ax = axes[r, offset + c]
                 ax.imshow(overlays[rows.index.get_loc(index)])
-                ax.set_title(f"pred: {classes[row['pred']]} ({row['confidence']:.2f})", fontsize=6.5,
-                             color="green" if row["correct"] else "red")
+                mark = "✓" if row["correct"] else "✗"
+                ax.set_title(f"{mark} pred: {classes[row['pred']]} ({row['confidence']:.2f})", fontsize=8,
+                             color="darkgreen" if row["correct"] else "firebrick")
         axes[r, 0].text(-0.08, 0.5, classes[true], transform=axes[r, 0].transAxes, rotation=90, va="center",
-                        ha="right", fontsize=7)
-    axes[0, 0].text(0.0, 1.25, "correct", transform=axes[0, 0].transAxes, fontsize=8, weight="bold")
-    axes[0, right].text(0.0, 1.25, "incorrect", transform=axes[0, right].transAxes, fontsize=8, weight="bold")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+                        ha="right", fontsize=9)
+    fig.text(0.02, 0.995, "correct (✓)", fontsize=10, weight="bold", va="top")
+    fig.text(0.02 + right / (right + wrong), 0.995, "incorrect (✗)", fontsize=10, weight="bold", va="top")
+    note = ""
+    if map_size is not None and min(map_size) <= 4:
+        note = f"the explained feature map is {map_size[0]}x{map_size[1]}: each map is a few blobs"
+    fig.suptitle("\n".join(t for t in (title, note) if t), y=0.965, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.93, 0.93))
+    bar = fig.add_axes((0.94, 0.15, 0.015, 0.6))
+    fig.colorbar(cm.ScalarMappable(norm=Normalize(0, 1), cmap="viridis"), cax=bar, label="Grad-CAM weight")
     return fig
 
 
@@ -193,5 +232,23 @@ def sweep_runs_figure(results: pd.DataFrame, paper_values: dict[str, float], met
         ax.set(title=model, ylabel=metric, xlim=(-0.6, len(readings) - 0.4))
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def f1_vs_paper(table1: pd.DataFrame, reported: pd.DataFrame | None, title: str = ""):
+    """Per-class F1 of this run beside the paper's Table 1 (where the paper reports one)."""
+    classes = [c for c in table1.index if c not in ("Macro Avg", "Weighted Avg")]
+    y = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(7, 0.42 * len(classes) + 1.4))
+    ax.barh(y - 0.2, table1.loc[classes, "F1-Score"], height=0.38, color="#4C72B0", label="this run")
+    if reported is not None:
+        paper_f1 = reported["F1-Score"].reindex(classes)
+        ax.barh(y + 0.2, paper_f1, height=0.38, color="#DD8452", hatch="//", edgecolor="white", label="paper")
+    ax.set_yticks(y, classes, fontsize=9)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="F1", title=title)
+    ax.legend(fontsize=9, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

@@ -1,126 +1,241 @@
-"""The HTML site: every executed notebook as a page (code hidden), the profile's index page and the
-sweep's.
-"""
+"""The HTML site, from Jinja2 templates (``report/templates/``) and one stylesheet: every executed
+notebook as a page (code hidden, no console noise, links to the index and the next page), the
+profile's index page (the verdicts first, then the paper's order), an error browser per model, and
+the sweep's index."""
 
 from __future__ import annotations
 
-import html
 import os
 import shutil
 from pathlib import Path
 from urllib.parse import quote
 
+import jinja2
 import pandas as pd
 import yaml
+from markupsafe import Markup
 
-from kvasir_utils.analysis import paper
-from kvasir_utils.analysis.audit import audit_sentences
-from kvasir_utils.analysis.compare import headline_table
-from kvasir_utils.analysis.runs import read_evaluations
-from kvasir_utils.config import Config
+from kvasir_utils.analysis import audit, compare, departures, metrics, paper, runs, verdicts
+from kvasir_utils.analysis.sweeps import DEFAULT_READING
+from kvasir_utils.config import Config, cached_name
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import write_text_atomic
 from kvasir_utils.provenance import describe_commit, describe_runtime, environment, provenance
-from kvasir_utils.report.outputs import _flat_columns, banner_html
+from kvasir_utils.report import formats, outputs, tables
+from kvasir_utils.report.outputs import banner_html, table_html
 
-STYLE = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}
-img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
-pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.85em}
-"""
+TEMPLATES = Path(__file__).parent / "templates"
+ORDER = ("01", "02", "03", "04", "05", "06", "07", "08")  # notebook pages in the paper's order
 
 
-# -- HTML ---------------------------------------------------------------------------------
-def render_notebook(executed: Path, dest: Path) -> Path:
-    """An executed notebook as a reader's HTML page: outputs only, code hidden (its banner is the
-    notebook's own first output)."""
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                              undefined=jinja2.StrictUndefined)
+
+
+def _write_page(template: str, dest: Path, **context) -> Path:
+    return write_text_atomic(dest, _templates().get_template(template).render(**context))
+
+
+def copy_stylesheet(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "style.css", (TEMPLATES / "style.css").read_text())
+
+
+def _rel(path: Path, root: Path) -> str:
+    return quote(os.path.relpath(path, root), safe="/=,+@()#&")
+
+
+def _figure(path: Path, root: Path) -> Markup:
+    """A saved figure with its caption (``outputs.CAPTIONS``), or nothing when it was not made."""
+    if not path.exists():
+        return Markup("")
+    text = outputs.caption(path.stem)
+    alt = Markup.escape(text or path.stem)
+    return Markup(f'<figure><img class="kvasir-figure" src="{_rel(path, root)}" alt="{alt}">'
+                  f"<figcaption>{Markup.escape(text)}</figcaption></figure>")
+
+
+# -- notebook pages ---------------------------------------------------------------------
+def notebook_title(executed: Path) -> str:
+    """The notebook's own heading (its first Markdown line), for the tab and the links."""
+    import nbformat
+
+    for cell in nbformat.read(executed, as_version=4).cells:
+        if cell.cell_type == "markdown":
+            return cell.source.splitlines()[0].lstrip("# ").strip()
+    return executed.stem
+
+
+def render_notebook(executed: Path, dest: Path, nav: dict) -> Path:
+    """An executed notebook as a reader's page: outputs only, code hidden, no online scripts, the
+    study's stylesheet, and ``nav`` (previous, next, the .ipynb) at the top and the bottom."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    notebook = nbformat.read(executed, as_version=4)
+    title = nav["title"]
+    notebook.metadata["title"] = title
+    exporter = HTMLExporter(template_name="kvasir_notebook", extra_template_basedirs=[str(TEMPLATES)],
+                            exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title}, "kvasir_nav": nav})
     return write_text_atomic(dest, body)
 
 
-def _table_html(frame: pd.DataFrame) -> str:
-    return _flat_columns(frame).to_html(float_format=lambda v: f"{v:.4f}", na_rep="", border=0)
+def _ordered(cfg: Config, executed: list[Path]) -> list[Path]:
+    def key(path: Path):
+        number, _, model = path.stem.partition("-")
+        models = list(cfg.train.models)
+        return number[:2], models.index(model) if model in models else len(models), path.stem
+    return sorted(executed, key=key)
 
 
-def render_reports(cfg: Config) -> Path:
-    """Render every executed notebook of the profile and write ``reports/<profile>/index.html``."""
-    executed = sorted(p for p in cfg.notebook_dir.glob("*.ipynb") if not p.name.endswith(".failed.ipynb"))
+def render_pages(cfg: Config) -> list[tuple[Path, str]]:
+    """Every executed notebook of the profile as a page, in order, each linking the next."""
+    executed = _ordered(cfg, [p for p in cfg.notebook_dir.glob("*.ipynb") if not p.name.endswith(".failed.ipynb")])
     if not executed:
         raise KvasirError(f"no executed notebooks in {cfg.notebook_dir}; run `make reproduce PROFILE={cfg.profile}`")
-    pages = [render_notebook(nb, cfg.report_dir / "html" / f"{nb.stem}.html") for nb in executed]
+    folder = cfg.report_dir / "html"
+    titles = [notebook_title(p) + (f" ({formats.model_name(p.stem.partition('-')[2])})" if "-" in p.stem else "")
+              for p in executed]
+    pages = []
+    for i, path in enumerate(executed):
+        nav = {"title": titles[i], "notebook": _rel(path, folder),
+               "previous": {"href": f"{executed[i - 1].stem}.html", "title": titles[i - 1]} if i else None,
+               "next": {"href": f"{executed[i + 1].stem}.html", "title": titles[i + 1]} if i + 1 < len(executed)
+               else None}
+        pages.append((render_notebook(path, folder / f"{path.stem}.html", nav), titles[i]))
+    return pages
+
+
+# -- the profile's index ------------------------------------------------------------------
+def render_reports(cfg: Config) -> Path:
+    """Every notebook page, an error browser per evaluated model and ``reports/<profile>/index.html``."""
+    copy_stylesheet(cfg.report_dir)
+    pages = render_pages(cfg)
+    evaluations = runs.read_evaluations(cfg, required=False)
+    browsers = [render_browser(cfg, model, predictions) for model, (_, predictions) in evaluations.items()]
     index = cfg.report_dir / "index.html"
-    write_text_atomic(index, index_html(cfg, pages))
+    _write_page("index.html.j2", index, **index_context(cfg, pages, browsers, evaluations))
     return index
 
 
-def index_html(cfg: Config, pages: list[Path]) -> str:
+def _verdict_summary(card: pd.DataFrame, cfg: Config) -> str:
+    reason = departures.why_not_comparable(cfg)
+    if reason:
+        return f"Not comparable with the paper: {reason}. The table shows the numbers all the same."
+    run = card[card["verdict"] != "not run"]
+    counts = run["verdict"].value_counts()
+    parts = [f"{counts[v]} {v}" for v in ("consistent with the paper", "below the paper", "above the paper",
+                                           "too few runs to tell") if v in counts]
+    return f"Of the paper's {len(run)} claims this run could check: " + ", ".join(parts) + "."
+
+
+def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFrame, browser: Path) -> dict:
+    root, figures = cfg.report_dir, cfg.report_dir / "figures"
+    classes = cfg.data.classes
+    reported = paper.REPORTED.get(model, {})
+    y_true, y_pred = predictions["true"].to_numpy(), predictions["pred"].to_numpy()
+    table1 = paper.versus(metrics.classification_table(y_true, y_pred, classes), reported.get("table1"))
+    table2 = metrics.confusion_table(y_true, y_pred, classes)
+    auc = metrics.roc_auc_table(y_true, predictions[[f"p_{c}" for c in classes]].to_numpy(), classes)
+    eval_dir = cfg.eval_dir(model)
+    links = Markup(" · ").join(Markup(f'<a href="{href}">{Markup.escape(text)}</a>') for href, text in (
+        (_rel(eval_dir / "predictions.csv", root), "predictions.csv"), (_rel(eval_dir / "metrics.json", root),
+                                                                        "metrics.json"),
+        (f"html/04_evaluate-{model}.html", "the evaluation notebook's page"), (_rel(browser, root), "error browser")))
+    return {
+        "id": model, "name": formats.model_name(model), "links": links, "browser": _rel(browser, root),
+        "table1": Markup(table_html(table1, missing=formats.NOT_REPORTED)),
+        "f1_figure": _figure(figures / f"{model}_f1_vs_paper.png", root),
+        "table2": Markup(_table2_html(table2, reported.get("table2"), _rel(browser, root))),
+        "abbreviations": compare.abbreviations_sentence(classes),
+        "confusion_figure": _figure(figures / f"{model}_confusion.png", root),
+        "roc_auc": Markup(table_html(paper.versus(auc.to_frame(), reported.get("roc_auc")),
+                                     missing=formats.NOT_REPORTED)),
+        "roc_figure": _figure(figures / f"{model}_roc.png", root),
+        "figures": [_figure(figures / f"{model}_{name}.png", root)
+                    for name in ("figure1_predictions", "figure2_curves", "figure3_gradcam")],
+    }
+
+
+def _table2_html(ours: pd.DataFrame, reported: pd.DataFrame | None, browser: str) -> str:
+    """Table 2 side by side with the paper's; this run's cells link to their images in the browser."""
+    shown = tables.table2_side_by_side(ours, reported)
+    names = compare.abbreviation_names(list(ours.index)) if len(ours) else {}
+    for true in ours.index:
+        for pred in ours.columns:
+            target = f"{browser}#true={quote(names.get(true, true))}&pred={quote(names.get(pred, pred))}"
+            cell = shown.loc[true, ("this run", pred)]
+            shown.loc[true, ("this run", pred)] = Markup(f'<a href="{target}">{Markup.escape(cell)}</a>')
+    html = shown.to_html(border=0, classes="kvasir-table", escape=False)
+    return f'<div class="kvasir-scroll">{html}</div>'
+
+
+def _audit_section(cfg: Config) -> dict | None:
+    """The index's audit, from notebook 07's tables (nothing before 07 has run)."""
+    folder, root = cfg.report_dir / "tables", cfg.report_dir
+    if not (folder / "audit_headline.csv").exists():
+        return None
+    headline = pd.read_csv(folder / "audit_headline.csv", index_col=0)
+    box_rates = pd.read_csv(folder / "guide_box_rates.csv")
+    shown = headline[["accuracy", "masked_accuracy", "masked_change", "twin_share", "accuracy_with_twin",
+                      "accuracy_without_twin", "twin_gap", "ece", "brier"]].rename(index=formats.model_name)
+    figures = [_figure(root / "figures" / "audit_guide_box_rates.png", root)]
+    figures += [_figure(root / "figures" / f"{model}_reliability.png", root) for model in headline.index]
+    return {"sentences": audit.audit_sentences(headline, box_rates, cfg.eval.confidence),
+            "table": Markup(table_html(shown, caption="The audit in numbers")), "figures": figures}
+
+
+def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Path], evaluations: dict) -> dict:
     root = cfg.report_dir
-    rel = lambda p: html.escape(os.path.relpath(p, root))  # noqa: E731
-    figures = sorted((root / "figures").glob("*.png"))
-    tables = sorted((root / "tables").glob("*.csv"))
-    evaluations = read_evaluations(cfg, required=False)
-    headline = headline_table(evaluations)
-    parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Kvasir v2 study: {html.escape(cfg.profile)}"
-        f"</title><style>{STYLE}</style></head><body>",
-        banner_html(cfg),
-        "<h1>Transfer learning on Kvasir v2: reproduction report</h1>",
-        "<p>Paper: <i>Advanced Classification of Gastrointestinal Endoscopy Images Using Transfer Learning with "
-        "ResNet50 on the Kvasir v2 Dataset</i> (Cruz, 2025). Each number below is from this run, beside the "
-        "paper's.</p>",
-        "<h2>Headline numbers</h2>",
-        _table_html(headline) if len(headline) else "<p>No evaluated model yet (notebook 04).</p>",
-        *_audit_section(cfg, rel),
-        "<h2>Where the paper disagrees with itself</h2><ul>",
-        *[f"<li>{html.escape(note)}</li>" for note in paper.consistency_notes()],
-        "</ul><h2>Notebook reports</h2><ul>",
-        *[f"<li><a href='{rel(p)}'>{html.escape(p.stem)}</a></li>" for p in pages],
-        "</ul><h2>Figures</h2>",
-        *[f"<h3>{html.escape(f.stem)}</h3><img src='{rel(f)}' alt='{html.escape(f.stem)}'>" for f in figures],
-        "<h2>Tables</h2><ul>",
-        *[f"<li>{html.escape(t.stem)}: <a href='{rel(t)}'>CSV</a>, <a href='{rel(t.with_suffix('.md'))}'>Markdown"
-          f"</a>, <a href='{rel(t.with_suffix('.tex'))}'>LaTeX</a></li>" for t in tables],
-        "</ul>",
-        *_provenance_section(cfg, evaluations),
-        "<h2>Readings of the paper's ambiguous choices</h2>",
-        _table_html(paper.readings_table(cfg.to_dict())),
-        "<h2>Settings</h2><pre>", html.escape(yaml.safe_dump(cfg.to_dict(), sort_keys=False)), "</pre>",
-        "<h2>Versions and hardware</h2>", _table_html(_environments(evaluations)),
-        "</body></html>",
-    ]
-    return "\n".join(parts)
+    claims = verdicts.claims_table(cfg, evaluations, verdicts.find_sweep(cfg))
+    models = [_model_section(cfg, model, *evaluations[model], browser)
+              for model, browser in zip(evaluations, browsers)]
+    comparison, mcnemar = None, []
+    if len(evaluations) >= 2:
+        comparison = Markup(table_html(tables.comparison(compare.comparison_table(cfg))))
+        mcnemar = compare.mcnemar_sentences(compare.paired_tests(cfg), formats.MODEL_NAMES)
+    audit_part = _audit_section(cfg)
+    toc = [("verdict", "Did this run reproduce the paper?")]
+    toc += [(m["id"], f"{m['name']}: Table 1, Table 2, ROC-AUC, Figures 1-3") for m in models]
+    toc += [("comparison", "ResNet50 against EfficientNet-B0")] if comparison else []
+    toc += [("audit", "Audit: what inflates the score")] if audit_part else []
+    toc += [("pages", "Every page and file"), ("appendix", "Appendix: settings, readings and provenance")]
+    found = departures.departures(cfg)
+    note = f"This run departs from the paper's protocol in {len(found)} setting(s): see the appendix." if len(found) \
+        else "This run follows the paper's protocol."
+    return {
+        "title": f"Kvasir v2 study: {cfg.profile}", "root": "", "heading": "Transfer learning on Kvasir v2: "
+        "reproduction report", "profile": cfg.profile, "generated": cfg.generated_data,
+        "banner": Markup(banner_html(cfg, f"Profile '{cfg.profile}'. {note}", page="index")),
+        "verdict_summary": _verdict_summary(claims, cfg), "level": f"{cfg.eval.confidence:.0%}",
+        "card": Markup(table_html(tables.card(claims), caption="The paper's claims")), "toc": toc,
+        "models": models, "comparison": comparison, "mcnemar": mcnemar, "audit": audit_part, "model_cards": None,
+        "pages": [(_rel(page, root), title) for page, title in pages]
+                 + [(_rel(b, root), f"Error browser: {formats.model_name(b.stem.removeprefix('browser-'))}")
+                    for b in browsers]
+                 + [(_rel(p, root), f"executed notebook {p.name}") for p in sorted(cfg.notebook_dir.glob("*.ipynb"))
+                    if not p.name.endswith(".failed.ipynb")],
+        "tables": [(t.stem, _rel(t, root), _rel(t.with_suffix(".tex"), root))
+                   for t in sorted((root / "tables").glob("*.csv"))],
+        "tensorboard": f"tensorboard --logdir {cfg.run_dir}",
+        "departures_count": len(found), "departures": Markup(table_html(tables.departures_table(cfg)))
+        if len(found) else Markup("<p>None: this run uses the paper's protocol.</p>"),
+        "readings": Markup(table_html(tables.readings(paper.readings_table(cfg.to_dict()), cfg))),
+        "consistency": paper.consistency_notes(), "provenance": Markup(_provenance_table(cfg, evaluations)),
+        "environments": Markup(table_html(_environments(evaluations), caption="Versions and hardware")),
+        "settings": yaml.safe_dump(cfg.to_dict(), sort_keys=False), "citations": paper.CITATIONS,
+        "terms": paper.DATASET_TERMS,
+    }
 
 
-def _audit_section(cfg: Config, rel) -> list[str]:
-    """The index page's Audit section, from notebook 07's tables (nothing before 07 has run)."""
-    tables = cfg.report_dir / "tables"
-    if not (tables / "audit_headline.csv").exists():
-        return []
-    headline = pd.read_csv(tables / "audit_headline.csv", index_col=0)
-    box_rates = pd.read_csv(tables / "guide_box_rates.csv")
-    figure = cfg.report_dir / "figures" / "audit_guide_box_rates.png"
-    return ["<h2>Audit: what inflates the score</h2>",
-            "<p>Beyond the paper (notebook 07): the position-guide box, near-duplicate frames across the split, "
-            "and calibration.</p><ul>",
-            *[f"<li>{html.escape(sentence)}</li>" for sentence in audit_sentences(headline, box_rates)],
-            "</ul>", _table_html(headline),
-            f"<img src='{rel(figure)}' alt='guide box rate per class'>" if figure.exists() else ""]
-
-
-def _provenance_section(cfg: Config, evaluations: dict) -> list[str]:
+def _provenance_table(cfg: Config, evaluations: dict) -> str:
     """Where these results came from (as each model's metrics.json recorded it when it was
-    evaluated; the page's own rendering may be later), and what to cite."""
+    evaluated; the page's own rendering may be later)."""
     record = provenance(cfg)
     archive = record["archive"]
     made = {model: rec.get("provenance", {}) for model, (rec, _) in evaluations.items()}
-    weights = {model: found.get("weights") for model, found in made.items()}
     rows = {**{f"study commit of the {model} results": describe_commit(found) for model, found in made.items()},
             **{f"requirements.lock SHA-256 of the {model} results": found.get("lock_sha256") or "none"
                for model, found in made.items()},
@@ -128,28 +243,44 @@ def _provenance_section(cfg: Config, evaluations: dict) -> list[str]:
             "requirements.lock SHA-256 now": record["lock_sha256"] or "none",
             "profile": record["profile"], "overrides (SET)": " ".join(record["overrides"]) or "none",
             "dataset archive": f"{archive['archive']}, {archive['bytes']:,} bytes" if archive else "not recorded",
-            "dataset archive SHA-256": archive["sha256"] if archive else "not recorded",
+            "dataset archive SHA-256 (compare it with yours)": archive["sha256"] if archive else "not recorded",
             **{f"{model} weights": f"{w['file']} (SHA-256 {w['sha256']})" if w else "none (random initialisation)"
-               for model, w in weights.items()}}
-    table = pd.DataFrame({"value": rows})
-    return [
-        "<h2>Provenance</h2>",
-        "<p>Kvasir v2 publishes no checksum. The SHA-256 below is the archive this run used, computed when it was "
-        "downloaded or first used: compare it with yours (<code>sha256sum kvasir-dataset-v2.zip</code>) to know "
-        "whether two labs trained on the same data.</p>",
-        _flat_columns(table).to_html(border=0),
-        "<h2>Citation and terms</h2><ul>",
-        *[f"<li>{html.escape(citation)}</li>" for citation in paper.CITATIONS],
-        f"</ul><p>{html.escape(paper.DATASET_TERMS)}</p><p>This study: see <code>CITATION.cff</code>.</p>",
-    ]
+               for model, w in ((m, found.get("weights")) for m, found in made.items())}}
+    return table_html(pd.DataFrame({"value": rows}), kinds={"value": "text"}, caption="Provenance")
 
 
 def _environments(evaluations: dict) -> pd.DataFrame:
     """Where each model was evaluated (recorded by notebook 04), and where this page was rendered."""
-    columns = {"this report": environment()}
+    columns = {"this page": environment()}
     for model, (record, _) in evaluations.items():
         columns[model] = {**record["environment"], "runtime": describe_runtime(record["runtime"])}
-    return pd.DataFrame(columns).fillna("")
+    return pd.DataFrame(columns).fillna("").astype(str)
+
+
+# -- the error browser --------------------------------------------------------------------
+def render_browser(cfg: Config, model: str, predictions: pd.DataFrame) -> Path:
+    """Every validation image of ``model`` as a row: thumbnail, true and predicted class, confidence,
+    right or wrong, the guide box, a near-duplicate in training (from notebook 07, when it ran)."""
+    root = cfg.report_dir
+    flags_path = root / "tables" / "validation_images.csv"
+    flags = pd.read_csv(flags_path, keep_default_na=False).set_index("path") if flags_path.exists() else None
+    classes = list(cfg.data.classes)
+    rows = []
+    for row in predictions.itertuples():
+        flag = flags.loc[row.path] if flags is not None and row.path in flags.index else None
+        twin = flag["twin"] if flag is not None else ""
+        rows.append({"path": row.path, "thumb": _rel(root / "thumbs" / cached_name(row.path), root),
+                     "true": classes[row.true], "pred": classes[row.pred], "confidence": f"{row.confidence:.4f}",
+                     "confidence_text": f"{row.confidence:.1%}", "right": "yes" if row.true == row.pred else "no",
+                     "box": "yes" if flag is not None and str(flag["has_box"]) == "True" else "no",
+                     "box_text": ("yes" if str(flag["has_box"]) == "True" else "no") if flag is not None else "",
+                     "twin": twin, "twin_flag": "yes" if twin else "no",
+                     "twin_thumb": _rel(root / "thumbs" / cached_name(twin), root) if twin else ""})
+    dest = root / f"browser-{model}.html"
+    return _write_page("browser.html.j2", dest, title=f"{formats.model_name(model)}: every validation image",
+                       root="", banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.", page="browser")),
+                       heading=f"{formats.model_name(model)}: every validation image", classes=classes,
+                       rows=rows, audited=flags is not None)
 
 
 # -- a sweep's report ---------------------------------------------------------------------
@@ -160,62 +291,60 @@ def sweep_about(sweep) -> str:
 
 
 def render_sweep_report(sweep, results: pd.DataFrame, executed: Path | None) -> Path:
-    """Notebook 06 as HTML, and the sweep's ``index.html``: its tables, figure and every run's
-    report (``results``: ``sweep.member_results``). Without ``executed`` (no run finished) the
-    tables and figures of an earlier aggregation are removed, so none outlives its runs."""
+    """Notebook 06 as a page, and the sweep's ``index.html``: its tables, figure and every run's
+    report (``results``: ``run.sweep_aggregate.member_results``). Without ``executed`` (no run
+    finished) the tables and figures of an earlier aggregation are removed, so none outlives its runs."""
+    root = sweep.report_dir
+    copy_stylesheet(root)
+    verdicts.write_sweep_record(root, sweep.name, sweep.base.profile, sweep.spec.grid)
     if executed is None:
         for folder in ("tables", "figures", "html"):
-            shutil.rmtree(sweep.report_dir / folder, ignore_errors=True)
+            shutil.rmtree(root / folder, ignore_errors=True)
         page = None
     else:
-        page = render_notebook(executed, sweep.report_dir / "html" / f"{executed.stem}.html")
-    index = sweep.report_dir / "index.html"
-    write_text_atomic(index, sweep_index_html(sweep, results, page))
-    return index
+        nav = {"title": notebook_title(executed), "notebook": _rel(executed, root / "html"), "previous": None,
+               "next": None}
+        page = render_notebook(executed, root / "html" / f"{executed.stem}.html", nav)
+    return _write_page("sweep.html.j2", root / "index.html", **sweep_context(sweep, results, page))
 
 
-def _csv_table(path: Path, empty: str) -> str:
+def _csv_table(path: Path, shape, empty: str) -> Markup:
     frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
-    return _table_html(frame) if len(frame) else f"<p>({html.escape(empty)})</p>"
+    return Markup(table_html(shape(frame)) if len(frame) else f"<p>({Markup.escape(empty)})</p>")
 
 
-def sweep_index_html(sweep, results: pd.DataFrame, page: Path) -> str:
-    root = sweep.report_dir
-    rel = lambda p: html.escape(os.path.relpath(p, root))  # noqa: E731
-    tables, figures = root / "tables", sorted((root / "figures").glob("*.png"))
+def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
+    root, tables_dir = sweep.report_dir, sweep.report_dir / "tables"
     finished = int((results["status"] == "finished").sum())
+    grid = ", ".join(f"{k} in {v}" for k, v in sweep.spec.grid.items()) or "none"
     members = []
     for member, row in zip(sweep.members, results.itertuples()):
-        href = quote(os.path.relpath(member.report_index, root), safe="/=,+@()")
-        link = (f"<a href='{href}'>{html.escape(member.name)}</a>" if member.report_index.exists()
-                else html.escape(member.name))
-        error = f" ({html.escape(row.error)})" if row.error else ""
-        members.append(f"<li>{link}: {html.escape(row.status)}{error}</li>")
-    grid = ", ".join(f"{k} in {v}" for k, v in sweep.spec.grid.items()) or "none"
-    parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Sweep {html.escape(sweep.name)}</title>"
-        f"<style>{STYLE}</style></head><body>",
-        banner_html(sweep.base, sweep_about(sweep)),
-        f"<h1>Sweep {html.escape(sweep.name)}: many runs, one answer</h1>",
-        f"<p>Profile <b>{html.escape(sweep.base.profile)}</b>; "
-        f"models {html.escape(', '.join(dict.fromkeys(results['model'])))}; seeds {sweep.spec.seeds} "
-        f"(varying {html.escape(sweep.spec.seed_setting)}); grid: {html.escape(grid)}. "
-        f"<b>{finished} of {len(results)} runs finished</b>; every number below is over the finished runs "
-        f"(n per row), with a {sweep.base.eval.confidence:.0%} Student-t interval across runs.</p>",
-        "<h2>Mean and interval per model and reading</h2>",
-        _csv_table(tables / "summary.csv", "no finished run"),
-        "<h2>Paired comparison of the models (same seed, same validation images)</h2>",
-        _csv_table(tables / "paired.csv", "needs two models with runs of the same seed"),
-        "<h2>Each reading against the paper's default reading</h2>",
-        _csv_table(tables / "ablation.csv", "no finished run"),
-        "<h2>Figures</h2>",
-        *[f"<h3>{html.escape(f.stem)}</h3><img src='{rel(f)}' alt='{html.escape(f.stem)}'>" for f in figures],
-        f"<h2>The full analysis</h2><p><a href='{rel(page)}'>{html.escape(page.stem)}</a> (per-class F1, "
-        f"every run).</p>" if page else "<p>No run has finished: nothing to aggregate yet.</p>",
-        "<h2>Tables</h2><ul>",
-        *[f"<li>{html.escape(t.stem)}: <a href='{rel(t)}'>CSV</a>, <a href='{rel(t.with_suffix('.md'))}'>Markdown"
-          f"</a>, <a href='{rel(t.with_suffix('.tex'))}'>LaTeX</a></li>" for t in sorted(tables.glob("*.csv"))],
-        "</ul><h2>Every run's own report</h2><ul>", *members, "</ul>",
-        "</body></html>",
-    ]
-    return "\n".join(parts)
+        members.append({"name": member.name, "status": row.status, "error": row.error,
+                        "href": _rel(member.report_index, root) if member.report_index.exists() else None})
+    intro = (f"Profile {sweep.base.profile}; models {', '.join(dict.fromkeys(results['model']))}; seeds "
+             f"{sweep.spec.seeds} (varying {sweep.spec.seed_setting}); grid: {grid}. {finished} of {len(results)} runs "
+             f"finished; every number below is over the finished runs, with a {sweep.base.eval.confidence:.0%} "
+             f"Student-t interval across runs, kept inside the metric's bounds; fewer than {verdicts.MIN_RUNS} runs "
+             "give no interval.")
+    summary_path, paired_path = tables_dir / "summary.csv", tables_dir / "paired.csv"
+    card = None
+    if summary_path.exists():  # the index's card, from the sweep's means over seeds (the profile's own reading)
+        summary = pd.read_csv(summary_path)
+        paired = pd.read_csv(paired_path) if paired_path.exists() else pd.DataFrame()
+        default = {"summary": summary[summary["reading"] == DEFAULT_READING], "name": sweep.name,
+                   "paired": paired[paired["reading"] == DEFAULT_READING] if len(paired) else paired}
+        card = Markup(table_html(tables.card(verdicts.claims_table(sweep.base, {}, default)),
+                                 caption="The paper's claims, from this sweep's runs (the profile's own reading)"))
+    return {
+        "title": f"Sweep {sweep.name}", "root": "", "heading": f"Sweep {sweep.name}: many runs, one answer",
+        "card": card,
+        "banner": Markup(banner_html(sweep.base, sweep_about(sweep), page="sweep")), "intro": intro,
+        "summary": _csv_table(tables_dir / "summary.csv", tables.sweep_summary, "no finished run"),
+        "paired": _csv_table(tables_dir / "paired.csv", tables.sweep_paired,
+                             "needs two models with runs of the same seed"),
+        "ablation": _csv_table(tables_dir / "ablation.csv", lambda f: f, "no finished run"),
+        "figures": [_figure(f, root) for f in sorted((root / "figures").glob("*.png"))],
+        "page": _rel(page, root) if page else None, "members": members,
+        "tables": [(t.stem, _rel(t, root), _rel(t.with_suffix(".tex"), root))
+                   for t in sorted(tables_dir.glob("*.csv"))],
+    }

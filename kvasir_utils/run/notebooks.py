@@ -5,6 +5,7 @@ written only when every cell succeeded; a failure leaves ``<name>.failed.ipynb``
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -86,8 +87,25 @@ def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, 
             how = "killed after it did not stop in time" if stopper.killed else "stopped"
             raise signals.Interrupted(stopper.signum, f"{what} {how}") from None
         raise KvasirError(f"{what} failed: {_reason(exc)}") from None
+    drop_progress_bars(failed)
     os.replace(failed, out)
     return out
+
+
+PROGRESS = re.compile(r"\r|\d+%\|")  # a tqdm bar redraws its line (carriage return) and shows "42%|"
+
+
+def drop_progress_bars(path: Path) -> None:
+    """Remove the progress bars from an executed notebook: they went to the terminal as the notebook
+    ran, and in the saved notebook (and its HTML page) they would only be noise."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr"
+                                                              and (PROGRESS.search(o.text) or not o.text.strip()))]
+    write_text_atomic(path, nbformat.writes(notebook))
 
 
 def _reason(exc: Exception) -> str:

@@ -25,13 +25,22 @@ def cam_target_layer(model, input_size: int = 224):
     efficientnet ``features``) comes after its parts and is the one chosen; pooled 1x1 maps are not
     spatial and are skipped.
     """
+    return _last_spatial(model, input_size)[0]
+
+
+def cam_map_size(model, input_size: int = 224) -> tuple[int, int]:
+    """Height and width of the feature map Grad-CAM explains (coarse maps give blobs, not shapes)."""
+    return _last_spatial(model, input_size)[1]
+
+
+def _last_spatial(model, input_size: int):
     import torch
 
     spatial = []
 
     def record(module, _inputs, output):
         if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[2:]) > 1:
-            spatial.append(module)
+            spatial.append((module, tuple(int(v) for v in output.shape[2:])))
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if m is not model]
     was_training = model.training
@@ -56,6 +65,7 @@ def gradcam_overlays(model, images: list[Image.Image], tensors, targets: list[in
     ``tensors`` are the same images as the model sees them (normalised batch); the model is put in
     eval mode.
     """
+    import cv2
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -67,13 +77,15 @@ def gradcam_overlays(model, images: list[Image.Image], tensors, targets: list[in
     for image, heat in zip(images, maps, strict=True):
         heat = np.asarray(Image.fromarray(heat.astype(np.float32)).resize(image.size, Image.BILINEAR))
         rgb = np.asarray(image.convert("RGB"), np.float32) / 255
-        overlays.append(show_cam_on_image(rgb, np.clip(heat, 0, 1), use_rgb=True))
+        # viridis, perceptually uniform, instead of pytorch-grad-cam's default jet that hides the tissue
+        overlays.append(show_cam_on_image(rgb, np.clip(heat, 0, 1), use_rgb=True, colormap=cv2.COLORMAP_VIRIDIS))
     return overlays
 
 
 def gradcam_examples(cfg: Config, model_name: str, predictions: pd.DataFrame, correct: int = 1, incorrect: int = 1):
     """Figure 3's material: per class, correct and incorrect validation examples (where they exist)
-    with the Grad-CAM overlay of the class the model predicted. Returns (overlays, rows)."""
+    with the Grad-CAM overlay of the class the model predicted. Returns (overlays, rows, the
+    explained feature map's size)."""
     rows = pick_examples_per_class(predictions, correct, incorrect, cfg.eval.seed)
     cached = load_cached(prepare.cache_dir(cfg), rows["path"])
     view, preset = presets.eval_view(cfg.transforms), presets.eval_preset(cfg.transforms)
@@ -81,4 +93,4 @@ def gradcam_examples(cfg: Config, model_name: str, predictions: pd.DataFrame, co
     tensors = torch.stack([preset(image) for image in cached])
     model = checkpoints.load_trained_model(cfg, model_name).float()  # Grad-CAM needs fp32 gradients, on the CPU
     overlays = gradcam_overlays(model, seen, tensors, rows["pred"].to_numpy(np.int64).tolist())
-    return overlays, rows
+    return overlays, rows, cam_map_size(model, min(tensors.shape[-2:]))

@@ -1,0 +1,148 @@
+"""Did the run reproduce the paper? One row per claim of the paper: the paper's value, this run's
+(or a sweep's mean over seeds), its interval, the difference, how many runs stand behind it and a
+verdict in words.
+
+Verdicts: *consistent with the paper* (the paper's value lies inside the interval), *below the
+paper* / *above the paper* (the whole interval lies on one side of it), *not comparable* (generated
+data, or settings that depart from the paper's protocol), *too few runs to tell* (a sweep of fewer
+than ``MIN_RUNS`` runs gives no interval)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kvasir_utils.analysis import departures, intervals, metrics, paper
+from kvasir_utils.analysis.runs import same_images
+from kvasir_utils.config import Config
+from kvasir_utils.io import write_json_atomic
+
+MIN_RUNS = 3  # fewer runs give no interval across runs worth showing
+CARD_COLUMNS = ["claim", "paper", "run", "ci_low", "ci_high", "difference", "n", "basis", "verdict"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    words: str
+    model: str
+    metric: str  # accuracy, macro_f1, macro_auc; "beats" compares model with other by accuracy
+    other: str | None = None
+
+    @property
+    def paper_value(self) -> float:
+        reported = paper.MODELS.get(self.model, {})
+        if self.other is not None:
+            return reported.get("accuracy", math.nan) - paper.MODELS.get(self.other, {}).get("accuracy", math.nan)
+        return reported.get(self.metric, math.nan)
+
+
+CLAIMS = [
+    Claim("ResNet50 accuracy", "resnet50", "accuracy"),
+    Claim("ResNet50 macro F1", "resnet50", "macro_f1"),
+    Claim("ResNet50 macro ROC-AUC", "resnet50", "macro_auc"),
+    Claim("EfficientNet-B0 accuracy", "efficientnet_b0", "accuracy"),
+    Claim("EfficientNet-B0 macro F1", "efficientnet_b0", "macro_f1"),
+    Claim("ResNet50 beats EfficientNet-B0 (accuracy difference)", "resnet50", "beats", "efficientnet_b0"),
+]
+
+
+def verdict(paper_value: float, low: float, high: float, not_comparable: str | None) -> str:
+    if not_comparable:
+        return f"not comparable: {not_comparable}"
+    if math.isnan(low) or math.isnan(high):
+        return "too few runs to tell"
+    if low <= paper_value <= high:
+        return "consistent with the paper"
+    return "above the paper" if paper_value < low else "below the paper"
+
+
+def _single_run(cfg: Config, claim: Claim, evaluations: dict) -> dict | None:
+    """This run's value and its bootstrap interval over the validation images (None: not evaluated)."""
+    samples, confidence, seed = cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.eval.seed
+    if claim.model not in evaluations or (claim.other and claim.other not in evaluations):
+        return None
+    record, predictions = evaluations[claim.model]
+    n_images = len(predictions)
+    basis = f"1 run; {confidence:.0%} bootstrap interval over its {n_images} validation images"
+    if claim.other is not None:
+        theirs = evaluations[claim.other][1]
+        if not same_images(predictions, theirs):
+            return None
+        ours_right, theirs_right = (p["true"] == p["pred"] for p in (predictions, theirs))
+        low, high = intervals.paired_difference_interval(ours_right, theirs_right, samples, confidence, seed)
+        value = float(ours_right.mean() - theirs_right.mean())
+        p = metrics.mcnemar_of_runs(predictions, theirs)["p_value"]
+        return {"run": value, "ci_low": low, "ci_high": high, "n": 1, "basis": f"{basis}; McNemar p = {p:.2g}"}
+    if claim.metric == "macro_auc":
+        probs = predictions[[f"p_{c}" for c in cfg.data.classes]].to_numpy()
+        low, high = intervals.macro_auc_interval(predictions["true"], probs, samples, confidence, seed)
+    else:
+        ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.data.classes), samples,
+                                  confidence, seed)
+        low, high = ci[claim.metric]
+    return {"run": record[claim.metric], "ci_low": low, "ci_high": high, "n": 1, "basis": basis}
+
+
+def _sweep_run(claim: Claim, sweep: dict | None) -> dict | None:
+    """The sweep's mean over seeds and its t-interval, when a sweep of this profile has the runs."""
+    if sweep is None:
+        return None
+    if claim.other is not None:
+        paired = sweep["paired"]
+        rows = paired[(paired["first"] == claim.model) & (paired["second"] == claim.other)] if len(paired) else paired
+        if not len(rows):
+            return None
+        row = rows.iloc[0]
+        value, low, high, n = row["mean_difference"], row["ci_low"], row["ci_high"], int(row["n"])
+        bounds = (-1.0, 1.0)
+    else:
+        summary = sweep["summary"]
+        rows = summary[(summary["model"] == claim.model) & (summary["metric"] == claim.metric)]
+        if not len(rows):
+            return None
+        row = rows.iloc[0]
+        value, low, high, n = row["mean"], row["ci_low"], row["ci_high"], int(row["n"])
+        bounds = (0.0, 1.0)
+    if n < MIN_RUNS:
+        low = high = math.nan
+    low, high = (float(np.clip(v, *bounds)) if not math.isnan(v) else v for v in (low, high))
+    basis = f"mean of {n} runs (sweep {sweep['name']}); t-interval across runs"
+    return {"run": float(value), "ci_low": low, "ci_high": high, "n": n, "basis": basis}
+
+
+def find_sweep(cfg: Config) -> dict | None:
+    """The newest sweep of this profile over seeds only (no grid), from its report folder."""
+    found = []
+    for record in sorted((cfg.reports_root / "sweeps").glob("*/sweep.json")):
+        about = json.loads(record.read_text())
+        tables = record.parent / "tables"
+        if about.get("base_profile") == cfg.profile and not about.get("grid") and (tables / "summary.csv").exists():
+            paired = pd.read_csv(tables / "paired.csv") if (tables / "paired.csv").exists() else pd.DataFrame()
+            summary = pd.read_csv(tables / "summary.csv")
+            found.append((record.stat().st_mtime, {"name": about["name"], "summary": summary, "paired": paired}))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def claims_table(cfg: Config, evaluations: dict, sweep: dict | None = None) -> pd.DataFrame:
+    """The summary card: one row per claim of the paper (see the module's docstring)."""
+    reason = departures.why_not_comparable(cfg)
+    rows = []
+    for claim in CLAIMS:
+        found = _sweep_run(claim, sweep) or _single_run(cfg, claim, evaluations)
+        if found is None:
+            rows.append({"claim": claim.words, "paper": claim.paper_value, "verdict": "not run", "n": 0})
+            continue
+        rows.append({"claim": claim.words, "paper": claim.paper_value, **found,
+                     "difference": found["run"] - claim.paper_value,
+                     "verdict": verdict(claim.paper_value, found["ci_low"], found["ci_high"], reason)})
+    return pd.DataFrame(rows, columns=CARD_COLUMNS)
+
+
+def write_sweep_record(folder: Path, name: str, base_profile: str, grid: dict) -> None:
+    """What the index page needs to know about a sweep (``sweep.json`` beside its tables)."""
+    write_json_atomic(folder / "sweep.json", {"name": name, "base_profile": base_profile, "grid": grid})

@@ -1,0 +1,130 @@
+"""Tables shaped for a reader (the summary card, the comparison with its intervals, Table 2 as row
+percentages beside the paper's, the readings with this run's departures): numbers in the house
+style (``formats``) as text, ready for ``outputs.table_html``."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kvasir_utils.analysis import departures
+from kvasir_utils.config import Config
+from kvasir_utils.report import formats
+
+CARD_KIND = {"accuracy": "percent", "macro_f1": "score", "macro_auc": "score", "beats": "points"}
+
+
+def card(claims: pd.DataFrame) -> pd.DataFrame:
+    """``analysis.verdicts.claims_table`` as the reader sees it: each row in its own kind of number."""
+    from kvasir_utils.analysis.verdicts import CLAIMS
+
+    kinds = {c.words: CARD_KIND["beats" if c.other else c.metric] for c in CLAIMS}
+    rows = []
+    for row in claims.itertuples():
+        kind = kinds.get(row.claim, "score")
+        difference_kind = "points" if kind in ("percent", "points") else "score"
+        rows.append({"claim": row.claim, "paper": formats.number(row.paper, kind, formats.NOT_REPORTED),
+                     "this run": formats.number(row.run, kind, "not run"),
+                     "95% interval": formats.interval(row.ci_low, row.ci_high, kind) or "none",
+                     "difference": _signed(row.difference, difference_kind),
+                     "runs": formats.number(row.n, "count"), "verdict": row.verdict, "basis": row.basis})
+    return pd.DataFrame(rows)
+
+
+def _signed(value, kind: str) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    return formats.number(value, kind) if kind == "points" else f"{value:+.3f}"
+
+
+def comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """``analysis.compare.comparison_table`` with each value beside its interval and the paper's."""
+    rows = []
+    for model, row in table.iterrows():
+        rows.append({
+            "model": formats.model_name(model),
+            "accuracy": f"{formats.number(row['accuracy'], 'percent')} "
+                        f"{formats.interval(row['accuracy_ci_low'], row['accuracy_ci_high'], 'percent')}",
+            "accuracy (paper)": formats.number(row["accuracy_paper"], "percent", formats.NOT_REPORTED),
+            "macro F1": f"{formats.number(row['macro_f1'])} "
+                        f"{formats.interval(row['macro_f1_ci_low'], row['macro_f1_ci_high'])}",
+            "macro F1 (paper)": formats.number(row["macro_f1_paper"], "score", formats.NOT_REPORTED),
+            "macro ROC-AUC": formats.number(row["macro_auc"]),
+            "macro ROC-AUC (paper)": formats.number(row["macro_auc_paper"], "score", formats.NOT_REPORTED),
+            "ECE": formats.number(row["ece"]), "Brier": formats.number(row["brier"]),
+            "parameters": f"{row['parameters_m']:.1f} M", "GFLOPs / image": f"{row['gflops']:.2f}",
+            "training time": f"{row['train_seconds']:.0f} s",
+            "inference": f"{row['inference_images_per_s']:.0f} images/s",
+            "validation images": formats.number(row["images"], "count"),
+        })
+    return pd.DataFrame(rows)
+
+
+def table2_percentages(confusion: pd.DataFrame) -> pd.DataFrame:
+    """A confusion matrix as row percentages with the counts: ``93.1% (189)``."""
+    totals = confusion.sum(axis=1).replace(0, 1)
+    return pd.DataFrame({column: [f"{100 * count / total:.1f}% ({count})"
+                                  for count, total in zip(confusion[column], totals)]
+                         for column in confusion.columns}, index=confusion.index)
+
+
+def table2_side_by_side(ours: pd.DataFrame, reported: pd.DataFrame | None) -> pd.DataFrame:
+    """Table 2 as row percentages (counts in brackets): the paper's beside this run's, where the
+    paper has one; comparing shares, since the two validation sets need not have the same size."""
+    parts = {"this run": table2_percentages(ours)}
+    if reported is not None and list(reported.index) == list(ours.index):
+        parts = {"paper": table2_percentages(reported), **parts}
+    return pd.concat(parts, axis=1)
+
+
+def readings(table: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """``analysis.paper.readings_table`` with the readings this run departs from marked."""
+    departed = set(departures.departures(cfg)["setting"])
+    marked = table.copy()
+    marked["value"] = [f"{v} (departs from the paper)" if s in departed else str(v)
+                       for s, v in zip(table["setting"], table["value"])]
+    return marked
+
+
+def departures_table(cfg: Config) -> pd.DataFrame:
+    """Every setting of this run that differs from the paper's protocol, for the index."""
+    found = departures.departures(cfg)
+    return pd.DataFrame({"setting": found["setting"], "paper": found["paper"].astype(str),
+                         "this run": found["run"].astype(str),
+                         "affects": [", ".join(p) if p else "" for p in found["pages"]],
+                         "comparability": ["shown only" if n else "departs from the protocol"
+                                           for n in found["neutral"]]})
+
+
+def sweep_summary(summary: pd.DataFrame, min_runs: int = 3) -> pd.DataFrame:
+    """``analysis.sweeps.summary_table`` for a reader: mean +- sd and the interval across runs, kept
+    inside [0, 1] (the metrics are bounded), or "too few runs for an interval" below ``min_runs``."""
+    rows = []
+    for row in summary.itertuples():
+        kind = formats.kind_of(row.metric)
+        if row.n < min_runs:
+            span = "too few runs for an interval"
+        else:
+            span = formats.interval(max(row.ci_low, 0.0), min(row.ci_high, 1.0), kind)
+        rows.append({"model": formats.model_name(row.model), "reading": row.reading, "metric": row.metric,
+                     "mean": formats.number(row.mean, kind), "sd": formats.number(row.sd, kind, "none"),
+                     "interval across runs": span, "runs": formats.number(row.n, "count")})
+    return pd.DataFrame(rows)
+
+
+def sweep_paired(paired: pd.DataFrame, min_runs: int = 3) -> pd.DataFrame:
+    """``analysis.sweeps.paired_table`` for a reader: the mean difference (first - second) in points
+    with its interval (or too few runs), and a verdict in words."""
+    rows = []
+    for row in paired.itertuples():
+        if row.n < min_runs:
+            span, verdict = "too few runs for an interval", "too few runs to tell"
+        else:
+            low, high = max(row.ci_low, -1.0), min(row.ci_high, 1.0)
+            span = formats.interval(low, high, "points")
+            verdict = "the first is better" if low > 0 else "the second is better" if high < 0 else \
+                "the runs cannot tell them apart"
+        rows.append({"first": formats.model_name(row.first), "second": formats.model_name(row.second),
+                     "reading": row.reading, "difference": formats.number(row.mean_difference, "points"),
+                     "interval": span, "runs": formats.number(row.n, "count"), "verdict": verdict,
+                     "sign test p": f"{row.sign_test_p:.2g}", "McNemar p per seed": row.mcnemar_p_per_seed})
+    return pd.DataFrame(rows)
