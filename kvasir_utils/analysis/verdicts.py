@@ -129,11 +129,17 @@ def find_sweep(cfg: Config) -> dict | None:
 
 
 def claims_table(cfg: Config, evaluations: dict, sweep: dict | None = None) -> pd.DataFrame:
-    """The summary card: one row per claim of the paper (see the module's docstring)."""
+    """The summary card: one row per claim of the paper (see the module's docstring). With a
+    ``sweep`` (``find_sweep``) of at least ``MIN_RUNS`` runs a claim takes the sweep's mean over
+    seeds; without ``evaluations`` (the sweep's own page) it does with fewer runs too, without an
+    interval."""
     reason = departures.why_not_comparable(cfg)
     rows = []
     for claim in CLAIMS:
-        found = _sweep_run(claim, sweep) or _single_run(cfg, claim, evaluations)
+        found = _sweep_run(claim, sweep)
+        if found is not None and found["n"] < MIN_RUNS and evaluations:
+            found = None  # the run's own bootstrap interval says more than too few runs
+        found = found or _single_run(cfg, claim, evaluations)
         if found is None:
             rows.append({"claim": claim.words, "paper": claim.paper_value, "verdict": "not run", "n": 0})
             continue

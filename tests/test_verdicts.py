@@ -1,0 +1,126 @@
+"""The verdict on each of the paper's claims, the departures that make a run incomparable, the
+bootstrap intervals behind them, and the one number style the reports use: on numbers written by
+hand, so each expected value can be checked."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kvasir_utils import profiles
+from kvasir_utils.analysis import departures, intervals, paper, verdicts
+from kvasir_utils.analysis.labels import CLASSES
+from kvasir_utils.report import formats, tables
+
+
+@pytest.mark.parametrize(("paper_value", "low", "high", "reason", "expected"), [
+    (0.92, 0.90, 0.95, None, "consistent with the paper"),
+    (0.92, 0.80, 0.90, None, "below the paper"),
+    (0.92, 0.93, 0.97, None, "above the paper"),
+    (0.92, 0.90, 0.95, "generated data", "not comparable: generated data"),
+    (0.92, math.nan, math.nan, None, "too few runs to tell"),
+])
+def test_a_verdict_says_where_the_papers_value_lies(paper_value, low, high, reason, expected):
+    assert verdicts.verdict(paper_value, low, high, reason) == expected
+
+
+def _evaluations(accuracy: dict[str, float], n: int = 400) -> dict:
+    """metrics.json-like records and predictions.csv frames for 8 classes, right on a given share."""
+    evaluations = {}
+    for model, share in accuracy.items():
+        true = np.arange(n) % 8
+        right = np.arange(n) < round(share * n)
+        pred = np.where(right, true, (true + 1) % 8)
+        probs = np.full((n, 8), 0.02)
+        probs[np.arange(n), pred] = 0.86
+        frame = pd.DataFrame({"path": [f"{i}.jpg" for i in range(n)], "true": true, "pred": pred,
+                              **{f"p_{c}": probs[:, k] for k, c in enumerate(CLASSES)}})
+        evaluations[model] = ({"accuracy": right.mean(), "macro_f1": 0.9, "macro_auc": 0.95}, frame)
+    return evaluations
+
+
+def test_the_card_judges_each_claim_from_the_runs_intervals():
+    cfg = profiles.load_profile("paper", ["eval.bootstrap_samples=200"])
+    card = verdicts.claims_table(cfg, _evaluations({"resnet50": 0.925, "efficientnet_b0": 0.80})).set_index("claim")
+    accuracy = card.loc["ResNet50 accuracy"]
+    assert accuracy["run"] == pytest.approx(0.925) and accuracy["ci_low"] < 0.9263 < accuracy["ci_high"]
+    assert accuracy["verdict"] == "consistent with the paper" and accuracy["n"] == 1
+    assert card.loc["EfficientNet-B0 accuracy", "verdict"] == "below the paper"  # 80% against 91.5%, 400 images
+    beats = card.loc["ResNet50 beats EfficientNet-B0 (accuracy difference)"]
+    assert beats["run"] == pytest.approx(0.125) and beats["paper"] == pytest.approx(0.9263 - 0.9150)
+    assert beats["verdict"] == "above the paper" and "McNemar" in beats["basis"]
+    assert card.loc["ResNet50 accuracy", "difference"] == pytest.approx(0.925 - paper.MODELS["resnet50"]["accuracy"])
+
+
+def test_a_departure_or_generated_data_makes_every_claim_not_comparable():
+    evaluations = _evaluations({"resnet50": 0.925})
+    departed = profiles.load_profile("paper", ["train.stage2.lr=0.001", "eval.bootstrap_samples=50"])
+    card = verdicts.claims_table(departed, evaluations)
+    assert set(card.loc[card["verdict"] != "not run", "verdict"]) == {
+        "not comparable: settings depart from the paper (train.stage2.lr)"}
+    assert (card.set_index("claim").loc["EfficientNet-B0 accuracy", "verdict"]) == "not run"
+    smoke = verdicts.claims_table(profiles.load_profile("smoke"), evaluations)
+    assert smoke.loc[0, "verdict"] == "not comparable: generated data"
+
+
+def _sweep(n: int) -> dict:
+    summary = pd.DataFrame([{"model": "resnet50", "reading": "profile's reading", "metric": "accuracy",
+                             "mean": 0.93, "sd": 0.01, "ci_low": 0.91, "ci_high": 1.05, "n": n}])
+    return {"name": "seeds", "summary": summary, "paired": pd.DataFrame()}
+
+
+def test_a_sweep_of_enough_runs_stands_behind_the_card_and_too_few_do_not():
+    cfg = profiles.load_profile("paper", ["eval.bootstrap_samples=50"])
+    evaluations = _evaluations({"resnet50": 0.925})
+    row = verdicts.claims_table(cfg, evaluations, _sweep(5)).set_index("claim").loc["ResNet50 accuracy"]
+    assert (row["run"], row["n"], row["ci_high"]) == (0.93, 5, 1.0)  # a bounded metric's interval stays in [0, 1]
+    assert "mean of 5 runs (sweep seeds)" in row["basis"] and row["verdict"] == "consistent with the paper"
+    row = verdicts.claims_table(cfg, evaluations, _sweep(2)).set_index("claim").loc["ResNet50 accuracy"]
+    assert row["n"] == 1 and row["basis"].startswith("1 run")  # two runs say less than the run's own interval
+    page = verdicts.claims_table(cfg, {}, _sweep(2)).set_index("claim").loc["ResNet50 accuracy"]
+    assert page["verdict"] == "too few runs to tell" and page["n"] == 2  # the sweep's own page
+
+
+def test_departures_list_what_differs_from_paper_yaml_and_only_some_of_it_matters():
+    assert departures.departures(profiles.load_profile("paper")).empty
+    assert departures.why_not_comparable(profiles.load_profile("paper")) is None
+    moved = profiles.load_profile("paper", ["data.url=/mirror/kvasir-dataset-v2.zip", "eval.bootstrap_samples=10"])
+    assert set(departures.departures(moved)["setting"]) == {"data.url", "data.mirrors", "data.size",
+                                                            "eval.bootstrap_samples"}
+    assert departures.why_not_comparable(moved) is None  # the same data from elsewhere, reported otherwise
+    masked = profiles.load_profile("paper-masked")
+    assert departures.departures_for(masked, "03_finetune")["setting"].tolist() == ["transforms.mask_overlays"]
+    assert departures.departures_for(masked, "01_download_and_split").empty
+
+
+def test_bootstrap_intervals_cover_the_difference_and_stay_in_bounds():
+    right = np.r_[np.ones(90), np.zeros(10)]
+    worse = np.r_[np.ones(70), np.zeros(30)]
+    low, high = intervals.paired_difference_interval(right, worse, 500, 0.95, 0)
+    assert low <= 0.2 <= high and low >= -1 and high <= 1
+    assert intervals.paired_difference_interval(right, right, 100, 0.95, 0) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in intervals.group_gap_interval(right, [], 100, 0.95, 0))
+    low, high = intervals.group_gap_interval(np.ones(5), np.r_[np.ones(50), np.zeros(50)], 500, 0.95, 0)
+    assert 0.3 < low <= 0.5 <= high <= 0.7
+
+
+def test_one_number_style():
+    assert formats.number(0.92625, "percent") == "92.6%" and formats.number(0.9250, "score") == "0.925"
+    assert formats.number(-0.0469, "points") == "-4.7 points" and formats.number(1600, "count") == "1,600"
+    assert formats.number(float("nan"), "score", formats.NOT_REPORTED) == "not reported"
+    assert formats.interval(0.85, 0.9, "percent") == "[85.0%, 90.0%]" and formats.interval(math.nan, 1) == ""
+    versus = paper.versus(pd.DataFrame({"Recall": [0.5], "F1-Score": [0.75]}, index=["Polyps"]),
+                          pd.DataFrame({"Recall": [0.6], "F1-Score": [0.7]}, index=["Polyps"]))
+    shown = formats.formatted(versus).loc["Polyps"]
+    assert shown[("Recall", "difference")] == "-10.0 points" and shown[("F1-Score", "difference")] == "0.050"
+
+
+def test_a_sweep_page_shows_no_interval_below_three_runs_and_none_outside_the_bounds():
+    summary = pd.DataFrame([{"model": "resnet50", "reading": "r", "metric": "accuracy", "mean": 0.77, "sd": 0.35,
+                             "ci_low": 0.2771, "ci_high": 1.2698, "n": 2},
+                            {"model": "resnet50", "reading": "r", "metric": "macro_f1", "mean": 0.9, "sd": 0.1,
+                             "ci_low": 0.7, "ci_high": 1.1, "n": 3}])
+    shown = tables.sweep_summary(summary)
+    assert shown.loc[0, "interval across runs"] == "too few runs for an interval"
+    assert shown.loc[1, "interval across runs"] == "[0.700, 1.000]"
