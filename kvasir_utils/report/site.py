@@ -148,7 +148,7 @@ def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFr
         "id": model, "name": formats.model_name(model), "links": links, "browser": _rel(browser, root),
         "table1": Markup(table_html(table1, missing=formats.NOT_REPORTED)),
         "f1_figure": _figure(figures / f"{model}_f1_vs_paper.png", root),
-        "table2": Markup(_table2_html(table2, reported.get("table2"), _rel(browser, root))),
+        "table2": Markup(_table2_html(table2, reported.get("table2"), _rel(browser, root), classes)),
         "abbreviations": compare.abbreviations_sentence(classes),
         "confusion_figure": _figure(figures / f"{model}_confusion.png", root),
         "roc_auc": Markup(table_html(paper.versus(auc.to_frame(), reported.get("roc_auc")),
@@ -159,10 +159,10 @@ def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFr
     }
 
 
-def _table2_html(ours: pd.DataFrame, reported: pd.DataFrame | None, browser: str) -> str:
+def _table2_html(ours: pd.DataFrame, reported: pd.DataFrame | None, browser: str, classes: list[str]) -> str:
     """Table 2 side by side with the paper's; this run's cells link to their images in the browser."""
     shown = tables.table2_side_by_side(ours, reported)
-    names = compare.abbreviation_names(list(ours.index)) if len(ours) else {}
+    names = compare.abbreviation_names(classes)
     for true in ours.index:
         for pred in ours.columns:
             target = f"{browser}#true={quote(names.get(true, true))}&pred={quote(names.get(pred, pred))}"
