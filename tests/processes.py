@@ -17,6 +17,14 @@ from pathlib import Path
 from kvasir_utils import config
 
 TAG = "KVASIR_TEST_TAG"
+# What an outer `make test` puts in the environment and a user's terminal does not have: with them, the
+# inner make believes it is a sub-make and keeps the outer command as the one to resume with.
+MAKE_ONLY = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "KVASIR_COMMAND")
+
+
+def _terminal_env() -> dict:
+    """This process's environment as a terminal would hand it to a command: without make's own variables."""
+    return {k: v for k, v in os.environ.items() if k not in MAKE_ONLY}
 
 
 class Run:
@@ -29,7 +37,7 @@ class Run:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as out:
             self.process = subprocess.Popen(args, cwd=config.PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True, env={**os.environ, **(env or {}), TAG: self.tag})
+                                            start_new_session=True, env={**_terminal_env(), **(env or {}), TAG: self.tag})
 
     @property
     def output(self) -> str:

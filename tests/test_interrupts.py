@@ -171,7 +171,7 @@ def test_a_killed_kernel_is_reported_and_its_stage_keeps_the_last_finished_epoch
 def test_ctrl_c_in_evaluation_leaves_no_stamp(interrupted):
     cfg = interrupted["cfg"]
     run = interrupted["make"]()
-    run.wait_for(f"{MODEL}: accuracy")
+    run.wait_for(f"{MODEL} predict")
     _stopped_by_ctrl_c(run, f"04_evaluate ({MODEL})")
     assert not (cfg.notebook_dir / f"04_evaluate-{MODEL}.ipynb").exists()
     assert (cfg.notebook_dir / f"04_evaluate-{MODEL}.failed.ipynb").exists()
