@@ -58,6 +58,14 @@ MODELS = {
 
 # What the paper reports per model: only ResNet50 has per-class tables.
 REPORTED = {"resnet50": {"table1": TABLE1, "table2": TABLE2, "roc_auc": pd.Series(ROC_AUC, name="ROC-AUC").to_frame()}}
+
+
+def reported(model: str, classes: list[str]) -> dict:
+    """The paper's tables for ``model`` where they can stand beside a run's: only a run on Kvasir
+    v2's eight classes (or data shaped like them) is compared with them; {} for any other classes."""
+    return REPORTED.get(model, {}) if list(classes) == CLASSES else {}
+
+
 # Section 4.1: "a 2.5% accuracy improvement during fine-tuning".
 FINE_TUNING_GAIN = 0.025
 @dataclass(frozen=True)
