@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
+from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import disk_full, is_disk_full, sha256_file, sha256_text, write_json_atomic
 
@@ -31,11 +32,14 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip")
 
 
 def _local_source(url: str) -> Path | None:
+    """The local file or folder ``url`` names (a relative path is taken from the project, as
+    ``paths.*`` are: notebooks run in ``notebooks/``), or None for a network address."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if len(parsed.scheme) <= 1:  # a plain path (or a Windows drive letter)
-        return Path(url).expanduser()
+        path = Path(url).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
     return None
 
 
@@ -73,8 +77,8 @@ def folder_record(folder: Path, manifest) -> dict:
     is that of its images' list and content (each image's path and SHA-256, from the cache's
     manifest), so the same images give the same value wherever the folder is."""
     listing = manifest[["path", "source_sha256"]].sort_values("path").to_csv(index=False, header=False)
-    return {"archive": f"{folder.name}/", "kind": "folder", "source": str(folder), "bytes": int(manifest["bytes"].sum()),
-            "images": int(len(manifest)), "sha256": sha256_text(listing),
+    return {"archive": f"{folder.name}/", "kind": "folder", "source": str(folder),
+            "bytes": int(manifest["bytes"].sum()), "images": int(len(manifest)), "sha256": sha256_text(listing),
             "sha256_of": "the sorted list of (image path, SHA-256 of the image file), one CSV line each"}
 
 
