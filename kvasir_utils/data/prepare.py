@@ -177,7 +177,8 @@ def prepare_split(cfg: Config, prepared: PreparedData) -> pd.DataFrame:
     usable = usable_images(prepared.manifest, cfg.data.on_unreadable)
     report = None
     if cfg.split.source == "file":
-        left_out = {*_file_names(prepared.other_images), *_file_names(prepared.manifest[prepared.manifest["error"] != ""])}
+        unreadable = prepared.manifest[prepared.manifest["error"] != ""]
+        left_out = {*_file_names(prepared.other_images), *_file_names(unreadable)}
         run_split, report = split_from_file(usable, split_file(cfg), cfg.split.delimiter, cfg.split.validation_fold,
                                             cfg.split.on_unmatched, left_out)
         for line in report.lines():

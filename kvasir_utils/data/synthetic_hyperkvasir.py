@@ -82,7 +82,7 @@ def class_counts(images_per_class: int) -> dict[str, int]:
 
 
 def _extra_cue(rank: int):
-    """Cues for classes without a Kvasir counterpart: each Kvasir colour with the shapes Kvasir does not pair it with."""
+    """Cues for classes without a Kvasir counterpart: Kvasir's colours with the shapes Kvasir does not give them."""
     shapes = ("disc", "ring", "stripes")
     color, shape = synthetic.CUES[rank % len(synthetic.CUES)]
     return color, shapes[(shapes.index(shape) + 1 + rank // len(synthetic.CUES)) % len(shapes)]
