@@ -9,6 +9,8 @@ SHELL := bash
 PROFILE ?= paper
 SET ?=
 SWEEP ?= smoke-seeds
+RUN ?= $(PROFILE)
+TARGET ?= hyperkvasir
 BENCH ?=
 PYTHON ?= python3
 VENV := .venv
@@ -22,7 +24,7 @@ ifeq ($(MAKELEVEL),0)
 export KVASIR_COMMAND := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
 endif
 
-.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast docs browser screenshots lint lab bench gpu-check clean
+.PHONY: help setup lock data evaluate smoke reproduce report sweep cross-evaluate test test-fast docs browser screenshots lint lab bench gpu-check clean
 
 help: ## list the targets (the default)
 	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"] [SWEEP=name|path.yaml]"
@@ -50,14 +52,17 @@ reproduce: $(SETUP_STAMP) ## notebooks 01-05 and the audit (07) for every model 
 evaluate: $(SETUP_STAMP) ## notebooks 01-04 for every model of PROFILE and the HTML report, without 05 (a sweep's runs)
 	@$(SUBMAKE) pipeline-evaluated
 
-smoke: ## the whole study on generated data, offline, in minutes (= make reproduce PROFILE=smoke)
-	@$(MAKE) --no-print-directory reproduce PROFILE=smoke SET='$(SET)'
+smoke: ## the whole study on generated data, offline, in minutes (= make reproduce PROFILE=smoke; PROFILE=smoke-hyperkvasir)
+	@$(MAKE) --no-print-directory reproduce PROFILE='$(if $(filter command line,$(origin PROFILE)),$(PROFILE),smoke)' SET='$(SET)'
 
 report: $(SETUP_STAMP) ## re-render the HTML reports of PROFILE from the executed notebooks
 	$(KV) report $(ARGS)
 
 sweep: $(SETUP_STAMP) ## many runs on Ray (SWEEP=seeds|readings|smoke-seeds|path.yaml; SET applies to each), then notebook 06
 	$(KV) sweep '$(SWEEP)' $(foreach s,$(SET),--set '$(s)')
+
+cross-evaluate: $(SETUP_STAMP) ## score RUN's trained models (default PROFILE) on TARGET's dataset (default hyperkvasir) via configs/mappings/
+	$(KV) cross-evaluate --profile '$(RUN)' --target '$(TARGET)' $(foreach s,$(SET),--set '$(s)')
 
 test: $(SETUP_STAMP) browser ## all tests: notebook runs, a Ray cluster, a browser (no network)
 	$(PY) -m pytest

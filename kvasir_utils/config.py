@@ -7,6 +7,7 @@ allowed, before anything is downloaded or trained.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -51,24 +52,38 @@ class SyntheticConfig(Section):
     images_per_class: int = Field(ge=2)
     seed: int = Field(ge=0, lt=2**32)
     large_fraction: float = Field(ge=0, le=1)
+    # kvasir-v2: a zip like Kvasir v2's; hyper-kvasir: a nested folder tree like HyperKvasir's, with
+    # its split file (images_per_class is then its largest class, the others scaled as in HyperKvasir)
+    layout: Literal["kvasir-v2", "hyper-kvasir"]
+
+
+# The public datasets the study knows (their citation, terms of use and class mappings); other: your own.
+DATASETS = ("kvasir-v2", "hyper-kvasir", "other")
 
 
 class DataConfig(Section):
     name: str = Field(min_length=1)
+    dataset: Literal[DATASETS]
     url: str
     mirrors: list[str]
     size: int | None = Field(gt=0)
     sha256: str | None = Field(pattern=r"^[0-9a-fA-F]{64}$")
     classes: list[str]
-    expected_per_class: int = Field(ge=1)
+    expected_per_class: int | None = Field(ge=1)  # None: no count expected (an imbalanced dataset)
     on_unreadable: Literal["error", "skip"]
+    on_stray: Literal["error", "skip"]  # images outside any class folder
     synthetic: SyntheticConfig | None
 
 
 class SplitConfig(Section):
+    source: Literal["stratified", "file"]
     val_fraction: float = Field(gt=0, lt=1)
     seed: int = Field(ge=0, lt=2**32)
     group_near_duplicates: bool  # beyond the paper: near-duplicate frames kept on one side
+    file: str | None  # split file: file name, class name, fold index per row (source: file)
+    delimiter: str = Field(min_length=1, max_length=1)
+    validation_fold: int | None = Field(ge=0)  # None: the paper's single split
+    on_unmatched: Literal["error", "skip"]  # split-file rows without an image, images without a row
 
 
 class CacheConfig(Section):
@@ -118,6 +133,7 @@ class EvalConfig(Section):
     bootstrap_samples: int = Field(ge=10)
     confidence: float = Field(gt=0, lt=1)
     seed: int = Field(ge=0, lt=2**32)
+    min_support: int = Field(ge=1)  # fewer validation images: the class is flagged in the tables
 
 
 class RuntimeConfig(Section):
@@ -187,12 +203,31 @@ class Config(Section):
         return self.reports_root / self.profile
 
     @property
+    def split_file(self) -> Path | None:
+        """The split file a ``split.source: file`` split is read from (None: generated with the data)."""
+        return self._resolve(self.split.file) if self.split.file else None
+
+    @property
+    def classes(self) -> list[str]:
+        """The run's classes in table order: ``data.classes``, or, when it is empty, the class folders
+        notebook 01 found in the dataset (recorded in ``dataset.json`` beside the split)."""
+        if self.data.classes:
+            return list(self.data.classes)
+        try:
+            return list(json.loads(self.dataset_record.read_text())["classes"])
+        except (OSError, ValueError, KeyError):
+            raise ConfigError(f"data.classes is empty, so the classes are the class folders notebook 01 finds, and "
+                              f"it has not run for this profile ({self.dataset_record} is missing): run `make data "
+                              f"PROFILE={self.profile}` first, or list the classes in data.classes") from None
+
+    @property
     def split_csv(self) -> Path:
         return self.run_dir / "split.csv"
 
     @property
     def dataset_record(self) -> Path:
-        """The dataset archive the run's split was made from (written by notebook 01 with the split)."""
+        """The dataset the run's split was made from, its source and classes (written by notebook 01
+        with the split)."""
         return self.run_dir / "dataset.json"
 
     @property
@@ -263,17 +298,30 @@ def validate_config(values: dict) -> Config:
     return cfg
 
 
+def _generates_split(cfg: Config) -> bool:
+    """Generated HyperKvasir-shaped data comes with its own split file."""
+    return cfg.data.synthetic is not None and cfg.data.synthetic.layout == "hyper-kvasir"
+
+
 def _check_together(cfg: Config) -> None:
     """Rules that involve more than one setting."""
     checks = [
         (cfg.cache.short_side >= cfg.transforms.image_size, "cache.short_side",
          f"at least transforms.image_size ({cfg.transforms.image_size}) so crops never upsample"),
-        (len(cfg.data.classes) >= 2, "data.classes", "at least two class folder names"),
+        (len(cfg.data.classes) != 1, "data.classes", "at least two class folder names, or [] for every one found"),
         (len(set(cfg.data.classes)) == len(cfg.data.classes), "data.classes", "names without repeats"),
         (len(set(cfg.train.models)) == len(cfg.train.models), "train.models", "names without repeats"),
         (cfg.train.stage1.epochs >= 1, "train.stage1.epochs", "at least 1 (stage 1 trains the new head)"),
         (bool(cfg.data.url) or cfg.data.synthetic is not None, "data.url",
          "an http(s):// or file:// address or a local path (or data.synthetic for generated data)"),
+        (cfg.split.source == "file" or cfg.split.file is None, "split.file",
+         "null unless split.source is file (a stratified split reads no file)"),
+        (cfg.split.source == "stratified" or cfg.split.file is not None or _generates_split(cfg), "split.file",
+         "the path of the split file (CSV) when split.source is file"),
+        (cfg.split.source == "stratified" or not cfg.split.group_near_duplicates, "split.group_near_duplicates",
+         "false when split.source is file (the file decides every image's side)"),
+        (cfg.split.source == "stratified" or cfg.split.validation_fold is not None, "split.validation_fold",
+         "the fold of the split file that is validation (an integer) when split.source is file"),
         (cfg.runtime.workers == "auto" or cfg.runtime.workers >= 0, "runtime.workers", "'auto' or >= 0"),
         (0 < cfg.transforms.crop_scale[0] <= cfg.transforms.crop_scale[1] <= 1, "transforms.crop_scale",
          "[low, high] with 0 < low <= high <= 1"),

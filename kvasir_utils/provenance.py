@@ -70,8 +70,9 @@ def study_version() -> dict:
 
 
 def archive_provenance(cfg: Config) -> dict | None:
-    """The dataset archive this run's split was made from (name, source, size, SHA-256), as notebook
-    01 recorded it beside the split; None before notebook 01 ran."""
+    """The dataset archive (or folder used in place: ``kind`` folder) this run's split was made from
+    (name, source, size, SHA-256), as notebook 01 recorded it beside the split; None before notebook
+    01 ran."""
     try:
         return json.loads(cfg.dataset_record.read_text())["archive"]
     except (OSError, json.JSONDecodeError, KeyError):
@@ -118,7 +119,16 @@ def provenance_line(cfg: Config) -> str:
     commit = describe_commit(version)
     lock = (version["lock_sha256"] or "none")[:12]
     overrides = " ".join(cfg.overrides) or "none"
-    archive = archive_provenance(cfg)
-    data = f"{archive['archive']} ({archive['bytes']:,} bytes, SHA-256 {archive['sha256']})" if archive else "not yet"
     return (f"Study commit {commit}; lock {lock}; profile '{cfg.profile}', overrides: {overrides}; "
-            f"dataset archive {data}.")
+            f"{describe_data(archive_provenance(cfg))}.")
+
+
+def describe_data(archive: dict | None) -> str:
+    """The data a run used, in words: an archive by its SHA-256, a folder used in place by the
+    SHA-256 of its images' list and content (``data.sources.folder_record``)."""
+    if archive is None:
+        return "dataset archive not yet"
+    if archive.get("kind") == "folder":
+        return (f"dataset folder {archive['source']} read in place ({archive['images']:,} images, "
+                f"{archive['bytes']:,} bytes, content SHA-256 {archive['sha256']})")
+    return f"dataset archive {archive['archive']} ({archive['bytes']:,} bytes, SHA-256 {archive['sha256']})"

@@ -36,8 +36,9 @@ class Run:
         self.args = args
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as out:
+            environment = {**_terminal_env(), **(env or {}), TAG: self.tag}
             self.process = subprocess.Popen(args, cwd=config.PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True, env={**_terminal_env(), **(env or {}), TAG: self.tag})
+                                            start_new_session=True, env=environment)
 
     @property
     def output(self) -> str:

@@ -76,20 +76,23 @@ def _folder(tmp_path, classes, extra=None):
 def test_a_missing_class_folder_is_named(tmp_path):
     root = _folder(tmp_path, labels.CLASSES[:-1])
     with pytest.raises(KvasirError, match="missing from the dataset .*: ulcerative-colitis"):
-        layout.find_class_root(root, labels.CLASSES)
+        layout.find_classes(root, labels.CLASSES)
 
 
 def test_an_archive_of_something_else_is_named(tmp_path):
     (tmp_path / "x" / "cats").mkdir(parents=True)
-    with pytest.raises(KvasirError, match="no class folder .* is this a Kvasir v2 archive"):
-        layout.find_class_root(tmp_path / "x", labels.CLASSES)
+    (tmp_path / "x" / "cats" / "tom.jpg").write_bytes(_jpeg())
+    (tmp_path / "x" / "dogs").mkdir(parents=True)
+    (tmp_path / "x" / "dogs" / "rex.jpg").write_bytes(_jpeg())
+    with pytest.raises(KvasirError, match="no class folder .* is data.url the dataset this profile describes"):
+        layout.find_classes(tmp_path / "x", labels.CLASSES)
 
 
 def test_corrupt_images_are_reported_by_path_and_other_files_ignored(tmp_path):
     root = _folder(tmp_path, labels.CLASSES, extra={"polyps/notes.txt": b"hi", "polyps/._a.jpg": b"apple",
                                                    "polyps/broken.jpg": _jpeg((640, 480))[:300]})
-    class_root = layout.find_class_root(root, labels.CLASSES)
-    images = layout.scan_images(class_root, labels.CLASSES)
+    found = layout.find_classes(root, labels.CLASSES)
+    class_root, images = found.root, found.images
     assert len(images) == 17 and "polyps/notes.txt" not in set(images["path"])
     manifest, _ = cache.build_cache(class_root, images, tmp_path / "cache", 32, workers=1, progress=False)
     check = cache.check_dataset(manifest, labels.CLASSES, expected_per_class=2)
@@ -102,8 +105,8 @@ def test_corrupt_images_are_reported_by_path_and_other_files_ignored(tmp_path):
 
 
 def test_cache_resizes_short_side_and_is_reused(tmp_path):
-    root = layout.find_class_root(_folder(tmp_path, labels.CLASSES), labels.CLASSES)
-    images = layout.scan_images(root, labels.CLASSES)
+    found = layout.find_classes(_folder(tmp_path, labels.CLASSES), labels.CLASSES)
+    root, images = found.root, found.images
     first, _ = cache.build_cache(root, images, tmp_path / "cache", 40, workers=1, progress=False)
     with Image.open(tmp_path / "cache" / "polyps" / "b.jpg") as im:
         assert im.size == (50, 40)
@@ -144,8 +147,8 @@ def test_generated_archive_is_deterministic_and_kvasir_shaped(tmp_path):
 def test_a_rerun_with_skip_after_the_unreadable_image_error_checks_the_dataset(tmp_path):
     # The error message's remedy (data.on_unreadable=skip) reruns on the manifest read back from disk.
     root = _folder(tmp_path, labels.CLASSES, extra={"polyps/broken.jpg": _jpeg((640, 480))[:300]})
-    class_root = layout.find_class_root(root, labels.CLASSES)
-    images = layout.scan_images(class_root, labels.CLASSES)
+    found = layout.find_classes(root, labels.CLASSES)
+    class_root, images = found.root, found.images
     first, _ = cache.build_cache(class_root, images, tmp_path / "cache", 32, workers=1, progress=False)
     with pytest.raises(KvasirError, match="data.on_unreadable=skip"):
         cache.usable_images(first, "error")
@@ -168,7 +171,7 @@ def test_the_cache_is_keyed_by_everything_that_changes_its_bytes(tmp_path):
     from kvasir_utils import profiles
 
     root = _noisy_folder(tmp_path)
-    images = layout.scan_images(root, labels.CLASSES)
+    images = layout.find_classes(root, labels.CLASSES).images
     overrides = [f"paths.data={tmp_path / 'data'}"]
     folders = {q: prepare.cache_dir(profiles.load_profile("smoke", [*overrides, f"cache.quality={q}"]))
                for q in (95, 50)}

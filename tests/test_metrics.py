@@ -1,7 +1,13 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    matthews_corrcoef,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from kvasir_utils.analysis import labels, metrics, paper
 
@@ -92,3 +98,48 @@ def test_side_by_side_shows_paper_this_run_and_difference():
     both = paper.side_by_side(ours, paper.TABLE1)
     assert both.loc["Polyps", ("Recall", "difference")] == pytest.approx(0.9 - 0.9234)
     assert list(both["Recall"].columns) == ["paper", "run", "difference"]
+
+
+def test_macro_and_micro_precision_recall_f1_and_mcc_by_hand():
+    # 3 classes, 8 images: the specificity example above
+    y_true = [0, 0, 0, 1, 1, 2, 2, 2]
+    y_pred = [0, 0, 1, 0, 1, 2, 2, 1]
+    table = metrics.summary_table(y_true, y_pred, ["a", "b", "c"])
+    assert list(table.index) == ["Macro", "Micro"] and list(table.columns) == ["Precision", "Recall", "F1-Score", "MCC"]
+    assert table.loc["Micro", ["Precision", "Recall", "F1-Score"]].to_numpy() == pytest.approx([5 / 8] * 3)
+    assert table.loc["Macro", "Precision"] == pytest.approx((2 / 3 + 1 / 3 + 1) / 3)
+    assert table.loc["Macro", "Recall"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    # class a one-vs-rest: TP 2, FP 1, FN 1, TN 4 -> (8 - 1) / sqrt(3 * 3 * 5 * 5)
+    mcc_a = (2 * 4 - 1 * 1) / np.sqrt(3 * 3 * 5 * 5)
+    mcc_b = (1 * 4 - 2 * 1) / np.sqrt(3 * 2 * 6 * 5)
+    mcc_c = (2 * 5 - 0 * 1) / np.sqrt(2 * 3 * 6 * 5)
+    assert table.loc["Macro", "MCC"] == pytest.approx((mcc_a + mcc_b + mcc_c) / 3)
+    # pooled: TP 5, FP 3, FN 3, TN 13 (8 images x 2 other classes - 3 wrong)
+    assert table.loc["Micro", "MCC"] == pytest.approx((5 * 13 - 3 * 3) / np.sqrt(8 * 8 * 16 * 16))
+    record = metrics.summary(np.array(y_true), np.eye(3)[y_pred], ["a", "b", "c"])
+    assert record["mcc"] == pytest.approx(matthews_corrcoef(y_true, y_pred)) and record["micro_f1"] == 5 / 8
+
+
+def test_small_classes_are_flagged_and_averages_never():
+    support = [30, 30, 30, 0, 30, 5, 30, 19]  # no normal-cecum, 5 normal-z-line, 19 ulcerative-colitis
+    y_true = np.repeat(np.arange(8), support)
+    table = metrics.flag_small_support(metrics.classification_table(y_true, y_true, CLASSES), min_support=20)
+    flagged = table.index[table["Note"] != ""].tolist()
+    assert flagged == ["Normal-cecum", "Normal-z-line", "Ulcerative-colitis"]
+    assert table.loc["Normal-z-line", "Note"] == "fewer than 20 images" and table.loc["Macro Avg", "Note"] == ""
+    assert metrics.small_classes(y_true, CLASSES, 20) == ["normal-cecum", "normal-z-line", "ulcerative-colitis"]
+    assert metrics.small_classes(y_true, CLASSES, 19) == ["normal-cecum", "normal-z-line"]
+
+
+def test_abbreviations_are_short_unique_and_keep_the_papers():
+    from kvasir_utils.data import synthetic_hyperkvasir
+
+    assert labels.abbreviations(CLASSES) == labels.ABBREVIATIONS
+    hyper = labels.abbreviations(synthetic_hyperkvasir.CLASS_NAMES)
+    assert len(set(hyper.values())) == 23 and max(len(a) for a in hyper.values()) <= 5
+    assert (hyper["polyps"], hyper["esophagitis-a"], hyper["bbps-2-3"], hyper["cecum"]) == ("POL", "EA", "B23", "CEC")
+    assert labels.abbreviations(synthetic_hyperkvasir.CLASS_NAMES[::-1]) == hyper  # order does not matter
+    clashing = labels.abbreviations(["retroflex-rectum", "rectal-resection", "x-1", "x1"])
+    assert len(set(clashing.values())) == 4
+    table = metrics.confusion_table([0, 1, 22], [0, 1, 21], synthetic_hyperkvasir.CLASS_NAMES)
+    assert table.shape == (23, 23) and list(table.columns) == list(hyper.values())

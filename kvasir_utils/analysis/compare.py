@@ -29,7 +29,7 @@ def comparison_table(cfg: Config) -> pd.DataFrame:
     parameters (millions), GFLOPs per image, training seconds and inference images per second."""
     rows = {}
     for model, (record, predictions) in read_evaluations(cfg).items():
-        ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.data.classes),
+        ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.classes),
                                   cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.eval.seed)
         reported = paper.MODELS.get(model, {})
         rows[model] = {
@@ -80,7 +80,7 @@ def masked_run_table1(cfg: Config, masked_cfg: Config) -> tuple[pd.DataFrame | N
             return None, f"{model}: the two runs were evaluated on different images (another split?)"
         masked_label = f"{masked_cfg.profile} ({masked_cfg.transforms.mask_overlays} masked)"
         for label, (_, predictions) in ((cfg.profile, mine[model]), (masked_label, theirs[model])):
-            table = metrics.classification_table(predictions["true"], predictions["pred"], cfg.data.classes)
+            table = metrics.classification_table(predictions["true"], predictions["pred"], cfg.classes)
             columns[(model, label)] = table["F1-Score"]
     return pd.DataFrame(columns), f"Table 1 F1 of {cfg.profile} and {masked_cfg.profile} side by side"
 

@@ -1,14 +1,22 @@
 """Table 1, Table 2, ROC-AUC, calibration, and the statistics beyond the paper on one run's
-predictions (bootstrap intervals, McNemar).
+predictions (bootstrap intervals, McNemar); macro and micro precision, recall, F1 and MCC (what
+HyperKvasir's paper reports), and classes with too few images for a stable number flagged.
+Every table is sized by the classes it is given.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    confusion_matrix,
+    f1_score,
+    matthews_corrcoef,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
-from kvasir_utils.analysis.labels import abbreviation, display_name
+from kvasir_utils.analysis.labels import abbreviations, display_name
 from kvasir_utils.errors import KvasirError
 
 TABLE1_COLUMNS = ["Precision", "Recall", "F1-Score", "Specificity", "Support"]
@@ -44,10 +52,56 @@ def classification_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame
 
 
 def confusion_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame:
-    """The paper's Table 2: counts, rows true and columns predicted, labelled DLP, DRM, ..."""
+    """The paper's Table 2: counts, rows true and columns predicted, labelled DLP, DRM, ...
+    (``labels.abbreviations`` of the classes)."""
     labels = np.arange(len(class_names))
-    names = [abbreviation(c) for c in class_names]
+    names = list(abbreviations(class_names).values())
     return pd.DataFrame(confusion_matrix(y_true, y_pred, labels=labels), index=names, columns=names)
+
+
+SMALL_SUPPORT_NOTE = "fewer than {} images"
+
+
+def flag_small_support(table: pd.DataFrame, min_support: int) -> pd.DataFrame:
+    """A per-class table (Table 1, with ``Support``) with a ``Note`` column that flags each class with
+    fewer than ``min_support`` images (``eval.min_support``): its numbers move by a large step with
+    each image, so they are not to be read to two decimals. Average rows are not flagged."""
+    averages = table.index.isin(["Macro Avg", "Weighted Avg"])
+    small = (table["Support"] < min_support) & ~averages
+    return table.assign(Note=np.where(small, SMALL_SUPPORT_NOTE.format(min_support), ""))
+
+
+def small_classes(y_true, class_names: list[str], min_support: int) -> list[str]:
+    """The classes with fewer than ``min_support`` of the images ``y_true`` labels."""
+    support = np.bincount(np.asarray(y_true, int), minlength=len(class_names))
+    return [name for name, count in zip(class_names, support) if count < min_support]
+
+
+def _one_vs_rest_mcc(tp, fp, fn, tn) -> np.ndarray:
+    tp, fp, fn, tn = (np.asarray(v, float) for v in (tp, fp, fn, tn))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        return np.where(denom > 0, (tp * tn - fp * fn) / denom, 0.0)
+
+
+def summary_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame:
+    """Macro and micro averaged precision, recall, F1 and MCC (rows ``Macro``, ``Micro``), as
+    HyperKvasir's paper reports them. Macro: the mean over classes of each class's one-vs-rest
+    number; micro: the number of the pooled one-vs-rest decisions (for one label an image, micro
+    precision, recall and F1 all equal accuracy). ``mcc`` in ``summary`` is the multi-class MCC."""
+    labels = np.arange(len(class_names))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    tp = np.diag(cm)
+    fp, fn = cm.sum(axis=0) - tp, cm.sum(axis=1) - tp
+    tn = cm.sum() - tp - fp - fn
+    rows = {}
+    for average in ("macro", "micro"):
+        precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average,
+                                                                   zero_division=0)
+        mcc = _one_vs_rest_mcc(tp, fp, fn, tn).mean() if average == "macro" else \
+            float(_one_vs_rest_mcc(tp.sum(), fp.sum(), fn.sum(), tn.sum()))
+        rows[average.capitalize()] = {"Precision": precision, "Recall": recall, "F1-Score": f1, "MCC": mcc}
+    return pd.DataFrame(rows).T.astype(float)
 
 
 def accuracy(y_true, y_pred) -> float:
@@ -71,8 +125,15 @@ def summary(y_true, probs: np.ndarray, class_names: list[str]) -> dict:
     """The headline numbers, as written to metrics.json."""
     y_pred = probs.argmax(1)
     auc = roc_auc_table(y_true, probs, class_names)
+    averages = summary_table(y_true, y_pred, class_names)
     return {
         "accuracy": accuracy(y_true, y_pred),
+        "macro_precision": float(averages.loc["Macro", "Precision"]),
+        "macro_recall": float(averages.loc["Macro", "Recall"]),
+        "micro_f1": float(averages.loc["Micro", "F1-Score"]),
+        "mcc": float(matthews_corrcoef(y_true, y_pred)),
+        "macro_mcc": float(averages.loc["Macro", "MCC"]),
+        "micro_mcc": float(averages.loc["Micro", "MCC"]),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=range(len(class_names)), zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", labels=range(len(class_names)),
                                       zero_division=0)),

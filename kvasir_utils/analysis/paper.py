@@ -58,6 +58,14 @@ MODELS = {
 
 # What the paper reports per model: only ResNet50 has per-class tables.
 REPORTED = {"resnet50": {"table1": TABLE1, "table2": TABLE2, "roc_auc": pd.Series(ROC_AUC, name="ROC-AUC").to_frame()}}
+
+
+def reported(model: str, classes: list[str]) -> dict:
+    """The paper's tables for ``model`` where they can stand beside a run's: only a run on Kvasir
+    v2's eight classes (or data shaped like them) is compared with them; {} for any other classes."""
+    return REPORTED.get(model, {}) if list(classes) == CLASSES else {}
+
+
 # Section 4.1: "a 2.5% accuracy improvement during fine-tuning".
 FINE_TUNING_GAIN = 0.025
 @dataclass(frozen=True)
@@ -165,20 +173,46 @@ def consistency_notes() -> list[str]:
     return notes
 
 
-# What to cite, and the dataset's terms (shown where the data is downloaded and on the index page).
-CITATIONS = [
+# What to cite, and each dataset's terms (shown where the data is downloaded and on the index page),
+# keyed by data.dataset.
+PAPER_CITATION = (
     "Cruz, A. (2025). Advanced Classification of Gastrointestinal Endoscopy Images Using Transfer Learning "
-    "with ResNet50 on the Kvasir v2 Dataset. (The paper this study reproduces.)",
-    "Pogorelov, K., Randel, K. R., Griwodz, C., Eskeland, S. L., de Lange, T., Johansen, D., Spampinato, C., "
-    "Dang-Nguyen, D.-T., Lux, M., Schmidt, P. T., Riegler, M., & Halvorsen, P. (2017). KVASIR: A Multi-Class "
-    "Image Dataset for Computer Aided Gastrointestinal Disease Detection. Proceedings of the 8th ACM Multimedia "
-    "Systems Conference (MMSys '17), 164-169. doi:10.1145/3083187.3083212. (The dataset.)",
-]
-
-
-DATASET_TERMS = (
-    "Kvasir v2 terms of use (Simula): the dataset may be used for research and educational purposes only; "
-    "any publication or presentation of results that uses it must cite the Kvasir paper (Pogorelov et al., "
+    "with ResNet50 on the Kvasir v2 Dataset. (The paper this study reproduces.)")
+DATASET_CITATIONS = {
+    "kvasir-v2": "Pogorelov, K., Randel, K. R., Griwodz, C., Eskeland, S. L., de Lange, T., Johansen, D., "
+    "Spampinato, C., Dang-Nguyen, D.-T., Lux, M., Schmidt, P. T., Riegler, M., & Halvorsen, P. (2017). KVASIR: A "
+    "Multi-Class Image Dataset for Computer Aided Gastrointestinal Disease Detection. Proceedings of the 8th ACM "
+    "Multimedia Systems Conference (MMSys '17), 164-169. doi:10.1145/3083187.3083212. (The dataset.)",
+    "hyper-kvasir": "Borgli, H., Thambawita, V., Smedsrud, P. H., Hicks, S., Jha, D., Eskeland, S. L., Randel, K. R., "
+    "Pogorelov, K., Lux, M., Nguyen, D. T. D., Johansen, D., Griwodz, C., Stensland, H. K., Garcia-Ceja, E., "
+    "Schmidt, P. T., Hammer, H. L., Riegler, M. A., Halvorsen, P., & de Lange, T. (2020). HyperKvasir, a "
+    "comprehensive multi-class image and video dataset for gastrointestinal endoscopy. Scientific Data, 7, 283. "
+    "doi:10.1038/s41597-020-00622-y. (The dataset.)",
+}
+TERMS = {
+    "kvasir-v2": "Kvasir v2 terms of use (Simula): the dataset may be used for research and educational purposes "
+    "only; any publication or presentation of results that uses it must cite the Kvasir paper (Pogorelov et al., "
     "MMSys 2017); commercial use needs the data owners' permission. Read the terms on the dataset's page, "
-    "https://datasets.simula.no/kvasir/, before you download."
-)
+    "https://datasets.simula.no/kvasir/, before you download.",
+    "hyper-kvasir": "HyperKvasir terms (Simula): its licence file gives the dataset under Creative Commons "
+    "Attribution 4.0 International (CC BY 4.0), and its README asks for the data owners' permission before any "
+    "commercial use; any publication or presentation of results that uses it must cite the HyperKvasir paper "
+    "(Borgli et al., Scientific Data 7, 283, 2020). Read the terms on the dataset's page, "
+    "https://datasets.simula.no/hyper-kvasir/, before you download.",
+    "other": "Your own data (data.dataset: other): its terms of use and how to cite it are for you to check; "
+    "the study adds none.",
+}
+
+
+def citations(dataset: str = "kvasir-v2") -> list[str]:
+    """What a run on ``dataset`` (``data.dataset``) cites: the paper, and the dataset where it is a public one."""
+    return [PAPER_CITATION, *([DATASET_CITATIONS[dataset]] if dataset in DATASET_CITATIONS else [])]
+
+
+def dataset_terms(dataset: str = "kvasir-v2") -> str:
+    """The terms of use of ``dataset`` (``data.dataset``), to print before it is downloaded."""
+    return TERMS[dataset]
+
+
+CITATIONS = citations("kvasir-v2")  # the paper's own dataset
+DATASET_TERMS = dataset_terms("kvasir-v2")

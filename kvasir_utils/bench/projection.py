@@ -40,7 +40,7 @@ from kvasir_utils.data.cache import build_cache
 from kvasir_utils.data.dataset import KvasirDataset, make_loader
 from kvasir_utils.data.extract import extract_archive
 from kvasir_utils.data.images import read_image
-from kvasir_utils.data.layout import find_class_root, scan_images
+from kvasir_utils.data.layout import find_classes
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import write_json_atomic
 from kvasir_utils.profiles import load_profile
@@ -78,8 +78,8 @@ def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40, ba
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         archive = synthetic.make_archive(tmp / "k.zip", classes, images_per_class, seed=0, large_fraction=0.1)
-        root = find_class_root(extract_archive(archive, tmp / "images", progress=False), classes)
-        images = scan_images(root, classes)
+        found = find_classes(extract_archive(archive, tmp / "images", progress=False), classes)
+        root, images = found.root, found.images
         start = time.perf_counter()
         build_cache(root, images, tmp / "cache", cfg.cache.short_side, progress=False)
         results["cache_build_images_per_s"] = len(images) / (time.perf_counter() - start)

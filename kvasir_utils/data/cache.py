@@ -171,8 +171,9 @@ class DatasetCheck:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_dataset(manifest: pd.DataFrame, classes: list[str], expected_per_class: int) -> DatasetCheck:
-    """Images per class and resolutions; unreadable images and unusual counts are reported."""
+def check_dataset(manifest: pd.DataFrame, classes: list[str], expected_per_class: int | None) -> DatasetCheck:
+    """Images per class and resolutions; unreadable images and unusual counts (when a count is
+    expected: None for an imbalanced dataset) are reported."""
     readable = manifest[manifest["error"] == ""]
     counts = readable.groupby("label").size().reindex(classes, fill_value=0).rename("images").reset_index()
     resolutions = (
@@ -181,7 +182,7 @@ def check_dataset(manifest: pd.DataFrame, classes: list[str], expected_per_class
     )
     warnings = [
         f"class {row.label!r} has {row.images} readable images, expected about {expected_per_class}"
-        for row in counts.itertuples() if row.images != expected_per_class
+        for row in counts.itertuples() if expected_per_class is not None and row.images != expected_per_class
     ]
     empty = counts.loc[counts["images"] == 0, "label"].tolist()
     if empty:

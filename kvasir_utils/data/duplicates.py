@@ -28,15 +28,24 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int = NEAR_DUPLICATE_
 
     Compared a block of rows at a time (about 65 MB for 8,000 images), not a Python loop over pairs.
     """
-    hashes = np.asarray(hashes, np.uint64)
+    return _close_pairs(hashes, hashes, max_distance, within=True)
+
+
+def cross_pairs(first: np.ndarray, second: np.ndarray, max_distance: int = NEAR_DUPLICATE_DISTANCE) -> pd.DataFrame:
+    """Every pair (``i`` of ``first``, ``j`` of ``second``) within ``max_distance`` bits: frames of one
+    dataset with a near-identical frame in another."""
+    return _close_pairs(first, second, max_distance, within=False)
+
+
+def _close_pairs(first: np.ndarray, second: np.ndarray, max_distance: int, within: bool) -> pd.DataFrame:
+    first, second = np.asarray(first, np.uint64), np.asarray(second, np.uint64)
     found = []
-    for start in range(0, len(hashes), _PAIR_BLOCK):
-        rows = hashes[start:start + _PAIR_BLOCK]
-        distance = np.bitwise_count(rows[:, None] ^ hashes[None, :])
+    for start in range(0, len(first), _PAIR_BLOCK):
+        rows = first[start:start + _PAIR_BLOCK]
+        distance = np.bitwise_count(rows[:, None] ^ second[None, :])
         i, j = np.nonzero(distance <= max_distance)
-        i += start
-        keep = j > i
-        found.append(pd.DataFrame({"i": i[keep], "j": j[keep], "distance": distance[i[keep] - start, j[keep]]}))
+        keep = j > i + start if within else np.ones(len(i), bool)
+        found.append(pd.DataFrame({"i": i[keep] + start, "j": j[keep], "distance": distance[i[keep], j[keep]]}))
     if not found:
         return pd.DataFrame({"i": [], "j": [], "distance": []}, dtype=int)
     return pd.concat(found, ignore_index=True).astype(int)

@@ -1,4 +1,5 @@
-"""Unpacking an archive safely: no entry outside the target folder, no links, whole or not at all."""
+"""Unpacking an archive (zip, tar, tar.gz) safely: no entry outside the target folder, no links,
+whole or not at all."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -26,18 +28,51 @@ def check_member(info: zipfile.ZipInfo) -> None:
         raise KvasirError(f"refusing archive entry {info.filename!r}: it is a symbolic link")
 
 
+def check_tar_member(info: tarfile.TarInfo) -> None:
+    """Refuse tar entries that are links, devices or would land outside the target folder."""
+    parts = info.name.replace("\\", "/").split("/")
+    if info.name.startswith("/") or ".." in parts:
+        raise KvasirError(f"refusing unsafe archive entry {info.name!r}: it would be written outside the target folder")
+    if not (info.isfile() or info.isdir()):
+        raise KvasirError(f"refusing archive entry {info.name!r}: it is a link or a device, not a file")
+
+
+def _extract_tar(archive: Path, partial: Path, progress: bool) -> None:
+    with tarfile.open(archive) as tf:
+        members = tf.getmembers()
+        for info in members:
+            check_tar_member(info)
+        try:
+            for info in tqdm(members, desc="extract", unit="file", disable=not progress, mininterval=1):
+                tf.extract(info, partial, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            if is_disk_full(exc):
+                raise disk_full(partial, sum(info.size for info in members)) from None
+            raise KvasirError(f"{archive} is damaged ({exc}); delete it and run again") from exc
+
+
 def extract_archive(archive: Path, dest: Path, progress: bool = True) -> Path:
-    """Extract ``archive`` into ``dest`` safely; skipped when ``dest`` came from the same archive."""
+    """Extract ``archive`` (zip, or tar with any compression) into ``dest`` safely; skipped when
+    ``dest`` came from the same archive."""
     marker = {"archive": archive.name, "bytes": archive.stat().st_size}
     stamp = dest / ".extracted.json"
     if stamp.exists() and json.loads(stamp.read_text()) == marker:
         return dest
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if not zipfile.is_zipfile(archive) and tarfile.is_tarfile(archive):
+        try:
+            _extract_tar(archive, partial, progress)
+        except BaseException:  # interrupted or refused: no half-extracted folder is left to look finished
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return _finish(partial, dest, stamp, marker)
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as exc:
-        raise KvasirError(f"{archive} is not a readable zip archive ({exc}); delete it and run again") from exc
-    partial = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+        raise KvasirError(f"{archive} is not a readable zip archive ({exc}), nor a tar archive; delete it and "
+                          "run again") from exc
     with zf:
         members = zf.infolist()
         for info in members:
@@ -53,6 +88,11 @@ def extract_archive(archive: Path, dest: Path, progress: bool = True) -> Path:
         except BaseException:  # interrupted: no half-extracted folder is left to look finished
             shutil.rmtree(partial, ignore_errors=True)
             raise
+    return _finish(partial, dest, stamp, marker)
+
+
+def _finish(partial: Path, dest: Path, stamp: Path, marker: dict) -> Path:
+    partial.mkdir(parents=True, exist_ok=True)
     write_json_atomic(partial / stamp.name, marker)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(partial, dest)

@@ -1,7 +1,17 @@
-"""Where the classes are in an extracted dataset: the folder that holds the class folders, and their images."""
+"""Where the classes are in a dataset's folder tree: every folder that holds images and no folder
+with images below it is a class (named by the folder), at any depth; ``data.classes`` selects and
+orders them, or, left empty, every one found is a class. Kvasir v2 is one level
+(``kvasir-dataset-v2/<class>/``), HyperKvasir four (``labeled-images/<tract>/<kind>/<class>/``).
+
+Image paths are given relative to the deepest folder that holds every class folder, so one
+dataset's paths do not depend on where it was unpacked or which classes a profile selects.
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -9,33 +19,123 @@ import pandas as pd
 from kvasir_utils.errors import KvasirError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+SKIPPED_FOLDERS = {"__MACOSX"}  # macOS resource forks in zips: never data
+EXAMPLES = 5
 
 
-def find_class_root(extracted: Path, classes: list[str], max_depth: int = 3) -> Path:
-    """The folder under ``extracted`` that holds the class folders; a missing class is an error."""
-    candidates = [extracted]
-    frontier = [extracted]
-    for _ in range(max_depth):
-        frontier = [d for parent in frontier for d in sorted(parent.iterdir()) if d.is_dir()]
-        candidates += frontier
-    best = max(candidates, key=lambda d: sum((d / c).is_dir() for c in classes))
-    missing = [c for c in classes if not (best / c).is_dir()]
+@dataclass
+class ClassFolders:
+    """A dataset's class folders and their images (``path`` relative to ``root``, ``label``)."""
+
+    root: Path
+    classes: list[str]  # the run's classes, in table order
+    images: pd.DataFrame  # images of those classes
+    other_images: pd.DataFrame  # images of class folders the profile does not select
+    strays: list[str] = field(default_factory=list)  # images outside any class folder, left out
+    ignored_files: list[str] = field(default_factory=list)  # files that are not images (CSV, text, ...)
+
+
+def is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+
+
+def _walk(top: Path):
+    """(folder, subfolders, image names, other file names) under ``top``, in sorted order, without
+    hidden folders and macOS resource forks."""
+    for folder, subfolders, files in os.walk(top):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d not in SKIPPED_FOLDERS)
+        names = sorted(f for f in files if not f.startswith("."))
+        yield Path(folder), subfolders, [f for f in names if is_image(f)], [f for f in names if not is_image(f)]
+
+
+def _tree(top: Path) -> tuple[dict[Path, list[str]], list[Path], list[str]]:
+    """Folders holding images directly ({folder: names}), folders with neither images nor
+    subfolders, and files that are not images (relative to ``top``)."""
+    holding, empty, others = {}, [], []
+    for folder, subfolders, images, other in _walk(top):
+        if images:
+            holding[folder] = images
+        elif not subfolders:
+            empty.append(folder)
+        others += [(folder / name).relative_to(top).as_posix() for name in other]
+    return holding, empty, others
+
+
+def _examples(items: list[str]) -> str:
+    more = f" and {len(items) - EXAMPLES} more" if len(items) > EXAMPLES else ""
+    return ", ".join(items[:EXAMPLES]) + more
+
+
+def find_classes(top: Path, classes: list[str], on_stray: str = "error") -> ClassFolders:
+    """The class folders under ``top`` (a folder used in place, or an extracted archive), the
+    images of the ``classes`` selected (every class found when empty), and what lies beside them.
+
+    Errors name the folder and the remedy: no image at all, a class named twice, a class the
+    profile names that is missing (with the nearest names found) or holds no image, and images
+    outside any class folder unless ``on_stray`` is ``skip``."""
+    if not top.is_dir():
+        raise KvasirError(f"the dataset folder {top} does not exist: check data.url")
+    holding, empty, ignored = _tree(top)
+    above = {parent for folder in holding for parent in folder.relative_to(top).parents}
+    leaves = [f for f in holding if f.relative_to(top) not in above]
+    if not leaves:
+        raise KvasirError(f"no image ({', '.join(sorted(IMAGE_SUFFIXES))}) found anywhere under {top}: "
+                          "data.url must be a folder (or archive) of class folders that hold the images")
+    root = Path(os.path.commonpath(leaves)) if len(leaves) > 1 else leaves[0].parent
+    _check_unique_names(leaves, top)
+    by_name = {leaf.name: leaf for leaf in leaves}
+    strays = [(f / name).relative_to(top).as_posix() for f in holding if f not in leaves for name in holding[f]]
+    empty = [f for f in empty if f.is_relative_to(root) and f != root]
+    selected = _select(classes, by_name, empty, top)
+    _check_strays(strays, top, on_stray)
+    rows = [((leaf / name).relative_to(root).as_posix(), leaf.name) for leaf in leaves for name in holding[leaf]]
+    found = pd.DataFrame(rows, columns=["path", "label"])
+    chosen = found["label"].isin(selected)
+    order = found.loc[chosen, "label"].map({name: i for i, name in enumerate(selected)})
+    images = found[chosen].iloc[order.to_numpy().argsort(kind="stable")].reset_index(drop=True)
+    return ClassFolders(root, selected, images, found[~chosen].reset_index(drop=True), strays, ignored)
+
+
+def _check_unique_names(leaves: list[Path], top: Path) -> None:
+    seen: dict[str, Path] = {}
+    for leaf in leaves:
+        if leaf.name in seen:
+            raise KvasirError(f"two class folders are named {leaf.name!r}: {seen[leaf.name].relative_to(top)} and "
+                              f"{leaf.relative_to(top)} (a class is named by its folder): rename one")
+        seen[leaf.name] = leaf
+
+
+def _select(classes: list[str], by_name: dict[str, Path], empty: list[Path], top: Path) -> list[str]:
+    """The profile's classes, checked against the class folders found; all of them when none are named."""
+    empty_names = {f.name: f for f in empty}
+    if not classes:
+        if empty:
+            names = _examples([f.relative_to(top).as_posix() for f in empty])
+            raise KvasirError(f"folder(s) without any image in {top}: {names}. An empty class folder would be a "
+                              "class without images: add its images, delete it, or list the classes in data.classes")
+        if len(by_name) < 2:
+            raise KvasirError(f"only one class folder ({', '.join(by_name)}) found in {top}: a classifier needs at "
+                              "least two; data.url must be the folder that holds the class folders")
+        return list(by_name)
+    hollow = [c for c in classes if c not in by_name and c in empty_names]
+    if hollow:
+        raise KvasirError(f"class folder(s) named in data.classes hold no image: "
+                          f"{', '.join(empty_names[c].relative_to(top).as_posix() for c in hollow)}. Add their "
+                          "images, or remove them from data.classes")
+    missing = [c for c in classes if c not in by_name]
     if len(missing) == len(classes):
-        found = sorted(d.name for d in extracted.iterdir())
-        raise KvasirError(
-            f"no class folder of {classes} found in {extracted} (it holds {found}); "
-            "is this a Kvasir v2 archive?"
-        )
+        raise KvasirError(f"no class folder of {classes} found in {top} (it holds the class folders "
+                          f"{_examples(list(by_name))}): is data.url the dataset this profile describes?")
     if missing:
-        raise KvasirError(f"class folder(s) missing from the dataset at {best}: {', '.join(missing)}")
-    return best
+        hints = [f"{c} (did you mean {', '.join(near)}?)" if (near := difflib.get_close_matches(c, by_name, 2, 0.6))
+                 else c for c in missing]
+        raise KvasirError(f"class folder(s) missing from the dataset at {top}: {'; '.join(hints)}. Name the "
+                          "classes as their folders are named in data.classes, or [] for every folder found")
+    return list(classes)
 
 
-def scan_images(root: Path, classes: list[str]) -> pd.DataFrame:
-    """Image files per class folder (``path`` relative to ``root``, ``label``); other files ignored."""
-    rows = []
-    for label in classes:
-        for file in sorted((root / label).rglob("*")):
-            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
-                rows.append((file.relative_to(root).as_posix(), label))
-    return pd.DataFrame(rows, columns=["path", "label"])
+def _check_strays(strays: list[str], top: Path, on_stray: str) -> None:
+    if strays and on_stray == "error":
+        raise KvasirError(f"{len(strays)} image(s) in {top} lie outside any class folder (in a folder that also holds "
+                          f"class folders): {_examples(strays)}. Move each into its class folder or delete it, or set "
+                          "data.on_stray=skip to leave them out")

@@ -1,5 +1,6 @@
-"""Getting the dataset archive: HTTP with resume, local files, size and SHA-256 checks, and the
-archive's record (where it came from, its size and SHA-256, computed once).
+"""Getting the dataset: an archive over HTTP with resume or from a local file, with size and
+SHA-256 checks and its record (where it came from, its size and SHA-256, computed once), or a
+local folder used in place, recorded by a fingerprint of its images' content.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
+from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import disk_full, is_disk_full, sha256_file, write_json_atomic
+from kvasir_utils.io import disk_full, is_disk_full, sha256_file, sha256_text, write_json_atomic
 
 _CHUNK = 1 << 20
 
@@ -26,13 +28,58 @@ class DownloadError(KvasirError):
     """One address failed; the caller may try the next one."""
 
 
+ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip")
+
+
 def _local_source(url: str) -> Path | None:
+    """The local file or folder ``url`` names (a relative path is taken from the project, as
+    ``paths.*`` are: notebooks run in ``notebooks/``), or None for a network address."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if len(parsed.scheme) <= 1:  # a plain path (or a Windows drive letter)
-        return Path(url).expanduser()
+        path = Path(url).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
     return None
+
+
+def source_name(url: str) -> str:
+    """The file or folder name an address ends in (``.../kvasir-dataset-v2.zip`` -> ``kvasir-dataset-v2.zip``)."""
+    local = _local_source(url)
+    return local.resolve().name if local is not None else Path(unquote(urlparse(url).path)).name
+
+
+def archive_stem(name: str) -> str:
+    """An archive's name without its archive suffixes (``x.tar.gz`` -> ``x``)."""
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def local_folder(url: str) -> Path | None:
+    """The folder ``url`` names when it is a local folder (used in place), else None. A local path
+    that does not exist is an error here, once, rather than a failed copy later."""
+    local = _local_source(url)
+    if local is None:
+        return None
+    if local.is_dir():
+        return local.resolve()
+    if not local.exists():
+        raise KvasirError(f"data.url is {url}, and {local} does not exist (neither a folder nor an archive file). "
+                          "Give the path of a folder of class folders, or of a .zip or .tar.gz archive, or an "
+                          "http(s):// address")
+    return None
+
+
+def folder_record(folder: Path, manifest) -> dict:
+    """A folder used in place, recorded as an archive is (name, source, bytes, SHA-256): ``sha256``
+    is that of its images' list and content (each image's path and SHA-256, from the cache's
+    manifest), so the same images give the same value wherever the folder is."""
+    listing = manifest[["path", "source_sha256"]].sort_values("path").to_csv(index=False, header=False)
+    return {"archive": f"{folder.name}/", "kind": "folder", "source": str(folder),
+            "bytes": int(manifest["bytes"].sum()), "images": int(len(manifest)), "sha256": sha256_text(listing),
+            "sha256_of": "the sorted list of (image path, SHA-256 of the image file), one CSV line each"}
 
 
 def verify_archive(path: Path, size: int | None, sha256: str | None) -> None:

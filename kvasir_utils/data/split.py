@@ -1,4 +1,5 @@
-"""The stratified train/validation split, as the manifest every later step reads (split.csv)."""
+"""The stratified train/validation split (one split, or one fold of k), as the manifest every
+later step reads (split.csv); a split from a file is ``split_file``'s."""
 
 from __future__ import annotations
 
@@ -13,13 +14,25 @@ from kvasir_utils.io import write_csv_atomic
 SPLIT_COLUMNS = ["path", "label", "split"]
 
 
-def make_split(images: pd.DataFrame, val_fraction: float, seed: int, groups=None) -> pd.DataFrame:
+def fold_count(val_fraction: float, why: str) -> int:
+    """k for a validation share of 1/k; another share is an error that says ``why`` k folds are needed."""
+    folds_count = round(1 / val_fraction)
+    if folds_count < 2 or abs(1 / folds_count - val_fraction) > 1e-9:
+        raise KvasirError(f"{why} needs split.val_fraction = 1/k (0.5, 0.25, 0.2, 0.1, ...), got {val_fraction}: "
+                          "the split takes one of k folds as validation")
+    return folds_count
+
+
+def make_split(images: pd.DataFrame, val_fraction: float, seed: int, groups=None, fold: int | None = None
+               ) -> pd.DataFrame:
     """Stratified train/val split; the same images and seed give the same split.
 
+    ``fold`` (``split.validation_fold``) makes fold ``fold`` of k = 1 / val_fraction stratified
+    folds validation (k-fold cross-validation, one run per fold); None is the paper's single split.
     ``groups`` (one id per row of ``images``, e.g. near-duplicate groups) keeps every group on one
     side: scikit-learn's StratifiedGroupKFold with k = round(1 / val_fraction) folds, the first
-    fold being validation, so the validation share is 1/k (0.2 for the paper's 80/20)."""
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+    fold (or fold ``fold``) being validation, so the validation share is 1/k (0.2 for the paper's 80/20)."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
     order = images["path"].to_numpy().argsort(kind="stable")
     ordered = images.iloc[order].reset_index(drop=True)
@@ -27,17 +40,23 @@ def make_split(images: pd.DataFrame, val_fraction: float, seed: int, groups=None
     too_small = too_small[too_small < 2]
     if len(too_small):
         raise KvasirError(f"class(es) with fewer than 2 images cannot be split: {', '.join(too_small.index)}")
-    if groups is None:
+    if groups is None and fold is None:
         _, val_index = train_test_split(
             ordered.index, test_size=val_fraction, random_state=seed, stratify=ordered["label"]
         )
     else:
-        folds_count = round(1 / val_fraction)
-        if folds_count < 2 or abs(1 / folds_count - val_fraction) > 1e-9:
-            raise KvasirError(f"split.group_near_duplicates needs split.val_fraction = 1/k (0.5, 0.25, 0.2, 0.1, ...), "
-                              f"got {val_fraction}: the grouped split takes one of k folds as validation")
-        folds = StratifiedGroupKFold(n_splits=folds_count, shuffle=True, random_state=seed)
-        _, val_index = next(folds.split(ordered.index, ordered["label"], groups=np.asarray(groups)[order]))
+        why = "split.group_near_duplicates" if groups is not None else "split.validation_fold"
+        folds_count = fold_count(val_fraction, why)
+        if (fold or 0) >= folds_count:
+            raise KvasirError(f"split.validation_fold is {fold}, and split.val_fraction {val_fraction} makes "
+                              f"{folds_count} folds: choose 0 to {folds_count - 1}")
+        if groups is None:
+            folds = StratifiedKFold(n_splits=folds_count, shuffle=True, random_state=seed).split(
+                ordered.index, ordered["label"])
+        else:
+            folds = StratifiedGroupKFold(n_splits=folds_count, shuffle=True, random_state=seed).split(
+                ordered.index, ordered["label"], groups=np.asarray(groups)[order])
+        _, val_index = list(folds)[fold or 0]
     split = ordered.assign(split="train")
     split.loc[val_index, "split"] = "val"
     _check_sides(split, val_fraction)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import shutil
 import uuid
 import zipfile
 from pathlib import Path
@@ -24,7 +26,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from kvasir_utils.data.overlays import GUIDE_BOX, GUIDE_BOX_RGB, TEXT_REGION, region_pixels
-from kvasir_utils.io import atomic_path
+from kvasir_utils.io import atomic_path, write_bytes_atomic
 
 ARCHIVE_TOP = "kvasir-dataset-v2"
 # Bumped whenever the generator draws other images, so an archive made by an older version (its
@@ -81,8 +83,9 @@ def _lighting(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.nd
     return np.clip(1.0 + 0.5 * field, 0.3, 1.8) * (1.0 - 0.9 * lumen)
 
 
-def make_image(rng: np.random.Generator, class_index: int, size: tuple[int, int]) -> Image.Image:
-    """One endoscopy-like RGB image of ``size`` (width, height) carrying class ``class_index``'s cue."""
+def make_image(rng: np.random.Generator, cue, size: tuple[int, int]) -> Image.Image:
+    """One endoscopy-like RGB image of ``size`` (width, height) carrying a class's cue: an index into
+    ``CUES`` (class ``i`` of a Kvasir-shaped archive has cue ``i``), or a (colour, shape) pair."""
     width, height = size
     small_w, small_h = max(width // 8, 8), max(height // 8, 8)
     yy, xx = np.mgrid[0:small_h, 0:small_w].astype(np.float32)
@@ -93,7 +96,7 @@ def make_image(rng: np.random.Generator, class_index: int, size: tuple[int, int]
     shade = 1.0 + 0.15 * rng.standard_normal((small_h, small_w, 1)).astype(np.float32)
     img = tissue * shade * _lighting(rng, xx, yy)[..., None]
 
-    color, shape = CUES[class_index % len(CUES)]
+    color, shape = CUES[cue % len(CUES)] if isinstance(cue, int | np.integer) else cue
     bx, by = cx + rng.uniform(-0.2, 0.2) * small_w, cy + rng.uniform(-0.2, 0.2) * small_h
     blob_r = rng.uniform(0.22, 0.32) * min(small_w, small_h)
     dist = np.hypot(xx - bx, yy - by) / blob_r
@@ -116,7 +119,7 @@ def make_image(rng: np.random.Generator, class_index: int, size: tuple[int, int]
     return Image.fromarray(pixels)
 
 
-def _shift(pixels: np.ndarray, dx: int, dy: int) -> np.ndarray:
+def shift(pixels: np.ndarray, dx: int, dy: int) -> np.ndarray:
     """``pixels`` moved by (dx, dy), black where nothing moved in, as the scene moves between video frames."""
     height, width = pixels.shape[:2]
     moved = np.zeros_like(pixels)
@@ -155,7 +158,7 @@ def draw_overlays(image: Image.Image, guide_box: bool, marker: float, caption: s
     return framed
 
 
-def _class_plan(seed: int, class_index: int, name: str, images_per_class: int) -> pd.DataFrame:
+def class_plan(seed: int, class_index: int, name: str, images_per_class: int) -> pd.DataFrame:
     """Which frames of one class get the box, which are copies of which, their names: from a stream of
     its own, so ``planted_traps`` can say it without drawing a single image."""
     rng = np.random.default_rng([seed, class_index, _PLAN_STREAM])
@@ -179,21 +182,47 @@ def _class_plan(seed: int, class_index: int, name: str, images_per_class: int) -
 
 def planted_traps(classes: list[str], images_per_class: int, seed: int = 0) -> pd.DataFrame:
     """What ``make_archive`` with the same arguments plants: one row per image in archive order, with
-    ``path`` (``<class>/<name>.jpg``, as ``data.scan_images`` names it), ``label``, ``guide_box`` and
+    ``path`` (``<class>/<name>.jpg``, as ``data.layout.find_classes`` names it), ``label``, ``guide_box`` and
     ``duplicate_of`` (the path of the frame it copies; missing for an original)."""
     plans = []
     for class_index, name in enumerate(classes):
-        plan = _class_plan(seed, class_index, name, images_per_class)
+        plan = class_plan(seed, class_index, name, images_per_class)
         source = plan["source"].to_numpy()
         plan["duplicate_of"] = [plan["path"].iat[s] if s >= 0 else None for s in source]
         plans.append(plan[["path", "label", "guide_box", "duplicate_of"]])
     return pd.concat(plans, ignore_index=True)
 
 
-def _jpeg(image: Image.Image, quality: int) -> bytes:
+def jpeg_bytes(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def class_frames(seed: int, stream: int, name: str, images_per_class: int, large_fraction: float, cue,
+                 caption: str = "KVASIR SYNTH"):
+    """One class's generated frames in order, as (``<name>/<uuid>.jpg``, JPEG bytes): drawn from the
+    random stream ``[seed, stream]`` with ``cue`` (an index into ``CUES``, or a (colour, shape) pair);
+    its plan (``class_plan``) says which are near-duplicate copies and which carry the guide box."""
+    rng = np.random.default_rng([seed, stream])
+    plan = class_plan(seed, stream, name, images_per_class)
+    sources, kept = set(plan["source"]), {}  # kept: scenes a later copy shifts; overlays stay put
+    for index, frame in enumerate(plan.itertuples()):
+        if frame.source < 0:
+            scene = make_image(rng, cue, _image_size(rng, large_fraction))
+            quality = JPEG_QUALITY
+        else:
+            scene = Image.fromarray(shift(np.asarray(kept[frame.source]), frame.dx, frame.dy))
+            quality = DUPLICATE_JPEG_QUALITY
+        if index in sources:
+            kept[index] = scene
+        text = f"{caption}\n2017-01-01\nID {seed:04d}\n#{index:04d}"
+        yield frame.path, jpeg_bytes(draw_overlays(scene, frame.guide_box, frame.marker, text), quality)
+
+
+def kvasir_frames(classes: list[str], images_per_class: int, seed: int, large_fraction: float):
+    for class_index, name in enumerate(classes):
+        yield from class_frames(seed, class_index, name, images_per_class, large_fraction, class_index)
 
 
 def make_archive(
@@ -210,21 +239,29 @@ def make_archive(
     """
     path = Path(path)
     with atomic_path(path, ".zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for class_index, name in enumerate(classes):
-            rng = np.random.default_rng([seed, class_index])
-            plan = _class_plan(seed, class_index, name, images_per_class)
-            sources, kept = set(plan["source"]), {}  # kept: scenes a later copy shifts; overlays stay put
-            for index, frame in enumerate(plan.itertuples()):
-                if frame.source < 0:
-                    scene = make_image(rng, class_index, _image_size(rng, large_fraction))
-                    quality = JPEG_QUALITY
-                else:
-                    scene = Image.fromarray(_shift(np.asarray(kept[frame.source]), frame.dx, frame.dy))
-                    quality = DUPLICATE_JPEG_QUALITY
-                if index in sources:
-                    kept[index] = scene
-                caption = f"KVASIR SYNTH\n2017-01-01\nID {seed:04d}\n#{index:04d}"
-                image = draw_overlays(scene, frame.guide_box, frame.marker, caption)
-                info = zipfile.ZipInfo(f"{top}/{frame.path}", date_time=_ZIP_DATE)
-                archive.writestr(info, _jpeg(image, quality))
+        for name, payload in kvasir_frames(classes, images_per_class, seed, large_fraction):
+            archive.writestr(zipfile.ZipInfo(f"{top}/{name}", date_time=_ZIP_DATE), payload)
     return path
+
+
+def write_tree(path: Path, files) -> Path:
+    """Write ``files`` ((relative path, bytes) pairs) as the folder ``path``, whole or not at all."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        for name, payload in files:
+            write_bytes_atomic(partial / name, payload)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(partial, path)
+    return path
+
+
+def make_folder(path: Path, classes: list[str], images_per_class: int, seed: int = 0,
+                large_fraction: float = 0.1) -> Path:
+    """The images ``make_archive`` zips, as a plain folder of class folders (``<path>/<class>/<uuid>.jpg``):
+    a dataset brought as a folder, not an archive."""
+    return write_tree(path, kvasir_frames(classes, images_per_class, seed, large_fraction))

@@ -4,6 +4,7 @@
     python -m kvasir_utils report --profile smoke
     python -m kvasir_utils makevars --profile smoke
     python -m kvasir_utils sweep smoke-seeds --set paths.runs=/tmp/runs
+    python -m kvasir_utils cross-evaluate --profile paper --target hyperkvasir
 
 Every failure ends with one line on stderr that says what went wrong, and a non-zero exit.
 """
@@ -65,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     add("docs", "write the tables of docs/ that are made from the code (the paper's readings)", profile=False)
     sweep_cmd = add("sweep", "run a sweep's members on Ray, then aggregate them (notebook 06)", profile=False)
     sweep_cmd.add_argument("sweep", help="sweep name (configs/sweeps/<name>.yaml) or path to a sweep file")
+    cross_cmd = add("cross-evaluate", "score the trained models of --profile on the dataset of --target")
+    cross_cmd.add_argument("--target", required=True, help="the profile whose dataset the models are scored on")
+    cross_cmd.add_argument("--mapping", default=None, help="class mapping file (default: configs/mappings/"
+                           "<target data.dataset>-to-<source data.dataset>.yaml)")
+    cross_cmd.add_argument("--model", default=None, help="one model of the run (default: every one)")
     return parser
 
 
@@ -130,6 +136,10 @@ def _dispatch(args) -> int:
         return run_sweep_command(args.sweep, args.overrides)
     elif args.command == "docs":
         print(f"wrote {write_readings_doc()}")
+    elif args.command == "cross-evaluate":
+        from kvasir_utils.run.cross_report import run_cross_evaluation
+
+        print(f"wrote {run_cross_evaluation(args.profile, args.target, args.overrides, args.mapping, args.model)}")
     return 0
 
 

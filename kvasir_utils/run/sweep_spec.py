@@ -23,7 +23,8 @@ from kvasir_utils.io import sha256_text
 from kvasir_utils.train import models
 
 SWEEP_DIR = config.CONFIG_DIR / "sweeps"
-SEED_SETTINGS = {"train.seed": ["train.seed"], "split.seed": ["split.seed"], "both": ["train.seed", "split.seed"]}
+SEED_SETTINGS = {"train.seed": ["train.seed"], "split.seed": ["split.seed"], "both": ["train.seed", "split.seed"],
+                 "split.validation_fold": ["split.validation_fold"]}
 
 
 class Resources(Section):
@@ -35,8 +36,9 @@ class SweepFile(Section):
     base: str = "paper"
     seeds: list[int] = Field([42], min_length=1)
     # train.seed: the validation set stays fixed and runs are paired by seed (the default);
-    # split.seed: another split per seed; both: both vary together.
-    seed_setting: Literal["train.seed", "split.seed", "both"] = "train.seed"
+    # split.seed: another split per seed; both: both vary together; split.validation_fold: the
+    # "seeds" are folds, one run validated on each (k-fold cross-validation).
+    seed_setting: Literal["train.seed", "split.seed", "both", "split.validation_fold"] = "train.seed"
     models: list[str] | None = Field(None, min_length=1)  # default: the base profile's train.models
     grid: dict[str, list] = {}
     overrides: list[str] = []  # dotted settings for every member, like SET
@@ -111,7 +113,7 @@ def folder_name(member_name: str) -> str:
 
 # Settings a sweep sets for each run itself: a grid over them (or an override of them) would make
 # a run claim one model or seed while training another.
-OWN_KEYS = {"train.models", "train.seed", "split.seed"}
+OWN_KEYS = {"train.models", "train.seed", "split.seed", "split.validation_fold"}
 
 
 def _check_spec(sweep_name: str, spec: SweepFile, overrides: list[str]) -> None:
@@ -162,7 +164,8 @@ def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
 
 
 def _member(sweep: Sweep, model: str, seed: int, settings: dict) -> Member:
-    name = "-".join([model, f"seed{seed}", *(f"{k}={_value_text(v)}" for k, v in settings.items())])
+    tag = "fold" if sweep.spec.seed_setting == "split.validation_fold" else "seed"
+    name = "-".join([model, f"{tag}{seed}", *(f"{k}={_value_text(v)}" for k, v in settings.items())])
     reading = ", ".join(f"{k}={_value_text(v)}" for k, v in settings.items()) or DEFAULT_READING
     folder = folder_name(name)
     own = [f"train.models=[{model}]", *(f"{key}={seed}" for key in SEED_SETTINGS[sweep.spec.seed_setting]),

@@ -128,6 +128,6 @@ def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> dict:
 def load_trained_model(cfg: Config, model_name: str) -> nn.Module:
     """The model as it ended training, after checking it was trained on today's split and cache."""
     checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg))
-    model = models.build_model(model_name, len(cfg.data.classes), weights=None)
+    model = models.build_model(model_name, len(cfg.classes), weights=None)
     model.load_state_dict(checkpoint["model"])
     return model

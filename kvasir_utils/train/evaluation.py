@@ -25,15 +25,15 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
     """Predict the validation set once with the trained model (after checking it was trained on
     today's split and cache); write ``predictions.csv`` and ``metrics.json``."""
     model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
-    split = read_split(cfg.split_csv, cfg.data.classes)
+    split = read_split(cfg.split_csv, cfg.classes)
     val = split[split["split"] == "val"].reset_index(drop=True)
     loader = stages.make_loaders(cfg, runtime, split)["val"]
     probs, targets, seconds = loop.predict(model, loader, runtime, desc=f"{model_name} predict")
     predictions = val[["path", "label"]].assign(true=targets, pred=probs.argmax(1), confidence=probs.max(1))
-    predictions = pd.concat([predictions, pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.data.classes])], axis=1)
+    predictions = pd.concat([predictions, pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.classes])], axis=1)
     history = read_history(cfg, model_name)
     stage_acc = {stage: float(part["val_acc"].iloc[-1]) for stage, part in history.groupby("stage")}
-    record = metrics.summary(targets, probs, cfg.data.classes) | {
+    record = metrics.summary(targets, probs, cfg.classes) | {
         "parameters": models.count_parameters(model),
         "gflops": models.gflops(model, cfg.transforms.image_size),
         "train_seconds": float(history["seconds"].sum()),
@@ -56,9 +56,9 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
 def predict_validation(cfg: Config, model, runtime: hardware.Runtime, transforms_cfg=None, desc: str = "predict"):
     """Probabilities and targets for the validation images, with the profile's eval preset or the
     one ``transforms_cfg`` describes (e.g. with overlays masked)."""
-    split = read_split(cfg.split_csv, cfg.data.classes)
+    split = read_split(cfg.split_csv, cfg.classes)
     preset = presets.eval_preset(transforms_cfg or cfg.transforms)
-    val = dataset.KvasirDataset(prepare.cache_dir(cfg), split[split["split"] == "val"], cfg.data.classes, preset)
+    val = dataset.KvasirDataset(prepare.cache_dir(cfg), split[split["split"] == "val"], cfg.classes, preset)
     loader = dataset.make_loader(val, cfg.train.batch_size, False, runtime.workers, runtime.pin_memory)
     probs, targets, _ = loop.predict(model, loader, runtime, desc=desc)
     return probs, targets

@@ -151,10 +151,10 @@ def make_loaders(cfg: Config, runtime: Runtime, split: pd.DataFrame | None = Non
     """Train and val loaders over the resized cache, with the paper's presets (split read from
     ``runs/<profile>/split.csv`` unless given)."""
     if split is None:
-        split = read_split(cfg.split_csv, cfg.data.classes)
+        split = read_split(cfg.split_csv, cfg.classes)
     device = augment_backend(cfg.transforms.backend, runtime.device) == "device"
     train = to_uint8_tensor(cfg.transforms) if device else presets.train_preset(cfg.transforms)
-    datasets = split_datasets(prepare.cache_dir(cfg), split, cfg.data.classes, train,
+    datasets = split_datasets(prepare.cache_dir(cfg), split, cfg.classes, train,
                               presets.eval_preset(cfg.transforms))
     return {name: make_loader(ds, cfg.train.batch_size, name == "train", runtime.workers, runtime.pin_memory,
                               cfg.train.seed, pad_collate if device and name == "train" else None)
@@ -166,7 +166,7 @@ def model_for_stage(cfg: Config, model_name: str, stage: str) -> nn.Module:
     weights; later stages load the previous stage's weights inside ``fit_stage``."""
     seed_everything(cfg.train.seed)
     weights = cfg.train.weights if stage == STAGES[0] else None
-    model = models.build_model(model_name, len(cfg.data.classes), weights, cfg.runtime.offline)
+    model = models.build_model(model_name, len(cfg.classes), weights, cfg.runtime.offline)
     models.set_trainable(model, cfg.stage_config(stage).trainable)
     return model
 
@@ -182,7 +182,7 @@ class StageRun:
     model: nn.Module
 
     def describe(self) -> str:
-        split = read_split(self.cfg.split_csv, self.cfg.data.classes)
+        split = read_split(self.cfg.split_csv, self.cfg.classes)
         runtime = stage_runtime(self.cfg, self.runtime, self.stage, int((split["split"] == "train").sum()))
         return (f"{self.model_name}, {self.stage} (trainable: {self.cfg.stage_config(self.stage).trainable}) "
                 f"on {runtime.describe()}")
