@@ -54,7 +54,8 @@ def write_profile(work: Path, scale: str) -> Path:
                                           "reports": str(work / "reports")},
                "data": {"name": f"generated-{scale}", "url": "", "mirrors": [], "size": None,
                         "expected_per_class": per_class,
-                        "synthetic": {"images_per_class": per_class, "seed": 0, "large_fraction": 0.1}},
+                        "synthetic": {"layout": "kvasir-v2", "images_per_class": per_class, "seed": 0,
+                                      "large_fraction": 0.1}},
                "train": {"weights": None}, "runtime": {"offline": True}}
     path = work / f"gpu-check-{scale}.yaml"
     work.mkdir(parents=True, exist_ok=True)
