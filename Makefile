@@ -10,6 +10,9 @@ PROFILE ?= paper
 SET ?=
 SWEEP ?= smoke-seeds
 BENCH ?=
+MODEL ?= resnet50
+IMAGES ?=
+NAME ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,7 +25,8 @@ ifeq ($(MAKELEVEL),0)
 export KVASIR_COMMAND := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
 endif
 
-.PHONY: help setup lock data evaluate smoke reproduce report sweep test test-fast docs browser lint lab bench gpu-check clean
+.PHONY: help setup lock data evaluate smoke reproduce report sweep predict export test test-fast docs browser lint lab bench \
+	gpu-check clean
 
 help: ## list the targets (the default)
 	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"] [SWEEP=name|path.yaml]"
@@ -58,6 +62,12 @@ report: $(SETUP_STAMP) ## re-render the HTML reports of PROFILE from the execute
 
 sweep: $(SETUP_STAMP) ## many runs on Ray (SWEEP=seeds|readings|smoke-seeds|path.yaml; SET applies to each), then notebook 06
 	$(KV) sweep '$(SWEEP)' $(foreach s,$(SET),--set '$(s)')
+
+predict: $(SETUP_STAMP) ## predict IMAGES=folder/ with a trained MODEL of PROFILE [NAME=...]: CSV + HTML gallery (make says Error 3 when files were skipped)
+	$(KV) predict $(ARGS) --model '$(MODEL)' --images '$(IMAGES)' $(if $(NAME),--name '$(NAME)')
+
+export: $(SETUP_STAMP) ## write MODEL of PROFILE as ONNX with preprocessing.json, after a parity check against PyTorch
+	$(KV) export $(ARGS) --model '$(MODEL)'
 
 test: $(SETUP_STAMP) browser ## all tests: notebook runs, a Ray cluster, a browser (no network)
 	$(PY) -m pytest
