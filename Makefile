@@ -12,6 +12,9 @@ SWEEP ?= smoke-seeds
 RUN ?= $(PROFILE)
 TARGET ?= hyperkvasir
 BENCH ?=
+MODEL ?= resnet50
+IMAGES ?=
+NAME ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -24,7 +27,8 @@ ifeq ($(MAKELEVEL),0)
 export KVASIR_COMMAND := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
 endif
 
-.PHONY: help setup lock data evaluate smoke reproduce report sweep cross-evaluate test test-fast docs browser screenshots lint lab bench gpu-check clean
+.PHONY: help setup lock data evaluate smoke reproduce report sweep cross-evaluate predict export test test-fast docs browser \
+	screenshots lint lab bench gpu-check clean
 
 help: ## list the targets (the default)
 	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"] [SWEEP=name|path.yaml]"
@@ -63,6 +67,12 @@ sweep: $(SETUP_STAMP) ## many runs on Ray (SWEEP=seeds|readings|smoke-seeds|path
 
 cross-evaluate: $(SETUP_STAMP) ## score RUN's trained models (default PROFILE) on TARGET's dataset (default hyperkvasir) via configs/mappings/
 	$(KV) cross-evaluate --profile '$(RUN)' --target '$(TARGET)' $(foreach s,$(SET),--set '$(s)')
+
+predict: $(SETUP_STAMP) ## predict IMAGES=folder/ with a trained MODEL of PROFILE [NAME=...]: CSV + HTML gallery (make says Error 3 when files were skipped)
+	$(KV) predict $(ARGS) --model '$(MODEL)' --images '$(IMAGES)' $(if $(NAME),--name '$(NAME)')
+
+export: $(SETUP_STAMP) ## write MODEL of PROFILE as ONNX with preprocessing.json, after a parity check against PyTorch
+	$(KV) export $(ARGS) --model '$(MODEL)'
 
 test: $(SETUP_STAMP) browser ## all tests: notebook runs, a Ray cluster, a browser (no network)
 	$(PY) -m pytest

@@ -240,6 +240,14 @@ class Config(Section):
     def eval_dir(self, model: str) -> Path:
         return self.run_dir / model / "eval"
 
+    def model_dir(self, model: str) -> Path:
+        """The trained model as a deliverable: its card (``model_card.md``) and ``export/`` (ONNX)."""
+        return self.report_dir / "models" / model
+
+    def predict_dir(self, name: str) -> Path:
+        """What ``make predict NAME=...`` wrote: predictions.csv and the gallery."""
+        return self.report_dir / "predict" / name
+
     def stage_config(self, stage: str) -> StageConfig:
         return getattr(self.train, _checked_stage(stage))
 

@@ -111,6 +111,25 @@ def atomic_path(path: os.PathLike, suffix: str = "", size: int | None = None):
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: os.PathLike):
+    """Yield a temporary folder beside ``path`` to fill; it replaces ``path`` (and all it held) only
+    if the block succeeds, so a folder of results is either the whole new one or the old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = tmp.with_name(f"{tmp.name}.old")
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def write_bytes_atomic(path: os.PathLike, payload: bytes) -> Path:
     """Write ``payload`` to ``path`` atomically; refused up front when the disk cannot hold it."""
     path = Path(path)

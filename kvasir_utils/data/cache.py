@@ -33,19 +33,29 @@ MANIFEST_COLUMNS = ["path", "label", "width", "height", "bytes", "mtime_ns", "so
 CONTENT_COLUMNS = ["path", "label", "width", "height", "source_sha256", "error"]
 
 
+def cache_copy(image: Image.Image, short_side: int, quality: int) -> bytes:
+    """The JPEG bytes the cache stores for ``image``: RGB, short side ``short_side`` (never
+    enlarged), bicubic, at JPEG ``quality``. An image opened from a JPEG file and not yet loaded is
+    decoded at a reduced scale straight away (``draft``); the predictor calls this too, so a new
+    image reaches the model exactly as a cached one does."""
+    width, height = image.size
+    scale = min(1.0, short_side / min(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image.draft("RGB", size)  # JPEG: decode at a reduced scale straight away
+    resized = image.convert("RGB").resize(size, Image.BICUBIC, reducing_gap=2.0)
+    encoded = io.BytesIO()
+    resized.save(encoded, format="JPEG", quality=quality)
+    return encoded.getvalue()
+
+
 def resize_image(source: Path, target: Path, short_side: int, quality: int) -> tuple[int, int, str]:
     """Decode ``source`` once, store it with the given short side as JPEG; returns the original
     size and the source file's SHA-256."""
     payload = source.read_bytes()
     with Image.open(io.BytesIO(payload)) as image:
         width, height = image.size
-        scale = min(1.0, short_side / min(width, height))
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image.draft("RGB", size)  # JPEG: decode at a reduced scale straight away
-        resized = image.convert("RGB").resize(size, Image.BICUBIC, reducing_gap=2.0)
-    encoded = io.BytesIO()
-    resized.save(encoded, format="JPEG", quality=quality)
-    write_bytes_atomic(target, encoded.getvalue())
+        encoded = cache_copy(image, short_side, quality)
+    write_bytes_atomic(target, encoded)
     return width, height, hashlib.sha256(payload).hexdigest()
 
 

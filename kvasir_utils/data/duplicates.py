@@ -51,6 +51,19 @@ def _close_pairs(first: np.ndarray, second: np.ndarray, max_distance: int, withi
     return pd.concat(found, ignore_index=True).astype(int)
 
 
+def nearest(hashes: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each hash, the index of the closest ``reference`` hash and its Hamming distance in bits
+    (compared a block of rows at a time, as ``near_duplicate_pairs`` does)."""
+    hashes, reference = np.asarray(hashes, np.uint64), np.asarray(reference, np.uint64)
+    index, distance = np.zeros(len(hashes), int), np.full(len(hashes), 64, int)
+    if len(reference):
+        for start in range(0, len(hashes), _PAIR_BLOCK):
+            block = np.bitwise_count(hashes[start:start + _PAIR_BLOCK, None] ^ reference[None, :])
+            index[start:start + len(block)] = block.argmin(axis=1)
+            distance[start:start + len(block)] = block.min(axis=1)
+    return index, distance
+
+
 def duplicate_groups(n: int, pairs: pd.DataFrame) -> np.ndarray:
     """A group id per image: images joined by a chain of near-duplicate pairs share one."""
     from scipy.sparse import coo_matrix

@@ -33,6 +33,8 @@ LABELS = {
     "default": "the protocol's reading", "others": "other readings",
     "only_first_correct": "only the first right", "only_second_correct": "only the second right",
     "p_value": "p-value",
+    "f1": "F1", "roc_auc": "ROC-AUC", "box_share": "frames with the guide box",
+    "other_region": "predicted as a class of the other region",
 }
 
 

@@ -5,6 +5,8 @@
     python -m kvasir_utils makevars --profile smoke
     python -m kvasir_utils sweep smoke-seeds --set paths.runs=/tmp/runs
     python -m kvasir_utils cross-evaluate --profile paper --target hyperkvasir
+    python -m kvasir_utils predict --profile smoke --model resnet50 --images path/to/folder
+    python -m kvasir_utils export --profile smoke --model resnet50
 
 Every failure ends with one line on stderr that says what went wrong, and a non-zero exit.
 """
@@ -64,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     add("report", "render the executed notebooks to HTML and write index.html")
     add("makevars", "check the profile and print its folders and models as make variables")
     add("docs", "write the tables of docs/ that are made from the code (the paper's readings)", profile=False)
+    predict = add("predict", "predict a folder of images with a trained model: predictions.csv and an HTML gallery")
+    predict.add_argument("--model", required=True)
+    predict.add_argument("--images", required=True, help="a folder of images (searched recursively) or one image")
+    predict.add_argument("--name", default=None, help="folder under reports/<profile>/predict/ (default: the images')")
+    add("export", "write a trained model as ONNX with preprocessing.json, checked against PyTorch").add_argument(
+        "--model", required=True)
     sweep_cmd = add("sweep", "run a sweep's members on Ray, then aggregate them (notebook 06)", profile=False)
     sweep_cmd.add_argument("sweep", help="sweep name (configs/sweeps/<name>.yaml) or path to a sweep file")
     cross_cmd = add("cross-evaluate", "score the trained models of --profile on the dataset of --target")
@@ -132,6 +140,17 @@ def _dispatch(args) -> int:
         twin_cfg = profiles.load_profile(twin, args.overrides) if twin else None
         audit_inputs = [twin_cfg.eval_dir(m) / "metrics.json" for m in cfg.train.models] if twin_cfg else []
         print(f"AUDIT_INPUTS := {' '.join(map(str, audit_inputs))}")
+    elif args.command == "predict":  # exit 3 (SKIPPED_EXIT) when a file could not be read
+        from kvasir_utils.run.predict_folder import predict_folder
+
+        cfg = profiles.load_profile(args.profile, args.overrides)
+        outcome = predict_folder(cfg, args.model, args.images, args.name)
+        print(outcome.describe())
+        return outcome.exit_code
+    elif args.command == "export":
+        from kvasir_utils.train.export import export_model
+
+        print(export_model(profiles.load_profile(args.profile, args.overrides), args.model).describe())
     elif args.command == "sweep":
         return run_sweep_command(args.sweep, args.overrides)
     elif args.command == "docs":

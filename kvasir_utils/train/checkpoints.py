@@ -82,14 +82,19 @@ def stage_inputs(cfg: Config, model_name: str, stage: str) -> dict[str, str]:
     return inputs
 
 
-def check_checkpoint(checkpoint: dict, cfg: Config, inputs: dict[str, str], path: Path) -> None:
-    """Refuse a checkpoint made with other settings or from other inputs (nothing is overwritten)."""
+def check_format(checkpoint: dict, path: Path, profile: str) -> None:
+    """Refuse a checkpoint written in another layout than this version's (``CHECKPOINT_FORMAT``)."""
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise KvasirError(
             f"the checkpoint {path} was written by another version of the study (checkpoint format "
             f"{checkpoint.get('format', 1)}, this version reads {CHECKPOINT_FORMAT}). Nothing was overwritten. "
-            f"Retrain it with this version: delete {path.parent} (`make clean PROFILE={cfg.profile}` deletes "
+            f"Retrain it with this version: delete {path.parent} (`make clean PROFILE={profile}` deletes "
             f"every run of the profile), or use the study's version that wrote it.")
+
+
+def check_checkpoint(checkpoint: dict, cfg: Config, inputs: dict[str, str], path: Path) -> None:
+    """Refuse a checkpoint made with other settings or from other inputs (nothing is overwritten)."""
+    check_format(checkpoint, path, cfg.profile)
     stage = checkpoint["stage"]
     changed = _changed_keys(stage_settings(_as_current_schema(checkpoint["config"]), stage),
                             stage_settings(cfg.to_dict(), stage))

@@ -85,6 +85,15 @@ def train_one_epoch(model, criterion, optimizer, loader, runtime: Runtime, froze
     return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "images": seen, "seconds": seconds}
 
 
+def predict_batch(model, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Softmax probabilities (fp32, on the CPU) of one batch of normalised images: the one step
+    that evaluation (``predict``) and the predictor (``train.predict``) share. Call it in eval mode,
+    under ``torch.inference_mode()``."""
+    with runtime.autocast():
+        logits = model(to_device(images, runtime))
+    return torch.softmax(logits.float(), dim=1).cpu()
+
+
 @torch.inference_mode()
 def predict(model, loader, runtime: Runtime, desc: str = "predict",
             features: ValidationFeatures | None = None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -95,9 +104,7 @@ def predict(model, loader, runtime: Runtime, desc: str = "predict",
     model.eval()
     probs, targets_all, start = [], [], time.perf_counter()
     for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2):
-        with runtime.autocast():
-            logits = model(to_device(images, runtime))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        probs.append(predict_batch(model, images, runtime))
         targets_all.append(targets)
     seconds = time.perf_counter() - start
     return torch.cat(probs).numpy(), torch.cat(targets_all).numpy(), seconds

@@ -1,0 +1,254 @@
+"""Model cards: one per trained model, ``reports/<profile>/models/<model>/model_card.md``, in the
+sections of Mitchell et al. 2019 (Model Cards for Model Reporting), made from the run's files
+only: its settings (``runs/<profile>/config.yaml``), ``metrics.json`` and ``predictions.csv``, and
+the tables of notebooks 04, 05 and 07. Every number in a card is one of those files' (or of the
+region table written beside them), at four decimals; a table not made yet is named, not guessed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from kvasir_utils import profiles
+from kvasir_utils.analysis import factors, paper
+from kvasir_utils.config import Config
+from kvasir_utils.io import sha256_file, write_text_atomic
+from kvasir_utils.provenance import describe_commit, describe_runtime
+from kvasir_utils.report.outputs import save_table, to_markdown
+
+NOT_YET = "not made yet: `make reproduce PROFILE={profile}` writes it ({what})"
+
+
+@dataclass
+class CardInputs:
+    """What a card is made from."""
+
+    cfg: Config  # the run's settings as notebook 01 saved them
+    model: str
+    record: dict  # metrics.json
+    predictions: pd.DataFrame
+    tables: dict  # name -> the table under reports/<profile>/tables/, or None where it is not made yet
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        return self.tables.get(name)
+
+    @property
+    def regions(self) -> pd.DataFrame:
+        return factors.region_table(self.predictions, self.cfg.data.classes)
+
+
+def _f(value) -> str:
+    return "" if pd.isna(value) else f"{value:.4f}"
+
+
+def run_settings(cfg: Config) -> Config:
+    """The settings the run was made with (``runs/<profile>/config.yaml``), else ``cfg``."""
+    path = cfg.run_dir / "config.yaml"
+    return profiles.with_protocol(profiles.read_yaml(path, "saved config")) if path.exists() else cfg
+
+
+def read_inputs(cfg: Config, model: str) -> CardInputs:
+    """metrics.json, predictions.csv and every table a card uses (those not made yet are None)."""
+    folder, tables = cfg.eval_dir(model), cfg.report_dir / "tables"
+    names = [f"{model}_table1", f"{model}_roc_auc", f"{model}_guide_box_masked", f"{model}_accuracy_by_near_duplicate",
+             "guide_box_rates", "near_duplicates", "audit_headline", "comparison", "class_counts"]
+    indexed = {"guide_box_rates": None, "near_duplicates": None}  # saved without an index column
+    found = {name: pd.read_csv(tables / f"{name}.csv", index_col=indexed.get(name, 0))
+             for name in names if (tables / f"{name}.csv").exists()}
+    return CardInputs(run_settings(cfg), model, json.loads((folder / "metrics.json").read_text()),
+                      pd.read_csv(folder / "predictions.csv"), found)
+
+
+def _checkpoint(cfg: Config, model: str) -> Path:
+    """The final stage's checkpoint (stage 2's unless it trains 0 epochs, as train.checkpoints.final_stage)."""
+    return cfg.stage_dir(model, "stage2" if cfg.train.stage2.epochs > 0 else "stage1") / "checkpoint.pt"
+
+
+def _started_from(weights: dict | None) -> str:
+    if weights is None:
+        return "random initialisation (no pretrained weights)."
+    return f"ImageNet weights `{weights['weights']}` (`{weights['file']}`, SHA-256 {weights['sha256']})."
+
+
+def _details(i: CardInputs) -> list[str]:
+    cfg, record, made = i.cfg, i.record, i.record["provenance"]
+    checkpoint = _checkpoint(cfg, i.model)
+    archive = made.get("archive") or {}
+    t, s1, s2 = cfg.transforms, cfg.train.stage1, cfg.train.stage2
+    return [
+        "## Model details",
+        f"- **Model:** torchvision `{i.model}`, a convolutional image classifier with a new "
+        f"{len(cfg.data.classes)}-class head; {record['parameters']:,} parameters, {_f(record['gflops'])} GFLOPs per "
+        f"{t.image_size} px image.",
+        f"- **Developed by:** this study, reproducing Cruz (2025) on Kvasir v2 (profile `{cfg.profile}`); evaluated on "
+        f"{datetime.date.fromtimestamp((cfg.eval_dir(i.model) / 'metrics.json').stat().st_mtime)}.",
+        f"- **Started from:** {_started_from(made.get('weights'))}",
+        f"- **Protocol:** Adam, batch {cfg.train.batch_size}; stage 1: {s1.epochs} epochs training `{s1.trainable}` at "
+        f"learning rate {s1.lr:g}; stage 2: {s2.epochs} epochs training `{s2.trainable}` at {s2.lr:g} "
+        f"({cfg.train.stage2_init}, frozen BatchNorm layers in {cfg.train.frozen_batchnorm} mode); input "
+        f"{t.image_size} px ({t.eval_resize} at evaluation), overlays masked: {t.mask_overlays}. The readings of what "
+        "the paper leaves open are in the table below.",
+        f"- **Checkpoint:** `{checkpoint}`" + (f", SHA-256 {sha256_file(checkpoint)}" if checkpoint.exists() else ""),
+        f"- **Code:** study commit {describe_commit(made)}; requirements.lock SHA-256 {made.get('lock_sha256')}; "
+        f"evaluated with torch {record['environment']['torch']} on {describe_runtime(record['runtime'])}.",
+        f"- **Data:** archive `{archive.get('archive')}` ({archive.get('bytes', 0):,} bytes, SHA-256 "
+        f"{archive.get('sha256')}); split.csv SHA-256 "
+        f"{sha256_file(cfg.split_csv) if cfg.split_csv.exists() else 'not found'}.",
+        f"- **Use it:** `make predict PROFILE={cfg.profile} MODEL={i.model} IMAGES=<folder>`; ONNX with "
+        f"`make export PROFILE={cfg.profile} MODEL={i.model}` (into `export/` beside this card; see "
+        "docs/using-the-model.md).",
+        "- **Citation and licence:** " + " ".join(paper.CITATIONS) + " The study's code is under the MIT licence.",
+        "", "Readings of the paper's ambiguous choices:", "", to_markdown(paper.readings_table(cfg.to_dict())),
+    ]
+
+
+def _intended_use(i: CardInputs) -> list[str]:
+    return [
+        "## Intended use",
+        "- **Primary use:** research and education: reproducing and studying the paper's transfer-learning "
+        "protocol on Kvasir v2, and what inflates Kvasir scores.",
+        "- **Out of scope:** clinical use of any kind (diagnosis, triage, screening, decision support). The model "
+        "is not a medical device, was never validated clinically, and has seen only Kvasir v2's images.",
+        f"- **The dataset's terms:** {paper.DATASET_TERMS}",
+    ]
+
+
+def _factors(i: CardInputs) -> list[str]:
+    return [
+        "## Factors",
+        "Results are broken down by the factors known to matter on Kvasir v2: the class; the region of the "
+        "GI tract (upper GI: " + ", ".join(factors.REGIONS["upper GI"]) + "; lower GI: "
+        + ", ".join(factors.REGIONS["lower GI"]) + "); the teal position-guide box of colonoscopy frames (the "
+        "same frames as they are and with the box blacked out at test time); and whether a validation image has "
+        "a near-duplicate frame in training. Kvasir records no patient, device or demographic attributes, so "
+        "no other factor can be evaluated.",
+    ]
+
+
+def _metrics(i: CardInputs) -> list[str]:
+    r, cfg = i.record, i.cfg
+    comparison = i.table("comparison")
+    row = comparison.loc[i.model] if comparison is not None and i.model in comparison.index else None
+
+    def interval(key: str) -> str:
+        return "" if row is None else f"{_f(row[f'{key}_ci_low'])} to {_f(row[f'{key}_ci_high'])}"
+
+    rows = [("accuracy", r["accuracy"], interval("accuracy"), None if row is None else row["accuracy_paper"]),
+            ("macro F1", r["macro_f1"], interval("macro_f1"), None if row is None else row["macro_f1_paper"]),
+            ("weighted F1", r["weighted_f1"], "", None),
+            ("macro ROC-AUC (one-vs-rest)", r["macro_auc"], "", None if row is None else row["macro_auc_paper"]),
+            ("expected calibration error (15 bins)", r["ece"], "", None),
+            ("Brier score (multi-class)", r["brier"], "", None)]
+    lines = [f"| {name} | {_f(value)} | {ci} | {'' if theirs is None else _f(theirs)} |"
+             for name, value, ci, theirs in rows]
+    note = "" if row is not None else " Intervals: " + NOT_YET.format(profile=cfg.profile, what="notebook 05") + "."
+    return [
+        "## Metrics",
+        f"On the {r['images']} validation images; the predicted class is the most probable one (no threshold). "
+        f"Intervals: {cfg.eval.confidence:.0%} percentile bootstrap over the validation images "
+        f"({cfg.eval.bootstrap_samples} resamples).{note}", "",
+        f"| metric | value | {cfg.eval.confidence:.0%} interval | the paper |", "|---|---|---|---|", *lines,
+    ]
+
+
+def _data(i: CardInputs) -> list[str]:
+    cfg, counts = i.cfg, i.table("class_counts")
+    t = cfg.transforms
+    sizes = (f"{int(counts.loc['total', 'train'])} training and {int(counts.loc['total', 'val'])} validation images"
+             if counts is not None else f"{i.record['images']} validation images")
+    grouped = "near-duplicate groups kept on one side" if cfg.split.group_near_duplicates else "image by image"
+    return [
+        "## Evaluation data",
+        f"The validation part of a stratified split of the dataset ({cfg.split.val_fraction:.0%}, seed "
+        f"{cfg.split.seed}, {grouped}): {sizes}. Each image is resized once into the study's cache (short side "
+        f"{cfg.cache.short_side} px, JPEG quality {cfg.cache.quality}), then to {t.image_size}x{t.image_size} "
+        f"({t.eval_resize}) and normalised with ImageNet's statistics.",
+        "", "## Training data",
+        f"The training part of the same split (per class below). Augmentation: random resized crop to {t.image_size} "
+        f"px (scale {t.crop_scale}, ratio {t.crop_ratio}), flips (p {t.hflip_p} and {t.vflip_p}), rotation up to "
+        f"{t.rotation_degrees:g} degrees, brightness and contrast {t.brightness} and {t.contrast}.",
+        *(["", to_markdown(counts)] if counts is not None else []),
+    ]
+
+
+def _analyses(i: CardInputs) -> list[str]:
+    masked, by_twin = i.table(f"{i.model}_guide_box_masked"), i.table(f"{i.model}_accuracy_by_near_duplicate")
+    table = factors.disaggregated_table(i.record, i.regions, masked, by_twin)
+    lines = ["## Quantitative analyses", "Accuracy by factor:", "", to_markdown(table.reset_index()),
+             "Regions:", "", to_markdown(i.regions)]
+    needed = [f"{i.model}_table1", f"{i.model}_roc_auc", "guide_box_rates", f"{i.model}_guide_box_masked",
+              "near_duplicates"]
+    if all(i.table(n) is not None for n in needed):
+        per_class = factors.class_factors(i.cfg.data.classes, *[i.table(n) for n in needed])
+        lines += ["Per class:", "", to_markdown(per_class)]
+    else:
+        lines.append("Per class: " + NOT_YET.format(profile=i.cfg.profile, what="notebooks 04 and 07") + ".")
+    return lines
+
+
+def _ethics(i: CardInputs) -> list[str]:
+    headline = i.table("audit_headline")
+    row = headline.loc[i.model] if headline is not None and i.model in headline.index else None
+    audit = [] if row is None else [
+        f"- **Near-duplicate frames:** Kvasir has no patient ids, so the split is by image and near-identical "
+        f"frames of one examination can fall on both sides: {_f(row['twin_share'])} of the validation images have "
+        f"one in training; accuracy on those {_f(row['accuracy_with_twin'])}, on the others "
+        f"{_f(row['accuracy_without_twin'])}. The validation score overstates accuracy on new patients.",
+        f"- **A shortcut:** blacking out the guide box at test time changes accuracy by {_f(row['masked_change'])}; "
+        "the box appears in some lower-GI classes only, and a model can learn it instead of tissue.",
+        f"- **Calibration:** the expected calibration error is {_f(row['ece'])}: a predicted probability is not the "
+        "chance of being right.",
+    ]
+    return [
+        "## Ethical considerations",
+        "- The images are de-identified endoscopy frames of one health trust in Norway (Vestre Viken), from one "
+        "centre's equipment and practice; nothing is known of the patients (no ids, age, sex or ethnicity), so "
+        "fairness across patient groups cannot be assessed.",
+        *audit, *([] if audit else ["- The audit (notebook 07) has not run: " + NOT_YET.format(
+            profile=i.cfg.profile, what="notebook 07") + "."]),
+        "", "## Caveats and recommendations",
+        "- The split is by image, not by patient or examination, and the data come from one centre: expect lower "
+        "accuracy on other hospitals' images. Validate on your own data before drawing any conclusion.",
+        "- Predictions are the model's softmax output on one image; they are not calibrated risks.",
+    ]
+
+
+def model_card_markdown(cfg: Config, model: str) -> str:
+    """The model card of ``model`` in profile ``cfg`` as Markdown (made from the run's files)."""
+    i = read_inputs(cfg, model)
+    title = [f"# Model card: {model} (profile `{i.cfg.profile}`)", ""]
+    if i.cfg.generated_data:
+        title += ["> **This card describes a pipeline check on generated data.** The model was trained and "
+                  f"evaluated on the synthetic Kvasir-shaped images of profile `{i.cfg.profile}` (`make smoke`); its "
+                  "numbers show that the pipeline runs, and say nothing about Kvasir, endoscopy or any patient.", ""]
+    sections = [_details(i), _intended_use(i), _factors(i), _metrics(i), _data(i), _analyses(i), _ethics(i)]
+    return "\n".join(title + ["\n".join(section) + "\n" for section in sections])
+
+
+def write_model_cards(cfg: Config) -> list[Path]:
+    """``model_card.md`` for every evaluated model of the profile (and the region table it uses,
+    ``tables/<model>_accuracy_by_region``); returns the cards' paths."""
+    written = []
+    for model in cfg.train.models:
+        if (cfg.eval_dir(model) / "metrics.json").exists():
+            save_table(read_inputs(cfg, model).regions, cfg, f"{model}_accuracy_by_region")
+            written.append(write_text_atomic(cfg.model_dir(model) / "model_card.md", model_card_markdown(cfg, model)))
+    return written
+
+
+def model_cards_table(cfg: Config) -> pd.DataFrame:
+    """For the index page: per model with a card, the card and the ONNX export (paths relative to
+    ``reports/<profile>/``; empty where not exported)."""
+    rows = {}
+    for model in cfg.train.models:
+        folder = cfg.model_dir(model)
+        if (folder / "model_card.md").exists():
+            onnx = folder / "export" / "model.onnx"
+            rows[model] = {"card": str((folder / "model_card.md").relative_to(cfg.report_dir)),
+                           "onnx": str(onnx.relative_to(cfg.report_dir)) if onnx.exists() else ""}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["card", "onnx"]).rename_axis("model")
