@@ -305,3 +305,10 @@ def test_the_study_runs_on_the_hyperkvasir_shaped_tree_and_every_table_has_its_2
     assert {"mcc", "micro_f1", "macro_mcc"} <= set(record) and record["provenance"]["archive"]["kind"] == "folder"
     kept = sorted(p.name for p in cfg.dataset_dir.iterdir() if not p.name.startswith("."))
     assert kept == ["cache", "generated"]  # the generated tree is read where it is: no copy, no extraction
+
+
+def test_every_hyperkvasir_class_has_the_region_its_folder_names():
+    from kvasir_utils.analysis import factors
+
+    for region_folder, _, name, *_ in synthetic_hyperkvasir.CLASSES:
+        assert factors.REGION_OF[name] == ("upper GI" if region_folder.startswith("upper") else "lower GI"), name

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from kvasir_utils.data import prepare
-from kvasir_utils.data.layout import find_class_root
+from kvasir_utils.data.layout import find_classes
 from kvasir_utils.run import cli
 from kvasir_utils.train import export, hardware, presets
 from kvasir_utils.train.predict import Predictor
@@ -65,7 +65,7 @@ def test_preprocessing_json_followed_literally_gives_the_models_input(exported, 
     assert steps["mask_overlays"] == "none" and steps["image_size"] == smoke_chain.transforms.image_size
     cache, size = steps["cache"], steps["image_size"]
     predictor = Predictor.from_run(smoke_chain.run_dir, "resnet50")
-    root = find_class_root(prepare.images_dir(smoke_chain), smoke_chain.data.classes)
+    root = find_classes(prepare.images_dir(smoke_chain), smoke_chain.data.classes).root
     for original in sorted(root.rglob("*.jpg"))[:3]:  # 720x576 or larger: drafted at 1/8 scale
         with Image.open(original) as image:
             scale = min(1.0, cache["short_side"] / min(image.size))

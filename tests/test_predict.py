@@ -14,7 +14,7 @@ import torch
 
 from kvasir_utils.analysis import audit
 from kvasir_utils.data import duplicates, prepare
-from kvasir_utils.data.layout import find_class_root
+from kvasir_utils.data.layout import find_classes
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import atomic_folder
 from kvasir_utils.run import cli, notebooks
@@ -33,7 +33,7 @@ def _validation_folder(cfg, dest, per_class=None):
     val = split[split["split"] == "val"]
     if per_class is not None:
         val = val.groupby("label").head(per_class)
-    root = find_class_root(prepare.images_dir(cfg), cfg.data.classes)
+    root = find_classes(prepare.images_dir(cfg), cfg.data.classes).root
     for path in val["path"]:
         (dest / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / path, dest / path)

@@ -79,10 +79,10 @@ def _single_run(cfg: Config, claim: Claim, evaluations: dict) -> dict | None:
         p = metrics.mcnemar_of_runs(predictions, theirs)["p_value"]
         return {"run": value, "ci_low": low, "ci_high": high, "n": 1, "basis": f"{basis}; McNemar p = {p:.2g}"}
     if claim.metric == "macro_auc":
-        probs = predictions[[f"p_{c}" for c in cfg.data.classes]].to_numpy()
+        probs = predictions[[f"p_{c}" for c in cfg.classes]].to_numpy()
         low, high = intervals.macro_auc_interval(predictions["true"], probs, samples, confidence, seed)
     else:
-        ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.data.classes), samples,
+        ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.classes), samples,
                                   confidence, seed)
         low, high = ci[claim.metric]
     return {"run": record[claim.metric], "ci_low": low, "ci_high": high, "n": 1, "basis": basis}

@@ -39,7 +39,7 @@ class CardInputs:
 
     @property
     def regions(self) -> pd.DataFrame:
-        return factors.region_table(self.predictions, self.cfg.data.classes)
+        return factors.region_table(self.predictions, self.cfg.classes)
 
 
 def _f(value) -> str:
@@ -83,7 +83,7 @@ def _details(i: CardInputs) -> list[str]:
     return [
         "## Model details",
         f"- **Model:** torchvision `{i.model}`, a convolutional image classifier with a new "
-        f"{len(cfg.data.classes)}-class head; {record['parameters']:,} parameters, {_f(record['gflops'])} GFLOPs per "
+        f"{len(cfg.classes)}-class head; {record['parameters']:,} parameters, {_f(record['gflops'])} GFLOPs per "
         f"{t.image_size} px image.",
         f"- **Developed by:** this study, reproducing Cruz (2025) on Kvasir v2 (profile `{cfg.profile}`); evaluated on "
         f"{datetime.date.fromtimestamp((cfg.eval_dir(i.model) / 'metrics.json').stat().st_mtime)}.",
@@ -184,7 +184,7 @@ def _analyses(i: CardInputs) -> list[str]:
     needed = [f"{i.model}_table1", f"{i.model}_roc_auc", "guide_box_rates", f"{i.model}_guide_box_masked",
               "near_duplicates"]
     if all(i.table(n) is not None for n in needed):
-        per_class = factors.class_factors(i.cfg.data.classes, *[i.table(n) for n in needed])
+        per_class = factors.class_factors(i.cfg.classes, *[i.table(n) for n in needed])
         lines += ["Per class:", "", to_markdown(per_class)]
     else:
         lines.append("Per class: " + NOT_YET.format(profile=i.cfg.profile, what="notebooks 04 and 07") + ".")

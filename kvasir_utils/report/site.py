@@ -21,7 +21,7 @@ from kvasir_utils.config import Config, cached_name
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import write_text_atomic
 from kvasir_utils.provenance import describe_commit, describe_runtime, environment, provenance
-from kvasir_utils.report import formats, outputs, tables
+from kvasir_utils.report import formats, model_card, outputs, tables
 from kvasir_utils.report.outputs import banner_html, table_html
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -115,9 +115,32 @@ def render_reports(cfg: Config) -> Path:
     pages = render_pages(cfg)
     evaluations = runs.read_evaluations(cfg, required=False)
     browsers = [render_browser(cfg, model, predictions) for model, (_, predictions) in evaluations.items()]
+    cards = render_model_cards(cfg)
     index = cfg.report_dir / "index.html"
-    _write_page("index.html.j2", index, **index_context(cfg, pages, browsers, evaluations))
+    _write_page("index.html.j2", index, **index_context(cfg, pages, browsers, evaluations, cards))
     return index
+
+
+def render_model_cards(cfg: Config) -> Markup | None:
+    """``model_card.md`` and its HTML page for every evaluated model; the index's table of them."""
+    import mistune
+
+    root = cfg.report_dir
+    rows = []
+    for card in model_card.write_model_cards(cfg):
+        model = card.parent.name
+        page = _write_page("model_card.html.j2", card.with_suffix(".html"), title=f"Model card: {model}",
+                           root=_rel(root, card.parent) + "/",
+                           banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.")),
+                           body=Markup(mistune.html(card.read_text())))
+        onnx = card.parent / "export" / "model.onnx"
+        rows.append({"model": formats.model_name(model), "card": f'<a href="{_rel(page, root)}">model card</a> '
+                     f'(<a href="{_rel(card, root)}">Markdown</a>)',
+                     "ONNX": f'<a href="{_rel(onnx, root)}">model.onnx</a>' if onnx.exists()
+                     else f"<code>make export PROFILE={cfg.profile} MODEL={model}</code> writes it"})
+    if not rows:
+        return None
+    return Markup(pd.DataFrame(rows).to_html(index=False, escape=False, classes="kvasir-table", border=0))
 
 
 def _verdict_summary(card: pd.DataFrame, cfg: Config) -> str:
@@ -133,7 +156,7 @@ def _verdict_summary(card: pd.DataFrame, cfg: Config) -> str:
 
 def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFrame, browser: Path) -> dict:
     root, figures = cfg.report_dir, cfg.report_dir / "figures"
-    classes = cfg.data.classes
+    classes = cfg.classes
     reported = paper.REPORTED.get(model, {})
     y_true, y_pred = predictions["true"].to_numpy(), predictions["pred"].to_numpy()
     table1 = paper.versus(metrics.classification_table(y_true, y_pred, classes), reported.get("table1"))
@@ -187,7 +210,8 @@ def _audit_section(cfg: Config) -> dict | None:
             "table": Markup(table_html(shown, caption="The audit in numbers")), "figures": figures}
 
 
-def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Path], evaluations: dict) -> dict:
+def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Path], evaluations: dict,
+                  cards: Markup | None = None) -> dict:
     root = cfg.report_dir
     claims = verdicts.claims_table(cfg, evaluations, verdicts.find_sweep(cfg))
     models = [_model_section(cfg, model, *evaluations[model], browser)
@@ -201,6 +225,7 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
     toc += [(m["id"], f"{m['name']}: Table 1, Table 2, ROC-AUC, Figures 1-3") for m in models]
     toc += [("comparison", "ResNet50 against EfficientNet-B0")] if comparison else []
     toc += [("audit", "Audit: what inflates the score")] if audit_part else []
+    toc += [("model-cards", "Model cards: what each trained model is for and where it fails")] if cards else []
     toc += [("pages", "Every page and file"), ("appendix", "Appendix: settings, readings and provenance")]
     found = departures.departures(cfg)
     note = f"This run departs from the paper's protocol in {len(found)} setting(s): see the appendix." if len(found) \
@@ -211,7 +236,7 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
         "banner": Markup(banner_html(cfg, f"Profile '{cfg.profile}'. {note}", page="index")),
         "verdict_summary": _verdict_summary(claims, cfg), "level": f"{cfg.eval.confidence:.0%}",
         "card": Markup(table_html(tables.card(claims), caption="The paper's claims")), "toc": toc,
-        "models": models, "comparison": comparison, "mcnemar": mcnemar, "audit": audit_part, "model_cards": None,
+        "models": models, "comparison": comparison, "mcnemar": mcnemar, "audit": audit_part, "model_cards": cards,
         "pages": [(_rel(page, root), title) for page, title in pages]
                  + [(_rel(b, root), f"Error browser: {formats.model_name(b.stem.removeprefix('browser-'))}")
                     for b in browsers]
@@ -264,7 +289,7 @@ def render_browser(cfg: Config, model: str, predictions: pd.DataFrame) -> Path:
     root = cfg.report_dir
     flags_path = root / "tables" / "validation_images.csv"
     flags = pd.read_csv(flags_path, keep_default_na=False).set_index("path") if flags_path.exists() else None
-    classes = list(cfg.data.classes)
+    classes = list(cfg.classes)
     rows = []
     for row in predictions.itertuples():
         flag = flags.loc[row.path] if flags is not None and row.path in flags.index else None

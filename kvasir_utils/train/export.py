@@ -66,14 +66,14 @@ def preprocessing(cfg: Config) -> dict:
     regions = {"guide_box": overlays.GUIDE_BOX, "text": overlays.TEXT_REGION}
     return {
         "image_size": t.image_size, "resize_mode": t.eval_resize, "mean": t.mean, "std": t.std,
-        "class_names": cfg.data.classes, "mask_overlays": mask,
+        "class_names": cfg.classes, "mask_overlays": mask,
         "cache": {"short_side": cfg.cache.short_side, "resample": "bicubic", "reducing_gap": 2.0,
                   "jpeg_draft": True, "jpeg_quality": cfg.cache.quality},
         "mask_regions": {} if mask == "none" else {
             name: {"left_top_right_bottom": region, "margin": overlays.MASK_MARGIN} for name, region in regions.items()
             if name == "guide_box" or mask == "guide_box_and_text"},
         "input": {"name": INPUT, "shape": ["batch", 3, t.image_size, t.image_size], "dtype": "float32"},
-        "output": {"name": OUTPUT, "shape": ["batch", len(cfg.data.classes)],
+        "output": {"name": OUTPUT, "shape": ["batch", len(cfg.classes)],
                    "meaning": "logits in class_names' order; softmax gives the probabilities"},
         "steps": [
             "decode the image as RGB",
@@ -94,7 +94,7 @@ def preprocessing(cfg: Config) -> dict:
 def validation_batches(predictor: Predictor, batch_size: int = 32):
     """The run's validation images as the evaluation feeds them (cached copy, eval preset), in batches."""
     cfg = predictor.cfg
-    split = read_split(predictor.run_folder / "split.csv", cfg.data.classes)
+    split = read_split(predictor.run_folder / "split.csv", cfg.classes)
     paths = split.loc[split["split"] == "val", "path"].tolist()
     preset, cache = presets.eval_preset(cfg.transforms), prepare.cache_dir(cfg)
     for start in range(0, len(paths), batch_size):

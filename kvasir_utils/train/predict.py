@@ -119,13 +119,13 @@ class Predictor:
         ``runtime`` or on the device and precision its settings resolve to on this machine."""
         checkpoint, cfg, path = load_finished(Path(run_folder), model_name)
         runtime = runtime or hardware.resolve_runtime(cfg.runtime)
-        model = models.build_model(model_name, len(cfg.data.classes), weights=None)
+        model = models.build_model(model_name, len(cfg.classes), weights=None)
         model.load_state_dict(checkpoint["model"])
         return cls(cfg, model_name, hardware.prepare_model(model, runtime).eval(), runtime, path, Path(run_folder))
 
     @property
     def classes(self) -> list[str]:
-        return self.cfg.data.classes
+        return self.cfg.classes
 
     def view(self, image: Image.Image) -> Image.Image:
         """``image`` as the cache holds an image: resized, JPEG-encoded and decoded again (RGB)."""
