@@ -111,10 +111,10 @@ def _intended_use(i: CardInputs) -> list[str]:
     return [
         "## Intended use",
         "- **Primary use:** research and education: reproducing and studying the paper's transfer-learning "
-        "protocol on Kvasir v2, and what inflates Kvasir scores.",
+        f"protocol on {i.cfg.data.name}, and what inflates Kvasir scores.",
         "- **Out of scope:** clinical use of any kind (diagnosis, triage, screening, decision support). The model "
-        "is not a medical device, was never validated clinically, and has seen only Kvasir v2's images.",
-        f"- **The dataset's terms:** {paper.DATASET_TERMS}",
+        f"is not a medical device, was never validated clinically, and has seen only the images of {i.cfg.data.name}.",
+        f"- **The dataset's terms:** {paper.dataset_terms(i.cfg.data.dataset)}",
     ]
 
 

@@ -83,14 +83,20 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str], auc: p
     """One-vs-rest ROC curve per class, with its AUC (``auc``, indexed by display name) in the legend."""
     from sklearn.metrics import roc_curve
 
-    fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    many = len(classes) > 10  # the legend goes beside the axes, one column of names
+    fig, ax = plt.subplots(figsize=(6.4 + 3.0 * many, max(5.4, 0.2 * len(classes) + 1.2)))
+    colours = plt.get_cmap("tab20" if many else "tab10")
     for i, name in enumerate(classes):
         if 0 < (y_true == i).sum() < len(y_true):
             fpr, tpr, _ = roc_curve(y_true == i, probs[:, i])
-            ax.plot(fpr, tpr, label=f"{name} ({auc[display_name(name)]:.3f})")
+            ax.plot(fpr, tpr, label=f"{name} ({auc[display_name(name)]:.3f})", color=colours(i % colours.N),
+                    linestyle="-" if i < colours.N else "--")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(fontsize=7, loc="lower right")
+    if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -126,7 +132,7 @@ def prediction_grid(images: list, rows: pd.DataFrame, classes: list[str], title:
 
 def guide_box_rate_chart(rates: pd.DataFrame, title: str = "Frames with the guide box"):
     """Share of frames per class that carry the teal guide box (``label``, ``images``, ``with_box``, ``rate``)."""
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(rates) + 1.5), 3.4))
     sns.barplot(data=rates, x="label", y="rate", color="#13A488", ax=ax)
     for x, row in enumerate(rates.itertuples()):
         ax.text(x, row.rate, f"{row.with_box}/{row.images}", ha="center", va="bottom", fontsize=7)

@@ -250,8 +250,8 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
         "readings": Markup(table_html(tables.readings(paper.readings_table(cfg.to_dict()), cfg))),
         "consistency": paper.consistency_notes(), "provenance": Markup(_provenance_table(cfg, evaluations)),
         "environments": Markup(table_html(_environments(evaluations), caption="Versions and hardware")),
-        "settings": yaml.safe_dump(cfg.to_dict(), sort_keys=False), "citations": paper.CITATIONS,
-        "terms": paper.DATASET_TERMS,
+        "settings": yaml.safe_dump(cfg.to_dict(), sort_keys=False), "citations": paper.citations(cfg.data.dataset),
+        "terms": paper.dataset_terms(cfg.data.dataset),
     }
 
 
