@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kvasir_utils import profiles
 from kvasir_utils.analysis import cross
-from kvasir_utils.data import duplicates, synthetic, synthetic_hyperkvasir
+from kvasir_utils.data import duplicates, prepare, synthetic, synthetic_hyperkvasir
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.run import cli
 from tests.conftest import SMOKE_CHAIN
@@ -77,8 +78,19 @@ def test_cross_evaluate_counts_the_shared_frames_and_scores_with_and_without_the
     plan = tree.dropna(subset=["shared_with"])
     traps = synthetic.planted_traps(synthetic_hyperkvasir.KVASIR_CLASSES, 40, seed=0)
     twins = {o: [o, *traps.loc[traps["duplicate_of"] == o, "path"]] for o in plan["shared_with"]}
-    expected = sum((split[twins[o]] == "train").any() for o in plan["shared_with"])
-    assert 0 < expected < len(plan)
+    planted = {path for path, o in zip(plan["path"], plan["shared_with"]) if (split[twins[o]] == "train").any()}
+    assert 0 < len(planted) < len(plan)
+    flagged = pd.read_csv(smoke_chain.run_dir / "cross" / "smoke-hyperkvasir" / "resnet50" / "predictions.csv")
+    flagged = set(flagged.loc[flagged["overlap"], "path"])
+    # every planted copy is found; a generated frame may also be a near-duplicate by chance (same cue,
+    # similar layout): each such extra must really be within the distance of a training frame
+    assert planted <= flagged and len(flagged - planted) <= 2, (planted - flagged, flagged - planted)
+    if extras := sorted(flagged - planted):
+        target = profiles.load_profile("smoke-hyperkvasir", overrides)
+        train = prepare.image_hashes(smoke_chain, split.index[split == "train"])
+        _, distance = duplicates.nearest(prepare.image_hashes(target, extras), train)
+        assert (distance <= duplicates.NEAR_DUPLICATE_DISTANCE).all(), distance
+    expected = len(flagged)
     for model in smoke_chain.train.models:
         row = summary.loc[model]
         assert row["overlap_images"] == expected

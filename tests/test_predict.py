@@ -107,7 +107,8 @@ def test_the_gallery_shows_every_image_with_its_map_offline(predicted):
     page = (folder / "index.html").read_text()
     sources = re.findall(r'src="([^"]+)"', page)
     assert len(sources) == 2 * 64 and all((folder / s).stat().st_size > 500 for s in sources)
-    assert 'name="viewport"' in page and "http://" not in page and "https://" not in page
+    # offline: nothing is loaded from the network (the banner may name the paper's URL as text)
+    assert 'name="viewport"' in page and not re.search(r'(src|href)\s*=\s*"(https?:)?//', page)
     assert page.count('data-confidence="') == 64 and "least confident first" in page
     assert "mean nothing about Kvasir" in page and "not for clinical use" in page
 
