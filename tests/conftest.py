@@ -19,7 +19,7 @@ import pytest
 
 from kvasir_utils.analysis import labels
 from kvasir_utils.data import synthetic
-from tests.helpers import RangeHandler, prepare_tiny_dataset, tmp_overrides
+from tests.helpers import SMOKE_CHAIN, RangeHandler, prepare_tiny_dataset, tmp_overrides
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,6 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 # The smoke profile as `make smoke` runs it (its sizes are what make the models learn), into tmp.
-SMOKE_CHAIN = ["eval.bootstrap_samples=50"]
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +76,15 @@ def smoke_chain(tmp_path_factory):
     assert cli.main(["report", "--profile", "smoke", *[a for o in overrides for a in ("--set", o)]]) == 0
     return cfg
 
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Tests that share a session fixture must run on one worker: under ``--dist loadgroup``
+    pytest-xdist marks them by adding ``@group`` to their node ids. A pytest that ignores that (9.x
+    with xdist 3.8 does) would split them silently and build each fixture on both workers."""
+    if getattr(config.option, "loadgroup", False):
+        lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(f"xdist_group has no effect with this pytest ({lost[0]} has no @group): "
+                                    "install the pytest version requirements.lock pins (make setup)")

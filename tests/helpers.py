@@ -9,6 +9,9 @@ from pathlib import Path
 from kvasir_utils import profiles
 from kvasir_utils.data import prepare
 
+# The smoke chain (conftest.smoke_chain): the smoke profile with fewer bootstrap resamples.
+SMOKE_CHAIN = ["eval.bootstrap_samples=50"]
+
 
 def tmp_overrides(root: Path) -> list[str]:
     """Point every path of a profile at ``root``."""

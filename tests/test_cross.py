@@ -11,8 +11,7 @@ from kvasir_utils.analysis import cross
 from kvasir_utils.data import duplicates, prepare, synthetic, synthetic_hyperkvasir
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.run import cli
-from tests.conftest import SMOKE_CHAIN
-from tests.helpers import tmp_overrides
+from tests.helpers import SMOKE_CHAIN, tmp_overrides
 
 SOURCE = ["a", "b", "c"]
 
