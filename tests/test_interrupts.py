@@ -91,9 +91,9 @@ def _paths(root: Path, run: str) -> list[str]:
             f"paths.reports={root / run / 'reports'}"]
 
 
-def _make(study, run: str) -> Run:
+def _make(study, run: str, target: str = "evaluate") -> Run:
     settings = " ".join(_paths(study["root"], run))
-    return Run(["make", "--no-print-directory", "evaluate", f"PROFILE={study['profile']}", f"SET={settings}"],
+    return Run(["make", "--no-print-directory", target, f"PROFILE={study['profile']}", f"SET={settings}"],
                study["root"] / run / f"make-{time.monotonic_ns()}.log")
 
 
@@ -114,7 +114,8 @@ def _temp_files(folder: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def interrupted(study):
     """The run that the next tests interrupt, each at its step, in the order of the pipeline."""
-    return {"cfg": _config(study, "interrupted"), "make": lambda: _make(study, "interrupted")}
+    return {"cfg": _config(study, "interrupted"),
+            "make": lambda target="evaluate": _make(study, "interrupted", target)}
 
 
 def test_ctrl_c_in_the_data_stage_keeps_every_finished_cache_entry_and_no_half_written_one(interrupted):
@@ -180,7 +181,7 @@ def test_ctrl_c_in_evaluation_leaves_no_stamp(interrupted):
 
 def test_ctrl_c_while_the_report_is_rendered_leaves_no_half_written_page(interrupted):
     cfg = interrupted["cfg"]
-    run = interrupted["make"]()
+    run = interrupted["make"]("report")  # the pages of the notebooks run so far; the last test runs the rest
     run.wait_for("kvasir_utils report")
     time.sleep(0.5)
     seconds = run.ctrl_c()
