@@ -56,7 +56,7 @@ reproduce: $(SETUP_STAMP) ## notebooks 01-05 and the audit (07) for every model 
 evaluate: $(SETUP_STAMP) ## notebooks 01-04 for every model of PROFILE and the HTML report, without 05 (a sweep's runs)
 	@$(SUBMAKE) pipeline-evaluated
 
-smoke: ## the whole study on generated data, offline, in minutes (= make reproduce PROFILE=smoke; PROFILE=smoke-hyperkvasir)
+smoke: ## the whole study on generated data, offline, in minutes (PROFILE=smoke by default; or smoke-hyperkvasir)
 	@$(MAKE) --no-print-directory reproduce PROFILE='$(if $(filter command line,$(origin PROFILE)),$(PROFILE),smoke)' SET='$(SET)'
 
 report: $(SETUP_STAMP) ## re-render the HTML reports of PROFILE from the executed notebooks
