@@ -15,15 +15,14 @@ import json
 import os
 from pathlib import Path
 
-import jinja2
 import pandas as pd
 
 from kvasir_utils.analysis.runs import class_names
 from kvasir_utils.config import Config
 from kvasir_utils.provenance import describe_runtime
+from kvasir_utils.report import pages
 from kvasir_utils.report.outputs import banner_html
 
-TEMPLATES = Path(__file__).parent / "templates"
 THUMBNAILS, GRADCAM = "thumbnails", "gradcam"
 TOP = 3
 
@@ -83,9 +82,7 @@ def render_gallery(folder: Path, cfg: Config, embed: bool = False) -> str:
     ``embed=True``: the part of it a notebook shows, its images inside and its styles its own."""
     predictions, skipped, record = read_prediction(folder)
     card = os.path.relpath(cfg.model_dir(record["model"]) / "model_card.md", folder)
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                                     undefined=jinja2.StrictUndefined)
-    return environment.get_template("gallery.html.j2").render(
+    return pages.render("gallery.html.j2",
         standalone=not embed, title=f"{record['model']}: predictions for {record['name']}",
         banner=banner_html(cfg, f"Predictions of {record['model']}, trained in profile '{record['profile']}'."),
         summary=summary(record, len(skipped)),

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from markupsafe import Markup
 
 from kvasir_utils import profiles
 from kvasir_utils.analysis import factors, paper
 from kvasir_utils.config import Config
 from kvasir_utils.io import sha256_file, write_text_atomic
 from kvasir_utils.provenance import describe_commit, describe_runtime
-from kvasir_utils.report.outputs import save_table, to_markdown
+from kvasir_utils.report import formats, pages
+from kvasir_utils.report.outputs import banner_html, save_table, to_markdown
 
 NOT_YET = "not made yet: `make reproduce PROFILE={profile}` writes it ({what})"
 
@@ -252,3 +254,25 @@ def model_cards_table(cfg: Config) -> pd.DataFrame:
             rows[model] = {"card": str((folder / "model_card.md").relative_to(cfg.report_dir)),
                            "onnx": str(onnx.relative_to(cfg.report_dir)) if onnx.exists() else ""}
     return pd.DataFrame.from_dict(rows, orient="index", columns=["card", "onnx"]).rename_axis("model")
+
+
+def render_model_cards(cfg: Config) -> Markup | None:
+    """``model_card.md`` and its HTML page for every evaluated model; the index's table of them."""
+    import mistune
+
+    root = cfg.report_dir
+    rows = []
+    for card in write_model_cards(cfg):
+        model = card.parent.name
+        page = pages.write_page("model_card.html.j2", card.with_suffix(".html"), title=f"Model card: {model}",
+                                root=pages.rel(root, card.parent) + "/",
+                                banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.")),
+                                body=Markup(mistune.html(card.read_text())))
+        onnx = card.parent / "export" / "model.onnx"
+        rows.append({"model": formats.model_name(model), "card": f'<a href="{pages.rel(page, root)}">model card</a> '
+                     f'(<a href="{pages.rel(card, root)}">Markdown</a>)',
+                     "ONNX": f'<a href="{pages.rel(onnx, root)}">model.onnx</a>' if onnx.exists()
+                     else f"<code>make export PROFILE={cfg.profile} MODEL={model}</code> writes it"})
+    if not rows:
+        return None
+    return Markup(pd.DataFrame(rows).to_html(index=False, escape=False, classes="kvasir-table", border=0))

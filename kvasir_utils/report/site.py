@@ -5,12 +5,10 @@ the sweep's index."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from urllib.parse import quote
 
-import jinja2
 import pandas as pd
 import yaml
 from markupsafe import Markup
@@ -23,27 +21,9 @@ from kvasir_utils.io import write_text_atomic
 from kvasir_utils.provenance import describe_commit, describe_runtime, environment, provenance
 from kvasir_utils.report import formats, model_card, outputs, tables
 from kvasir_utils.report.outputs import banner_html, table_html
+from kvasir_utils.report.pages import TEMPLATES, copy_stylesheet, rel, write_page
 
-TEMPLATES = Path(__file__).parent / "templates"
 ORDER = ("01", "02", "03", "04", "05", "06", "07", "08")  # notebook pages in the paper's order
-
-
-def _templates() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                              undefined=jinja2.StrictUndefined)
-
-
-def _write_page(template: str, dest: Path, **context) -> Path:
-    return write_text_atomic(dest, _templates().get_template(template).render(**context))
-
-
-def copy_stylesheet(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "style.css", (TEMPLATES / "style.css").read_text())
-
-
-def _rel(path: Path, root: Path) -> str:
-    return quote(os.path.relpath(path, root), safe="/=,+@()#&")
 
 
 def _figure(path: Path, root: Path) -> Markup:
@@ -52,7 +32,7 @@ def _figure(path: Path, root: Path) -> Markup:
         return Markup("")
     text = outputs.caption(path.stem)
     alt = Markup.escape(text or path.stem)
-    return Markup(f'<figure><img class="kvasir-figure" src="{_rel(path, root)}" alt="{alt}">'
+    return Markup(f'<figure><img class="kvasir-figure" src="{rel(path, root)}" alt="{alt}">'
                   f"<figcaption>{Markup.escape(text)}</figcaption></figure>")
 
 
@@ -100,7 +80,7 @@ def render_pages(cfg: Config) -> list[tuple[Path, str]]:
               for p in executed]
     pages = []
     for i, path in enumerate(executed):
-        nav = {"title": titles[i], "notebook": _rel(path, folder),
+        nav = {"title": titles[i], "notebook": rel(path, folder),
                "previous": {"href": f"{executed[i - 1].stem}.html", "title": titles[i - 1]} if i else None,
                "next": {"href": f"{executed[i + 1].stem}.html", "title": titles[i + 1]} if i + 1 < len(executed)
                else None}
@@ -115,32 +95,11 @@ def render_reports(cfg: Config) -> Path:
     pages = render_pages(cfg)
     evaluations = runs.read_evaluations(cfg, required=False)
     browsers = [render_browser(cfg, model, predictions) for model, (_, predictions) in evaluations.items()]
-    cards = render_model_cards(cfg)
+    cards = model_card.render_model_cards(cfg)
     index = cfg.report_dir / "index.html"
-    _write_page("index.html.j2", index, **index_context(cfg, pages, browsers, evaluations, cards))
+    write_page("index.html.j2", index, **index_context(cfg, pages, browsers, evaluations, cards))
     return index
 
-
-def render_model_cards(cfg: Config) -> Markup | None:
-    """``model_card.md`` and its HTML page for every evaluated model; the index's table of them."""
-    import mistune
-
-    root = cfg.report_dir
-    rows = []
-    for card in model_card.write_model_cards(cfg):
-        model = card.parent.name
-        page = _write_page("model_card.html.j2", card.with_suffix(".html"), title=f"Model card: {model}",
-                           root=_rel(root, card.parent) + "/",
-                           banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.")),
-                           body=Markup(mistune.html(card.read_text())))
-        onnx = card.parent / "export" / "model.onnx"
-        rows.append({"model": formats.model_name(model), "card": f'<a href="{_rel(page, root)}">model card</a> '
-                     f'(<a href="{_rel(card, root)}">Markdown</a>)',
-                     "ONNX": f'<a href="{_rel(onnx, root)}">model.onnx</a>' if onnx.exists()
-                     else f"<code>make export PROFILE={cfg.profile} MODEL={model}</code> writes it"})
-    if not rows:
-        return None
-    return Markup(pd.DataFrame(rows).to_html(index=False, escape=False, classes="kvasir-table", border=0))
 
 
 def _verdict_summary(card: pd.DataFrame, cfg: Config) -> str:
@@ -164,14 +123,14 @@ def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFr
     auc = metrics.roc_auc_table(y_true, predictions[[f"p_{c}" for c in classes]].to_numpy(), classes)
     eval_dir = cfg.eval_dir(model)
     links = Markup(" · ").join(Markup(f'<a href="{href}">{Markup.escape(text)}</a>') for href, text in (
-        (_rel(eval_dir / "predictions.csv", root), "predictions.csv"), (_rel(eval_dir / "metrics.json", root),
+        (rel(eval_dir / "predictions.csv", root), "predictions.csv"), (rel(eval_dir / "metrics.json", root),
                                                                         "metrics.json"),
-        (f"html/04_evaluate-{model}.html", "the evaluation notebook's page"), (_rel(browser, root), "error browser")))
+        (f"html/04_evaluate-{model}.html", "the evaluation notebook's page"), (rel(browser, root), "error browser")))
     return {
-        "id": model, "name": formats.model_name(model), "links": links, "browser": _rel(browser, root),
+        "id": model, "name": formats.model_name(model), "links": links, "browser": rel(browser, root),
         "table1": Markup(table_html(table1, missing=formats.NOT_REPORTED)),
         "f1_figure": _figure(figures / f"{model}_f1_vs_paper.png", root),
-        "table2": Markup(_table2_html(table2, reported.get("table2"), _rel(browser, root), classes)),
+        "table2": Markup(_table2_html(table2, reported.get("table2"), rel(browser, root), classes)),
         "abbreviations": compare.abbreviations_sentence(classes),
         "confusion_figure": _figure(figures / f"{model}_confusion.png", root),
         "roc_auc": Markup(table_html(paper.versus(auc.to_frame(), reported.get("roc_auc")),
@@ -237,12 +196,12 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
         "verdict_summary": _verdict_summary(claims, cfg), "level": f"{cfg.eval.confidence:.0%}",
         "card": Markup(table_html(tables.card(claims), caption="The paper's claims")), "toc": toc,
         "models": models, "comparison": comparison, "mcnemar": mcnemar, "audit": audit_part, "model_cards": cards,
-        "pages": [(_rel(page, root), title) for page, title in pages]
-                 + [(_rel(b, root), f"Error browser: {formats.model_name(b.stem.removeprefix('browser-'))}")
+        "pages": [(rel(page, root), title) for page, title in pages]
+                 + [(rel(b, root), f"Error browser: {formats.model_name(b.stem.removeprefix('browser-'))}")
                     for b in browsers]
-                 + [(_rel(p, root), f"executed notebook {p.name}") for p in sorted(cfg.notebook_dir.glob("*.ipynb"))
+                 + [(rel(p, root), f"executed notebook {p.name}") for p in sorted(cfg.notebook_dir.glob("*.ipynb"))
                     if not p.name.endswith(".failed.ipynb")],
-        "tables": [(t.stem, _rel(t, root), _rel(t.with_suffix(".tex"), root))
+        "tables": [(t.stem, rel(t, root), rel(t.with_suffix(".tex"), root))
                    for t in sorted((root / "tables").glob("*.csv"))],
         "tensorboard": f"tensorboard --logdir {cfg.run_dir}",
         "departures_count": len(found), "departures": Markup(table_html(tables.departures_table(cfg)))
@@ -294,15 +253,15 @@ def render_browser(cfg: Config, model: str, predictions: pd.DataFrame) -> Path:
     for row in predictions.itertuples():
         flag = flags.loc[row.path] if flags is not None and row.path in flags.index else None
         twin = flag["twin"] if flag is not None else ""
-        rows.append({"path": row.path, "thumb": _rel(root / "thumbs" / cached_name(row.path), root),
+        rows.append({"path": row.path, "thumb": rel(root / "thumbs" / cached_name(row.path), root),
                      "true": classes[row.true], "pred": classes[row.pred], "confidence": f"{row.confidence:.4f}",
                      "confidence_text": f"{row.confidence:.1%}", "right": "yes" if row.true == row.pred else "no",
                      "box": "yes" if flag is not None and str(flag["has_box"]) == "True" else "no",
                      "box_text": ("yes" if str(flag["has_box"]) == "True" else "no") if flag is not None else "",
                      "twin": twin, "twin_flag": "yes" if twin else "no",
-                     "twin_thumb": _rel(root / "thumbs" / cached_name(twin), root) if twin else ""})
+                     "twin_thumb": rel(root / "thumbs" / cached_name(twin), root) if twin else ""})
     dest = root / f"browser-{model}.html"
-    return _write_page("browser.html.j2", dest, title=f"{formats.model_name(model)}: every validation image",
+    return write_page("browser.html.j2", dest, title=f"{formats.model_name(model)}: every validation image",
                        root="", banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.", page="browser")),
                        heading=f"{formats.model_name(model)}: every validation image", classes=classes,
                        rows=rows, audited=flags is not None)
@@ -327,10 +286,10 @@ def render_sweep_report(sweep, results: pd.DataFrame, executed: Path | None) -> 
             shutil.rmtree(root / folder, ignore_errors=True)
         page = None
     else:
-        nav = {"title": notebook_title(executed), "notebook": _rel(executed, root / "html"), "previous": None,
+        nav = {"title": notebook_title(executed), "notebook": rel(executed, root / "html"), "previous": None,
                "next": None}
         page = render_notebook(executed, root / "html" / f"{executed.stem}.html", nav)
-    return _write_page("sweep.html.j2", root / "index.html", **sweep_context(sweep, results, page))
+    return write_page("sweep.html.j2", root / "index.html", **sweep_context(sweep, results, page))
 
 
 def _csv_table(path: Path, shape, empty: str) -> Markup:
@@ -345,7 +304,7 @@ def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
     members = []
     for member, row in zip(sweep.members, results.itertuples()):
         members.append({"name": member.name, "status": row.status, "error": row.error,
-                        "href": _rel(member.report_index, root) if member.report_index.exists() else None})
+                        "href": rel(member.report_index, root) if member.report_index.exists() else None})
     intro = (f"Profile {sweep.base.profile}; models {', '.join(dict.fromkeys(results['model']))}; seeds "
              f"{sweep.spec.seeds} (varying {sweep.spec.seed_setting}); grid: {grid}. {finished} of {len(results)} runs "
              f"finished; every number below is over the finished runs, with a {sweep.base.eval.confidence:.0%} "
@@ -369,7 +328,7 @@ def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
                              "needs two models with runs of the same seed"),
         "ablation": _csv_table(tables_dir / "ablation.csv", lambda f: f, "no finished run"),
         "figures": [_figure(f, root) for f in sorted((root / "figures").glob("*.png"))],
-        "page": _rel(page, root) if page else None, "members": members,
-        "tables": [(t.stem, _rel(t, root), _rel(t.with_suffix(".tex"), root))
+        "page": rel(page, root) if page else None, "members": members,
+        "tables": [(t.stem, rel(t, root), rel(t.with_suffix(".tex"), root))
                    for t in sorted(tables_dir.glob("*.csv"))],
     }
