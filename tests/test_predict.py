@@ -17,6 +17,7 @@ from kvasir_utils.data import duplicates, prepare
 from kvasir_utils.data.layout import find_classes
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.io import atomic_folder
+from kvasir_utils.report import browser
 from kvasir_utils.run import cli, notebooks
 from kvasir_utils.train.predict import Predictor, image_files
 
@@ -111,6 +112,9 @@ def test_the_gallery_shows_every_image_with_its_map_offline(predicted):
     assert 'name="viewport"' in page and not re.search(r'(src|href)\s*=\s*"(https?:)?//', page)
     assert page.count('data-confidence="') == 64 and "least confident first" in page
     assert "mean nothing about Kvasir" in page and "not for clinical use" in page
+    if browser.chromium_found():  # as a reader opens it: every image loads, nothing too wide, no console error
+        with browser.open_browser() as driver:
+            assert browser.page_problems(driver, folder / "index.html") == []
 
 
 @pytest.mark.slow

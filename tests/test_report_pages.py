@@ -23,12 +23,13 @@ def driver():
 
 
 def _pages(report: Path) -> list[Path]:
-    return [report / "index.html", *sorted((report / "html").glob("*.html")), *sorted(report.glob("browser-*.html"))]
+    return [report / "index.html", *sorted((report / "html").glob("*.html")), *sorted(report.glob("browser-*.html")),
+            *sorted(report.glob("models/*/model_card.html"))]
 
 
 def test_every_page_loads_cleanly_at_two_widths(smoke_chain, driver):
     pages = _pages(smoke_chain.report_dir)
-    assert len(pages) == 1 + 9 + 2  # the index, nine notebook pages, two error browsers
+    assert len(pages) == 1 + 9 + 2 + 2  # the index, nine notebook pages, two error browsers, two model cards
     problems = {page.name: found for page in pages if (found := browser.page_problems(driver, page))}
     assert problems == {}
 

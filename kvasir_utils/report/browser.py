@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from kvasir_utils.errors import KvasirError
@@ -46,9 +47,23 @@ def open_browser(width: int = 1280, height: int = 900):
             driver.quit()
 
 
-def show(driver, page: Path, width: int, height: int = 900) -> None:
+LOAD_LAZY_JS = """
+const lazy = Array.from(document.querySelectorAll('img[loading="lazy"]'));
+lazy.forEach(img => { img.loading = "eager"; });
+return lazy.length;
+"""
+
+
+def show(driver, page: Path, width: int, height: int = 900, wait: float = 10.0) -> None:
+    """``page`` at ``width`` x ``height`` px, with every image loaded (lazy ones made eager, as a
+    reader's scrolling would) or ``wait`` seconds passed."""
     driver.set_window_size(width, height)
     driver.get(Path(page).resolve().as_uri())
+    if driver.execute_script(LOAD_LAZY_JS):
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not driver.execute_script(
+                "return Array.from(document.images).every(img => img.complete)"):
+            time.sleep(0.1)
 
 
 PROBLEMS_JS = """
