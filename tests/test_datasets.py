@@ -312,3 +312,22 @@ def test_every_hyperkvasir_class_has_the_region_its_folder_names():
 
     for region_folder, _, name, *_ in synthetic_hyperkvasir.CLASSES:
         assert factors.REGION_OF[name] == ("upper GI" if region_folder.startswith("upper") else "lower GI"), name
+
+
+def test_a_class_too_small_for_the_folds_is_named_with_the_remedy():
+    from kvasir_utils.data import split
+
+    images = pd.DataFrame({"path": [f"{c}/{i}.jpg" for c, n in (("big", 20), ("tiny", 3)) for i in range(n)],
+                           "label": ["big"] * 20 + ["tiny"] * 3})
+    with pytest.raises(KvasirError) as error:
+        split.make_split(images, 0.2, seed=0, fold=4)
+    message = str(error.value)
+    assert "tiny with 3" in message and "data.classes" in message and "group_near_duplicates" not in message
+
+
+def test_an_archive_path_that_is_gone_is_no_folder_error():
+    from kvasir_utils.data import sources
+
+    assert sources.local_folder("/nowhere/kvasir-dataset-v2.zip") is None  # fetch_archive names it, or a copy is used
+    with pytest.raises(KvasirError, match="does not exist"):
+        sources.local_folder("/nowhere/my-folder")

@@ -44,7 +44,8 @@ def _extract_tar(archive: Path, partial: Path, progress: bool) -> None:
             check_tar_member(info)
         try:
             for info in tqdm(members, desc="extract", unit="file", disable=not progress, mininterval=1):
-                tf.extract(info, partial, filter="data")
+                # filter="data" from Python 3.11.4 on; before it, check_tar_member above is the guard
+                tf.extract(info, partial, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         except (tarfile.TarError, OSError, EOFError) as exc:
             shutil.rmtree(partial, ignore_errors=True)
             if is_disk_full(exc):

@@ -60,7 +60,7 @@ def source_folder(cfg: Config) -> Path | None:
     """The folder the images are read from in place (data.url a folder, or a generated folder tree);
     None when they come in an archive."""
     if cfg.generated_data:
-        return generate_folder(cfg) if cfg.data.synthetic.layout == "hyper-kvasir" else None
+        return generated_folder(cfg) if cfg.data.synthetic.layout == "hyper-kvasir" else None
     return local_folder(cfg.data.url)
 
 
@@ -99,10 +99,14 @@ def generate_archive(cfg: Config) -> Path:
     return path
 
 
+def generated_folder(cfg: Config) -> Path:
+    """Where the smoke-hyperkvasir profile's generated HyperKvasir-shaped folder tree lies (used in place)."""
+    return cfg.dataset_dir / "generated" / _generated_name(cfg)
+
+
 def generate_folder(cfg: Config) -> Path:
-    """The smoke-hyperkvasir profile's source: a generated HyperKvasir-shaped folder tree, made once, used in place."""
-    spec = cfg.data.synthetic
-    path = cfg.dataset_dir / "generated" / _generated_name(cfg)
+    """Make the generated folder tree once (prepare_dataset calls this under the dataset's lock)."""
+    spec, path = cfg.data.synthetic, generated_folder(cfg)
     if not path.exists():
         synthetic_hyperkvasir.make_tree(path, spec.images_per_class, spec.seed, spec.large_fraction)
     return path
@@ -118,7 +122,7 @@ def split_file(cfg: Config) -> Path:
     """The file a ``split.source: file`` split is read from: split.file, or the generated tree's own."""
     if cfg.split_file is not None:
         return cfg.split_file
-    return generate_folder(cfg) / synthetic_hyperkvasir.SPLIT_FILE
+    return generated_folder(cfg) / synthetic_hyperkvasir.SPLIT_FILE
 
 
 # -- the stage ----------------------------------------------------------------------------
@@ -141,8 +145,12 @@ def prepare_dataset(cfg: Config, progress: bool = True) -> PreparedData:
     Holds the dataset folder's lock throughout, so a concurrent run waits and then reuses the
     finished files instead of writing the same ones.
     """
-    folder = source_folder(cfg)
+    if not cfg.generated_data:
+        source_folder(cfg)  # a folder that does not exist is named before anything is written
     with folder_lock(cfg.dataset_dir, "preparing the dataset", wait=True):
+        if cfg.generated_data and cfg.data.synthetic.layout == "hyper-kvasir":
+            generate_folder(cfg)  # made here, under the lock: a concurrent run waits for it
+        folder = source_folder(cfg)
         if folder is None:
             archive = fetch_archive(source_urls(cfg), archive_path(cfg), cfg.data.size, cfg.data.sha256,
                                     offline=cfg.runtime.offline, progress=progress)

@@ -59,13 +59,15 @@ def archive_stem(name: str) -> str:
 
 def local_folder(url: str) -> Path | None:
     """The folder ``url`` names when it is a local folder (used in place), else None. A local path
-    that does not exist is an error here, once, rather than a failed copy later."""
+    that does not exist and is not named as an archive is an error here, once, rather than a failed
+    copy later."""
     local = _local_source(url)
     if local is None:
         return None
     if local.is_dir():
         return local.resolve()
-    if not local.exists():
+    if not local.exists() and not local.name.lower().endswith(ARCHIVE_SUFFIXES):
+        # an archive's path that is gone is fetch_archive's to report (a copy under data/ is used as is)
         raise KvasirError(f"data.url is {url}, and {local} does not exist (neither a folder nor an archive file). "
                           "Give the path of a folder of class folders, or of a .zip or .tar.gz archive, or an "
                           "http(s):// address")

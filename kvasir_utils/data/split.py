@@ -59,22 +59,27 @@ def make_split(images: pd.DataFrame, val_fraction: float, seed: int, groups=None
         _, val_index = list(folds)[fold or 0]
     split = ordered.assign(split="train")
     split.loc[val_index, "split"] = "val"
-    _check_sides(split, val_fraction)
+    _check_sides(split, val_fraction, grouped=groups is not None)
     return split[SPLIT_COLUMNS]
 
 
-def _check_sides(split: pd.DataFrame, val_fraction: float) -> None:
+def _check_sides(split: pd.DataFrame, val_fraction: float, grouped: bool) -> None:
     """Every class on both sides, and the validation share near the one asked for (a group of
-    near-duplicates can be a whole class, which no split can divide)."""
+    near-duplicates can be a whole class, which no split can divide; so can a class with fewer
+    images than folds)."""
     sides = split.groupby("label")["split"].agg(lambda s: set(s))
     lopsided = [label for label, found in sides.items() if found != {"train", "val"}]
     share = (split["split"] == "val").mean()
     if lopsided or abs(share - val_fraction) > 0.05:
-        raise KvasirError(
-            f"the split is lopsided (validation share {share:.2f} for {val_fraction}; classes without images on "
-            f"both sides: {', '.join(lopsided) or 'none'}): near-duplicate groups this large cannot be divided. "
-            f"Set split.group_near_duplicates=false, or check the near-duplicate threshold on your images"
-        )
+        found = (f"the split is lopsided (validation share {share:.2f} for {val_fraction}; classes without images "
+                 f"on both sides: {', '.join(lopsided) or 'none'})")
+        if grouped:
+            raise KvasirError(f"{found}: near-duplicate groups this large cannot be divided. Set "
+                              "split.group_near_duplicates=false, or check the near-duplicate threshold on your images")
+        counts = split["label"].value_counts()
+        raise KvasirError(f"{found}: a class needs about {round(1 / val_fraction)} images or more to have some on "
+                          f"each side (smallest here: {counts.idxmin()} with {counts.min()}). Add images to the "
+                          "small classes, leave them out of data.classes, or raise split.val_fraction (fewer folds)")
 
 
 def write_split(split: pd.DataFrame, path: Path) -> Path:

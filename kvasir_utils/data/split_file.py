@@ -65,7 +65,7 @@ def read_split_file(path: Path, delimiter: str) -> pd.DataFrame:
     if table.shape[1] < 3:
         raise KvasirError(f"the split file {path} has {table.shape[1]} column(s) when read with split.delimiter "
                           f"{delimiter!r}; expected file name, class name and fold index (HyperKvasir's files need "
-                          "split.delimiter=';')")
+                          'split.delimiter: ";" in the profile, or SET="split.delimiter=;" on the make line)')
     table = table.iloc[:, :3].set_axis(COLUMNS, axis=1)
     table["file"] = table["file"].str.strip().str.rsplit("/", n=1).str[-1]
     folds = pd.to_numeric(table["fold"].str.strip(), errors="coerce")

@@ -87,7 +87,8 @@ def _details(i: CardInputs) -> list[str]:
         f"- **Model:** torchvision `{i.model}`, a convolutional image classifier with a new "
         f"{len(cfg.classes)}-class head; {record['parameters']:,} parameters, {_f(record['gflops'])} GFLOPs per "
         f"{t.image_size} px image.",
-        f"- **Developed by:** this study, reproducing Cruz (2025) on Kvasir v2 (profile `{cfg.profile}`); evaluated on "
+        f"- **Developed by:** this study, which reproduces Cruz (2025) on Kvasir v2; this model: profile "
+        f"`{cfg.profile}` on {cfg.data.name}; evaluated on "
         f"{datetime.date.fromtimestamp((cfg.eval_dir(i.model) / 'metrics.json').stat().st_mtime)}.",
         f"- **Started from:** {_started_from(made.get('weights'))}",
         f"- **Protocol:** Adam, batch {cfg.train.batch_size}; stage 1: {s1.epochs} epochs training `{s1.trainable}` at "
@@ -158,6 +159,25 @@ def _metrics(i: CardInputs) -> list[str]:
     ]
 
 
+# Where each public dataset's frames come from, for the card's caveats
+SOURCES = {
+    "kvasir-v2": "The images are de-identified endoscopy frames of one health trust in Norway (Vestre Viken), from "
+                 "one centre's equipment and practice.",
+    "hyper-kvasir": "The images are de-identified endoscopy frames from Bærum Hospital (Vestre Viken, Norway), from "
+                    "one centre's equipment and practice.",
+    "other": "Where the images come from is the dataset owner's to state (data.dataset: other).",
+}
+
+
+def _split_words(cfg: Config, grouped: str) -> str:
+    """How the run's images were split, in words."""
+    if cfg.split.source == "file":
+        where = f"`{cfg.split.file}`" if cfg.split.file else "the generated tree's own split file"
+        return f"the split read from {where} (validation fold {cfg.split.validation_fold}, matched by file name)"
+    fold = f", fold {cfg.split.validation_fold}" if cfg.split.validation_fold is not None else ""
+    return f"a stratified split of the dataset ({cfg.split.val_fraction:.0%}, seed {cfg.split.seed}{fold}, {grouped})"
+
+
 def _data(i: CardInputs) -> list[str]:
     cfg, counts = i.cfg, i.table("class_counts")
     t = cfg.transforms
@@ -166,8 +186,8 @@ def _data(i: CardInputs) -> list[str]:
     grouped = "near-duplicate groups kept on one side" if cfg.split.group_near_duplicates else "image by image"
     return [
         "## Evaluation data",
-        f"The validation part of a stratified split of the dataset ({cfg.split.val_fraction:.0%}, seed "
-        f"{cfg.split.seed}, {grouped}): {sizes}. Each image is resized once into the study's cache (short side "
+        f"The validation part of {_split_words(cfg, grouped)}: {sizes}. Each image is resized once into the "
+        f"study's cache (short side "
         f"{cfg.cache.short_side} px, JPEG quality {cfg.cache.quality}), then to {t.image_size}x{t.image_size} "
         f"({t.eval_resize}) and normalised with ImageNet's statistics.",
         "", "## Training data",
@@ -208,9 +228,8 @@ def _ethics(i: CardInputs) -> list[str]:
     ]
     return [
         "## Ethical considerations",
-        "- The images are de-identified endoscopy frames of one health trust in Norway (Vestre Viken), from one "
-        "centre's equipment and practice; nothing is known of the patients (no ids, age, sex or ethnicity), so "
-        "fairness across patient groups cannot be assessed.",
+        f"- {SOURCES.get(i.cfg.data.dataset, SOURCES['other'])} Nothing is known of the patients (no ids, age, sex "
+        "or ethnicity), so fairness across patient groups cannot be assessed.",
         *audit, *([] if audit else ["- The audit (notebook 07) has not run: " + NOT_YET.format(
             profile=i.cfg.profile, what="notebook 07") + "."]),
         "", "## Caveats and recommendations",
@@ -226,7 +245,8 @@ def model_card_markdown(cfg: Config, model: str) -> str:
     title = [f"# Model card: {model} (profile `{i.cfg.profile}`)", ""]
     if i.cfg.generated_data:
         title += ["> **This card describes a pipeline check on generated data.** The model was trained and "
-                  f"evaluated on the synthetic Kvasir-shaped images of profile `{i.cfg.profile}` (`make smoke`); its "
+                  f"evaluated on the synthetic images of profile `{i.cfg.profile}` "
+                  f"(`make smoke PROFILE={i.cfg.profile}`); its "
                   "numbers show that the pipeline runs, and say nothing about Kvasir, endoscopy or any patient.", ""]
     sections = [_details(i), _intended_use(i), _factors(i), _metrics(i), _data(i), _analyses(i), _ethics(i)]
     return "\n".join(title + ["\n".join(section) + "\n" for section in sections])

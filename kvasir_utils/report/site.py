@@ -116,7 +116,7 @@ def _verdict_summary(card: pd.DataFrame, cfg: Config) -> str:
 def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFrame, browser: Path) -> dict:
     root, figures = cfg.report_dir, cfg.report_dir / "figures"
     classes = cfg.classes
-    reported = paper.REPORTED.get(model, {})
+    reported = paper.reported(model, classes)  # {} unless the run's classes are Kvasir v2's
     y_true, y_pred = predictions["true"].to_numpy(), predictions["pred"].to_numpy()
     table1 = paper.versus(metrics.classification_table(y_true, y_pred, classes), reported.get("table1"))
     table2 = metrics.confusion_table(y_true, y_pred, classes)
