@@ -314,6 +314,7 @@ def test_every_hyperkvasir_class_has_the_region_its_folder_names():
         assert factors.REGION_OF[name] == ("upper GI" if region_folder.startswith("upper") else "lower GI"), name
 
 
+@pytest.mark.filterwarnings("ignore:The least populated class")  # scikit-learn says it too; ours names the remedy
 def test_a_class_too_small_for_the_folds_is_named_with_the_remedy():
     from kvasir_utils.data import split
 
