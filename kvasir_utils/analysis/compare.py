@@ -20,8 +20,7 @@ def comparison_table(cfg: Config) -> pd.DataFrame:
     for model, (record, predictions) in read_evaluations(cfg).items():
         ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.classes),
                                   cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.eval.seed)
-        # the paper's numbers stand beside a run on Kvasir v2's eight classes (or data shaped like them) only
-        reported = paper.MODELS.get(model, {}) if list(cfg.classes) == paper.CLASSES else {}
+        reported = paper.reported_metrics(model, cfg.classes)
         rows[model] = {
             "accuracy_paper": reported.get("accuracy", float("nan")), "accuracy": record["accuracy"],
             "accuracy_ci_low": ci["accuracy"][0], "accuracy_ci_high": ci["accuracy"][1],

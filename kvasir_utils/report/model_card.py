@@ -241,8 +241,12 @@ def _ethics(i: CardInputs) -> list[str]:
 
 def model_card_markdown(cfg: Config, model: str) -> str:
     """The model card of ``model`` in profile ``cfg`` as Markdown (made from the run's files)."""
-    i = read_inputs(cfg, model)
-    title = [f"# Model card: {model} (profile `{i.cfg.profile}`)", ""]
+    return card_text(read_inputs(cfg, model))
+
+
+def card_text(i: CardInputs) -> str:
+    """A model card as Markdown from what it is made of."""
+    title = [f"# Model card: {i.model} (profile `{i.cfg.profile}`)", ""]
     if i.cfg.generated_data:
         title += ["> **This card describes a pipeline check on generated data.** The model was trained and "
                   f"evaluated on the synthetic images of profile `{i.cfg.profile}` "
@@ -258,8 +262,9 @@ def write_model_cards(cfg: Config) -> list[Path]:
     written = []
     for model in cfg.train.models:
         if (cfg.eval_dir(model) / "metrics.json").exists():
-            save_table(read_inputs(cfg, model).regions, cfg, f"{model}_accuracy_by_region")
-            written.append(write_text_atomic(cfg.model_dir(model) / "model_card.md", model_card_markdown(cfg, model)))
+            inputs = read_inputs(cfg, model)  # read once for the region table and the card
+            save_table(inputs.regions, cfg, f"{model}_accuracy_by_region")
+            written.append(write_text_atomic(cfg.model_dir(model) / "model_card.md", card_text(inputs)))
     return written
 
 
@@ -281,17 +286,18 @@ def render_model_cards(cfg: Config) -> Markup | None:
     import mistune
 
     root = cfg.report_dir
-    rows = []
     for card in write_model_cards(cfg):
-        model = card.parent.name
-        page = pages.write_page("model_card.html.j2", card.with_suffix(".html"), title=f"Model card: {model}",
-                                root=pages.rel(root, card.parent) + "/",
-                                banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.")),
-                                body=Markup(mistune.html(card.read_text())))
-        onnx = card.parent / "export" / "model.onnx"
-        rows.append({"model": formats.model_name(model), "card": f'<a href="{pages.rel(page, root)}">model card</a> '
+        pages.write_page("model_card.html.j2", card.with_suffix(".html"), title=f"Model card: {card.parent.name}",
+                         root=pages.rel(root, card.parent) + "/",
+                         banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.")),
+                         body=Markup(mistune.html(card.read_text())))
+    rows = []
+    for model, found in model_cards_table(cfg).iterrows():
+        card = root / found["card"]
+        rows.append({"model": formats.model_name(model),
+                     "card": f'<a href="{pages.rel(card.with_suffix(".html"), root)}">model card</a> '
                      f'(<a href="{pages.rel(card, root)}">Markdown</a>)',
-                     "ONNX": f'<a href="{pages.rel(onnx, root)}">model.onnx</a>' if onnx.exists()
+                     "ONNX": f'<a href="{pages.rel(root / found["onnx"], root)}">model.onnx</a>' if found["onnx"]
                      else f"<code>make export PROFILE={cfg.profile} MODEL={model}</code> writes it"})
     if not rows:
         return None
