@@ -78,11 +78,32 @@ def smoke_chain(tmp_path_factory):
 
 
 
+# The groups that take longest (seconds on 2 AMD EPYC cores, from `pytest --durations`), handed out
+# first: xdist gives each worker one group and lets the short tests fill the gaps after them. In file
+# order (xdist's own order is by number of tests) the sweep started last and ran alone for 3 minutes.
+LONGEST_FIRST = ("chain",  # 250 s: notebooks 01-07 and the report, then the tests that read them
+                 "cluster",  # 160 s: a sweep on a two-node Ray cluster, run twice (mostly waiting)
+                 "interrupts",  # 130 s: `make evaluate` stopped at each step, then finished
+                 "hyper")  # 50 s: the HyperKvasir-shaped study
+
+
+def _group(item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    return (marker.args[0] if marker.args else marker.kwargs.get("name")) if marker else None
+
+
+def _longest_first(item) -> int:
+    group = _group(item)
+    return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Tests that share a session fixture must run on one worker: under ``--dist loadgroup``
-    pytest-xdist marks them by adding ``@group`` to their node ids. A pytest that ignores that (9.x
-    with xdist 3.8 does) would split them silently and build each fixture on both workers."""
+    """The long groups first (see LONGEST_FIRST; addopts turns xdist's reordering off), then the rest
+    in file order. Tests that share a session fixture must run on one worker: under ``--dist
+    loadgroup`` pytest-xdist marks them by adding ``@group`` to their node ids. A pytest that ignores
+    that (9.x with xdist 3.8 does) would split them silently and build each fixture on both workers."""
+    items.sort(key=_longest_first)  # stable: the same order on every worker
     if getattr(config.option, "loadgroup", False):
         lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
         if lost:

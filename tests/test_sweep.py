@@ -57,6 +57,7 @@ def two_node_cluster(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("cluster")  # one of the longest: handed out first (conftest.LONGEST_FIRST)
 def test_a_sweep_on_a_two_node_cluster_where_one_reading_fails_and_a_rerun_trains_nothing_again(
         tmp_path, two_node_cluster):
     # Two readings of train.weights on a real cluster of two raylets, one CPU each. The ImageNet weights

@@ -22,6 +22,8 @@ from kvasir_utils.io import write_json_atomic
 from kvasir_utils.run.notebooks import FAILURE_FILE
 from kvasir_utils.run.sweep_spec import Member, Sweep, settings_fingerprint
 
+SETUP_STAMP = ".venv/.installed"  # the Makefile's stamp of a finished `make setup`
+
 
 # -- records ------------------------------------------------------------------------------
 def read_record(member: Member) -> dict | None:
@@ -127,8 +129,10 @@ def execute_member(profile: str, overrides: list[str], folder: str, invocation: 
     with open(log, "a") as out:
         out.write(f"{header} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         out.flush()
-        command = ["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "pipeline-evaluated",
-                   f"PROFILE={profile}", f"SET={' '.join(overrides)}"]
+        # --old-file: a member never installs. It runs in its node's environment (this Ray worker's),
+        # which `make sweep` brought up to date; members installing at once would break it.
+        command = ["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "--old-file", SETUP_STAMP,
+                   "pipeline-evaluated", f"PROFILE={profile}", f"SET={' '.join(overrides)}"]
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**env, "PYTHONUNBUFFERED": "1", FAILURE_FILE: str(failure_file)},
