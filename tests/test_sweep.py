@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from kvasir_utils import config
 from kvasir_utils.analysis import sweeps
 from kvasir_utils.config import ConfigError
 from kvasir_utils.run import notebooks, sweep_aggregate, sweep_execute, sweep_spec
@@ -108,6 +109,14 @@ def test_a_sweep_on_a_two_node_cluster_where_one_reading_fails_and_a_rerun_train
     assert again.returncode == 1 and "1 run(s) finished earlier and were not run again" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
     assert all(r["attempts"] == 1 for r in _records(tmp_path, "cluster").values() if r["member"] in failed)
+
+
+def test_members_leave_the_makefiles_setup_stamp_alone():
+    # a member's make runs with --old-file SETUP_STAMP (members installing at once broke the
+    # environment); that only works while it names the Makefile's own stamp
+    result = subprocess.run(["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "--eval",
+                             "print-stamp: ; @echo $(SETUP_STAMP)", "print-stamp"], capture_output=True, text=True)
+    assert result.stdout.strip() == sweep_execute.SETUP_STAMP, result.stderr
 
 
 def test_aggregation_reruns_only_when_a_member_record_is_newer_than_its_last_run(tmp_path):
