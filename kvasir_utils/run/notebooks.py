@@ -77,6 +77,10 @@ def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, 
                 cwd=str(NOTEBOOK_SOURCE_DIR), kernel_name="python3", progress_bar=False,
                 stdout_file=signals.LineTracker(sys.stdout), stderr_file=signals.LineTracker(sys.stderr),
                 kernel_manager_class=stopper.kernel_manager_class(), on_cell_execute=stopper.before_cell,
+                # the kernel is stopped as soon as its last cell has finished, not asked to exit: every
+                # file a cell writes is complete when the cell returns (atomic writes; the stage closes
+                # its TensorBoard writer), and a kernel holding torch takes 1-3 s to exit by itself
+                shutdown_kernel="immediate",
             )
     except KvasirError:
         raise
