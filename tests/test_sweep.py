@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from kvasir_utils import config
 from kvasir_utils.analysis import sweeps
 from kvasir_utils.config import ConfigError
 from kvasir_utils.run import notebooks, sweep_aggregate, sweep_execute, sweep_spec
@@ -111,12 +110,17 @@ def test_a_sweep_on_a_two_node_cluster_where_one_reading_fails_and_a_rerun_train
     assert all(r["attempts"] == 1 for r in _records(tmp_path, "cluster").values() if r["member"] in failed)
 
 
-def test_members_leave_the_makefiles_setup_stamp_alone():
-    # a member's make runs with --old-file SETUP_STAMP (members installing at once broke the
-    # environment); that only works while it names the Makefile's own stamp
-    result = subprocess.run(["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "--eval",
-                             "print-stamp: ; @echo $(SETUP_STAMP)", "print-stamp"], capture_output=True, text=True)
-    assert result.stdout.strip() == sweep_execute.SETUP_STAMP, result.stderr
+def test_a_member_never_installs_even_where_the_environment_looks_out_of_date(tmp_path):
+    # members installing at once broke the environment: a dry run (make -n) of a member's command,
+    # with pyproject.toml taken as newer than the setup stamp (-W), plans the notebooks and no install
+    command = sweep_execute.member_command("smoke", tmp_overrides(tmp_path))
+    dry = subprocess.run([command[0], "-n", "-W", "pyproject.toml", *command[1:]], capture_output=True, text=True)
+    assert dry.returncode == 0 and "run-notebook 01_download_and_split" in dry.stdout, dry.stderr
+    assert "pip install" not in dry.stdout
+    i = command.index("--old-file")
+    without = subprocess.run([command[0], "-n", "-W", "pyproject.toml", *command[1:i], *command[i + 2:]],
+                             capture_output=True, text=True)
+    assert "pip install" in without.stdout  # what the member's make would have done without --old-file
 
 
 def test_aggregation_reruns_only_when_a_member_record_is_newer_than_its_last_run(tmp_path):

@@ -114,6 +114,14 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
+def member_command(profile: str, overrides: list[str]) -> list[str]:
+    """The make command of one member. ``--old-file``: a member never installs. It runs in its node's
+    environment (the Ray worker's own), set up before the sweep (`make sweep` updates the driver's);
+    members installing into it at once broke it."""
+    return ["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "--old-file", SETUP_STAMP,
+            "pipeline-evaluated", f"PROFILE={profile}", f"SET={' '.join(overrides)}"]
+
+
 def execute_member(profile: str, overrides: list[str], folder: str, invocation: str, node: dict) -> dict:
     """Run one member's chain (``make evaluate``: 01-04 and its report); raise MemberFailed on an error.
 
@@ -129,10 +137,7 @@ def execute_member(profile: str, overrides: list[str], folder: str, invocation: 
     with open(log, "a") as out:
         out.write(f"{header} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         out.flush()
-        # --old-file: a member never installs. It runs in its node's environment (this Ray worker's),
-        # which `make sweep` brought up to date; members installing at once would break it.
-        command = ["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "--old-file", SETUP_STAMP,
-                   "pipeline-evaluated", f"PROFILE={profile}", f"SET={' '.join(overrides)}"]
+        command = member_command(profile, overrides)
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**env, "PYTHONUNBUFFERED": "1", FAILURE_FILE: str(failure_file)},
