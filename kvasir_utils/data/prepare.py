@@ -145,12 +145,10 @@ def prepare_dataset(cfg: Config, progress: bool = True) -> PreparedData:
     Holds the dataset folder's lock throughout, so a concurrent run waits and then reuses the
     finished files instead of writing the same ones.
     """
-    if not cfg.generated_data:
-        source_folder(cfg)  # a folder that does not exist is named before anything is written
+    folder = source_folder(cfg)  # a local folder that does not exist is named before anything is written
     with folder_lock(cfg.dataset_dir, "preparing the dataset", wait=True):
-        if cfg.generated_data and cfg.data.synthetic.layout == "hyper-kvasir":
+        if folder is not None and cfg.generated_data:
             generate_folder(cfg)  # made here, under the lock: a concurrent run waits for it
-        folder = source_folder(cfg)
         if folder is None:
             archive = fetch_archive(source_urls(cfg), archive_path(cfg), cfg.data.size, cfg.data.sha256,
                                     offline=cfg.runtime.offline, progress=progress)

@@ -3,6 +3,7 @@ whole or not at all, the one stylesheet, and links relative to a page's folder."
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from urllib.parse import quote
@@ -14,6 +15,7 @@ from kvasir_utils.io import write_text_atomic
 TEMPLATES = Path(__file__).parent / "templates"
 
 
+@functools.cache  # one environment: it compiles each template once
 def templates() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                               undefined=jinja2.StrictUndefined)
