@@ -12,13 +12,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import http.server
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from _pytest.pathlib import LOCK_TIMEOUT, cleanup_numbered_dir
 
 from kvasir_utils.analysis import labels
 from kvasir_utils.data import synthetic
+from kvasir_utils.io import format_bytes, free_bytes
 from tests.helpers import SMOKE_CHAIN, RangeHandler, prepare_tiny_dataset, tmp_overrides
 
 
@@ -97,6 +101,44 @@ def _group(item) -> str | None:
 def _longest_first(item) -> int:
     group = _group(item)
     return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MB tmpfs, and a function that grows it; needs root (CI and these machines run as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount, lambda size: subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# The most the suite holds on its temporary disk at once, with room to spare: 1.76 GB measured by
+# sampling `df` each second during `make test` (AMD EPYC, 2 workers), plus the compile cache a cold
+# run adds (150 MB). Passing tests' folders go as they end (pyproject: tmp_path_retention_policy).
+DISK_NEEDED = 2_000_000_000
+
+
+def pytest_sessionstart(session):
+    """Refuse to start, naming the disk and the remedy, where the suite's runs cannot fit: otherwise
+    dozens of tests fail alike on a full disk, minutes in. Short of space, the folders earlier
+    sessions left go first (pytest's retention would remove them as this session ends)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    factory = session.config._tmp_path_factory  # as pytest-xdist reads it, to hand each worker its folder
+    basetemp = factory.getbasetemp()
+    if free_bytes(basetemp) < DISK_NEEDED and session.config.option.basetemp is None:
+        cleanup_numbered_dir(basetemp.parent, "pytest-", keep=1,
+                             consider_lock_dead_if_created_before=time.time() - LOCK_TIMEOUT)
+    free = free_bytes(basetemp)
+    if free < DISK_NEEDED:
+        pytest.exit(f"the tests need about {format_bytes(DISK_NEEDED)} free on the disk holding {basetemp}, and "
+                    f"{format_bytes(free)} is free there: free space there, or run them on a larger disk "
+                    f"(TMPDIR=/larger/disk make test)", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.hookimpl(trylast=True)

@@ -1,8 +1,13 @@
 """The environment is locked: one list of exact versions, installed by make setup and by conda."""
 
+import getpass
+import os
 import re
+import subprocess
+import sys
 import tomllib
 
+import pytest
 import yaml
 
 from kvasir_utils.config import PROJECT_ROOT
@@ -39,3 +44,20 @@ def test_environment_yml_installs_the_same_pins():
     pip = [block["pip"] for block in env["dependencies"] if isinstance(block, dict)]
     assert pip == [["-r requirements.lock"]]
     assert "python=3.11" in env["dependencies"]
+
+
+def test_the_tests_refuse_to_start_on_a_disk_too_small_for_them_and_say_what_to_do(small_disk):
+    # a full disk minutes in fails dozens of tests alike (CI did); the suite says so before it starts,
+    # after removing what earlier sessions left there
+    mount, _ = small_disk
+    earlier = mount / f"pytest-of-{getpass.getuser()}" / "pytest-7"
+    earlier.mkdir(parents=True)
+    (earlier / "checkpoint.pt").write_bytes(bytes(4_000_000))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"TMPDIR": str(mount)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "--co", "-q",
+                          "tests/test_environment.py"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    said = run.stdout + run.stderr
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, said
+    assert f"free on the disk holding {mount}" in said and "TMPDIR=/larger/disk make test" in said
+    assert not earlier.exists()
+    assert [path for path in mount.rglob("*") if path.is_file()] == []  # and nothing written

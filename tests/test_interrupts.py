@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 import zipfile
 from pathlib import Path
@@ -214,20 +213,6 @@ def test_the_interrupted_run_goes_on_to_the_results_of_an_uninterrupted_one(inte
 
 def _kernel(run: Run) -> int:
     return next(pid for pid, command in run.processes() if "ipykernel_launcher" in command)
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 12 MB tmpfs, and a function that grows it; needs root (CI and these machines run as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount, lambda size: subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_names_the_folder_and_the_space_needed_and_a_rerun_resumes(study, reference, small_disk):
