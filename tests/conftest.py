@@ -23,7 +23,7 @@ from _pytest.pathlib import LOCK_TIMEOUT, cleanup_numbered_dir
 from kvasir_utils.analysis import labels
 from kvasir_utils.data import synthetic
 from kvasir_utils.io import format_bytes, free_bytes
-from tests.helpers import SMOKE_CHAIN, RangeHandler, prepare_tiny_dataset, tmp_overrides
+from tests.helpers import DISK_NEEDED, SMOKE_CHAIN, RangeHandler, prepare_tiny_dataset, tmp_overrides
 
 
 @pytest.fixture(scope="session")
@@ -115,13 +115,6 @@ def small_disk(tmp_path):
         yield mount, lambda size: subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-# What the suite holds on its temporary disk at its peak, with room to spare: 1.93 GB measured by
-# sampling `df` each second during `make test` (AMD EPYC, 2 workers, warm compile cache; a cold one
-# adds 0.16 GB). Passing tests' folders go as they end (pyproject: tmp_path_retention_policy); before
-# that setting the suite held 5.5 GB and kept three sessions' worth.
-DISK_NEEDED = 2_500_000_000
 
 
 def pytest_sessionstart(session):

@@ -1,16 +1,21 @@
-"""The environment is locked: one list of exact versions, installed by make setup and by conda."""
+"""The environment is locked: one list of exact versions, installed by make setup and by conda; and the
+tests refuse a disk that cannot hold their runs."""
 
 import getpass
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
 
 from kvasir_utils.config import PROJECT_ROOT
+from kvasir_utils.io import free_bytes
+from tests.helpers import DISK_NEEDED
 
 
 def _name(requirement: str) -> str:
@@ -46,18 +51,35 @@ def test_environment_yml_installs_the_same_pins():
     assert "python=3.11" in env["dependencies"]
 
 
+def _collect_under(tmpdir: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"TMPDIR": str(tmpdir)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "--co", "-q",
+                           "tests/test_environment.py"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+
+
+def _leave_an_earlier_session(tmpdir: Path, size: int) -> Path:
+    earlier = tmpdir / f"pytest-of-{getpass.getuser()}" / "pytest-7"
+    earlier.mkdir(parents=True)
+    (earlier / "checkpoint.pt").write_bytes(bytes(size))
+    return earlier
+
+
 def test_the_tests_refuse_to_start_on_a_disk_too_small_for_them_and_say_what_to_do(small_disk):
     # a full disk minutes in fails dozens of tests alike (CI did); the suite says so before it starts,
     # after removing what earlier sessions left there
-    mount, _ = small_disk
-    earlier = mount / f"pytest-of-{getpass.getuser()}" / "pytest-7"
-    earlier.mkdir(parents=True)
-    (earlier / "checkpoint.pt").write_bytes(bytes(4_000_000))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"TMPDIR": str(mount)}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "--co", "-q",
-                          "tests/test_environment.py"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    mount, grow = small_disk
+    earlier = _leave_an_earlier_session(mount, 4_000_000)
+    run = _collect_under(mount)
     said = run.stdout + run.stderr
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, said
     assert f"free on the disk holding {mount}" in said and "TMPDIR=/larger/disk make test" in said
     assert not earlier.exists()
     assert [path for path in mount.rglob("*") if path.is_file()] == []  # and nothing written
+
+    # where removing them makes room, the tests go on
+    grow("2600m")  # 2.73 GB: above DISK_NEEDED, and below it with 300 MB left by an earlier session
+    earlier = _leave_an_earlier_session(mount, 300_000_000)
+    assert free_bytes(mount) < DISK_NEEDED < shutil.disk_usage(mount).total
+    run = _collect_under(mount)
+    assert run.returncode == pytest.ExitCode.OK, run.stdout + run.stderr
+    assert not earlier.exists()
