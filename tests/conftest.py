@@ -11,6 +11,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # fight (its threads spin while they wait).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import contextlib
 import http.server
 import subprocess
 import threading
@@ -117,21 +118,52 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _unlock_killed_sessions(root: Path, current: Path) -> None:
+    """A session that was killed (a CI timeout, kill -9) leaves its lock, and pytest keeps a locked
+    folder for three days: a lock whose process is gone is dropped, so its folder can go."""
+    for lock in root.glob("pytest-*/.lock"):  # pytest's lock holds its session's process id
+        if lock.parent != current:
+            with contextlib.suppress(ValueError, OSError):
+                if not _alive(int(lock.read_text())):
+                    lock.unlink()
+
+
+def _size(folder: Path) -> int:
+    return sum(path.lstat().st_size for path in folder.rglob("*"))
+
+
 def pytest_sessionstart(session):
     """Refuse to start, naming the disk and the remedy, where the suite's runs cannot fit: otherwise
     dozens of tests fail alike on a full disk, minutes in. Short of space, the folders earlier
-    sessions left go first (pytest's retention would remove them as this session ends)."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    sessions left go first (pytest's retention would remove them as a later session ends); those of
+    sessions still running stay and are named."""
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: its controller checked
         return
-    factory = session.config._tmp_path_factory  # as pytest-xdist reads it, to hand each worker its folder
-    basetemp = factory.getbasetemp()
+    # pytest's own (private) API, as pytest-xdist uses it to hand each worker its folder; the lock
+    # pins pytest below 9
+    basetemp = session.config._tmp_path_factory.getbasetemp()
+    root = basetemp.parent
     if free_bytes(basetemp) < DISK_NEEDED and session.config.option.basetemp is None:
-        cleanup_numbered_dir(basetemp.parent, "pytest-", keep=1,
-                             consider_lock_dead_if_created_before=time.time() - LOCK_TIMEOUT)
+        _unlock_killed_sessions(root, basetemp)
+        cleanup_numbered_dir(root, "pytest-", keep=1, consider_lock_dead_if_created_before=time.time() - LOCK_TIMEOUT)
     free = free_bytes(basetemp)
     if free < DISK_NEEDED:
+        others = [f"{path} ({format_bytes(_size(path))})" for path in sorted(root.glob("pytest-*"))
+                  if session.config.option.basetemp is None and path.is_dir() and not path.is_symlink()
+                  and path != basetemp]
+        held = f"; sessions still running hold {', '.join(others)}" if others else ""
         pytest.exit(f"the tests need about {format_bytes(DISK_NEEDED)} free on the disk holding {basetemp}, and "
-                    f"{format_bytes(free)} is free there: free space there, or run them on a larger disk "
+                    f"{format_bytes(free)} is free there{held}: free space there, or run them on a larger disk "
                     f"(TMPDIR=/larger/disk make test)", returncode=pytest.ExitCode.USAGE_ERROR)
 
 

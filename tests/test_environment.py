@@ -53,33 +53,37 @@ def test_environment_yml_installs_the_same_pins():
 
 def _collect_under(tmpdir: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"TMPDIR": str(tmpdir)}
-    return subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "--co", "-q",
-                           "tests/test_environment.py"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "--co", "-q", __file__]
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
-def _leave_an_earlier_session(tmpdir: Path, size: int) -> Path:
-    earlier = tmpdir / f"pytest-of-{getpass.getuser()}" / "pytest-7"
-    earlier.mkdir(parents=True)
-    (earlier / "checkpoint.pt").write_bytes(bytes(size))
-    return earlier
+def _leave_a_session(tmpdir: Path, number: int, size: int, pid: int) -> Path:
+    """A numbered folder as a pytest session leaves it, locked by process ``pid``."""
+    folder = tmpdir / f"pytest-of-{getpass.getuser()}" / f"pytest-{number}"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(bytes(size))
+    (folder / ".lock").write_text(str(pid))
+    return folder
 
 
 def test_the_tests_refuse_to_start_on_a_disk_too_small_for_them_and_say_what_to_do(small_disk):
-    # a full disk minutes in fails dozens of tests alike (CI did); the suite says so before it starts,
-    # after removing what earlier sessions left there
+    # a full disk minutes in fails dozens of tests alike (CI did); the suite says so before it starts
     mount, grow = small_disk
-    earlier = _leave_an_earlier_session(mount, 4_000_000)
+    running = _leave_a_session(mount, 7, 4_000_000, os.getpid())  # a session still running: kept, named
     run = _collect_under(mount)
     said = run.stdout + run.stderr
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, said
     assert f"free on the disk holding {mount}" in said and "TMPDIR=/larger/disk make test" in said
-    assert not earlier.exists()
-    assert [path for path in mount.rglob("*") if path.is_file()] == []  # and nothing written
+    assert f"sessions still running hold {running} (4.0 MB)" in said
+    assert sorted(path for path in mount.rglob("*") if path.is_file()) == [running / ".lock",
+                                                                           running / "checkpoint.pt"]
 
-    # where removing them makes room, the tests go on
-    grow("2600m")  # 2.73 GB: above DISK_NEEDED, and below it with 300 MB left by an earlier session
-    earlier = _leave_an_earlier_session(mount, 300_000_000)
+    # the folders of sessions that ended, or were killed, go first; where that makes room, the tests run
+    grow("2600m")  # 2.73 GB: above DISK_NEEDED, and below it with the 300 MB a killed session left
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    killed = _leave_a_session(mount, 6, 300_000_000, gone.pid)
     assert free_bytes(mount) < DISK_NEEDED < shutil.disk_usage(mount).total
     run = _collect_under(mount)
     assert run.returncode == pytest.ExitCode.OK, run.stdout + run.stderr
-    assert not earlier.exists()
+    assert not killed.exists() and running.exists()
