@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from _pytest.pathlib import LOCK_TIMEOUT, cleanup_numbered_dir
 
@@ -91,7 +92,7 @@ def smoke_chain(tmp_path_factory):
 LONGEST_FIRST = ("chain",  # 230 s: notebooks 01-07 and the report, then the tests that read them
                  "cluster",  # 210 s: a sweep on a two-node Ray cluster, run twice (mostly waiting)
                  "interrupts",  # 130 s: `make evaluate` stopped at each step, then finished
-                 "hyper")  # 40 s: the HyperKvasir-shaped study  # 50 s: the HyperKvasir-shaped study
+                 "hyper")  # 40 s: the HyperKvasir-shaped study
 
 
 def _group(item) -> str | None:
@@ -118,23 +119,13 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
-
-
 def _unlock_killed_sessions(root: Path, current: Path) -> None:
     """A session that was killed (a CI timeout, kill -9) leaves its lock, and pytest keeps a locked
     folder for three days: a lock whose process is gone is dropped, so its folder can go."""
     for lock in root.glob("pytest-*/.lock"):  # pytest's lock holds its session's process id
         if lock.parent != current:
             with contextlib.suppress(ValueError, OSError):
-                if not _alive(int(lock.read_text())):
+                if not psutil.pid_exists(int(lock.read_text())):
                     lock.unlink()
 
 
@@ -153,14 +144,14 @@ def pytest_sessionstart(session):
     # pins pytest below 9
     basetemp = session.config._tmp_path_factory.getbasetemp()
     root = basetemp.parent
-    if free_bytes(basetemp) < DISK_NEEDED and session.config.option.basetemp is None:
+    numbered = session.config.option.basetemp is None  # pytest's numbered folders, not one the user named
+    if numbered and free_bytes(basetemp) < DISK_NEEDED:
         _unlock_killed_sessions(root, basetemp)
         cleanup_numbered_dir(root, "pytest-", keep=1, consider_lock_dead_if_created_before=time.time() - LOCK_TIMEOUT)
     free = free_bytes(basetemp)
     if free < DISK_NEEDED:
         others = [f"{path} ({format_bytes(_size(path))})" for path in sorted(root.glob("pytest-*"))
-                  if session.config.option.basetemp is None and path.is_dir() and not path.is_symlink()
-                  and path != basetemp]
+                  if numbered and path.is_dir() and not path.is_symlink() and path != basetemp]
         held = f"; sessions still running hold {', '.join(others)}" if others else ""
         pytest.exit(f"the tests need about {format_bytes(DISK_NEEDED)} free on the disk holding {basetemp}, and "
                     f"{format_bytes(free)} is free there{held}: free space there, or run them on a larger disk "
