@@ -151,7 +151,7 @@ def pytest_sessionstart(session):
     free = free_bytes(basetemp)
     if free < DISK_NEEDED:
         others = [f"{path} ({format_bytes(_size(path))})" for path in sorted(root.glob("pytest-*"))
-                  if numbered and path.is_dir() and not path.is_symlink() and path != basetemp]
+                  if path.is_dir() and not path.is_symlink() and path != basetemp] if numbered else []
         held = f"; sessions still running hold {', '.join(others)}" if others else ""
         pytest.exit(f"the tests need about {format_bytes(DISK_NEEDED)} free on the disk holding {basetemp}, and "
                     f"{format_bytes(free)} is free there{held}: free space there, or run them on a larger disk "

@@ -9,10 +9,8 @@ from pathlib import Path
 from kvasir_utils import profiles
 from kvasir_utils.data import prepare
 
-# What the suite holds on its temporary disk at its peak, with room to spare (conftest's
-# pytest_sessionstart refuses less): 1.93 GB measured by sampling `df` each second during `make test`
-# (AMD EPYC, 2 workers, warm compile cache; a cold one adds 0.16 GB). Passing tests' folders go as
-# they end (pyproject: tmp_path_retention_policy); before that the suite held 5.5 GB at its peak.
+# What the suite holds on its temporary disk at its peak, with room to spare; conftest's
+# pytest_sessionstart refuses less. The measurement is in docs/development.md (How much disk it takes).
 DISK_NEEDED = 2_500_000_000
 
 # The smoke chain (conftest.smoke_chain): the smoke profile with fewer bootstrap resamples, at 48 px
