@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from kvasir_utils.config import CONFIG_DIR, Config, ConfigError, validate_config
-from kvasir_utils.io import write_text_atomic
+from kvasir_utils.files import write_text_atomic
 
 PROTOCOL = CONFIG_DIR / "paper.yaml"
 # data.size, data.sha256 and data.mirrors describe the archive at the profile's data.url.

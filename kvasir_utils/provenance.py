@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from kvasir_utils.config import PROJECT_ROOT, Config
-from kvasir_utils.io import sha256_file
+from kvasir_utils.files import sha256_file
 
 LOCK_FILE = PROJECT_ROOT / "requirements.lock"
 

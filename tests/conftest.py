@@ -24,7 +24,7 @@ from _pytest.pathlib import LOCK_TIMEOUT, cleanup_numbered_dir
 
 from kvasir_utils.analysis import labels
 from kvasir_utils.data import synthetic
-from kvasir_utils.io import format_bytes, free_bytes
+from kvasir_utils.files import format_bytes, free_bytes
 from tests.helpers import DISK_NEEDED, SMOKE_CHAIN, RangeHandler, prepare_tiny_dataset, tmp_overrides
 
 

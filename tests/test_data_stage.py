@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from kvasir_utils import config, io, profiles
+from kvasir_utils import config, files, profiles
 from kvasir_utils.data import prepare, synthetic
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.train import hardware, stages
@@ -49,20 +49,20 @@ def test_two_runs_preparing_the_same_dataset_at_once_prepare_it_once(tmp_path):
 
 def test_a_run_folder_in_use_is_refused_with_the_remedy(tmp_path):
     refused = pytest.raises(KvasirError, match=r"in use by process \d+ on .* \(a notebook\)(.|\n)*paths.runs")
-    with (io.folder_lock(tmp_path / "run", "a notebook", wait=False), refused,
-          io.folder_lock(tmp_path / "run", "another notebook", wait=False)):
+    with (files.folder_lock(tmp_path / "run", "a notebook", wait=False), refused,
+          files.folder_lock(tmp_path / "run", "another notebook", wait=False)):
         pass
-    with io.folder_lock(tmp_path / "run", "a later notebook", wait=False):
+    with files.folder_lock(tmp_path / "run", "a later notebook", wait=False):
         pass  # free again once the first finished
 
 
 def test_files_written_atomically_get_the_umask_mode_not_0600(tmp_path):
     old = os.umask(0o022)
     try:
-        text = io.write_text_atomic(tmp_path / "report.html", "x")
-        frame = io.write_csv_atomic(pd.DataFrame({"a": [1]}), tmp_path / "table.csv")
+        text = files.write_text_atomic(tmp_path / "report.html", "x")
+        frame = files.write_csv_atomic(pd.DataFrame({"a": [1]}), tmp_path / "table.csv")
         os.umask(0o077)
-        private = io.write_text_atomic(tmp_path / "private.txt", "x")
+        private = files.write_text_atomic(tmp_path / "private.txt", "x")
     finally:
         os.umask(old)
     assert stat.S_IMODE(text.stat().st_mode) == stat.S_IMODE(frame.stat().st_mode) == 0o644

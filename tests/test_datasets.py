@@ -18,7 +18,7 @@ from kvasir_utils.config import CONFIG_DIR, ConfigError
 from kvasir_utils.data import extract, layout, prepare, split_file, synthetic, synthetic_hyperkvasir
 from kvasir_utils.data.split import make_split
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import sha256_file
+from kvasir_utils.files import sha256_file
 from kvasir_utils.run import sweep_spec
 from tests.helpers import tmp_overrides
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kvasir_utils.config import PROJECT_ROOT
-from kvasir_utils.io import free_bytes
+from kvasir_utils.files import free_bytes
 from tests.helpers import DISK_NEEDED
 
 

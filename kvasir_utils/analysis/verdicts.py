@@ -20,7 +20,7 @@ import pandas as pd
 from kvasir_utils.analysis import departures, intervals, metrics, paper
 from kvasir_utils.analysis.runs import same_images
 from kvasir_utils.config import Config
-from kvasir_utils.io import write_json_atomic
+from kvasir_utils.files import write_json_atomic
 
 MIN_RUNS = 3  # fewer runs give no interval across runs worth showing
 CARD_COLUMNS = ["claim", "paper", "run", "ci_low", "ci_high", "difference", "n", "basis", "verdict"]

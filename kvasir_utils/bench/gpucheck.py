@@ -34,7 +34,7 @@ from kvasir_utils.bench.timing import train_steps
 from kvasir_utils.config import PROJECT_ROOT, Config
 from kvasir_utils.data import prepare
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import write_json_atomic
+from kvasir_utils.files import write_json_atomic
 from kvasir_utils.profiles import load_profile
 from kvasir_utils.provenance import environment
 from kvasir_utils.train import hardware, loop, stages

@@ -42,7 +42,7 @@ from kvasir_utils.data.extract import extract_archive
 from kvasir_utils.data.images import read_image
 from kvasir_utils.data.layout import find_classes
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import write_json_atomic
+from kvasir_utils.files import write_json_atomic
 from kvasir_utils.profiles import load_profile
 from kvasir_utils.provenance import environment
 from kvasir_utils.train import frozen, hardware, models, presets, stages

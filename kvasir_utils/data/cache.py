@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from kvasir_utils.config import cached_name
 from kvasir_utils.errors import DiskFullError, KvasirError
-from kvasir_utils.io import sha256_text, write_bytes_atomic, write_csv_atomic
+from kvasir_utils.files import sha256_text, write_bytes_atomic, write_csv_atomic
 
 MANIFEST = "manifest.csv"
 PROGRESS = ".manifest.partial.csv"  # an interrupted build's finished images

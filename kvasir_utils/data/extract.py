@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import disk_full, is_disk_full, write_json_atomic
+from kvasir_utils.files import disk_full, is_disk_full, write_json_atomic
 
 
 def check_member(info: zipfile.ZipInfo) -> None:

@@ -39,7 +39,7 @@ def write_thumbnails(cache_root: Path, paths, dest: Path, size: int = 160) -> in
     browser, which must not reach into the data folder); returns how many were made now."""
     import io
 
-    from kvasir_utils.io import write_bytes_atomic
+    from kvasir_utils.files import write_bytes_atomic
 
     made = 0
     for path in paths:

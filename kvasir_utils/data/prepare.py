@@ -41,7 +41,7 @@ from kvasir_utils.data.sources import (
 from kvasir_utils.data.split import describe_change, make_split, write_split
 from kvasir_utils.data.split_file import split_from_file
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import folder_lock, sha256_file, sha256_text, write_json_atomic
+from kvasir_utils.files import folder_lock, sha256_file, sha256_text, write_json_atomic
 from kvasir_utils.profiles import save_config
 
 

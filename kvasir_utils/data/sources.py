@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import disk_full, is_disk_full, sha256_file, sha256_text, write_json_atomic
+from kvasir_utils.files import disk_full, is_disk_full, sha256_file, sha256_text, write_json_atomic
 
 _CHUNK = 1 << 20
 

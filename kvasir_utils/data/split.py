@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import write_csv_atomic
+from kvasir_utils.files import write_csv_atomic
 
 SPLIT_COLUMNS = ["path", "label", "split"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import sha256_file
+from kvasir_utils.files import sha256_file
 
 COLUMNS = ["file", "file_class", "fold"]
 EXAMPLES = 5

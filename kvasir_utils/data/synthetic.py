@@ -26,7 +26,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from kvasir_utils.data.overlays import GUIDE_BOX, GUIDE_BOX_RGB, TEXT_REGION, region_pixels
-from kvasir_utils.io import atomic_path, write_bytes_atomic
+from kvasir_utils.files import atomic_path, write_bytes_atomic
 
 ARCHIVE_TOP = "kvasir-dataset-v2"
 # Bumped whenever the generator draws other images, so an archive made by an older version (its

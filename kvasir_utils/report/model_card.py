@@ -18,7 +18,7 @@ from markupsafe import Markup
 from kvasir_utils import profiles
 from kvasir_utils.analysis import factors, paper
 from kvasir_utils.config import Config
-from kvasir_utils.io import sha256_file, write_text_atomic
+from kvasir_utils.files import sha256_file, write_text_atomic
 from kvasir_utils.provenance import describe_commit, describe_runtime
 from kvasir_utils.report import formats, pages
 from kvasir_utils.report.outputs import banner_html, save_table, to_markdown

@@ -12,7 +12,7 @@ import pandas as pd
 
 from kvasir_utils.analysis import departures
 from kvasir_utils.config import Config
-from kvasir_utils.io import write_bytes_atomic, write_text_atomic
+from kvasir_utils.files import write_bytes_atomic, write_text_atomic
 from kvasir_utils.provenance import provenance_line
 from kvasir_utils.report import formats
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import jinja2
 
-from kvasir_utils.io import write_text_atomic
+from kvasir_utils.files import write_text_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 

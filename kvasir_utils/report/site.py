@@ -17,7 +17,7 @@ from kvasir_utils.analysis import audit, compare, departures, metrics, paper, ru
 from kvasir_utils.analysis.sweeps import DEFAULT_READING
 from kvasir_utils.config import Config, cached_name
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import write_text_atomic
+from kvasir_utils.files import write_text_atomic
 from kvasir_utils.provenance import describe_commit, describe_runtime, environment, provenance
 from kvasir_utils.report import formats, model_card, outputs, tables
 from kvasir_utils.report.outputs import banner_html, table_html

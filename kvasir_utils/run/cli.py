@@ -21,7 +21,7 @@ from pathlib import Path
 from kvasir_utils import profiles
 from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import folder_lock, write_text_atomic
+from kvasir_utils.files import folder_lock, write_text_atomic
 from kvasir_utils.run import signals
 from kvasir_utils.run.notebooks import NOTEBOOKS, check_make_path, record_failure, run_notebook, write_settings_stamp
 

@@ -13,7 +13,7 @@ import yaml
 
 from kvasir_utils import config, profiles
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import disk_full, folder_lock, is_disk_full, write_json_atomic, write_text_atomic
+from kvasir_utils.files import disk_full, folder_lock, is_disk_full, write_json_atomic, write_text_atomic
 from kvasir_utils.run import signals
 
 NOTEBOOKS = ("01_download_and_split", "02_train", "03_finetune", "04_evaluate", "05_compare", "07_audit")

@@ -1,7 +1,7 @@
 """``make predict``: a folder of images through a trained model, into ``predictions.csv``, the
 files it skipped and an HTML gallery under ``reports/<profile>/predict/<name>/``.
 
-The folder is written whole or not at all (``io.atomic_folder``): an interrupted prediction leaves
+The folder is written whole or not at all (``files.atomic_folder``): an interrupted prediction leaves
 the previous one as it was. ``python -m kvasir_utils predict`` exits 0 when every file was
 predicted, ``SKIPPED_EXIT`` (3) when some could not be read as images (the others are predicted),
 1 on an error.
@@ -18,7 +18,7 @@ from PIL import Image
 
 from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import atomic_folder, write_bytes_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
+from kvasir_utils.files import atomic_folder, write_bytes_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
 from kvasir_utils.provenance import study_version
 from kvasir_utils.report import gallery
 from kvasir_utils.train import hardware

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kvasir_utils import config
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import write_json_atomic
+from kvasir_utils.files import write_json_atomic
 from kvasir_utils.run.notebooks import FAILURE_FILE
 from kvasir_utils.run.sweep_spec import Member, Sweep, settings_fingerprint
 

@@ -19,7 +19,7 @@ from kvasir_utils.analysis import paper
 from kvasir_utils.analysis.sweeps import DEFAULT_READING
 from kvasir_utils.config import Config, ConfigError, Section
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import sha256_text
+from kvasir_utils.files import sha256_text
 from kvasir_utils.train import models
 
 SWEEP_DIR = config.CONFIG_DIR / "sweeps"

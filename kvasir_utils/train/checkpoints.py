@@ -18,7 +18,7 @@ from torch import nn
 from kvasir_utils.config import STAGES, Config, ConfigError
 from kvasir_utils.data import prepare
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import sha256_file, write_bytes_atomic
+from kvasir_utils.files import sha256_file, write_bytes_atomic
 from kvasir_utils.profiles import with_protocol
 from kvasir_utils.train import models
 from kvasir_utils.train.loop import SEED_SCHEME

@@ -20,7 +20,7 @@ from kvasir_utils.config import Config
 from kvasir_utils.data import dataset, duplicates, prepare
 from kvasir_utils.data.cache import usable_images
 from kvasir_utils.data.split import read_split
-from kvasir_utils.io import write_csv_atomic
+from kvasir_utils.files import write_csv_atomic
 from kvasir_utils.train import checkpoints, hardware, loop, presets
 
 

@@ -16,7 +16,7 @@ from kvasir_utils.config import Config
 from kvasir_utils.data import dataset, overlays, prepare
 from kvasir_utils.data.split import read_split
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import write_csv_atomic, write_json_atomic
+from kvasir_utils.files import write_csv_atomic, write_json_atomic
 from kvasir_utils.provenance import environment, provenance
 from kvasir_utils.train import checkpoints, hardware, loop, models, presets, stages
 

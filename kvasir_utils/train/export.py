@@ -26,7 +26,7 @@ from kvasir_utils.data import overlays, prepare
 from kvasir_utils.data.images import load_cached
 from kvasir_utils.data.split import read_split
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import atomic_folder, write_bytes_atomic, write_json_atomic
+from kvasir_utils.files import atomic_folder, write_bytes_atomic, write_json_atomic
 from kvasir_utils.train import hardware, presets
 from kvasir_utils.train.predict import Predictor, check_model
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from kvasir_utils.config import STAGES, Config
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.io import sha256_file
+from kvasir_utils.files import sha256_file
 
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 TRAINABLE_READINGS = "head, all, last_tensors:<N>, block:<module name>, module:<module name>"

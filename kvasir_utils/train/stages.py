@@ -16,7 +16,7 @@ from kvasir_utils.config import STAGES, Config
 from kvasir_utils.data import prepare
 from kvasir_utils.data.dataset import make_loader, split_datasets
 from kvasir_utils.data.split import read_split
-from kvasir_utils.io import sha256_file, write_csv_atomic, write_json_atomic
+from kvasir_utils.files import sha256_file, write_csv_atomic, write_json_atomic
 from kvasir_utils.train import models, presets
 from kvasir_utils.train.augment import pad_collate, to_uint8_tensor
 from kvasir_utils.train.checkpoints import (
