@@ -14,11 +14,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kvasir_utils.artefacts import STAGES, ReportFolder, RunFolder
 from kvasir_utils.errors import KvasirError
 
 PROJECT_ROOT = Path(os.environ.get("KVASIR_PROJECT_ROOT", Path(__file__).resolve().parents[1]))
 CONFIG_DIR = PROJECT_ROOT / "configs"
-STAGES = ("stage1", "stage2")
 
 
 class ConfigError(KvasirError):
@@ -28,12 +28,6 @@ class ConfigError(KvasirError):
 def cached_name(path: str) -> str:
     """The file name of an image's copy in the resized cache (and in the reports' thumbnails): JPEG."""
     return str(Path(path).with_suffix(".jpg"))
-
-
-def _checked_stage(stage: str) -> str:
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    return stage
 
 
 class Section(BaseModel):
@@ -203,6 +197,16 @@ class Config(Section):
         return self.reports_root / self.profile
 
     @property
+    def run(self) -> RunFolder:
+        """The run's folder and every file in it (``artefacts.RunFolder``)."""
+        return RunFolder(self.run_dir)
+
+    @property
+    def report(self) -> ReportFolder:
+        """The run's report folder and every file in it (``artefacts.ReportFolder``)."""
+        return ReportFolder(self.report_dir)
+
+    @property
     def split_file(self) -> Path | None:
         """The split file a ``split.source: file`` split is read from (None: generated with the data)."""
         return self._resolve(self.split.file) if self.split.file else None
@@ -214,42 +218,16 @@ class Config(Section):
         if self.data.classes:
             return list(self.data.classes)
         try:
-            return list(json.loads(self.dataset_record.read_text())["classes"])
+            return list(json.loads(self.run.dataset_record.read_text())["classes"])
         except (OSError, ValueError, KeyError):
             raise ConfigError(f"data.classes is empty, so the classes are the class folders notebook 01 finds, and "
-                              f"it has not run for this profile ({self.dataset_record} is missing): run `make data "
-                              f"PROFILE={self.profile}` first, or list the classes in data.classes") from None
-
-    @property
-    def split_csv(self) -> Path:
-        return self.run_dir / "split.csv"
-
-    @property
-    def dataset_record(self) -> Path:
-        """The dataset the run's split was made from, its source and classes (written by notebook 01
-        with the split)."""
-        return self.run_dir / "dataset.json"
-
-    @property
-    def notebook_dir(self) -> Path:
-        return self.run_dir / "notebooks"
-
-    def stage_dir(self, model: str, stage: str) -> Path:
-        return self.run_dir / model / _checked_stage(stage)
-
-    def eval_dir(self, model: str) -> Path:
-        return self.run_dir / model / "eval"
-
-    def model_dir(self, model: str) -> Path:
-        """The trained model as a deliverable: its card (``model_card.md``) and ``export/`` (ONNX)."""
-        return self.report_dir / "models" / model
-
-    def predict_dir(self, name: str) -> Path:
-        """What ``make predict NAME=...`` wrote: predictions.csv and the gallery."""
-        return self.report_dir / "predict" / name
+                              f"it has not run for this profile ({self.run.dataset_record} is missing): run `make "
+                              f"data PROFILE={self.profile}` first, or list the classes in data.classes") from None
 
     def stage_config(self, stage: str) -> StageConfig:
-        return getattr(self.train, _checked_stage(stage))
+        if stage not in STAGES:
+            raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        return getattr(self.train, stage)
 
     def to_dict(self) -> dict:
         return self.model_dump()

@@ -74,7 +74,7 @@ def archive_provenance(cfg: Config) -> dict | None:
     (name, source, size, SHA-256), as notebook 01 recorded it beside the split; None before notebook
     01 ran."""
     try:
-        return json.loads(cfg.dataset_record.read_text())["archive"]
+        return json.loads(cfg.run.dataset_record.read_text())["archive"]
     except (OSError, json.JSONDecodeError, KeyError):
         return None
 
@@ -82,7 +82,7 @@ def archive_provenance(cfg: Config) -> dict | None:
 def weights_provenance(cfg: Config, model_name: str) -> dict | None:
     """The ImageNet weights file a model started from, with its SHA-256 as recorded when stage 1
     loaded it (None without pretrained weights, or before stage 1 ran)."""
-    path = cfg.stage_dir(model_name, "stage1") / "weights.json"
+    path = cfg.run.stage_dir(model_name, "stage1") / "weights.json"
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):

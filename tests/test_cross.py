@@ -72,7 +72,7 @@ def test_cross_evaluate_counts_the_shared_frames_and_scores_with_and_without_the
     tables = smoke_chain.report_dir / "cross" / "smoke-hyperkvasir" / "tables"
     summary = pd.read_csv(tables / "summary.csv", index_col=0)
     # expected overlap: the tree's copies of a smoke frame in training, or of a frame whose planted copy is there
-    split = pd.read_csv(smoke_chain.split_csv).set_index("path")["split"]
+    split = pd.read_csv(smoke_chain.run.split).set_index("path")["split"]
     tree = synthetic_hyperkvasir.plan(40, seed=0)
     plan = tree.dropna(subset=["shared_with"])
     traps = synthetic.planted_traps(synthetic_hyperkvasir.KVASIR_CLASSES, 40, seed=0)

@@ -71,9 +71,9 @@ def test_files_written_atomically_get_the_umask_mode_not_0600(tmp_path):
 
 def test_a_new_split_is_refused_where_models_were_trained_on_the_old_one(tmp_path):
     cfg = prepare_tiny_dataset(tmp_path, ["train.models=[resnet18]", "train.stage1.epochs=1"])
-    before = cfg.split_csv.read_bytes()
+    before = cfg.run.split.read_bytes()
     other = profiles.load_profile("smoke", tmp_overrides(tmp_path) + TINY + ["split.seed=7"])
-    split = pd.read_csv(cfg.split_csv)
+    split = pd.read_csv(cfg.run.split)
     reshuffled = split.assign(split=split["split"].sample(frac=1, random_state=1).to_numpy())
     prepare.write_run_split(other, reshuffled)  # nothing trained yet: the split may change
     prepare.write_run_split(cfg, split)
@@ -84,7 +84,7 @@ def test_a_new_split_is_refused_where_models_were_trained_on_the_old_one(tmp_pat
     with pytest.raises(KvasirError, match=r"holds models trained on the split .* moved between train and val"
                                           r"(.|\n)*make clean PROFILE=smoke(.|\n)*paths.runs"):
         prepare.write_run_split(other, reshuffled)
-    assert cfg.split_csv.read_bytes() == before
+    assert cfg.run.split.read_bytes() == before
 
 
 def _cli(*args, cwd=None):

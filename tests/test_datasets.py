@@ -74,7 +74,7 @@ def test_a_folder_is_read_in_place_and_is_the_same_dataset_as_its_zip_and_tar(tm
                                               "data.synthetic=null", "data.expected_per_class=5"])
         prepared = prepare.prepare_dataset(cfg, progress=False)
         prepare.prepare_split(cfg, prepared)
-        records[name] = json.loads(cfg.dataset_record.read_text())["archive"]
+        records[name] = json.loads(cfg.run.dataset_record.read_text())["archive"]
         fingerprints[name] = prepare.input_fingerprints(cfg)["cache manifest"]
         assert prepared.classes == labels.CLASSES and len(prepared.manifest) == 40
     assert len(set(fingerprints.values())) == 1  # same images, same labels, same paths: the same data
@@ -159,7 +159,7 @@ def test_a_split_file_row_without_an_image_is_refused_with_counts_examples_and_t
     with pytest.raises(KvasirError) as error:
         prepare.prepare_split(cfg, prepare.prepare_dataset(cfg, progress=False))
     assert "1 row(s) name no image in it (e.g. gone.jpg); 3 image(s) have no row" in _one_line(error)
-    assert not cfg.split_csv.exists()
+    assert not cfg.run.split.exists()
 
 
 # -- HyperKvasir-shaped: classes at depth four, found or named; the split from its file -------
@@ -172,7 +172,7 @@ def test_the_generated_hyperkvasir_tree_gives_23_classes_and_its_split_file_deci
     plan = synthetic_hyperkvasir.plan(8, seed=0)
     expected = plan[plan["listed"]].assign(split=lambda f: f["fold"].map({1: "val", 0: "train"}))
     assert run_split.set_index("path")["split"].sort_index().equals(expected.set_index("path")["split"].sort_index())
-    record = json.loads(cfg.dataset_record.read_text())
+    record = json.loads(cfg.run.dataset_record.read_text())
     assert record["classes"] == prepared.classes and record["split_file"]["images_without_row"] == 3
     assert record["split_file"]["class_names"]["polyp"] == ["polyps"]  # joined on file names, not class names
     found = _hyper(hyper_root, "runs-found", ["data.classes=[]", "data.synthetic.images_per_class=8"])
@@ -189,7 +189,7 @@ def test_a_profile_can_select_some_classes_and_the_rest_of_the_split_file_is_no_
     cfg = _hyper(hyper_root, "runs-some", ["data.classes=[polyps,cecum,z-line]"])
     run_split = prepare.prepare_split(cfg, prepare.prepare_dataset(cfg, progress=False))
     assert list(dict.fromkeys(run_split.sort_values("path")["label"])) == ["cecum", "polyps", "z-line"]
-    assert json.loads(cfg.dataset_record.read_text())["split_file"]["rows_of_other_classes"] > 50
+    assert json.loads(cfg.run.dataset_record.read_text())["split_file"]["rows_of_other_classes"] > 50
 
 
 def test_stratified_k_folds_cover_every_image_once_and_a_fold_out_of_range_is_named():
@@ -291,7 +291,7 @@ def test_the_study_runs_on_the_hyperkvasir_shaped_tree_and_every_table_has_its_2
         stages.start_stage(cfg, "resnet18", stage).fit()
     notebooks.run_notebook("04_evaluate", HYPER, overrides, "resnet18")
     classes = synthetic_hyperkvasir.CLASS_NAMES
-    predictions = pd.read_csv(cfg.eval_dir("resnet18") / "predictions.csv")
+    predictions = pd.read_csv(cfg.run.eval_dir("resnet18") / "predictions.csv")
     assert [c.removeprefix("p_") for c in predictions.filter(like="p_").columns] == classes
     assert set(predictions["label"]) == set(classes)  # every class has validation images
     tables = cfg.report_dir / "tables"
@@ -301,7 +301,7 @@ def test_the_study_runs_on_the_hyperkvasir_shaped_tree_and_every_table_has_its_2
     assert table2.shape == (23, 23) and table2.to_numpy().sum() == len(predictions)
     assert list(table2.columns) == list(labels.abbreviations(classes).values())
     assert len(pd.read_csv(tables / "class_counts.csv", index_col=0)) == 24  # and the total
-    record = json.loads((cfg.eval_dir("resnet18") / "metrics.json").read_text())
+    record = json.loads((cfg.run.eval_dir("resnet18") / "metrics.json").read_text())
     assert {"mcc", "micro_f1", "macro_mcc"} <= set(record) and record["provenance"]["archive"]["kind"] == "folder"
     kept = sorted(p.name for p in cfg.dataset_dir.iterdir() if not p.name.startswith("."))
     assert kept == ["cache", "generated"]  # the generated tree is read where it is: no copy, no extraction

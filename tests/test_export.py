@@ -30,7 +30,7 @@ def exported(smoke_chain):
         with contextlib.redirect_stdout(io.StringIO()):
             code = cli.main(["export", "--profile", "smoke", *[a for o in smoke_chain.overrides for a in ("--set", o)],
                              "--model", model])
-        found[model] = code, smoke_chain.model_dir(model) / "export"
+        found[model] = code, smoke_chain.report.model_dir(model) / "export"
     return found
 
 

@@ -125,12 +125,12 @@ def test_ctrl_c_in_the_data_stage_keeps_every_finished_cache_entry_and_no_half_w
     time.sleep(1.5)
     _stopped_by_ctrl_c(run, "01_download_and_split")
     folder = prepare.cache_dir(cfg)
-    assert not (folder / cache.MANIFEST).exists() and not cfg.split_csv.exists()
+    assert not (folder / cache.MANIFEST).exists() and not cfg.run.split.exists()
     progress = cache.read_manifest(folder / cache.PROGRESS)
     assert 0 < len(progress) < 8 * PER_CLASS  # some images were cached, not all
     assert all((folder / cache.cached_name(p)).is_file() for p in progress["path"])
     assert _temp_files(cfg.dataset_dir) == []
-    assert (cfg.notebook_dir / "01_download_and_split.failed.ipynb").exists()
+    assert (cfg.run.notebooks / "01_download_and_split.failed.ipynb").exists()
 
 
 def test_ctrl_c_in_training_keeps_the_last_finished_epoch(interrupted):
@@ -141,14 +141,14 @@ def test_ctrl_c_in_training_keeps_the_last_finished_epoch(interrupted):
     run = interrupted["make"]()
     run.wait_for(f"{MODEL} stage1 epoch 2/3")
     _stopped_by_ctrl_c(run, f"02_train ({MODEL})")
-    stage = cfg.stage_dir(MODEL, "stage1")
+    stage = cfg.run.stage_dir(MODEL, "stage1")
     checkpoint = torch.load(stage / "checkpoint.pt", weights_only=True)
     history = pd.read_csv(stage / "history.csv")
     assert checkpoint["epoch"] in (1, 2) and list(history["epoch"]) == list(range(1, checkpoint["epoch"] + 1))
     assert _temp_files(cfg.run_dir) == []
     manifest = cache.read_manifest(prepare.cache_dir(cfg) / cache.MANIFEST)  # the data stage went on and finished
     assert len(manifest) == 8 * PER_CLASS and not (prepare.cache_dir(cfg) / cache.PROGRESS).exists()
-    assert len(pd.read_csv(cfg.split_csv)) == 8 * PER_CLASS
+    assert len(pd.read_csv(cfg.run.split)) == 8 * PER_CLASS
 
 
 def _kernel(run: Run) -> int:
@@ -165,7 +165,7 @@ def test_a_killed_kernel_is_reported_and_its_stage_keeps_the_last_finished_epoch
     assert run.finish() == 2  # make's own code for a failed step
     assert run.last_line().startswith(f"error: 03_finetune ({MODEL}) failed: the Jupyter kernel died"), run.output
     assert wait_until_gone(run) == []
-    assert torch.load(cfg.stage_dir(MODEL, "stage2") / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(cfg.run.stage_dir(MODEL, "stage2") / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
 def test_ctrl_c_in_evaluation_leaves_no_stamp(interrupted):
@@ -173,8 +173,8 @@ def test_ctrl_c_in_evaluation_leaves_no_stamp(interrupted):
     run = interrupted["make"]()
     run.wait_for(f"{MODEL} predict")
     _stopped_by_ctrl_c(run, f"04_evaluate ({MODEL})")
-    assert not (cfg.notebook_dir / f"04_evaluate-{MODEL}.ipynb").exists()
-    assert (cfg.notebook_dir / f"04_evaluate-{MODEL}.failed.ipynb").exists()
+    assert not (cfg.run.notebooks / f"04_evaluate-{MODEL}.ipynb").exists()
+    assert (cfg.run.notebooks / f"04_evaluate-{MODEL}.failed.ipynb").exists()
     assert _temp_files(cfg.run_dir) == [] and _temp_files(cfg.report_dir) == []
 
 
@@ -190,7 +190,7 @@ def test_ctrl_c_while_the_report_is_rendered_leaves_no_half_written_page(interru
 
 
 def _same_history(cfg, reference, stage: str) -> None:
-    ours, theirs = (pd.read_csv(c.stage_dir(MODEL, stage) / "history.csv").drop(columns=VOLATILE)
+    ours, theirs = (pd.read_csv(c.run.stage_dir(MODEL, stage) / "history.csv").drop(columns=VOLATILE)
                     for c in (cfg, reference))
     assert list(ours["epoch"]) == list(range(1, cfg.stage_config(stage).epochs + 1))  # contiguous
     pd.testing.assert_frame_equal(ours, theirs)
@@ -201,14 +201,14 @@ def test_the_interrupted_run_goes_on_to_the_results_of_an_uninterrupted_one(inte
     cfg = interrupted["cfg"]
     run = interrupted["make"]()
     assert run.finish() == 0, run.output[-3000:]
-    assert pd.read_csv(cfg.split_csv).equals(pd.read_csv(reference.split_csv))
+    assert pd.read_csv(cfg.run.split).equals(pd.read_csv(reference.run.split))
     assert (cache.read_manifest(prepare.cache_dir(cfg) / cache.MANIFEST)["error"] == "").all()
     for stage in config.STAGES:
         _same_history(cfg, reference, stage)
-    ours, theirs = (pd.read_csv(c.eval_dir(MODEL) / "predictions.csv") for c in (cfg, reference))
+    ours, theirs = (pd.read_csv(c.run.eval_dir(MODEL) / "predictions.csv") for c in (cfg, reference))
     pd.testing.assert_frame_equal(ours, theirs)
     assert (cfg.report_dir / "index.html").exists()
-    assert not list(cfg.notebook_dir.glob("*.failed.ipynb"))  # each step that finished replaced its failed copy
+    assert not list(cfg.run.notebooks.glob("*.failed.ipynb"))  # each step that finished replaced its failed copy
 
 
 def _kernel(run: Run) -> int:
@@ -222,7 +222,7 @@ def test_a_full_disk_names_the_folder_and_the_space_needed_and_a_rerun_resumes(s
     mount, grow = small_disk
     cfg = _config(study, "disk", [f"paths.runs={mount / 'runs'}"])
     prepare.prepare_split(cfg, prepare.prepare_dataset(cfg, progress=False))  # notebook 01's calls; the data is ready
-    stage = cfg.stage_dir(MODEL, "stage1")
+    stage = cfg.run.stage_dir(MODEL, "stage1")
     with pytest.raises(DiskFullError) as error:  # what notebook 02 calls (the runner prints the message as it is)
         stages.start_stage(cfg, MODEL, "stage1").fit()
     message = str(error.value)

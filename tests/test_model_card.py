@@ -45,7 +45,7 @@ def test_every_number_in_a_card_is_one_of_metrics_json_or_a_table(cards, smoke_c
     tables = smoke_chain.report_dir / "tables"
     found = [v for csv in tables.glob("*.csv") for v in pd.read_csv(csv).select_dtypes("number").to_numpy().ravel()]
     for model, text in cards.items():
-        record = json.loads((smoke_chain.eval_dir(model) / "metrics.json").read_text())
+        record = json.loads((smoke_chain.run.eval_dir(model) / "metrics.json").read_text())
         allowed = _four_decimals(_numbers(record) + found)
         numbers = re.findall(r"(?<![\w./])\d+\.\d{4}(?![\w./])", text)  # not a DOI, version, path
         assert len(numbers) > 60 and set(numbers) <= allowed, (model, set(numbers) - allowed)
@@ -60,7 +60,7 @@ def test_every_number_in_a_card_is_one_of_metrics_json_or_a_table(cards, smoke_c
 
 def test_the_regions_of_the_gi_tract_are_counted_from_predictions_csv(cards, smoke_chain):
     for model, text in cards.items():
-        predictions = pd.read_csv(smoke_chain.eval_dir(model) / "predictions.csv")
+        predictions = pd.read_csv(smoke_chain.run.eval_dir(model) / "predictions.csv")
         upper = predictions["label"].isin(factors.REGIONS["upper GI"])
         for name, part in (("upper GI", predictions[upper]), ("lower GI", predictions[~upper])):
             accuracy = (part["true"] == part["pred"]).mean()

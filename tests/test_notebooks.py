@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chain")]
 
 
 def test_notebook_01_writes_the_split_and_its_report_items(smoke_chain):
-    split = pd.read_csv(smoke_chain.split_csv)
+    split = pd.read_csv(smoke_chain.run.split)
     assert list(split.columns) == ["path", "label", "split"]
     assert set(split["split"]) == {"train", "val"} and split["label"].nunique() == 8
     for name in ("class_counts.csv", "class_counts.md", "class_counts.tex"):
@@ -30,7 +30,7 @@ def test_notebook_01_writes_the_split_and_its_report_items(smoke_chain):
 def test_training_notebooks_leave_checkpoints_histories_and_event_files(smoke_chain):
     for model in smoke_chain.train.models:
         for stage in config.STAGES:
-            folder = smoke_chain.stage_dir(model, stage)
+            folder = smoke_chain.run.stage_dir(model, stage)
             history = pd.read_csv(folder / "history.csv")
             assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
                     "images_per_s"} <= set(history.columns) and len(history) == smoke_chain.stage_config(stage).epochs
@@ -39,9 +39,9 @@ def test_training_notebooks_leave_checkpoints_histories_and_event_files(smoke_ch
 
 def test_evaluation_writes_predictions_and_metrics(smoke_chain):
     for model in smoke_chain.train.models:
-        record = json.loads((smoke_chain.eval_dir(model) / "metrics.json").read_text())
+        record = json.loads((smoke_chain.run.eval_dir(model) / "metrics.json").read_text())
         assert {"accuracy", "macro_f1", "macro_auc", "parameters", "gflops"} <= set(record)
-        predictions = pd.read_csv(smoke_chain.eval_dir(model) / "predictions.csv")
+        predictions = pd.read_csv(smoke_chain.run.eval_dir(model) / "predictions.csv")
         probs = predictions.filter(like="p_")
         assert probs.shape[1] == 8 and probs.sum(axis=1).to_numpy() == pytest.approx(1, abs=1e-4)
         assert record["accuracy"] == pytest.approx((predictions["true"] == predictions["pred"]).mean())
@@ -90,7 +90,7 @@ def test_every_link_and_image_of_every_report_page_resolves_to_a_file(smoke_chai
 
 def test_the_smoke_models_learn_well_above_chance(smoke_chain):
     for model in smoke_chain.train.models:
-        record = json.loads((smoke_chain.eval_dir(model) / "metrics.json").read_text())
+        record = json.loads((smoke_chain.run.eval_dir(model) / "metrics.json").read_text())
         # 64 validation images, chance 1/8: 23 or more right by chance has probability under 1e-6 (binomial);
         # seen at 48 px on the AMD machine: 0.92 (ResNet50), 0.67 (EfficientNet-B0): room for other rounding
         assert record["accuracy"] >= 0.35, (model, record["accuracy"])
@@ -117,7 +117,7 @@ def test_the_audit_recovers_the_planted_traps_and_reaches_the_index(smoke_chain)
     assert list(headline.index) == smoke_chain.train.models
     assert ((headline["twin_share"] > 0) & (headline["twin_share"] < 0.5)).all()
     for model in smoke_chain.train.models:
-        record = json.loads((smoke_chain.eval_dir(model) / "metrics.json").read_text())
+        record = json.loads((smoke_chain.run.eval_dir(model) / "metrics.json").read_text())
         assert 0 <= record["ece"] <= 1 and 0 <= record["brier"] <= 2
         assert headline.loc[model, "ece"] == pytest.approx(record["ece"], abs=1e-5)
         masked = pd.read_csv(tables / f"{model}_guide_box_masked.csv", index_col=0)
@@ -125,7 +125,7 @@ def test_the_audit_recovers_the_planted_traps_and_reaches_the_index(smoke_chain)
         # the table's arithmetic, exact whatever the model learned (8 images a class cannot bound a trained
         # model's change: one image is 0.125): accuracy from predictions.csv, change = masked - unmasked,
         # "all" weighted by images
-        predictions = pd.read_csv(smoke_chain.eval_dir(model) / "predictions.csv")
+        predictions = pd.read_csv(smoke_chain.run.eval_dir(model) / "predictions.csv")
         right = (predictions["true"] == predictions["pred"]).groupby(predictions["label"]).mean()
         masked_accuracy = masked["masked_accuracy"]
         assert masked["accuracy"].drop("all").to_numpy() == pytest.approx(right[smoke_chain.data.classes].to_numpy())
@@ -147,7 +147,7 @@ def test_every_result_says_which_code_environment_and_data_made_it(smoke_chain):
 
     archive = prepare.archive_path(smoke_chain)
     for model in smoke_chain.train.models:
-        record = json.loads((smoke_chain.eval_dir(model) / "metrics.json").read_text())["provenance"]
+        record = json.loads((smoke_chain.run.eval_dir(model) / "metrics.json").read_text())["provenance"]
         assert record["commit"] == study_version()["commit"] and len(record["commit"]) == 40
         assert isinstance(record["dirty"], bool)
         assert record["lock_sha256"] == hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()

@@ -30,7 +30,7 @@ def _sets(cfg) -> list[str]:
 
 def _validation_folder(cfg, dest, per_class=None):
     """The validation images as the archive holds them (class folders, original sizes), copied to ``dest``."""
-    split = pd.read_csv(cfg.split_csv)
+    split = pd.read_csv(cfg.run.split)
     val = split[split["split"] == "val"]
     if per_class is not None:
         val = val.groupby("label").head(per_class)
@@ -53,7 +53,7 @@ def predicted(smoke_chain, tmp_path_factory):
     with contextlib.redirect_stdout(out):
         code = cli.main(["predict", "--profile", "smoke", *_sets(smoke_chain), "--model", "resnet50",
                          "--images", str(images)])
-    return code, out.getvalue(), smoke_chain.predict_dir("my-images")
+    return code, out.getvalue(), smoke_chain.report.predict_dir("my-images")
 
 
 @pytest.mark.slow
@@ -75,13 +75,13 @@ def test_predicted_probabilities_equal_the_evaluation_of_the_same_images(predict
     """Same code path as notebook 04: the originals, resized in memory as the cache does, give the
     probabilities of predictions.csv (which were computed from the cache files), at the same precision."""
     predictions = pd.read_csv(predicted[2] / "predictions.csv")
-    evaluated = pd.read_csv(smoke_chain.eval_dir("resnet50") / "predictions.csv").set_index("path")
+    evaluated = pd.read_csv(smoke_chain.run.eval_dir("resnet50") / "predictions.csv").set_index("path")
     evaluated = evaluated.loc[predictions["file"]]
     assert predictions.filter(like="p_").to_numpy() == pytest.approx(evaluated.filter(like="p_").to_numpy(), abs=1e-6)
     assert (predictions["predicted"].to_numpy() == np.array(smoke_chain.data.classes)[evaluated["pred"]]).all()
     assert predictions["probability"].to_numpy() == pytest.approx(evaluated["confidence"].to_numpy(), abs=1e-6)
     record = json.loads((predicted[2] / "predict.json").read_text())
-    metrics = json.loads((smoke_chain.eval_dir("resnet50") / "metrics.json").read_text())
+    metrics = json.loads((smoke_chain.run.eval_dir("resnet50") / "metrics.json").read_text())
     assert record["runtime"]["precision"] == metrics["runtime"]["precision"]
 
 
@@ -89,7 +89,7 @@ def test_predicted_probabilities_equal_the_evaluation_of_the_same_images(predict
 @pytest.mark.xdist_group("chain")
 def test_guide_box_and_near_duplicate_columns_agree_with_the_audit(predicted, smoke_chain):
     predictions = pd.read_csv(predicted[2] / "predictions.csv").set_index("file")
-    split = pd.read_csv(smoke_chain.split_csv)
+    split = pd.read_csv(smoke_chain.run.split)
     flags = prepare.guide_box_flags(smoke_chain, split[split["split"] == "val"]).set_index("path")["has_box"]
     assert (predictions["guide_box"] == flags[predictions.index]).all() and flags.any()
     pairs = duplicates.near_duplicate_pairs(prepare.image_hashes(smoke_chain, split["path"]))
@@ -123,7 +123,7 @@ def test_an_unfinished_checkpoint_or_another_format_is_refused_with_the_remedy(s
     run = tmp_path / "smoke"
     with pytest.raises(KvasirError, match="no trained efficientnet_b0"):
         Predictor.from_run(run, "efficientnet_b0")
-    saved = torch.load(smoke_chain.stage_dir("efficientnet_b0", "stage2") / "checkpoint.pt", weights_only=True)
+    saved = torch.load(smoke_chain.run.stage_dir("efficientnet_b0", "stage2") / "checkpoint.pt", weights_only=True)
     copy = run / "efficientnet_b0" / "stage2" / "checkpoint.pt"
     copy.parent.mkdir(parents=True)
     torch.save({**saved, "optimizer": {}, "epoch": 1}, copy)
@@ -145,7 +145,7 @@ def test_notebook_08_predicts_a_folder_and_shows_the_gallery_inline(smoke_chain,
     outputs = json.dumps([cell.get("outputs", []) for cell in json.loads(executed.read_text())["cells"]])
     assert outputs.count("data:image/jpeg;base64,") == 2 * 8 and "kvasir-gallery" in outputs
     assert "8 of 8 file(s)" in outputs and "0 skipped" in outputs  # every file an image: nothing skipped
-    assert len(pd.read_csv(smoke_chain.predict_dir("few") / "predictions.csv")) == 8
+    assert len(pd.read_csv(smoke_chain.report.predict_dir("few") / "predictions.csv")) == 8
 
 
 # -- without the chain ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from tests.helpers import tmp_overrides
 
 
 def _evaluated(cfg, model: str, paths: list[str], correct: list[bool]) -> None:
-    folder = cfg.eval_dir(model)
+    folder = cfg.run.eval_dir(model)
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({"accuracy": sum(correct) / len(correct)}))
     true = [i % 8 for i in range(len(paths))]

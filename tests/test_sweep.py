@@ -193,7 +193,7 @@ def test_settings_that_would_mislabel_runs_are_refused(tmp_path, grid, overrides
 
 def _finish(member, accuracy: float, correct: list[bool]) -> None:
     """What a finished run leaves: its record and evaluation files (written by hand here)."""
-    eval_dir = member.cfg.eval_dir(member.model)
+    eval_dir = member.cfg.run.eval_dir(member.model)
     eval_dir.mkdir(parents=True)
     (eval_dir / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "macro_f1": accuracy - 0.01,
                                                        "macro_auc": 0.9}))

@@ -25,7 +25,7 @@ def read_history(cfg: Config, model_name: str) -> pd.DataFrame:
     """Both stages' histories, one row per epoch, with a ``stage`` column."""
     frames = []
     for stage in STAGES:
-        path = cfg.stage_dir(model_name, stage) / "history.csv"
+        path = cfg.run.stage_dir(model_name, stage) / "history.csv"
         if path.exists():
             frames.append(pd.read_csv(path).assign(stage=stage))
     if not frames:
@@ -37,7 +37,7 @@ def read_evaluations(cfg: Config, required: bool = True) -> dict:
     """``{model: (metrics record, predictions)}`` for every model notebook 04 has evaluated."""
     found = {}
     for model in cfg.train.models:
-        folder = cfg.eval_dir(model)
+        folder = cfg.run.eval_dir(model)
         if (folder / "metrics.json").exists():
             found[model] = (json.loads((folder / "metrics.json").read_text()), pd.read_csv(folder / "predictions.csv"))
     if required and not found:

@@ -70,7 +70,7 @@ def load(profile: Path, scale: str, extra: list[str] = ()) -> Config:
 def prepare_data(cfg: Config) -> None:
     """The data stage and the split (notebook 01's calls), reused when already there."""
     prepared = prepare.prepare_dataset(cfg, progress=True)
-    if not cfg.split_csv.exists():
+    if not cfg.run.split.exists():
         prepare.prepare_split(cfg, prepared)
 
 

@@ -195,7 +195,7 @@ def prepare_split(cfg: Config, prepared: PreparedData) -> pd.DataFrame:
     write_run_split(cfg, run_split)
     record = archive_record(prepared)
     keys = ("kind", "archive", "source", "bytes", "sha256", "images")
-    write_json_atomic(cfg.dataset_record, {"archive": {k: record[k] for k in keys if k in record},
+    write_json_atomic(cfg.run.dataset_record, {"archive": {k: record[k] for k in keys if k in record},
                                            "classes": prepared.classes,
                                            "split_file": report.to_dict() if report else None})
     save_config(cfg, cfg.run_dir / "config.yaml")
@@ -213,7 +213,7 @@ def trained_checkpoints(cfg: Config) -> list[Path]:
 def write_run_split(cfg: Config, split: pd.DataFrame) -> Path:
     """Write ``runs/<profile>/split.csv``, refusing to replace a different split that the run's
     models were trained on (they would be evaluated on images they may have trained on)."""
-    path = cfg.split_csv
+    path = cfg.run.split
     if path.exists() and trained_checkpoints(cfg):
         old = pd.read_csv(path)
         if not old.equals(split.reset_index(drop=True)):
@@ -229,11 +229,11 @@ def write_run_split(cfg: Config, split: pd.DataFrame) -> Path:
 def input_fingerprints(cfg: Config) -> dict[str, str]:
     """What a model is trained on: SHA-256 of ``split.csv`` and of the cache's content."""
     manifest_path = cache_dir(cfg) / MANIFEST
-    for path in (cfg.split_csv, manifest_path):
+    for path in (cfg.run.split, manifest_path):
         if not path.exists():
             raise KvasirError(f"{path} does not exist: run notebook 01 first (make data PROFILE={cfg.profile})")
     manifest = read_manifest(manifest_path)
-    return {"split.csv": sha256_file(cfg.split_csv),
+    return {"split.csv": sha256_file(cfg.run.split),
             "cache manifest": manifest_fingerprint(manifest, cfg.cache.short_side, cfg.cache.quality)}
 
 

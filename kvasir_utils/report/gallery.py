@@ -80,7 +80,7 @@ def render_gallery(folder: Path, cfg: Config, embed: bool = False) -> str:
     """The gallery page of the prediction in ``folder`` (``reports/<profile>/predict/<name>/``);
     ``embed=True``: the part of it a notebook shows, its images inside and its styles its own."""
     predictions, skipped, record = read_prediction(folder)
-    card = pages.rel(cfg.model_dir(record["model"]) / "model_card.md", folder)
+    card = pages.rel(cfg.report.model_dir(record["model"]) / "model_card.md", folder)
     return pages.render("gallery.html.j2",
         standalone=not embed, title=f"{record['model']}: predictions for {record['name']}",
         banner=banner_html(cfg, f"Predictions of {record['model']}, trained in profile '{record['profile']}'."),

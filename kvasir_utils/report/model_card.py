@@ -56,7 +56,7 @@ def run_settings(cfg: Config) -> Config:
 
 def read_inputs(cfg: Config, model: str) -> CardInputs:
     """metrics.json, predictions.csv and every table a card uses (those not made yet are None)."""
-    folder, tables = cfg.eval_dir(model), cfg.report_dir / "tables"
+    folder, tables = cfg.run.eval_dir(model), cfg.report_dir / "tables"
     names = [f"{model}_table1", f"{model}_roc_auc", f"{model}_guide_box_masked", f"{model}_accuracy_by_near_duplicate",
              "guide_box_rates", "near_duplicates", "audit_headline", "comparison", "class_counts"]
     indexed = {"guide_box_rates": None, "near_duplicates": None}  # saved without an index column
@@ -68,7 +68,7 @@ def read_inputs(cfg: Config, model: str) -> CardInputs:
 
 def _checkpoint(cfg: Config, model: str) -> Path:
     """The final stage's checkpoint (stage 2's unless it trains 0 epochs, as train.checkpoints.final_stage)."""
-    return cfg.stage_dir(model, "stage2" if cfg.train.stage2.epochs > 0 else "stage1") / "checkpoint.pt"
+    return cfg.run.stage_dir(model, "stage2" if cfg.train.stage2.epochs > 0 else "stage1") / "checkpoint.pt"
 
 
 def _started_from(weights: dict | None) -> str:
@@ -89,7 +89,7 @@ def _details(i: CardInputs) -> list[str]:
         f"{t.image_size} px image.",
         f"- **Developed by:** this study, which reproduces Cruz (2025) on Kvasir v2; this model: profile "
         f"`{cfg.profile}` on {cfg.data.name}; evaluated on "
-        f"{datetime.date.fromtimestamp((cfg.eval_dir(i.model) / 'metrics.json').stat().st_mtime)}.",
+        f"{datetime.date.fromtimestamp((cfg.run.eval_dir(i.model) / 'metrics.json').stat().st_mtime)}.",
         f"- **Started from:** {_started_from(made.get('weights'))}",
         f"- **Protocol:** Adam, batch {cfg.train.batch_size}; stage 1: {s1.epochs} epochs training `{s1.trainable}` at "
         f"learning rate {s1.lr:g}; stage 2: {s2.epochs} epochs training `{s2.trainable}` at {s2.lr:g} "
@@ -101,7 +101,7 @@ def _details(i: CardInputs) -> list[str]:
         f"evaluated with torch {record['environment']['torch']} on {describe_runtime(record['runtime'])}.",
         f"- **Data:** archive `{archive.get('archive')}` ({archive.get('bytes', 0):,} bytes, SHA-256 "
         f"{archive.get('sha256')}); split.csv SHA-256 "
-        f"{sha256_file(cfg.split_csv) if cfg.split_csv.exists() else 'not found'}.",
+        f"{sha256_file(cfg.run.split) if cfg.run.split.exists() else 'not found'}.",
         f"- **Use it:** `make predict PROFILE={cfg.profile} MODEL={i.model} IMAGES=<folder>`; ONNX with "
         f"`make export PROFILE={cfg.profile} MODEL={i.model}` (into `export/` beside this card; see "
         "docs/using-the-model.md).",
@@ -261,10 +261,10 @@ def write_model_cards(cfg: Config) -> list[Path]:
     ``tables/<model>_accuracy_by_region``); returns the cards' paths."""
     written = []
     for model in cfg.train.models:
-        if (cfg.eval_dir(model) / "metrics.json").exists():
+        if (cfg.run.eval_dir(model) / "metrics.json").exists():
             inputs = read_inputs(cfg, model)  # read once for the region table and the card
             save_table(inputs.regions, cfg, f"{model}_accuracy_by_region")
-            written.append(write_text_atomic(cfg.model_dir(model) / "model_card.md", card_text(inputs)))
+            written.append(write_text_atomic(cfg.report.model_dir(model) / "model_card.md", card_text(inputs)))
     return written
 
 
@@ -273,7 +273,7 @@ def model_cards_table(cfg: Config) -> pd.DataFrame:
     ``reports/<profile>/``; empty where not exported)."""
     rows = {}
     for model in cfg.train.models:
-        folder = cfg.model_dir(model)
+        folder = cfg.report.model_dir(model)
         if (folder / "model_card.md").exists():
             onnx = folder / "export" / "model.onnx"
             rows[model] = {"card": str((folder / "model_card.md").relative_to(cfg.report_dir)),

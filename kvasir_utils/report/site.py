@@ -72,9 +72,9 @@ def _ordered(cfg: Config, executed: list[Path]) -> list[Path]:
 
 def render_pages(cfg: Config) -> list[tuple[Path, str]]:
     """Every executed notebook of the profile as a page, in order, each linking the next."""
-    executed = _ordered(cfg, [p for p in cfg.notebook_dir.glob("*.ipynb") if not p.name.endswith(".failed.ipynb")])
+    executed = _ordered(cfg, [p for p in cfg.run.notebooks.glob("*.ipynb") if not p.name.endswith(".failed.ipynb")])
     if not executed:
-        raise KvasirError(f"no executed notebooks in {cfg.notebook_dir}; run `make reproduce PROFILE={cfg.profile}`")
+        raise KvasirError(f"no executed notebooks in {cfg.run.notebooks}; run `make reproduce PROFILE={cfg.profile}`")
     folder = cfg.report_dir / "html"
     titles = [notebook_title(p) + (f" ({formats.model_name(p.stem.partition('-')[2])})" if "-" in p.stem else "")
               for p in executed]
@@ -121,7 +121,7 @@ def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFr
     table1 = paper.versus(metrics.classification_table(y_true, y_pred, classes), reported.get("table1"))
     table2 = metrics.confusion_table(y_true, y_pred, classes)
     auc = metrics.roc_auc_table(y_true, predictions[[f"p_{c}" for c in classes]].to_numpy(), classes)
-    eval_dir = cfg.eval_dir(model)
+    eval_dir = cfg.run.eval_dir(model)
     links = Markup(" · ").join(Markup(f'<a href="{href}">{Markup.escape(text)}</a>') for href, text in (
         (rel(eval_dir / "predictions.csv", root), "predictions.csv"), (rel(eval_dir / "metrics.json", root),
                                                                         "metrics.json"),
@@ -199,7 +199,7 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
         "pages": [(rel(page, root), title) for page, title in pages]
                  + [(rel(b, root), f"Error browser: {formats.model_name(b.stem.removeprefix('browser-'))}")
                     for b in browsers]
-                 + [(rel(p, root), f"executed notebook {p.name}") for p in sorted(cfg.notebook_dir.glob("*.ipynb"))
+                 + [(rel(p, root), f"executed notebook {p.name}") for p in sorted(cfg.run.notebooks.glob("*.ipynb"))
                     if not p.name.endswith(".failed.ipynb")],
         "tables": [(t.stem, rel(t, root), rel(t.with_suffix(".tex"), root))
                    for t in sorted((root / "tables").glob("*.csv"))],

@@ -138,7 +138,7 @@ def _dispatch(args) -> int:
         print(f"SETTINGS := {settings}")
         twin = profiles.masked_twin(cfg)  # notebook 07 shows its Table 1 once it is evaluated
         twin_cfg = profiles.load_profile(twin, args.overrides) if twin else None
-        audit_inputs = [twin_cfg.eval_dir(m) / "metrics.json" for m in cfg.train.models] if twin_cfg else []
+        audit_inputs = [twin_cfg.run.eval_dir(m) / "metrics.json" for m in cfg.train.models] if twin_cfg else []
         print(f"AUDIT_INPUTS := {' '.join(map(str, audit_inputs))}")
     elif args.command == "predict":  # exit 3 (SKIPPED_EXIT) when a file could not be read
         from kvasir_utils.run.predict_folder import predict_folder

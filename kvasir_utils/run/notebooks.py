@@ -34,7 +34,7 @@ def record_failure(step: str, error: str, exit_code: int) -> None:
 
 def executed_notebook_path(cfg: config.Config, name: str, model: str | None = None) -> Path:
     """Where the executed copy of a notebook goes; the Makefile uses it as the step's stamp."""
-    return cfg.notebook_dir / (f"{name}-{model}.ipynb" if model else f"{name}.ipynb")
+    return cfg.run.notebooks / (f"{name}-{model}.ipynb" if model else f"{name}.ipynb")
 
 
 def write_settings_stamp(cfg: config.Config) -> Path:

@@ -83,7 +83,7 @@ def predict_folder(cfg: Config, model_name: str, images: Path | str, name: str |
     source = Path(images).expanduser().resolve()
     files = image_files(source)
     root = source.parent if source.is_file() else source
-    dest = cfg.predict_dir(prediction_name(source, name))
+    dest = cfg.report.predict_dir(prediction_name(source, name))
     predictor = Predictor.from_run(cfg.run_dir, model_name, hardware.resolve_runtime(cfg.runtime))
     tables, skipped = [], []
     with atomic_folder(dest) as work:

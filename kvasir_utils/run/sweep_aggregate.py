@@ -28,8 +28,8 @@ def member_results(sweep: Sweep) -> pd.DataFrame:
                                       for k, v in sweep.default_settings.items()),
                "status": record["status"], "error": record.get("error", ""),
                "node": (record.get("node") or {}).get("hostname", ""), "seconds": record.get("seconds"),
-               "eval_dir": str(member.cfg.eval_dir(member.model))}
-        metrics_path = member.cfg.eval_dir(member.model) / "metrics.json"
+               "eval_dir": str(member.cfg.run.eval_dir(member.model))}
+        metrics_path = member.cfg.run.eval_dir(member.model) / "metrics.json"
         if row["status"] == "finished" and not metrics_path.exists():
             row |= {"status": "failed", "error": f"finished, but {metrics_path} is not there (is paths.runs on "
                                                   "storage the driver shares with the nodes?)"}

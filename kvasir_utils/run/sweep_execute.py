@@ -38,7 +38,7 @@ def is_finished(member: Member) -> bool:
     record = read_record(member)
     return (bool(record) and record.get("status") == "finished"
             and record.get("settings_sha256") == settings_fingerprint(member)
-            and (member.cfg.eval_dir(member.model) / "metrics.json").exists())
+            and (member.cfg.run.eval_dir(member.model) / "metrics.json").exists())
 
 
 def write_record(sweep: Sweep, member: Member, status: str, failure: dict | None, node: dict | None,

@@ -75,7 +75,7 @@ def stage_inputs(cfg: Config, model_name: str, stage: str) -> dict[str, str]:
     inputs = prepare.input_fingerprints(cfg)
     if stage != STAGES[0]:
         previous = STAGES[STAGES.index(stage) - 1]
-        path = cfg.stage_dir(model_name, previous) / "checkpoint.pt"
+        path = cfg.run.stage_dir(model_name, previous) / "checkpoint.pt"
         if not path.exists():
             raise KvasirError(f"{previous} of {model_name} has no checkpoint ({path}); run it first")
         inputs[f"{previous} checkpoint"] = sha256_file(path)
@@ -122,7 +122,7 @@ def final_stage(cfg: Config) -> str:
 
 def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> dict:
     """A finished stage's checkpoint, checked against today's settings and inputs."""
-    path = cfg.stage_dir(model_name, stage) / "checkpoint.pt"
+    path = cfg.run.stage_dir(model_name, stage) / "checkpoint.pt"
     checkpoint = load_checkpoint(path)
     if checkpoint["epoch"] < cfg.stage_config(stage).epochs:
         raise KvasirError(f"{stage} of {model_name} is not finished ({path}); run it first")

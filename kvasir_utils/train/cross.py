@@ -44,7 +44,7 @@ def cross_dir(source: Config, target: Config):
 def training_overlap(source: Config, target: Config, images: pd.DataFrame) -> pd.Series:
     """True for each target image with a near-identical frame (``duplicates.NEAR_DUPLICATE_DISTANCE``
     bits of perceptual hash) among the source run's training images."""
-    split = read_split(source.split_csv, source.classes)
+    split = read_split(source.run.split, source.classes)
     train = split.loc[split["split"] == "train", "path"]
     pairs = duplicates.cross_pairs(prepare.image_hashes(target, images["path"]), prepare.image_hashes(source, train))
     overlap = pd.Series(False, index=images.index, name="overlap")

@@ -25,7 +25,7 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
     """Predict the validation set once with the trained model (after checking it was trained on
     today's split and cache); write ``predictions.csv`` and ``metrics.json``."""
     model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
-    split = read_split(cfg.split_csv, cfg.classes)
+    split = read_split(cfg.run.split, cfg.classes)
     val = split[split["split"] == "val"].reset_index(drop=True)
     loader = stages.make_loaders(cfg, runtime, split)["val"]
     probs, targets, seconds = loop.predict(model, loader, runtime, desc=f"{model_name} predict")
@@ -47,7 +47,7 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
         "environment": environment(),
         "generated_data": cfg.generated_data,
     }
-    out = cfg.eval_dir(model_name)
+    out = cfg.run.eval_dir(model_name)
     write_csv_atomic(predictions, out / "predictions.csv")
     write_json_atomic(out / "metrics.json", record)
     return predictions, record
@@ -56,7 +56,7 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
 def predict_validation(cfg: Config, model, runtime: hardware.Runtime, transforms_cfg=None, desc: str = "predict"):
     """Probabilities and targets for the validation images, with the profile's eval preset or the
     one ``transforms_cfg`` describes (e.g. with overlays masked)."""
-    split = read_split(cfg.split_csv, cfg.classes)
+    split = read_split(cfg.run.split, cfg.classes)
     preset = presets.eval_preset(transforms_cfg or cfg.transforms)
     val = dataset.KvasirDataset(prepare.cache_dir(cfg), split[split["split"] == "val"], cfg.classes, preset)
     loader = dataset.make_loader(val, cfg.train.batch_size, False, runtime.workers, runtime.pin_memory)
@@ -68,13 +68,13 @@ def masked_predictions(cfg: Config, model_name: str, runtime: hardware.Runtime,
                        mode: str = "guide_box") -> pd.DataFrame:
     """predictions.csv's images (``path``, ``label``, ``true``, ``pred``) with ``masked_pred``: the
     class predicted with the overlays masked at test time only (how much the model leans on them)."""
-    predictions = pd.read_csv(cfg.eval_dir(model_name) / "predictions.csv")
+    predictions = pd.read_csv(cfg.run.eval_dir(model_name) / "predictions.csv")
     model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
     if overlays.MASK_MODES.index(cfg.transforms.mask_overlays) > overlays.MASK_MODES.index(mode):
         mode = cfg.transforms.mask_overlays  # never unmask what the profile masks
     masked_cfg = cfg.transforms.model_copy(update={"mask_overlays": mode})
     probs, targets = predict_validation(cfg, model, runtime, masked_cfg, desc=f"{model_name} masked")
     if len(targets) != len(predictions) or (targets != predictions["true"].to_numpy()).any():
-        raise KvasirError(f"{cfg.eval_dir(model_name) / 'predictions.csv'} does not list today's validation images "
+        raise KvasirError(f"{cfg.run.eval_dir(model_name) / 'predictions.csv'} does not list today's validation images "
                           f"in split order; rerun notebook 04 for {model_name}")
     return predictions[["path", "label", "true", "pred"]].assign(masked_pred=probs.argmax(1))

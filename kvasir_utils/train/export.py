@@ -136,7 +136,7 @@ def export_model(cfg: Config, model_name: str) -> Export:
     predictor = Predictor.from_run(cfg.run_dir, model_name, fp32)
     onnx = onnx_bytes(predictor.model, predictor.cfg.transforms.image_size)
     parity = parity_check(onnx, predictor)
-    folder = cfg.model_dir(model_name) / "export"
+    folder = cfg.report.model_dir(model_name) / "export"
     with atomic_folder(folder) as work:  # a failed check leaves parity.json alone, no model.onnx
         write_json_atomic(work / "parity.json", parity)
         if parity["passed"]:

@@ -69,7 +69,7 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     from torch.utils.tensorboard import SummaryWriter
 
     stage_cfg = cfg.stage_config(stage)
-    out = cfg.stage_dir(model_name, stage)
+    out = cfg.run.stage_dir(model_name, stage)
     path = out / "checkpoint.pt"
     trainable = models.set_trainable(model, stage_cfg.trainable)
     runtime = stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset))
@@ -151,7 +151,7 @@ def make_loaders(cfg: Config, runtime: Runtime, split: pd.DataFrame | None = Non
     """Train and val loaders over the resized cache, with the paper's presets (split read from
     ``runs/<profile>/split.csv`` unless given)."""
     if split is None:
-        split = read_split(cfg.split_csv, cfg.classes)
+        split = read_split(cfg.run.split, cfg.classes)
     device = augment_backend(cfg.transforms.backend, runtime.device) == "device"
     train = to_uint8_tensor(cfg.transforms) if device else presets.train_preset(cfg.transforms)
     datasets = split_datasets(prepare.cache_dir(cfg), split, cfg.classes, train,
@@ -182,7 +182,7 @@ class StageRun:
     model: nn.Module
 
     def describe(self) -> str:
-        split = read_split(self.cfg.split_csv, self.cfg.classes)
+        split = read_split(self.cfg.run.split, self.cfg.classes)
         runtime = stage_runtime(self.cfg, self.runtime, self.stage, int((split["split"] == "train").sum()))
         return (f"{self.model_name}, {self.stage} (trainable: {self.cfg.stage_config(self.stage).trainable}) "
                 f"on {runtime.describe()}")
