@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -47,8 +47,10 @@ class SyntheticConfig(Section):
     seed: int = Field(ge=0, lt=2**32)
     large_fraction: float = Field(ge=0, le=1)
     # kvasir-v2: a zip like Kvasir v2's; hyper-kvasir: a nested folder tree like HyperKvasir's, with
-    # its split file (images_per_class is then its largest class, the others scaled as in HyperKvasir)
-    layout: Literal["kvasir-v2", "hyper-kvasir"]
+    # its split file (images_per_class is then its largest class, the others scaled as in HyperKvasir).
+    # The schema's one default: paper.yaml leaves data.synthetic null, so it cannot give this key, and
+    # profiles written before the key existed made Kvasir-shaped archives.
+    layout: Literal["kvasir-v2", "hyper-kvasir"] = "kvasir-v2"
 
 
 # The public datasets the study knows (their citation, terms of use and class mappings); other: your own.
@@ -258,14 +260,60 @@ def _dotted_key(loc: tuple) -> tuple[str, type[BaseModel] | None]:
     return ".".join(parts), section
 
 
-def _config_error(exc: ValidationError) -> ConfigError:
+def _switched_on_section(loc: tuple) -> tuple[str, type[BaseModel]] | None:
+    """The innermost section on the way to ``loc`` that may be null (``data.synthetic``): paper.yaml
+    leaves it off, so its keys come from the profile or SET that turns it on, not from paper.yaml."""
+    found, parts, inner = None, [], Config
+    for part in loc:
+        field = inner.model_fields.get(part) if inner is not None and isinstance(part, str) else None
+        if field is None:
+            break
+        parts.append(part)
+        inner = _model_in(field.annotation)
+        if inner is not None and type(None) in getattr(field.annotation, "__args__", ()):
+            found = (".".join(parts), inner)
+    return found
+
+
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_KINDS = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
+
+
+def _allowed(name: str, field) -> str:
+    """``seed (an integer >= 0, < 4294967296)``, ``layout (kvasir-v2 | hyper-kvasir; default kvasir-v2)``."""
+    annotation = field.annotation
+    kind = " | ".join(map(str, annotation.__args__)) if get_origin(annotation) is Literal else \
+        _KINDS.get(annotation, str(annotation))
+    bounds = [f"{sign} {getattr(m, bound)}" for m in field.metadata for bound, sign in _BOUNDS.items()
+              if hasattr(m, bound)]
+    default = "" if field.is_required() else f"; default {field.default}"
+    return f"{name} ({', '.join([kind, *bounds])}{default})"
+
+
+def _missing_error(key: str, loc: tuple, values: dict) -> ConfigError:
+    """A missing key is paper.yaml's to give, unless it is under a section paper.yaml leaves null:
+    then the profile (or SET) that turns the section on must give it, so the error names that."""
+    switched = _switched_on_section(loc)
+    if switched is None:
+        return ConfigError(f"setting {key!r} is missing: a profile gives only what it changes and takes the rest "
+                           f"from configs/paper.yaml, which must give every setting")
+    section, model = switched
+    name = key.rpartition(".")[2]
+    setting = [o for o in values.get("overrides") or [] if f"{o.partition('=')[0].strip()}.".startswith(section + ".")]
+    who = (f"the SET that turns it on ({' '.join(setting)})" if setting else
+           f"profile {values.get('profile')!r} (or the profile it names in base:), which turns it on,")
+    keys = "; ".join(_allowed(n, f) for n, f in model.model_fields.items())
+    return ConfigError(f"setting {key!r} is missing: configs/paper.yaml leaves {section} null (off), so {who} "
+                       f"must give {_allowed(name, model.model_fields[name])}. The keys of {section}: {keys}")
+
+
+def _config_error(exc: ValidationError, values: dict) -> ConfigError:
     """The first failing setting, with what is allowed (all its union alternatives together); a
     misspelt key first, since it is also why the key meant is missing."""
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     key, section = _dotted_key(errors[0]["loc"])
     if errors[0]["type"] == "missing":
-        return ConfigError(f"setting {key!r} is missing: a profile gives only what it changes and takes the rest "
-                           f"from configs/paper.yaml, which must give every setting")
+        return _missing_error(key, errors[0]["loc"], values)
     if errors[0]["type"] == "extra_forbidden":
         where = key.rpartition(".")[0] or "the top level"
         return ConfigError(f"unknown setting {key!r}; allowed under {where}: {', '.join(section.model_fields)}")
@@ -279,7 +327,7 @@ def validate_config(values: dict) -> Config:
     try:
         cfg = Config.model_validate(values)
     except ValidationError as exc:
-        raise _config_error(exc) from None
+        raise _config_error(exc, values) from None
     _check_together(cfg)
     return cfg
 

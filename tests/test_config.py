@@ -87,7 +87,9 @@ def test_the_protocol_is_written_once_in_paper_yaml_and_the_schema_only_types_it
     assert len(sections) == 11  # Config and its ten sections
     with_default = [f"{model.__name__}.{name}" for model in sections for name, field in model.model_fields.items()
                     if not field.is_required()]
-    assert with_default == []  # a default in the schema would be a second copy of paper.yaml
+    # A default in the schema would be a second copy of paper.yaml; the one exception is a key of a
+    # section paper.yaml leaves null (data.synthetic), which paper.yaml cannot give.
+    assert with_default == ["SyntheticConfig.layout"]
     own = tmp_path / "mine.yaml"  # no base: starts from the paper's protocol
     own.write_text("train:\n  batch_size: 8\n")
     mine, paper = load_profile(str(own)), load_profile("paper")
@@ -99,3 +101,38 @@ def test_on_and_off_are_words_not_yaml_booleans():
     assert (cfg.runtime.compile, cfg.runtime.deterministic) == ("on", "off")
     with pytest.raises(config.ConfigError, match="runtime.compile"):
         profiles.load_profile("smoke", ["runtime.compile=sometimes"])
+
+
+GENERATED = "data:\n  url: ''\n  synthetic: {images_per_class: 100, seed: 4, large_fraction: 0.3}\n"
+
+
+def test_a_profile_of_generated_data_written_before_layout_existed_still_loads(tmp_path):
+    (tmp_path / "generated.yaml").write_text(GENERATED)
+    cfg = load_profile(str(tmp_path / "generated.yaml"))
+    assert cfg.data.synthetic.layout == "kvasir-v2" and cfg.data.synthetic.images_per_class == 100
+
+
+def test_a_key_missing_under_a_section_paper_yaml_leaves_null_is_the_profiles_to_give(tmp_path):
+    (tmp_path / "generated.yaml").write_text(GENERATED.replace("images_per_class: 100, ", ""))
+    with pytest.raises(ConfigError) as error:
+        load_profile(str(tmp_path / "generated.yaml"))
+    message = str(error.value)
+    assert message.startswith("setting 'data.synthetic.images_per_class' is missing: configs/paper.yaml leaves "
+                              "data.synthetic null (off), so profile 'generated'")
+    assert "must give images_per_class (an integer, >= 2)" in message
+    assert "layout (kvasir-v2 | hyper-kvasir; default kvasir-v2)" in message
+    assert "which must give every setting" not in message  # paper.yaml is not what lacks it
+
+
+def test_a_section_turned_on_by_set_names_the_set():
+    with pytest.raises(ConfigError, match=re.escape("so the SET that turns it on (data.synthetic.seed=1) must give "
+                                                    "images_per_class (an integer, >= 2)")):
+        load_profile("paper", ["data.synthetic.seed=1"])
+
+
+def test_a_key_missing_from_the_protocol_itself_is_paper_yamls_to_give():
+    values = {"profile": "paper", "overrides": [], **profiles.read_yaml(profiles.PROTOCOL)}
+    del values["train"]["batch_size"]
+    with pytest.raises(ConfigError, match=re.escape("setting 'train.batch_size' is missing: a profile gives only what "
+                                                    "it changes and takes the rest from configs/paper.yaml")):
+        config.validate_config(values)
