@@ -197,6 +197,8 @@ class Table:
     SWEEP_PER_CLASS_F1 = "per_class_f1"
     SWEEP_PAIRED = "paired"
     SWEEP_ABLATION = "ablation"
+    # saved without an index column (their rows are numbered, not named)
+    UNINDEXED = frozenset({GUIDE_BOX_RATES, NEAR_DUPLICATES, VALIDATION_IMAGES})
 
     @staticmethod
     def table1(model: str) -> str:  # 04
@@ -223,7 +225,7 @@ class Table:
         return f"{model}_guide_box_masked"
 
     @staticmethod
-    def accuracy_by_near_duplicate(model: str) -> str:  # 07
+    def accuracy_by_near_duplicate(model: str) -> str:  # the model card, from VALIDATION_IMAGES
         return f"{model}_accuracy_by_near_duplicate"
 
     @staticmethod

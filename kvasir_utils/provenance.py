@@ -82,7 +82,7 @@ def archive_provenance(cfg: Config) -> dict | None:
 def weights_provenance(cfg: Config, model_name: str) -> dict | None:
     """The ImageNet weights file a model started from, with its SHA-256 as recorded when stage 1
     loaded it (None without pretrained weights, or before stage 1 ran)."""
-    path = cfg.run.stage_dir(model_name, "stage1") / "weights.json"
+    path = cfg.run.weights_record(model_name)
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):

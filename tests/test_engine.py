@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kvasir_utils.analysis.runs import read_history, read_tensorboard
-from kvasir_utils.config import STAGES
+from kvasir_utils.artefacts import STAGES
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.report import plots
 from kvasir_utils.train import checkpoints, frozen, hardware, loop, models, stages
@@ -58,7 +58,7 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tiny_data, tmp_path):
     whole, _ = _train(tiny_config(tiny_data, tmp_path / "whole", settings))
 
     cfg, resumed, history = _interrupted_and_resumed(tiny_data, tmp_path / "cut", settings)
-    assert checkpoints.load_checkpoint(cfg.run.stage_dir("resnet18", "stage1") / "checkpoint.pt")["epoch"] == 2
+    assert checkpoints.load_checkpoint(cfg.run.checkpoint("resnet18", "stage1"), cfg.profile).epoch == 2
     assert list(history["epoch"]) == [1, 2]
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -74,7 +74,7 @@ def _interrupted_and_resumed(tiny_data, runs, settings):
 
     with pytest.raises(KeyboardInterrupt):
         _train(cfg, on_epoch_end=interrupt)
-    assert checkpoints.load_checkpoint(cfg.run.stage_dir("resnet18", "stage1") / "checkpoint.pt")["epoch"] == 1
+    assert checkpoints.load_checkpoint(cfg.run.checkpoint("resnet18", "stage1"), cfg.profile).epoch == 1
     return (cfg, *_train(cfg))
 
 
@@ -87,14 +87,14 @@ def test_stage2_starts_from_stage1_and_tensorboard_holds_the_scalars(tiny_data, 
     # stage 2 froze conv1, so it still holds what stage 1 learned, not the initial weights
     assert torch.equal(stage2.conv1.weight, stage1.conv1.weight)
     assert not torch.equal(stage2.conv1.weight, initial.conv1.weight)
-    scalars = read_tensorboard({s: cfg.run.stage_dir("resnet18", s) / "tensorboard" for s in ("stage1", "stage2")})
+    scalars = read_tensorboard({s: cfg.run.tensorboard("resnet18", s) for s in ("stage1", "stage2")})
     history_frame = read_history(cfg, "resnet18")
     assert set(scalars["tag"]) == set(plots.CURVE_TAGS)
     val_acc = scalars[scalars["tag"] == "accuracy/val"]
     assert list(val_acc["step"]) == [1, 2, 3]
     assert val_acc["value"].to_numpy() == pytest.approx(history_frame["val_acc"].to_numpy(), abs=1e-6)
     # transforms.backend: auto trains with the PIL path on a CPU, and the checkpoint says so
-    recorded = checkpoints.load_checkpoint(cfg.run.stage_dir("resnet18", "stage1") / "checkpoint.pt")["runtime"]
+    recorded = checkpoints.load_checkpoint(cfg.run.checkpoint("resnet18", "stage1"), cfg.profile).runtime
     assert recorded["augment"] == "pil" and recorded["device"] == "cpu"
 
 
@@ -112,7 +112,7 @@ def test_resuming_under_other_settings_is_refused(tiny_data, runs):
 def test_settings_that_do_not_change_the_stage_do_not_refuse_it(tiny_data, runs):
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18,resnet34]", "train.stage1.epochs=1"])
     _train(cfg)
-    path = cfg.run.stage_dir("resnet18", "stage1") / "checkpoint.pt"
+    path = cfg.run.checkpoint("resnet18", "stage1")
     before = path.stat().st_mtime_ns
     other = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1", "cache.workers=3",
                                           "runtime.workers=1", "eval.bootstrap_samples=20"])
@@ -159,8 +159,8 @@ def test_continue_optimizer_carries_adam_state_by_parameter_name(tiny_data, runs
                                         "train.stage1.trainable=all", "train.stage2.epochs=1",
                                         "train.stage2.trainable=head", "train.stage2_init=continue_optimizer"])
     _train(cfg)
-    stage1 = checkpoints.load_checkpoint(cfg.run.stage_dir("resnet18", "stage1") / "checkpoint.pt")
-    fc_weight = stage1["optimizer"]["state"][stage1["optimizer_params"].index("fc.weight")]
+    stage1 = checkpoints.load_checkpoint(cfg.run.checkpoint("resnet18", "stage1"), cfg.profile)
+    fc_weight = stage1.optimizer["state"][stage1.optimizer_params.index("fc.weight")]
     model = stages.model_for_stage(cfg, "resnet18", "stage2")
     order = models.set_trainable(model, "head")
     optimizer = torch.optim.Adam([dict(model.named_parameters())[n] for n in order])
@@ -343,9 +343,9 @@ def test_a_compiled_stage_saves_plain_weights_and_validates_like_the_eager_model
                                         "train.stage1.trainable=last_tensors:2", "runtime.reuse_frozen=false",
                                         "runtime.compile=on"])
     model, history = _train(cfg)
-    checkpoint = checkpoints.load_checkpoint(cfg.run.stage_dir("resnet18", "stage1") / "checkpoint.pt")
-    assert checkpoint["runtime"]["compile"] == "on"
-    assert not any(key.startswith("_orig_mod") for key in checkpoint["model"])
+    checkpoint = checkpoints.load_checkpoint(cfg.run.checkpoint("resnet18", "stage1"), cfg.profile)
+    assert checkpoint.runtime["compile"] == "on"
+    assert not any(key.startswith("_orig_mod") for key in checkpoint.model)
     # validation ran through the compiled graph; the eager model counts the same correct images
     runtime = hardware.resolve_runtime(cfg.runtime)
     eager = loop.evaluate(model, stages.make_loaders(cfg, runtime)["val"], runtime)
@@ -365,8 +365,8 @@ def test_the_device_backend_trains_resumes_exactly_and_is_recorded(tiny_data, tm
     assert images.dtype == torch.uint8 and sizes.shape == (len(targets), 2)
     whole, history = _train(whole_cfg)
     assert history["train_loss"].notna().all()
-    checkpoint = checkpoints.load_checkpoint(whole_cfg.run.stage_dir("resnet18", "stage1") / "checkpoint.pt")
-    assert checkpoint["runtime"]["augment"] == "device"
+    checkpoint = checkpoints.load_checkpoint(whole_cfg.run.checkpoint("resnet18", "stage1"), whole_cfg.profile)
+    assert checkpoint.runtime["augment"] == "device"
 
     _, resumed, _ = _interrupted_and_resumed(tiny_data, tmp_path / "cut", settings)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):

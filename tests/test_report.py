@@ -6,16 +6,16 @@ import pandas as pd
 
 from kvasir_utils import profiles
 from kvasir_utils.analysis import compare
-from tests.helpers import tmp_overrides
+from tests.helpers import metrics_record, tmp_overrides
 
 
 def _evaluated(cfg, model: str, paths: list[str], correct: list[bool]) -> None:
     folder = cfg.run.eval_dir(model)
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"accuracy": sum(correct) / len(correct)}))
+    cfg.run.metrics(model).write_text(json.dumps(metrics_record(accuracy=sum(correct) / len(correct))))
     true = [i % 8 for i in range(len(paths))]
     pred = [t if ok else (t + 1) % 8 for t, ok in zip(true, correct)]
-    pd.DataFrame({"path": paths, "true": true, "pred": pred}).to_csv(folder / "predictions.csv", index=False)
+    pd.DataFrame({"path": paths, "true": true, "pred": pred}).to_csv(cfg.run.predictions(model), index=False)
 
 
 def test_the_masked_run_is_compared_only_when_it_matches_in_everything_but_the_mask(tmp_path):

@@ -4,12 +4,13 @@ history and its TensorBoard scalars.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from kvasir_utils.config import STAGES, Config
+from kvasir_utils import artefacts
+from kvasir_utils.artefacts import STAGES
+from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
 
 HISTORY_COLUMNS = ["epoch", "global_epoch", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -25,7 +26,7 @@ def read_history(cfg: Config, model_name: str) -> pd.DataFrame:
     """Both stages' histories, one row per epoch, with a ``stage`` column."""
     frames = []
     for stage in STAGES:
-        path = cfg.run.stage_dir(model_name, stage) / "history.csv"
+        path = cfg.run.history(model_name, stage)
         if path.exists():
             frames.append(pd.read_csv(path).assign(stage=stage))
     if not frames:
@@ -37,9 +38,8 @@ def read_evaluations(cfg: Config, required: bool = True) -> dict:
     """``{model: (metrics record, predictions)}`` for every model notebook 04 has evaluated."""
     found = {}
     for model in cfg.train.models:
-        folder = cfg.run.eval_dir(model)
-        if (folder / "metrics.json").exists():
-            found[model] = (json.loads((folder / "metrics.json").read_text()), pd.read_csv(folder / "predictions.csv"))
+        if cfg.run.metrics(model).exists():
+            found[model] = (artefacts.read_metrics(cfg.run.metrics(model)), pd.read_csv(cfg.run.predictions(model)))
     if required and not found:
         raise KvasirError(f"no evaluated model under {cfg.run_dir}; run notebook 04 first")
     return found
@@ -94,8 +94,8 @@ def same_images(first: pd.DataFrame, second: pd.DataFrame) -> bool:
 
 
 def class_names(predictions: pd.DataFrame) -> list[str]:
-    """The run's classes, in its order, from predictions.csv's probability columns (``p_<class>``)."""
-    return [column.removeprefix("p_") for column in predictions.columns if column.startswith("p_")]
+    """The run's classes, in its order, from predictions.csv's probability columns."""
+    return artefacts.classes_of(predictions.columns)
 
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kvasir_utils.artefacts import SPLIT
 from kvasir_utils.config import Config
 from kvasir_utils.data import duplicates, overlays, synthetic, synthetic_hyperkvasir
 from kvasir_utils.data.cache import (
@@ -196,9 +197,9 @@ def prepare_split(cfg: Config, prepared: PreparedData) -> pd.DataFrame:
     record = archive_record(prepared)
     keys = ("kind", "archive", "source", "bytes", "sha256", "images")
     write_json_atomic(cfg.run.dataset_record, {"archive": {k: record[k] for k in keys if k in record},
-                                           "classes": prepared.classes,
-                                           "split_file": report.to_dict() if report else None})
-    save_config(cfg, cfg.run_dir / "config.yaml")
+                                               "classes": prepared.classes,
+                                               "split_file": report.to_dict() if report else None})
+    save_config(cfg, cfg.run.settings)
     return run_split
 
 
@@ -207,7 +208,7 @@ def _file_names(frame: pd.DataFrame | None) -> list[str]:
 
 
 def trained_checkpoints(cfg: Config) -> list[Path]:
-    return sorted(cfg.run_dir.glob("*/stage*/checkpoint.pt"))
+    return cfg.run.checkpoints()
 
 
 def write_run_split(cfg: Config, split: pd.DataFrame) -> Path:
@@ -233,7 +234,7 @@ def input_fingerprints(cfg: Config) -> dict[str, str]:
         if not path.exists():
             raise KvasirError(f"{path} does not exist: run notebook 01 first (make data PROFILE={cfg.profile})")
     manifest = read_manifest(manifest_path)
-    return {"split.csv": sha256_file(cfg.run.split),
+    return {SPLIT: sha256_file(cfg.run.split),
             "cache manifest": manifest_fingerprint(manifest, cfg.cache.short_side, cfg.cache.quality)}
 
 

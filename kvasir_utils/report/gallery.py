@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kvasir_utils import artefacts
 from kvasir_utils.analysis.runs import class_names
 from kvasir_utils.config import Config
 from kvasir_utils.provenance import describe_runtime
@@ -34,15 +35,15 @@ def image_names(row: int) -> tuple[str, str]:
 
 def read_prediction(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """A prediction's predictions.csv, skipped.csv and predict.json."""
-    predictions = pd.read_csv(folder / "predictions.csv", dtype={"file": str, "train_near_duplicate": str})
-    skipped = pd.read_csv(folder / "skipped.csv", dtype=str, keep_default_na=False)
-    return predictions, skipped, json.loads((folder / "predict.json").read_text())
+    predictions = pd.read_csv(folder / artefacts.PREDICTIONS, dtype={"file": str, "train_near_duplicate": str})
+    skipped = pd.read_csv(folder / artefacts.SKIPPED, dtype=str, keep_default_na=False)
+    return predictions, skipped, json.loads((folder / artefacts.PREDICT_RECORD).read_text())
 
 
 def top_classes(predictions: pd.DataFrame, k: int = TOP) -> list[list[tuple[str, float]]]:
     """Per row, the ``k`` most probable classes with their probabilities, most probable first."""
     classes = class_names(predictions)
-    probs = predictions[[f"p_{c}" for c in classes]].to_numpy()
+    probs = predictions[artefacts.probability_columns(classes)].to_numpy()
     order = (-probs).argsort(axis=1, kind="stable")[:, :k]
     return [[(classes[j], float(row[j])) for j in picks] for row, picks in zip(probs, order)]
 

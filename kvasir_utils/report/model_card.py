@@ -8,15 +8,15 @@ region table written beside them), at four decimals; a table not made yet is nam
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from markupsafe import Markup
 
-from kvasir_utils import profiles
-from kvasir_utils.analysis import factors, paper
+from kvasir_utils import artefacts, profiles
+from kvasir_utils.analysis import audit, factors, paper
+from kvasir_utils.artefacts import Table
 from kvasir_utils.config import Config
 from kvasir_utils.files import sha256_file, write_text_atomic
 from kvasir_utils.provenance import describe_commit, describe_runtime
@@ -50,25 +50,28 @@ def _f(value) -> str:
 
 def run_settings(cfg: Config) -> Config:
     """The settings the run was made with (``runs/<profile>/config.yaml``), else ``cfg``."""
-    path = cfg.run_dir / "config.yaml"
+    path = cfg.run.settings
     return profiles.with_protocol(profiles.read_yaml(path, "saved config")) if path.exists() else cfg
 
 
 def read_inputs(cfg: Config, model: str) -> CardInputs:
     """metrics.json, predictions.csv and every table a card uses (those not made yet are None)."""
-    folder, tables = cfg.run.eval_dir(model), cfg.report_dir / "tables"
-    names = [f"{model}_table1", f"{model}_roc_auc", f"{model}_guide_box_masked", f"{model}_accuracy_by_near_duplicate",
-             "guide_box_rates", "near_duplicates", "audit_headline", "comparison", "class_counts"]
-    indexed = {"guide_box_rates": None, "near_duplicates": None}  # saved without an index column
-    found = {name: pd.read_csv(tables / f"{name}.csv", index_col=indexed.get(name, 0))
-             for name in names if (tables / f"{name}.csv").exists()}
-    return CardInputs(run_settings(cfg), model, json.loads((folder / "metrics.json").read_text()),
-                      pd.read_csv(folder / "predictions.csv"), found)
+    names = [Table.table1(model), Table.roc_auc(model), Table.guide_box_masked(model), Table.GUIDE_BOX_RATES,
+             Table.NEAR_DUPLICATES, Table.VALIDATION_IMAGES, Table.AUDIT_HEADLINE, Table.COMPARISON,
+             Table.CLASS_COUNTS]
+    found = {name: pd.read_csv(cfg.report.table(name), index_col=None if name in Table.UNINDEXED else 0,
+                               keep_default_na=name != Table.VALIDATION_IMAGES)
+             for name in names if cfg.report.table(name).exists()}
+    predictions = pd.read_csv(cfg.run.predictions(model))
+    if (flags := found.get(Table.VALIDATION_IMAGES)) is not None:  # notebook 07's near-duplicate flags
+        found[Table.accuracy_by_near_duplicate(model)] = audit.accuracy_by_twin(
+            predictions, set(flags.loc[flags["twin"] != "", "path"]))
+    return CardInputs(run_settings(cfg), model, artefacts.read_metrics(cfg.run.metrics(model)), predictions, found)
 
 
 def _checkpoint(cfg: Config, model: str) -> Path:
-    """The final stage's checkpoint (stage 2's unless it trains 0 epochs, as train.checkpoints.final_stage)."""
-    return cfg.run.stage_dir(model, "stage2" if cfg.train.stage2.epochs > 0 else "stage1") / "checkpoint.pt"
+    """The checkpoint of the stage that delivers the model."""
+    return cfg.run.checkpoint(model, artefacts.final_stage(cfg.train.stage2.epochs))
 
 
 def _started_from(weights: dict | None) -> str:
@@ -89,7 +92,7 @@ def _details(i: CardInputs) -> list[str]:
         f"{t.image_size} px image.",
         f"- **Developed by:** this study, which reproduces Cruz (2025) on Kvasir v2; this model: profile "
         f"`{cfg.profile}` on {cfg.data.name}; evaluated on "
-        f"{datetime.date.fromtimestamp((cfg.run.eval_dir(i.model) / 'metrics.json').stat().st_mtime)}.",
+        f"{datetime.date.fromtimestamp((cfg.run.metrics(i.model)).stat().st_mtime)}.",
         f"- **Started from:** {_started_from(made.get('weights'))}",
         f"- **Protocol:** Adam, batch {cfg.train.batch_size}; stage 1: {s1.epochs} epochs training `{s1.trainable}` at "
         f"learning rate {s1.lr:g}; stage 2: {s2.epochs} epochs training `{s2.trainable}` at {s2.lr:g} "
@@ -135,7 +138,7 @@ def _factors(i: CardInputs) -> list[str]:
 
 def _metrics(i: CardInputs) -> list[str]:
     r, cfg = i.record, i.cfg
-    comparison = i.table("comparison")
+    comparison = i.table(Table.COMPARISON)
     row = comparison.loc[i.model] if comparison is not None and i.model in comparison.index else None
 
     def interval(key: str) -> str:
@@ -179,7 +182,7 @@ def _split_words(cfg: Config, grouped: str) -> str:
 
 
 def _data(i: CardInputs) -> list[str]:
-    cfg, counts = i.cfg, i.table("class_counts")
+    cfg, counts = i.cfg, i.table(Table.CLASS_COUNTS)
     t = cfg.transforms
     sizes = (f"{int(counts.loc['total', 'train'])} training and {int(counts.loc['total', 'val'])} validation images"
              if counts is not None else f"{i.record['images']} validation images")
@@ -199,12 +202,12 @@ def _data(i: CardInputs) -> list[str]:
 
 
 def _analyses(i: CardInputs) -> list[str]:
-    masked, by_twin = i.table(f"{i.model}_guide_box_masked"), i.table(f"{i.model}_accuracy_by_near_duplicate")
+    masked, by_twin = i.table(Table.guide_box_masked(i.model)), i.table(Table.accuracy_by_near_duplicate(i.model))
     table = factors.disaggregated_table(i.record, i.regions, masked, by_twin)
     lines = ["## Quantitative analyses", "Accuracy by factor:", "", to_markdown(table.reset_index()),
              "Regions:", "", to_markdown(i.regions)]
-    needed = [f"{i.model}_table1", f"{i.model}_roc_auc", "guide_box_rates", f"{i.model}_guide_box_masked",
-              "near_duplicates"]
+    needed = [Table.table1(i.model), Table.roc_auc(i.model), Table.GUIDE_BOX_RATES, Table.guide_box_masked(i.model),
+              Table.NEAR_DUPLICATES]
     if all(i.table(n) is not None for n in needed):
         per_class = factors.class_factors(i.cfg.classes, *[i.table(n) for n in needed])
         lines += ["Per class:", "", to_markdown(per_class)]
@@ -214,7 +217,7 @@ def _analyses(i: CardInputs) -> list[str]:
 
 
 def _ethics(i: CardInputs) -> list[str]:
-    headline = i.table("audit_headline")
+    headline = i.table(Table.AUDIT_HEADLINE)
     row = headline.loc[i.model] if headline is not None and i.model in headline.index else None
     audit = [] if row is None else [
         f"- **Near-duplicate frames:** Kvasir has no patient ids, so the split is by image and near-identical "
@@ -261,9 +264,9 @@ def write_model_cards(cfg: Config) -> list[Path]:
     ``tables/<model>_accuracy_by_region``); returns the cards' paths."""
     written = []
     for model in cfg.train.models:
-        if (cfg.run.eval_dir(model) / "metrics.json").exists():
+        if (cfg.run.metrics(model)).exists():
             inputs = read_inputs(cfg, model)  # read once for the region table and the card
-            save_table(inputs.regions, cfg, f"{model}_accuracy_by_region")
+            save_table(inputs.regions, cfg, Table.accuracy_by_region(model))
             written.append(write_text_atomic(cfg.report.model_dir(model) / "model_card.md", card_text(inputs)))
     return written
 

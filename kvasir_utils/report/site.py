@@ -13,8 +13,10 @@ import pandas as pd
 import yaml
 from markupsafe import Markup
 
+from kvasir_utils import artefacts
 from kvasir_utils.analysis import audit, compare, departures, metrics, paper, runs, verdicts
 from kvasir_utils.analysis.sweeps import DEFAULT_READING
+from kvasir_utils.artefacts import Figure, ReportFolder, Table
 from kvasir_utils.config import Config, cached_name
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_text_atomic
@@ -114,30 +116,29 @@ def _verdict_summary(card: pd.DataFrame, cfg: Config) -> str:
 
 
 def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFrame, browser: Path) -> dict:
-    root, figures = cfg.report_dir, cfg.report_dir / "figures"
+    root, report = cfg.report_dir, cfg.report
     classes = cfg.classes
     reported = paper.reported(model, classes)  # {} unless the run's classes are Kvasir v2's
     y_true, y_pred = predictions["true"].to_numpy(), predictions["pred"].to_numpy()
     table1 = paper.versus(metrics.classification_table(y_true, y_pred, classes), reported.get("table1"))
     table2 = metrics.confusion_table(y_true, y_pred, classes)
-    auc = metrics.roc_auc_table(y_true, predictions[[f"p_{c}" for c in classes]].to_numpy(), classes)
-    eval_dir = cfg.run.eval_dir(model)
+    auc = metrics.roc_auc_table(y_true, predictions[artefacts.probability_columns(classes)].to_numpy(), classes)
     links = Markup(" · ").join(Markup(f'<a href="{href}">{Markup.escape(text)}</a>') for href, text in (
-        (rel(eval_dir / "predictions.csv", root), "predictions.csv"), (rel(eval_dir / "metrics.json", root),
-                                                                        "metrics.json"),
+        (rel(cfg.run.predictions(model), root), artefacts.PREDICTIONS),
+        (rel(cfg.run.metrics(model), root), artefacts.METRICS),
         (f"html/04_evaluate-{model}.html", "the evaluation notebook's page"), (rel(browser, root), "error browser")))
     return {
         "id": model, "name": formats.model_name(model), "links": links, "browser": rel(browser, root),
         "table1": Markup(table_html(table1, missing=formats.NOT_REPORTED)),
-        "f1_figure": _figure(figures / f"{model}_f1_vs_paper.png", root),
+        "f1_figure": _figure(report.figure(Figure.of_model(model, "f1_vs_paper")), root),
         "table2": Markup(_table2_html(table2, reported.get("table2"), rel(browser, root), classes)),
         "abbreviations": compare.abbreviations_sentence(classes),
-        "confusion_figure": _figure(figures / f"{model}_confusion.png", root),
+        "confusion_figure": _figure(report.figure(Figure.of_model(model, "confusion")), root),
         "roc_auc": Markup(table_html(paper.versus(auc.to_frame(), reported.get("roc_auc")),
                                      missing=formats.NOT_REPORTED)),
-        "roc_figure": _figure(figures / f"{model}_roc.png", root),
-        "figures": [_figure(figures / f"{model}_{name}.png", root)
-                    for name in ("figure1_predictions", "figure2_curves", "figure3_gradcam")],
+        "roc_figure": _figure(report.figure(Figure.of_model(model, "roc")), root),
+        "figures": [_figure(report.figure(Figure.of_model(model, kind)), root)
+                    for kind in ("figure1_predictions", "figure2_curves", "figure3_gradcam")],
     }
 
 
@@ -156,15 +157,15 @@ def _table2_html(ours: pd.DataFrame, reported: pd.DataFrame | None, browser: str
 
 def _audit_section(cfg: Config) -> dict | None:
     """The index's audit, from notebook 07's tables (nothing before 07 has run)."""
-    folder, root = cfg.report_dir / "tables", cfg.report_dir
-    if not (folder / "audit_headline.csv").exists():
+    report, root = cfg.report, cfg.report_dir
+    if not report.table(Table.AUDIT_HEADLINE).exists():
         return None
-    headline = pd.read_csv(folder / "audit_headline.csv", index_col=0)
-    box_rates = pd.read_csv(folder / "guide_box_rates.csv")
+    headline = pd.read_csv(report.table(Table.AUDIT_HEADLINE), index_col=0)
+    box_rates = pd.read_csv(report.table(Table.GUIDE_BOX_RATES))
     shown = headline[["accuracy", "masked_accuracy", "masked_change", "twin_share", "accuracy_with_twin",
                       "accuracy_without_twin", "twin_gap", "ece", "brier"]].rename(index=formats.model_name)
-    figures = [_figure(root / "figures" / "audit_guide_box_rates.png", root)]
-    figures += [_figure(root / "figures" / f"{model}_reliability.png", root) for model in headline.index]
+    figures = [_figure(report.figure(Figure.GUIDE_BOX_RATES), root)]
+    figures += [_figure(report.figure(Figure.of_model(model, "reliability")), root) for model in headline.index]
     return {"sentences": audit.audit_sentences(headline, box_rates, cfg.eval.confidence),
             "table": Markup(table_html(shown, caption="The audit in numbers")), "figures": figures}
 
@@ -202,7 +203,7 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
                  + [(rel(p, root), f"executed notebook {p.name}") for p in sorted(cfg.run.notebooks.glob("*.ipynb"))
                     if not p.name.endswith(".failed.ipynb")],
         "tables": [(t.stem, rel(t, root), rel(t.with_suffix(".tex"), root))
-                   for t in sorted((root / "tables").glob("*.csv"))],
+                   for t in sorted(cfg.report.tables.glob("*.csv"))],
         "tensorboard": f"tensorboard --logdir {cfg.run_dir}",
         "departures_count": len(found), "departures": Markup(table_html(tables.departures_table(cfg)))
         if len(found) else Markup("<p>None: this run uses the paper's protocol.</p>"),
@@ -246,7 +247,7 @@ def render_browser(cfg: Config, model: str, predictions: pd.DataFrame) -> Path:
     """Every validation image of ``model`` as a row: thumbnail, true and predicted class, confidence,
     right or wrong, the guide box, a near-duplicate in training (from notebook 07, when it ran)."""
     root = cfg.report_dir
-    flags_path = root / "tables" / "validation_images.csv"
+    flags_path = cfg.report.table(Table.VALIDATION_IMAGES)
     flags = pd.read_csv(flags_path, keep_default_na=False).set_index("path") if flags_path.exists() else None
     classes = list(cfg.classes)
     rows = []
@@ -298,7 +299,7 @@ def _csv_table(path: Path, shape, empty: str) -> Markup:
 
 
 def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
-    root, tables_dir = sweep.report_dir, sweep.report_dir / "tables"
+    root, report = sweep.report_dir, ReportFolder(sweep.report_dir)
     finished = int((results["status"] == "finished").sum())
     grid = ", ".join(f"{k} in {v}" for k, v in sweep.spec.grid.items()) or "none"
     members = []
@@ -310,7 +311,7 @@ def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
              f"finished; every number below is over the finished runs, with a {sweep.base.eval.confidence:.0%} "
              f"Student-t interval across runs, kept inside the metric's bounds; fewer than {verdicts.MIN_RUNS} runs "
              "give no interval.")
-    summary_path, paired_path = tables_dir / "summary.csv", tables_dir / "paired.csv"
+    summary_path, paired_path = report.table(Table.SWEEP_SUMMARY), report.table(Table.SWEEP_PAIRED)
     card = None
     if summary_path.exists():  # the index's card, from the sweep's means over seeds (the profile's own reading)
         summary = pd.read_csv(summary_path)
@@ -323,12 +324,12 @@ def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
         "title": f"Sweep {sweep.name}", "root": "", "heading": f"Sweep {sweep.name}: many runs, one answer",
         "card": card,
         "banner": Markup(banner_html(sweep.base, sweep_about(sweep), page="sweep")), "intro": intro,
-        "summary": _csv_table(tables_dir / "summary.csv", tables.sweep_summary, "no finished run"),
-        "paired": _csv_table(tables_dir / "paired.csv", tables.sweep_paired,
+        "summary": _csv_table(summary_path, tables.sweep_summary, "no finished run"),
+        "paired": _csv_table(paired_path, tables.sweep_paired,
                              "needs two models with runs of the same seed"),
-        "ablation": _csv_table(tables_dir / "ablation.csv", lambda f: f, "no finished run"),
-        "figures": [_figure(f, root) for f in sorted((root / "figures").glob("*.png"))],
+        "ablation": _csv_table(report.table(Table.SWEEP_ABLATION), lambda f: f, "no finished run"),
+        "figures": [_figure(f, root) for f in sorted(report.figures.glob("*.png"))],
         "page": rel(page, root) if page else None, "members": members,
         "tables": [(t.stem, rel(t, root), rel(t.with_suffix(".tex"), root))
-                   for t in sorted(tables_dir.glob("*.csv"))],
+                   for t in sorted(report.tables.glob("*.csv"))],
     }

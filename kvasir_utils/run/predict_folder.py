@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from kvasir_utils import artefacts
 from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import atomic_folder, write_bytes_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
@@ -93,9 +94,9 @@ def predict_folder(cfg: Config, model_name: str, images: Path | str, name: str |
             skipped += batch.skipped
         predictions = pd.concat(tables, ignore_index=True)
         skipped = pd.DataFrame(skipped, columns=["file", "reason"])
-        write_csv_atomic(predictions, work / "predictions.csv")
-        write_csv_atomic(skipped, work / "skipped.csv")
-        write_json_atomic(work / "predict.json", {
+        write_csv_atomic(predictions, work / artefacts.PREDICTIONS)
+        write_csv_atomic(skipped, work / artefacts.SKIPPED)
+        write_json_atomic(work / artefacts.PREDICT_RECORD, {
             "model": model_name, "profile": cfg.profile, "name": dest.name, "images": str(source),
             "files": len(files), "predicted": len(predictions), "skipped": len(skipped),
             "checkpoint": str(predictor.checkpoint), "runtime": predictor.runtime.record(),

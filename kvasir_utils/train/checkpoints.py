@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kvasir_utils.config import STAGES, Config, ConfigError
+from kvasir_utils.artefacts import STAGES, Checkpoint, final_stage
+from kvasir_utils.config import Config, ConfigError
 from kvasir_utils.data import prepare
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import sha256_file, write_bytes_atomic
@@ -23,23 +24,21 @@ from kvasir_utils.profiles import with_protocol
 from kvasir_utils.train import models
 from kvasir_utils.train.loop import SEED_SCHEME
 
-# The checkpoint's layout; bumped when it changes (2: the runtime as a dict, this field itself).
-CHECKPOINT_FORMAT = 2
 
-
-def save_checkpoint(path: Path, **state) -> Path:
-    """One format for every checkpoint (``format``, then the model, optimizer, epoch, history,
-    settings, inputs, runtime), written atomically; serialised first, so a disk without room for it
-    is named with the size it needs before anything is written."""
+def save_checkpoint(path: Path, record: Checkpoint) -> Path:
+    """Write one checkpoint (``artefacts.Checkpoint``, the one format) atomically; serialised first,
+    so a disk without room for it is named with the size it needs before anything is written."""
     buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    torch.save(record.to_dict(), buffer)
     return write_bytes_atomic(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, profile: str) -> Checkpoint:
+    """A checkpoint as its record; one of another format is refused with the remedy (``profile``
+    names the run in it)."""
     if not path.exists():
         raise KvasirError(f"no checkpoint at {path}; run the stage that writes it first")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return Checkpoint.from_dict(torch.load(path, map_location="cpu", weights_only=True), path, profile)
 
 
 def stage_settings(config: dict, stage: str) -> dict:
@@ -75,36 +74,21 @@ def stage_inputs(cfg: Config, model_name: str, stage: str) -> dict[str, str]:
     inputs = prepare.input_fingerprints(cfg)
     if stage != STAGES[0]:
         previous = STAGES[STAGES.index(stage) - 1]
-        path = cfg.run.stage_dir(model_name, previous) / "checkpoint.pt"
+        path = cfg.run.checkpoint(model_name, previous)
         if not path.exists():
             raise KvasirError(f"{previous} of {model_name} has no checkpoint ({path}); run it first")
         inputs[f"{previous} checkpoint"] = sha256_file(path)
     return inputs
 
 
-def check_format(checkpoint: dict, path: Path, profile: str) -> None:
-    """Refuse a checkpoint written in another layout than this version's (``CHECKPOINT_FORMAT``)."""
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise KvasirError(
-            f"the checkpoint {path} was written by another version of the study (checkpoint format "
-            f"{checkpoint.get('format', 1)}, this version reads {CHECKPOINT_FORMAT}). Nothing was overwritten. "
-            f"Retrain it with this version: delete {path.parent} (`make clean PROFILE={profile}` deletes "
-            f"every run of the profile), or use the study's version that wrote it.")
-
-
-def check_checkpoint(checkpoint: dict, cfg: Config, inputs: dict[str, str], path: Path) -> None:
+def check_checkpoint(checkpoint: Checkpoint, cfg: Config, inputs: dict[str, str], path: Path) -> None:
     """Refuse a checkpoint made with other settings or from other inputs (nothing is overwritten)."""
-    check_format(checkpoint, path, cfg.profile)
-    stage = checkpoint["stage"]
-    changed = _changed_keys(stage_settings(_as_current_schema(checkpoint["config"]), stage),
+    stage = checkpoint.stage
+    changed = _changed_keys(stage_settings(_as_current_schema(checkpoint.config), stage),
                             stage_settings(cfg.to_dict(), stage))
-    recorded = checkpoint.get("inputs")
-    if recorded is None:
-        changed.append("inputs (the checkpoint predates input fingerprints)")
-    else:
-        changed += [f"{name} (SHA-256 {recorded.get(name, 'none')[:12]} then, {digest[:12]} now)"
-                    for name, digest in inputs.items() if recorded.get(name) != digest]
-    if checkpoint.get("seed_scheme") != SEED_SCHEME:
+    changed += [f"{name} (SHA-256 {checkpoint.inputs.get(name, 'none')[:12]} then, {digest[:12]} now)"
+                for name, digest in inputs.items() if checkpoint.inputs.get(name) != digest]
+    if checkpoint.seed_scheme != SEED_SCHEME:
         changed.append("the seeding scheme (an earlier version of the study)")
     if changed:
         raise KvasirError(
@@ -115,16 +99,11 @@ def check_checkpoint(checkpoint: dict, cfg: Config, inputs: dict[str, str], path
         )
 
 
-def final_stage(cfg: Config) -> str:
-    """The last stage that trains (stage 2 unless its epochs are 0)."""
-    return "stage2" if cfg.train.stage2.epochs > 0 else "stage1"
-
-
-def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> dict:
+def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> Checkpoint:
     """A finished stage's checkpoint, checked against today's settings and inputs."""
-    path = cfg.run.stage_dir(model_name, stage) / "checkpoint.pt"
-    checkpoint = load_checkpoint(path)
-    if checkpoint["epoch"] < cfg.stage_config(stage).epochs:
+    path = cfg.run.checkpoint(model_name, stage)
+    checkpoint = load_checkpoint(path, cfg.profile)
+    if checkpoint.epoch < cfg.stage_config(stage).epochs:
         raise KvasirError(f"{stage} of {model_name} is not finished ({path}); run it first")
     check_checkpoint(checkpoint, cfg, stage_inputs(cfg, model_name, stage), path)
     return checkpoint
@@ -132,7 +111,7 @@ def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> dict:
 
 def load_trained_model(cfg: Config, model_name: str) -> nn.Module:
     """The model as it ended training, after checking it was trained on today's split and cache."""
-    checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg))
+    checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg.train.stage2.epochs))
     model = models.build_model(model_name, len(cfg.classes), weights=None)
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(checkpoint.model)
     return model

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from kvasir_utils import artefacts
 from kvasir_utils.analysis import cross
 from kvasir_utils.analysis.runs import read_evaluations
 from kvasir_utils.config import Config
@@ -35,10 +36,6 @@ class CrossEvaluation:
     summary: pd.DataFrame = None
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
     tables: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
-
-
-def cross_dir(source: Config, target: Config):
-    return source.run_dir / "cross" / target.profile
 
 
 def training_overlap(source: Config, target: Config, images: pd.DataFrame) -> pd.Series:
@@ -63,7 +60,7 @@ def predict_target(source: Config, model_name: str, target: Config, images: pd.D
     loader = dataset.make_loader(data, source.train.batch_size, False, runtime.workers, runtime.pin_memory)
     probs, targets, _ = loop.predict(model, loader, runtime, desc=f"{model_name} on {target.profile}")
     scored = images.assign(pred=probs.argmax(1), confidence=probs.max(1))
-    return pd.concat([scored, pd.DataFrame(probs, columns=[f"p_{c}" for c in source.classes])], axis=1)
+    return pd.concat([scored, pd.DataFrame(probs, columns=artefacts.probability_columns(source.classes))], axis=1)
 
 
 def cross_evaluate(source: Config, target: Config, mapping_file=None, model_names: list[str] | None = None,
@@ -79,7 +76,7 @@ def cross_evaluate(source: Config, target: Config, mapping_file=None, model_name
     runtime = hardware.resolve_runtime(source.runtime)
     for name in model_names or source.train.models:
         found.predictions[name] = predict_target(source, name, target, images, runtime)
-        write_csv_atomic(found.predictions[name], cross_dir(source, target) / name / "predictions.csv")
+        write_csv_atomic(found.predictions[name], source.run.cross_predictions(target.profile, name))
         found.tables[name] = cross.cross_tables(found.predictions[name], source.classes)
     records = {name: record for name, (record, _) in read_evaluations(source, required=False).items()}
     found.summary = cross.cross_summary(found.predictions, records, source.classes)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+from kvasir_utils import artefacts
 from kvasir_utils.analysis import metrics
 from kvasir_utils.analysis.runs import read_history
 from kvasir_utils.config import Config
 from kvasir_utils.data import dataset, overlays, prepare
 from kvasir_utils.data.split import read_split
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.files import write_csv_atomic, write_json_atomic
+from kvasir_utils.files import write_csv_atomic, write_text_atomic
 from kvasir_utils.provenance import environment, provenance
 from kvasir_utils.train import checkpoints, hardware, loop, models, presets, stages
 
@@ -30,7 +31,8 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
     loader = stages.make_loaders(cfg, runtime, split)["val"]
     probs, targets, seconds = loop.predict(model, loader, runtime, desc=f"{model_name} predict")
     predictions = val[["path", "label"]].assign(true=targets, pred=probs.argmax(1), confidence=probs.max(1))
-    predictions = pd.concat([predictions, pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.classes])], axis=1)
+    probabilities = pd.DataFrame(probs, columns=artefacts.probability_columns(cfg.classes))
+    predictions = pd.concat([predictions, probabilities], axis=1)
     history = read_history(cfg, model_name)
     stage_acc = {stage: float(part["val_acc"].iloc[-1]) for stage, part in history.groupby("stage")}
     record = metrics.summary(targets, probs, cfg.classes) | {
@@ -47,9 +49,8 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
         "environment": environment(),
         "generated_data": cfg.generated_data,
     }
-    out = cfg.run.eval_dir(model_name)
-    write_csv_atomic(predictions, out / "predictions.csv")
-    write_json_atomic(out / "metrics.json", record)
+    write_csv_atomic(predictions, cfg.run.predictions(model_name))
+    write_text_atomic(cfg.run.metrics(model_name), artefacts.metrics_json(record))
     return predictions, record
 
 
@@ -68,13 +69,13 @@ def masked_predictions(cfg: Config, model_name: str, runtime: hardware.Runtime,
                        mode: str = "guide_box") -> pd.DataFrame:
     """predictions.csv's images (``path``, ``label``, ``true``, ``pred``) with ``masked_pred``: the
     class predicted with the overlays masked at test time only (how much the model leans on them)."""
-    predictions = pd.read_csv(cfg.run.eval_dir(model_name) / "predictions.csv")
+    predictions = pd.read_csv(cfg.run.predictions(model_name))
     model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
     if overlays.MASK_MODES.index(cfg.transforms.mask_overlays) > overlays.MASK_MODES.index(mode):
         mode = cfg.transforms.mask_overlays  # never unmask what the profile masks
     masked_cfg = cfg.transforms.model_copy(update={"mask_overlays": mode})
     probs, targets = predict_validation(cfg, model, runtime, masked_cfg, desc=f"{model_name} masked")
     if len(targets) != len(predictions) or (targets != predictions["true"].to_numpy()).any():
-        raise KvasirError(f"{cfg.run.eval_dir(model_name) / 'predictions.csv'} does not list today's validation images "
+        raise KvasirError(f"{cfg.run.predictions(model_name)} does not list today's validation images "
                           f"in split order; rerun notebook 04 for {model_name}")
     return predictions[["path", "label", "true", "pred"]].assign(masked_pred=probs.argmax(1))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kvasir_utils.artefacts import RunFolder
 from kvasir_utils.config import Config
 from kvasir_utils.data import overlays, prepare
 from kvasir_utils.data.images import load_cached
@@ -94,7 +95,7 @@ def preprocessing(cfg: Config) -> dict:
 def validation_batches(predictor: Predictor, batch_size: int = 32):
     """The run's validation images as the evaluation feeds them (cached copy, eval preset), in batches."""
     cfg = predictor.cfg
-    split = read_split(predictor.run_folder / "split.csv", cfg.classes)
+    split = read_split(RunFolder(predictor.run_folder).split, cfg.classes)
     paths = split.loc[split["split"] == "val", "path"].tolist()
     preset, cache = presets.eval_preset(cfg.transforms), prepare.cache_dir(cfg)
     for start in range(0, len(paths), batch_size):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kvasir_utils.config import STAGES
+from kvasir_utils.artefacts import STAGES
 from kvasir_utils.train import models
 from kvasir_utils.train.frozen import ValidationFeatures
 from kvasir_utils.train.hardware import Runtime, to_device

@@ -10,7 +10,8 @@ import torch
 import torchvision
 from torch import nn
 
-from kvasir_utils.config import STAGES, Config
+from kvasir_utils.artefacts import STAGES
+from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import sha256_file
 

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from kvasir_utils.artefacts import STAGES, Checkpoint, RunFolder, final_stage, probability_columns
 from kvasir_utils.config import Config
 from kvasir_utils.data import duplicates, overlays, prepare
 from kvasir_utils.data.cache import MANIFEST, cache_copy
@@ -41,11 +42,12 @@ def check_model(cfg: Config, model_name: str) -> None:
                           f"{', '.join(cfg.train.models)}")
 
 
-def checkpoint_path(run_folder: Path, model_name: str) -> Path:
-    """The checkpoint of the model's last stage in ``run_folder`` (``runs/<profile>``): stage 2's,
-    or stage 1's where stage 2 never started (or trains 0 epochs)."""
-    stage2 = Path(run_folder) / model_name / "stage2" / "checkpoint.pt"
-    return stage2 if stage2.exists() else Path(run_folder) / model_name / "stage1" / "checkpoint.pt"
+def latest_checkpoint(run_folder: Path, model_name: str) -> Path | None:
+    """The checkpoint of the furthest stage the model has reached in ``run_folder`` (``runs/<profile>``);
+    whether that stage delivers the model is ``artefacts.final_stage``'s to say, from its settings."""
+    run = RunFolder(Path(run_folder))
+    found = [run.checkpoint(model_name, stage) for stage in STAGES if run.checkpoint(model_name, stage).exists()]
+    return found[-1] if found else None
 
 
 def _go_on(cfg: Config) -> str:
@@ -53,23 +55,22 @@ def _go_on(cfg: Config) -> str:
     return f"make reproduce PROFILE={cfg.profile}{overrides}"
 
 
-def load_finished(run_folder: Path, model_name: str) -> tuple[dict, Config, Path]:
+def load_finished(run_folder: Path, model_name: str) -> tuple[Checkpoint, Config, Path]:
     """The model's final checkpoint, the settings it recorded (read with today's protocol filling
     what it lacks) and its path; refused with the remedy when it is missing, of another checkpoint
     format, or unfinished (its last stage has fewer epochs than its settings ask)."""
-    path = checkpoint_path(run_folder, model_name)
-    if not path.exists():
-        raise KvasirError(f"no trained {model_name} in {run_folder} (no {model_name}/stage2/checkpoint.pt): train it "
+    path = latest_checkpoint(run_folder, model_name)
+    if path is None:
+        raise KvasirError(f"no trained {model_name} in {run_folder} (no checkpoint under {model_name}/): train it "
                           f"first (make reproduce PROFILE=...), or check PROFILE, MODEL and SET=\"paths.runs=...\"")
-    checkpoint = checkpoints.load_checkpoint(path)
-    checkpoints.check_format(checkpoint, path, Path(run_folder).name)
-    cfg = with_protocol(checkpoint["config"])
-    stage, final = checkpoint["stage"], checkpoints.final_stage(cfg)
+    checkpoint = checkpoints.load_checkpoint(path, Path(run_folder).name)
+    cfg = with_protocol(checkpoint.config)
+    stage, final = checkpoint.stage, final_stage(cfg.train.stage2.epochs)
     epochs = cfg.stage_config(stage).epochs
-    if stage != final or checkpoint["epoch"] < epochs:
+    if stage != final or checkpoint.epoch < epochs:
         missing = f"; {final} has not started" if stage != final else ""
         raise KvasirError(
-            f"{model_name} in {run_folder} is not finished: {stage} has trained {checkpoint['epoch']} of its {epochs} "
+            f"{model_name} in {run_folder} is not finished: {stage} has trained {checkpoint.epoch} of its {epochs} "
             f"epochs{missing} ({path}). A model in the middle of training is not the study's model. Finish it: "
             f"`{_go_on(cfg)}` goes on from its last epoch.")
     return checkpoint, cfg, path
@@ -120,7 +121,7 @@ class Predictor:
         checkpoint, cfg, path = load_finished(Path(run_folder), model_name)
         runtime = runtime or hardware.resolve_runtime(cfg.runtime)
         model = models.build_model(model_name, len(cfg.classes), weights=None)
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(checkpoint.model)
         return cls(cfg, model_name, hardware.prepare_model(model, runtime).eval(), runtime, path, Path(run_folder))
 
     @property
@@ -151,8 +152,9 @@ class Predictor:
         """The training images' paths and perceptual hashes (of their cached copies, computed once),
         or None where the run's split or cache is not on this machine."""
         cache = prepare.cache_dir(self.cfg)
-        if self._training is None and (self.run_folder / "split.csv").exists() and (cache / MANIFEST).exists():
-            split = read_split(self.run_folder / "split.csv", self.classes)
+        split_csv = RunFolder(self.run_folder).split
+        if self._training is None and split_csv.exists() and (cache / MANIFEST).exists():
+            split = read_split(split_csv, self.classes)
             paths = split.loc[split["split"] == "train", "path"].tolist()
             self._training = paths, duplicates.perceptual_hashes(iter_cached(cache, paths))
         return self._training
@@ -164,7 +166,7 @@ class Predictor:
         probs = self.probabilities(views)
         frame = pd.DataFrame({"file": files, "predicted": [self.classes[i] for i in probs.argmax(1)],
                               "probability": probs.max(1)})
-        frame = pd.concat([frame, pd.DataFrame(probs, columns=[f"p_{c}" for c in self.classes])], axis=1)
+        frame = pd.concat([frame, pd.DataFrame(probs, columns=probability_columns(self.classes))], axis=1)
         frame["guide_box"] = [overlays.has_guide_box(v) for v in views]
         training = self.training_hashes()
         near, distance = [None] * len(views), [None] * len(views)
@@ -175,7 +177,7 @@ class Predictor:
             distance = [int(b) if c else None for b, c in zip(bits, close)]
         frame["train_near_duplicate"] = pd.Series(near, dtype="string")
         frame["train_near_duplicate_distance"] = pd.Series(distance, dtype="Int64")
-        return frame[[*COLUMNS[:3], *[f"p_{c}" for c in self.classes], *COLUMNS[3:]]]
+        return frame[[*COLUMNS[:3], *probability_columns(self.classes), *COLUMNS[3:]]]
 
     def predict(self, images: Iterable[Image.Image | str | Path]) -> pd.DataFrame:
         """predictions.csv's rows for PIL images or image paths (``file``: the path, or ``image <i>``)."""

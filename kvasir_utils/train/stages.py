@@ -4,6 +4,7 @@ and what notebooks 02 and 03 call.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 from torch import nn
 
 from kvasir_utils.analysis.runs import HISTORY_COLUMNS, SCALAR_TAGS
-from kvasir_utils.config import STAGES, Config
+from kvasir_utils.artefacts import STAGES, Checkpoint
+from kvasir_utils.config import Config
 from kvasir_utils.data import prepare
 from kvasir_utils.data.dataset import make_loader, split_datasets
 from kvasir_utils.data.split import read_split
@@ -48,15 +50,64 @@ from kvasir_utils.train.loop import (
 
 
 # -- a whole stage ------------------------------------------------------------------------
-def carry_adam_state(optimizer: torch.optim.Optimizer, order: list[str], previous: dict) -> int:
+def carry_adam_state(optimizer: torch.optim.Optimizer, order: list[str], previous: Checkpoint) -> int:
     """Give each parameter the previous stage's Adam moments for the parameter of the same name
     (Adam keeps state by position, and the stages train different parameters). Returns how many
     parameters received state; the others start fresh."""
-    by_name = {previous["optimizer_params"][int(i)]: s for i, s in previous["optimizer"]["state"].items()}
+    by_name = {previous.optimizer_params[int(i)]: s for i, s in previous.optimizer["state"].items()}
     state = optimizer.state_dict()
     state["state"] = {i: by_name[name] for i, name in enumerate(order) if name in by_name}
     optimizer.load_state_dict(state)
     return len(state["state"])
+
+
+def resume_stage(cfg: Config, model_name: str, stage: str, inputs: dict[str, str],
+                 runtime: Runtime) -> Checkpoint | None:
+    """The stage's own checkpoint to go on from (None: it starts afresh), checked against today's
+    settings and inputs; warns where the rest of it will run with other numerics than its start."""
+    path = cfg.run.checkpoint(model_name, stage)
+    if not path.exists():
+        return None
+    resumed = load_checkpoint(path, cfg.profile)
+    check_checkpoint(resumed, cfg, inputs, path)
+    before, now = resumed.runtime, runtime.record()
+    changed = [f"{k} {before[k]} -> {now[k]}" for k in NUMERIC_FIELDS if before[k] != now[k]]
+    if resumed.epoch < cfg.stage_config(stage).epochs and changed:
+        print(f"warning: {stage} of {model_name} goes on with {', '.join(changed)}; the rest of it "
+              f"will not repeat an uninterrupted run exactly (other rounding, or other augmentation draws)")
+    return resumed
+
+
+@dataclass
+class StageState:
+    """What a stage's epochs run with: the optimizer over the stage's parameters (in ``order``), the
+    history so far and the epoch it stopped at (0 for a new stage)."""
+
+    optimizer: torch.optim.Optimizer
+    order: list[str]
+    history: list[dict]
+    start: int
+
+
+def set_up_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, trainable: list[str],
+                 resumed: Checkpoint | None, runtime: Runtime) -> StageState:
+    """Load the weights the stage starts from (its own checkpoint, else the previous stage's final
+    one), put the model on the runtime's device and memory format, and build its optimizer: resumed
+    exactly, or fresh, or with the previous stage's Adam state (``train.stage2_init``)."""
+    previous = None
+    if resumed is None and stage != STAGES[0]:
+        previous = finished_checkpoint(cfg, model_name, STAGES[STAGES.index(stage) - 1])
+    if resumed or previous:
+        model.load_state_dict((resumed or previous).model)
+    prepare_model(model, runtime)  # before the optimizer: its state is loaded onto the parameters' device
+    order = resumed.optimizer_params if resumed else trainable
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.Adam([params[n] for n in order], lr=cfg.stage_config(stage).lr)
+    if resumed is not None:
+        optimizer.load_state_dict(resumed.optimizer)
+    elif previous is not None and cfg.train.stage2_init == "continue_optimizer":
+        carry_adam_state(optimizer, order, previous)
+    return StageState(optimizer, order, resumed.history if resumed else [], resumed.epoch if resumed else 0)
 
 
 def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loaders: dict, runtime: Runtime,
@@ -66,76 +117,64 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     Writes ``checkpoint.pt``, ``history.csv`` and ``tensorboard/`` under the stage's folder.
     Stage 2 starts from stage 1's final weights. Returns the stage's history.
     """
+    trainable = models.set_trainable(model, cfg.stage_config(stage).trainable)
+    runtime = stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset))
+    inputs = stage_inputs(cfg, model_name, stage)
+    state = set_up_stage(model, cfg, model_name, stage, trainable,
+                         resume_stage(cfg, model_name, stage, inputs, runtime), runtime)
+    if state.start >= cfg.stage_config(stage).epochs:
+        return pd.DataFrame(state.history, columns=HISTORY_COLUMNS)  # finished: reused as it is
+    if stage == STAGES[0] and state.start == 0:
+        record_weights(cfg, model_name)
+    run_epochs(model, cfg, model_name, stage, loaders, runtime, state,
+               Checkpoint(model={}, optimizer={}, epoch=0, history=[], config=cfg.to_dict(), model_name=model_name,
+                          stage=stage, trainable=trainable, optimizer_params=state.order, inputs=inputs,
+                          seed_scheme=SEED_SCHEME, runtime=runtime.record()),
+               on_epoch_end)
+    return pd.DataFrame(state.history, columns=HISTORY_COLUMNS)
+
+
+def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loaders: dict, runtime: Runtime,
+               state: StageState, record: Checkpoint, on_epoch_end=None) -> None:
+    """The stage's remaining epochs: train, validate, log to TensorBoard, then write the checkpoint
+    (``record`` with this epoch's weights, optimizer and history) and history.csv."""
     from torch.utils.tensorboard import SummaryWriter
 
     stage_cfg = cfg.stage_config(stage)
-    out = cfg.run.stage_dir(model_name, stage)
-    path = out / "checkpoint.pt"
-    trainable = models.set_trainable(model, stage_cfg.trainable)
-    runtime = stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset))
-    augment = device_augment(cfg, runtime)
-    inputs = stage_inputs(cfg, model_name, stage)
-    resumed = load_checkpoint(path) if path.exists() else None
-    if resumed is not None:
-        check_checkpoint(resumed, cfg, inputs, path)
-        before, now = resumed["runtime"], runtime.record()
-        changed = [f"{k} {before[k]} -> {now[k]}" for k in NUMERIC_FIELDS if before[k] != now[k]]
-        if resumed["epoch"] < stage_cfg.epochs and changed:
-            print(f"warning: {path.parent.name} of {model_name} goes on with {', '.join(changed)}; the rest of it "
-                  f"will not repeat an uninterrupted run exactly (other rounding, or other augmentation draws)")
-    previous = None
-    if resumed is None and stage != STAGES[0]:
-        previous = finished_checkpoint(cfg, model_name, STAGES[STAGES.index(stage) - 1])
-    if resumed or previous:
-        model.load_state_dict((resumed or previous)["model"])
-    history, start = (resumed["history"], resumed["epoch"]) if resumed else ([], 0)
-    prepare_model(model, runtime)
-    net = compiled(model, runtime)
+    net, augment = compiled(model, runtime), device_augment(cfg, runtime)
     features = ValidationFeatures.for_model(model) if cfg.runtime.reuse_frozen else None
-    order = resumed["optimizer_params"] if resumed else trainable
-    params = dict(model.named_parameters())
-    optimizer = torch.optim.Adam([params[n] for n in order], lr=stage_cfg.lr)
-    if resumed is not None:
-        optimizer.load_state_dict(resumed["optimizer"])
-    elif previous is not None and cfg.train.stage2_init == "continue_optimizer":
-        carry_adam_state(optimizer, order, previous)
     criterion = nn.CrossEntropyLoss()
     offset = sum(cfg.stage_config(s).epochs for s in STAGES[: STAGES.index(stage)])
-    if start >= stage_cfg.epochs:
-        return pd.DataFrame(history, columns=HISTORY_COLUMNS)  # finished: reused as it is
-    if stage == STAGES[0] and start == 0:
-        record_weights(cfg, model_name, out)
-    writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=offset + start + 1)
+    # purge_step: events a killed run logged after its last checkpoint are dropped on resuming
+    writer = SummaryWriter(log_dir=str(cfg.run.tensorboard(model_name, stage)), purge_step=offset + state.start + 1)
     try:
-        for epoch in range(start + 1, stage_cfg.epochs + 1):
+        for epoch in range(state.start + 1, stage_cfg.epochs + 1):
             seed = epoch_seed(cfg.train.seed, stage, epoch)
             seed_everything(seed)
             loaders["train"].generator.manual_seed(seed)
             desc = f"{model_name} {stage} epoch {epoch}/{stage_cfg.epochs}"
-            fit = train_one_epoch(net, criterion, optimizer, loaders["train"], runtime,
+            fit = train_one_epoch(net, criterion, state.optimizer, loaders["train"], runtime,
                                   cfg.train.frozen_batchnorm, desc, augment, augment_generator(seed))
             val = evaluate(net, loaders["val"], runtime, desc=f"{desc} val", features=features)
             row = {"epoch": epoch, "global_epoch": offset + epoch, "train_loss": fit["loss"], "train_acc": fit["acc"],
                    "val_loss": val["loss"], "val_acc": val["acc"], "seconds": fit["seconds"] + val["seconds"],
                    "images_per_s": fit["images"] / fit["seconds"],
                    "val_images_per_s": val["images"] / val["seconds"], "lr": stage_cfg.lr}
-            history.append(row)
+            state.history.append(row)
             for tag, column in SCALAR_TAGS.items():
                 writer.add_scalar(tag, row[column], row["global_epoch"])
             writer.flush()
-            save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                            history=history, config=cfg.to_dict(), model_name=model_name, stage=stage,
-                            trainable=trainable, optimizer_params=order, inputs=inputs,
-                            seed_scheme=SEED_SCHEME, runtime=runtime.record())
-            write_csv_atomic(pd.DataFrame(history, columns=HISTORY_COLUMNS), out / "history.csv")
+            save_checkpoint(cfg.run.checkpoint(model_name, stage), dataclasses.replace(
+                record, model=model.state_dict(), optimizer=state.optimizer.state_dict(), epoch=epoch,
+                history=state.history))
+            write_csv_atomic(pd.DataFrame(state.history, columns=HISTORY_COLUMNS), cfg.run.history(model_name, stage))
             if on_epoch_end is not None:
                 on_epoch_end(row)
     finally:
         writer.close()
-    return pd.DataFrame(history, columns=HISTORY_COLUMNS)
 
 
-def record_weights(cfg: Config, model_name: str, folder: Path) -> Path:
+def record_weights(cfg: Config, model_name: str) -> Path:
     """``weights.json`` beside stage 1's checkpoint: the pretrained weights file this run started
     from and its SHA-256, taken when it was loaded (the provenance reports it from here)."""
     record = None
@@ -143,7 +182,7 @@ def record_weights(cfg: Config, model_name: str, folder: Path) -> Path:
         path = models.weights_file(model_name, cfg.train.weights)
         record = {"weights": cfg.train.weights, "file": path.name,
                   "sha256": sha256_file(path) if path.exists() else None}
-    return write_json_atomic(folder / "weights.json", record)
+    return write_json_atomic(cfg.run.weights_record(model_name), record)
 
 
 # -- what the notebooks call --------------------------------------------------------------
