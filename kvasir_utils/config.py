@@ -8,7 +8,6 @@ allowed, before anything is downloaded or trained.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal, get_origin
 
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kvasir_utils.artefacts import STAGES, ReportFolder, RunFolder
 from kvasir_utils.errors import KvasirError
 
-PROJECT_ROOT = Path(os.environ.get("KVASIR_PROJECT_ROOT", Path(__file__).resolve().parents[1]))
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
 

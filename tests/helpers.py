@@ -76,3 +76,14 @@ def paper_settings(section: str, **changes):
     current = getattr(profiles.load_profile("paper"), section)
     return type(current).model_validate({**current.model_dump(), **changes})
 
+
+
+def metrics_record(**values) -> dict:
+    """A metrics.json record as notebook 04 writes it (``artefacts.Metrics``), zeros but for ``values``:
+    for tests that write a run's evaluation by hand."""
+    from kvasir_utils.artefacts import Metrics
+
+    blank = {"int": 0, "float": 0.0, "bool": False}
+    record = {name: blank.get(getattr(field.annotation, "__name__", ""), {})
+              for name, field in Metrics.model_fields.items()}
+    return Metrics.model_validate({**record, **values}).model_dump()

@@ -195,12 +195,15 @@ def test_epoch_seeds_never_collide_across_seeds_stages_and_epochs():
                                                                    ("off", False, False)])
 def test_runtime_deterministic_sets_torchs_switches(mode, deterministic, warn_only):
     try:
+        torch.use_deterministic_algorithms(not deterministic)
         runtime = hardware.resolve_runtime(paper_settings("runtime", deterministic=mode))
+        assert torch.are_deterministic_algorithms_enabled() != deterministic  # resolving changes nothing
+        assert hardware.apply_determinism(runtime) is runtime
         assert torch.are_deterministic_algorithms_enabled() == deterministic
         assert torch.is_deterministic_algorithms_warn_only_enabled() == warn_only
         assert f"deterministic algorithms {mode}" in runtime.describe()
     finally:
-        hardware.apply_determinism("auto", "cpu")
+        hardware.use_runtime(paper_settings("runtime", deterministic="auto"))
 
 
 def test_bf16_gives_the_predictions_of_fp32_on_a_trained_model(tiny_data, runs):

@@ -17,7 +17,7 @@ import yaml
 from kvasir_utils.analysis import sweeps
 from kvasir_utils.config import ConfigError
 from kvasir_utils.run import notebooks, sweep_aggregate, sweep_execute, sweep_spec
-from tests.helpers import TINY, tmp_overrides
+from tests.helpers import TINY, metrics_record, tmp_overrides
 
 FAST = [*TINY, "train.stage1.epochs=1", "train.stage2.epochs=1", "eval.bootstrap_samples=20",
         "eval.figure1_correct=2", "eval.figure1_incorrect=2"]
@@ -195,12 +195,12 @@ def _finish(member, accuracy: float, correct: list[bool]) -> None:
     """What a finished run leaves: its record and evaluation files (written by hand here)."""
     eval_dir = member.cfg.run.eval_dir(member.model)
     eval_dir.mkdir(parents=True)
-    (eval_dir / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "macro_f1": accuracy - 0.01,
-                                                       "macro_auc": 0.9}))
+    member.cfg.run.metrics(member.model).write_text(json.dumps(metrics_record(
+        accuracy=accuracy, macro_f1=accuracy - 0.01, macro_auc=0.9)))
     true = [i % 8 for i in range(len(correct))]
     pred = [t if ok else (t + 1) % 8 for t, ok in zip(true, correct)]
     pd.DataFrame({"path": [f"img{i}.jpg" for i in range(len(correct))], "label": "x", "true": true,
-                  "pred": pred}).to_csv(eval_dir / "predictions.csv", index=False)
+                  "pred": pred}).to_csv(member.cfg.run.predictions(member.model), index=False)
     sweep_execute.write_record(_SWEEP[0], member, "finished", "", {"id": "n", "hostname": "h"}, 1.0, 1)
 
 
@@ -221,7 +221,7 @@ def test_aggregation_by_hand_paired_by_seed_against_the_default_reading(tmp_path
             _finish(member, value, [i < round(value * 50) for i in range(50)])
     results = sweep_aggregate.member_results(spec)
     assert results["default_reading"].tolist() == [m.cfg.train.stage2.lr == 1e-3 for m in spec.members]
-    summary = sweeps.summary_table(results).set_index(["model", "reading", "metric"])
+    summary = sweeps.means_table(results).set_index(["model", "reading", "metric"])
     row = summary.loc[("resnet18", "train.stage2.lr=1e-3", "accuracy")]
     assert (row["mean"], row["n"]) == (pytest.approx(0.82), 3) and row["sd"] == pytest.approx(0.02)
     assert ("mobilenet_v3_small", "train.stage2.lr=0.01", "accuracy") not in summary.index

@@ -5,7 +5,6 @@ seed by seed, each reading against the paper's default reading, per-class F1.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,21 +16,21 @@ METRICS = ["accuracy", "macro_f1", "macro_auc"]
 DEFAULT_READING = "profile's reading"
 # A sweep's runs as the functions here take them (``run.sweep_aggregate.member_results``): one row a
 # run, with its model, seed, reading, whether that is the profile's own reading, status, the
-# metrics above and ``eval_dir``, where its predictions.csv is.
+# metrics above and ``predictions``, the path of its predictions.csv.
 PAIRED_COLUMNS = ["first", "second", "reading", "metric", "mean_difference", "sd", "ci_low", "ci_high", "n",
                   "paired_t_p", "sign_test_p", "seeds", "mcnemar_p_per_seed"]
 ABLATION_COLUMNS = ["model", "reading", "default", "mean", "n", "difference_to_default", "ci_low", "ci_high",
                     "paired_n", "paired_t_p", "sign_test_p"]
 
 
-def summary_table(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+def means_table(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per model and reading, each metric's mean, sd, t-interval and n over the finished runs."""
     finished = results[results["status"] == "finished"]
     return stats.summarize(finished, ["model", "reading"], METRICS, confidence)
 
 
 def _predictions(run) -> pd.DataFrame:
-    return pd.read_csv(Path(run["eval_dir"]) / "predictions.csv")
+    return pd.read_csv(run["predictions"])
 
 
 def per_class_f1(results: pd.DataFrame) -> pd.DataFrame:

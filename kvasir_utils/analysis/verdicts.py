@@ -5,7 +5,7 @@ verdict in words.
 Verdicts: *consistent with the paper* (the paper's value lies inside the interval), *below the
 paper* / *above the paper* (the whole interval lies on one side of it), *not comparable* (generated
 data, or settings that depart from the paper's protocol), *too few runs to tell* (a sweep of fewer
-than ``MIN_RUNS`` runs gives no interval)."""
+than ``stats.MIN_RUNS`` runs gives no interval)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from kvasir_utils.analysis import departures, intervals, metrics, paper
+from kvasir_utils import artefacts
+from kvasir_utils.analysis import departures, intervals, metrics, paper, stats
 from kvasir_utils.analysis.runs import same_images
 from kvasir_utils.config import Config
 from kvasir_utils.files import write_json_atomic
 
-MIN_RUNS = 3  # fewer runs give no interval across runs worth showing
 CARD_COLUMNS = ["claim", "paper", "run", "ci_low", "ci_high", "difference", "n", "basis", "verdict"]
 
 
@@ -79,11 +78,11 @@ def _single_run(cfg: Config, claim: Claim, evaluations: dict) -> dict | None:
         p = metrics.mcnemar_of_runs(predictions, theirs)["p_value"]
         return {"run": value, "ci_low": low, "ci_high": high, "n": 1, "basis": f"{basis}; McNemar p = {p:.2g}"}
     if claim.metric == "macro_auc":
-        probs = predictions[[f"p_{c}" for c in cfg.classes]].to_numpy()
+        probs = predictions[artefacts.probability_columns(cfg.classes)].to_numpy()
         low, high = intervals.macro_auc_interval(predictions["true"], probs, samples, confidence, seed)
     else:
-        ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.classes), samples,
-                                  confidence, seed)
+        ci = intervals.accuracy_macro_f1_intervals(predictions["true"], predictions["pred"], len(cfg.classes),
+                                                   samples, confidence, seed)
         low, high = ci[claim.metric]
     return {"run": record[claim.metric], "ci_low": low, "ci_high": high, "n": 1, "basis": basis}
 
@@ -99,7 +98,7 @@ def _sweep_run(claim: Claim, sweep: dict | None) -> dict | None:
             return None
         row = rows.iloc[0]
         value, low, high, n = row["mean_difference"], row["ci_low"], row["ci_high"], int(row["n"])
-        bounds = (-1.0, 1.0)
+        bounds = stats.DIFFERENCE_BOUNDS
     else:
         summary = sweep["summary"]
         rows = summary[(summary["model"] == claim.model) & (summary["metric"] == claim.metric)]
@@ -107,15 +106,13 @@ def _sweep_run(claim: Claim, sweep: dict | None) -> dict | None:
             return None
         row = rows.iloc[0]
         value, low, high, n = row["mean"], row["ci_low"], row["ci_high"], int(row["n"])
-        bounds = (0.0, 1.0)
-    if n < MIN_RUNS:
-        low = high = math.nan
-    low, high = (float(np.clip(v, *bounds)) if not math.isnan(v) else v for v in (low, high))
+        bounds = stats.SHARE_BOUNDS
+    low, high = stats.clip_interval(low, high, bounds) if n >= stats.MIN_RUNS else (math.nan, math.nan)
     basis = f"mean of {n} runs (sweep {sweep['name']}); t-interval across runs"
     return {"run": float(value), "ci_low": low, "ci_high": high, "n": n, "basis": basis}
 
 
-def find_sweep(cfg: Config) -> dict | None:
+def read_latest_seed_sweep(cfg: Config) -> dict | None:
     """The newest sweep of this profile over seeds only (no grid), from its report folder."""
     found = []
     for record in sorted((cfg.reports_root / "sweeps").glob("*/sweep.json")):
@@ -130,14 +127,14 @@ def find_sweep(cfg: Config) -> dict | None:
 
 def claims_table(cfg: Config, evaluations: dict, sweep: dict | None = None) -> pd.DataFrame:
     """The summary card: one row per claim of the paper (see the module's docstring). With a
-    ``sweep`` (``find_sweep``) of at least ``MIN_RUNS`` runs a claim takes the sweep's mean over
+    ``sweep`` (``read_latest_seed_sweep``) of at least ``stats.MIN_RUNS`` runs a claim takes the sweep's mean over
     seeds; without ``evaluations`` (the sweep's own page) it does with fewer runs too, without an
     interval."""
     reason = departures.why_not_comparable(cfg)
     rows = []
     for claim in CLAIMS:
         found = _sweep_run(claim, sweep)
-        if found is not None and found["n"] < MIN_RUNS and evaluations:
+        if found is not None and found["n"] < stats.MIN_RUNS and evaluations:
             found = None  # the run's own bootstrap interval says more than too few runs
         found = found or _single_run(cfg, claim, evaluations)
         if found is None:

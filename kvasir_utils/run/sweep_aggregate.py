@@ -4,12 +4,11 @@ the sweep's page once something new has finished.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from kvasir_utils import config
+from kvasir_utils import artefacts, config
 from kvasir_utils.analysis import paper
 from kvasir_utils.analysis.sweeps import METRICS
 from kvasir_utils.run.notebooks import SWEEP_NOTEBOOK, execute_notebook
@@ -28,13 +27,13 @@ def member_results(sweep: Sweep) -> pd.DataFrame:
                                       for k, v in sweep.default_settings.items()),
                "status": record["status"], "error": record.get("error", ""),
                "node": (record.get("node") or {}).get("hostname", ""), "seconds": record.get("seconds"),
-               "eval_dir": str(member.cfg.run.eval_dir(member.model))}
-        metrics_path = member.cfg.run.eval_dir(member.model) / "metrics.json"
+               "predictions": str(member.cfg.run.predictions(member.model))}
+        metrics_path = member.cfg.run.metrics(member.model)
         if row["status"] == "finished" and not metrics_path.exists():
             row |= {"status": "failed", "error": f"finished, but {metrics_path} is not there (is paths.runs on "
                                                   "storage the driver shares with the nodes?)"}
         elif row["status"] == "finished":
-            found = json.loads(metrics_path.read_text())
+            found = artefacts.read_metrics(metrics_path)
             row |= {metric: found[metric] for metric in METRICS}
         rows.append(row)
     return pd.DataFrame(rows)

@@ -73,7 +73,7 @@ def cross_evaluate(source: Config, target: Config, mapping_file=None, model_name
                                         source.classes)
     images["overlap"] = training_overlap(source, target, images)
     found = CrossEvaluation(mapping, source.classes, left_out, cross.mapping_table(images))
-    runtime = hardware.resolve_runtime(source.runtime)
+    runtime = hardware.use_runtime(source.runtime)
     for name in model_names or source.train.models:
         found.predictions[name] = predict_target(source, name, target, images, runtime)
         write_csv_atomic(found.predictions[name], source.run.cross_predictions(target.profile, name))

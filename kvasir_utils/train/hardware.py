@@ -71,22 +71,25 @@ class Runtime:
 NUMERIC_FIELDS = ("device", "precision", "compile", "augment")
 
 
-def apply_determinism(mode: str, kind: str) -> None:
-    """``runtime.deterministic``: ``auto`` asks for deterministic algorithms (and deterministic
-    cuDNN on CUDA) and warns where an operation has none; ``on`` makes that an error; ``off``
-    lets cuDNN benchmark and pick the fastest kernels (not repeatable on a GPU). On a CPU the
-    training here is deterministic either way."""
-    deterministic = mode != "off"
-    if kind == "cuda":
+def apply_determinism(runtime: Runtime) -> Runtime:
+    """Set torch's process-wide switches for ``runtime.deterministic`` (called once a runtime is
+    resolved, before a model runs; returns the runtime): ``auto`` asks for deterministic algorithms
+    (and deterministic cuDNN on CUDA) and warns where an operation has none; ``on`` makes that an
+    error; ``off`` lets cuDNN benchmark and pick the fastest kernels (not repeatable on a GPU). On a
+    CPU the training here is deterministic either way."""
+    mode, deterministic = runtime.deterministic, runtime.deterministic != "off"
+    if runtime.device.type == "cuda":
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=mode == "auto")
+    return runtime
 
 
 def resolve_runtime(rt: RuntimeConfig) -> Runtime:
-    """Turn ``auto`` settings into this machine's device, precision and loader workers."""
+    """Turn ``auto`` settings into this machine's device, precision and loader workers (changing
+    nothing: ``apply_determinism`` sets torch's switches for the result)."""
     if rt.device == "auto":
         kind = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     else:
@@ -109,8 +112,13 @@ def resolve_runtime(rt: RuntimeConfig) -> Runtime:
         # On a GPU the loader is the bottleneck (measured on an H100: 8 workers fed ~550 img/s while
         # ResNet50's steps ran at ~2,600 img/s), so use every core but one.
         workers = max(1, min(cores - 1, 16))
-    apply_determinism(rt.deterministic, kind)
     return Runtime(device, precision, workers, rt.deterministic, rt.compile)
+
+
+def use_runtime(rt: RuntimeConfig) -> Runtime:
+    """The runtime ``rt`` resolves to here, with torch's switches set for it: what a notebook or
+    command calls before it trains or predicts."""
+    return apply_determinism(resolve_runtime(rt))
 
 
 # A stage is compiled under runtime.compile=auto when it trains on at least this many images

@@ -119,7 +119,7 @@ class Predictor:
         """Load ``model_name``'s finished checkpoint from ``run_folder`` (``runs/<profile>``), on
         ``runtime`` or on the device and precision its settings resolve to on this machine."""
         checkpoint, cfg, path = load_finished(Path(run_folder), model_name)
-        runtime = runtime or hardware.resolve_runtime(cfg.runtime)
+        runtime = hardware.apply_determinism(runtime or hardware.resolve_runtime(cfg.runtime))
         model = models.build_model(model_name, len(cfg.classes), weights=None)
         model.load_state_dict(checkpoint.model)
         return cls(cfg, model_name, hardware.prepare_model(model, runtime).eval(), runtime, path, Path(run_folder))

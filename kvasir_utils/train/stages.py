@@ -36,8 +36,8 @@ from kvasir_utils.train.hardware import (
     compiled,
     device_augment,
     prepare_model,
-    resolve_runtime,
     stage_runtime,
+    use_runtime,
 )
 from kvasir_utils.train.loop import (
     SEED_SCHEME,
@@ -233,7 +233,7 @@ class StageRun:
 
 def start_stage(cfg: Config, model_name: str, stage: str) -> StageRun:
     """Resolve the runtime and build the model as ``stage`` starts it."""
-    return StageRun(cfg, model_name, stage, resolve_runtime(cfg.runtime), model_for_stage(cfg, model_name, stage))
+    return StageRun(cfg, model_name, stage, use_runtime(cfg.runtime), model_for_stage(cfg, model_name, stage))
 
 
 def throughput_summary(history: pd.DataFrame) -> str:
