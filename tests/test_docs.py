@@ -83,6 +83,9 @@ class Makefile:
     defaults: dict[str, str]  # the variables a user may set (`NAME ?= default`)
     reads: dict[str, frozenset[str]]  # per target, every variable its rule and recipe read, expanded
 
+    def reads_of(self, targets: list[str]) -> frozenset[str]:
+        return frozenset().union(*(self.reads.get(t, ()) for t in targets))
+
 
 def _expand(names: set[str], definitions: dict[str, str]) -> frozenset[str]:
     """The variables ``names`` read, following each definition (``ARGS = --profile '$(PROFILE)'``)."""
@@ -117,6 +120,7 @@ class MakeLine:
     where: str  # the file and the line as written, for the message
     targets: list[str]
     variables: dict[str, str] = field(default_factory=dict)
+    unreadable: str = ""  # why the shell could not split the line (an unclosed quote)
 
 
 def _is_placeholder(value: str) -> bool:
@@ -162,7 +166,7 @@ def collect(markdown: str, name: str) -> tuple[list[MakeLine], dict[str, str]]:
         try:
             words = shlex.split(snippet, comments=True)
         except ValueError as exc:
-            found.append(MakeLine(where, [f"<unreadable: {exc}>"]))
+            found.append(MakeLine(where, [], unreadable=f"the shell cannot read it: {exc}"))
             continue
         while words and ASSIGNMENT.match(words[0]) and "make" in words:
             words.pop(0)  # RAY_ADDRESS=... make sweep: the environment, not make's variables
@@ -207,35 +211,49 @@ def _value(line: MakeLine, name: str, default: str | None, files: dict[str, Path
     return None if _is_placeholder(value) else str(files.get(value, value))
 
 
-def check(line: MakeLine, makefile: Makefile, files: dict[str, Path]) -> list[str]:
-    """What would stop `line` before it trains: a target or variable make does not know (or that no
-    target of the line reads), a profile or sweep that does not load with its SET, a SET a model of
-    the profile has no layer for, a MODEL the profile does not train. A placeholder profile or sweep
-    is the reader's own: its SET is checked against paper.yaml, which such a file starts from."""
-    known = [t for t in line.targets if t in makefile.targets]
+def _variable_problems(line: MakeLine, makefile: Makefile) -> list[str]:
+    """Targets make does not know, variables it does not know or that no target of the line reads."""
     problems = [f"no make target {t!r}" for t in line.targets if t not in makefile.targets]
-    reads = frozenset().union(*(makefile.reads[t] for t in known))
+    reads = makefile.reads_of(line.targets)
     for name in line.variables:
         if name not in makefile.defaults:
             problems.append(f"{name} is not a variable of the Makefile ({', '.join(makefile.defaults)})")
-        elif name not in reads and len(known) == len(line.targets):
-            problems.append(f"make {' '.join(known)} does not read {name}")
-    settings = tuple(split_settings(line.variables.get("SET", "")))
-    default = makefile.defaults["PROFILE"]
-    if "sweep" in known:
-        sweep = _value(line, "SWEEP", makefile.defaults["SWEEP"], files)
-        problems += _sweep_problems(sweep, settings) if sweep else _profile_problems(default, settings, None)
-        return problems
-    if "cross-evaluate" in known:  # RUN's models scored on TARGET's data; SET applies to both
+        elif name not in reads and not problems:
+            problems.append(f"make {' '.join(line.targets)} does not read {name}")
+    return problems
+
+
+def _profiles_run(line: MakeLine, makefile: Makefile, files: dict[str, Path]) -> list[str]:
+    """The profiles the line's targets load, as the Makefile picks them; a placeholder profile is
+    the reader's own, which starts from paper.yaml, so its SET is checked against paper."""
+    default, reads = makefile.defaults["PROFILE"], makefile.reads_of(line.targets)
+    if "cross-evaluate" in line.targets:  # RUN's models scored on TARGET's data; SET applies to both
         run = _value(line, "RUN", _value(line, "PROFILE", default, files), files)
-        checked = [run, _value(line, "TARGET", makefile.defaults["TARGET"], files)]
-    elif "PROFILE" in reads:  # `make smoke` runs the smoke profile unless given one (see the Makefile)
-        checked = [_value(line, "PROFILE", "smoke" if "smoke" in known else default, files)]
+        found = [run, _value(line, "TARGET", makefile.defaults["TARGET"], files)]
+    elif "PROFILE" in reads and "sweep" not in line.targets:
+        # `make smoke` runs the smoke profile unless given one (its recipe in the Makefile)
+        found = [_value(line, "PROFILE", "smoke" if "smoke" in line.targets else default, files)]
     else:
-        checked = []
-    model = _value(line, "MODEL", makefile.defaults["MODEL"], files) if "MODEL" in reads else None
-    for profile in checked:
-        problems += _profile_problems(profile or default, settings, model)
+        found = []
+    return [profile or default for profile in found]
+
+
+def check(line: MakeLine, makefile: Makefile, files: dict[str, Path]) -> list[str]:
+    """What would stop `line` before it trains: a target or variable make does not know (or that no
+    target of the line reads), a profile or sweep that does not load with its SET, a SET a model of
+    the profile has no layer for, a MODEL the profile does not train."""
+    if line.unreadable:
+        return [line.unreadable]
+    problems = _variable_problems(line, makefile)
+    settings = tuple(split_settings(line.variables.get("SET", "")))
+    if "sweep" in line.targets:  # its runs start from the sweep file's base (paper for one's own)
+        sweep = _value(line, "SWEEP", makefile.defaults["SWEEP"], files)
+        problems += _sweep_problems(sweep, settings) if sweep else \
+            _profile_problems(makefile.defaults["PROFILE"], settings, None)
+    reads_model = "MODEL" in makefile.reads_of(line.targets)
+    model = _value(line, "MODEL", makefile.defaults["MODEL"], files) if reads_model else None
+    for profile in _profiles_run(line, makefile, files):
+        problems += _profile_problems(profile, settings, model)
     return problems
 
 
@@ -284,7 +302,8 @@ train:
   batch_size: 0
 ```
 
-Or give the settings on their own: `SET="train.stage1.lr=-1"`, `SET="paths.runs=..."`.
+Or give the settings on their own: `SET="train.stage1.lr=-1"`, `SET="paths.runs=..."`, but close
+the quote: `make smoke SET="train.seed=1`.
 """
 
 
@@ -308,6 +327,7 @@ def test_a_planted_wrong_example_fails_and_names_what_is_wrong(tmp_path):
                         'train.stage1.epochs=0"')
     assert len(sweep) == 1 and "train.stage1.epochs" in sweep[0]  # the placeholder setting is skipped
     assert "train.stage1.lr" in by_line.pop('SET="train.stage1.lr=-1"')[0]
+    assert by_line.pop('make smoke SET="train.seed=1') == ["the shell cannot read it: No closing quotation"]
     assert by_line == {}  # the reproduce line for ResNet50 alone, the placeholders: no problem
 
 
