@@ -9,7 +9,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from kvasir_utils.analysis import labels, metrics, paper
+from kvasir_utils.analysis import intervals, labels, metrics, paper
 
 CLASSES = labels.CLASSES
 
@@ -76,11 +76,24 @@ def test_roc_auc_per_class_and_macro(random_predictions):
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_data(random_predictions):
     y_true, probs = random_predictions
     y_pred = probs.argmax(1)
-    ci = metrics.bootstrap_ci(y_true, y_pred, 8, samples=500, seed=1)
+    ci = intervals.accuracy_macro_f1_intervals(y_true, y_pred, 8, samples=500, seed=1)
     assert ci["accuracy"][0] < metrics.accuracy(y_true, y_pred) < ci["accuracy"][1]
     assert ci["macro_f1"][0] < f1_score(y_true, y_pred, average="macro") < ci["macro_f1"][1]
-    wide = metrics.bootstrap_ci(y_true[:100], y_pred[:100], 8, samples=500, seed=1)
+    wide = intervals.accuracy_macro_f1_intervals(y_true[:100], y_pred[:100], 8, samples=500, seed=1)
     assert wide["accuracy"][1] - wide["accuracy"][0] > ci["accuracy"][1] - ci["accuracy"][0]
+
+
+def test_every_bootstrap_draws_the_same_resamples_and_reads_the_same_percentiles(random_predictions):
+    # accuracy's interval is the percentile interval of the accuracy of each of ``resamples``' rows:
+    # the same images for the same seed, whichever interval is asked for
+    y_true, probs = random_predictions
+    y_pred = probs.argmax(1)
+    draws = intervals.resamples(len(y_true), 200, 3)
+    by_hand = intervals.percentile_interval((y_true[draws] == y_pred[draws]).mean(axis=1), 0.9)
+    assert intervals.accuracy_macro_f1_intervals(y_true, y_pred, 8, 200, 0.9, 3)["accuracy"] == by_hand
+    right = y_true == y_pred
+    assert intervals.paired_difference_interval(right, np.zeros(len(right)), 200, 0.9, 3) == by_hand
+    assert intervals.percentile_interval([np.nan, 1.0, 3.0], 0.5) == (1.5, 2.5)  # NaN resamples left out
 
 
 def test_mcnemar_exact_by_hand():
@@ -104,7 +117,7 @@ def test_macro_and_micro_precision_recall_f1_and_mcc_by_hand():
     # 3 classes, 8 images: the specificity example above
     y_true = [0, 0, 0, 1, 1, 2, 2, 2]
     y_pred = [0, 0, 1, 0, 1, 2, 2, 1]
-    table = metrics.summary_table(y_true, y_pred, ["a", "b", "c"])
+    table = metrics.macro_micro_table(y_true, y_pred, ["a", "b", "c"])
     assert list(table.index) == ["Macro", "Micro"] and list(table.columns) == ["Precision", "Recall", "F1-Score", "MCC"]
     assert table.loc["Micro", ["Precision", "Recall", "F1-Score"]].to_numpy() == pytest.approx([5 / 8] * 3)
     assert table.loc["Macro", "Precision"] == pytest.approx((2 / 3 + 1 / 3 + 1) / 3)

@@ -52,3 +52,11 @@ def test_paired_difference_by_hand():
 def test_sign_test_extremes():
     assert stats.sign_test([0.1] * 5) == pytest.approx(2 / 32)
     assert stats.sign_test([0, 0]) == 1.0
+
+
+def test_an_interval_is_kept_inside_the_bounds_of_what_it_estimates():
+    assert stats.clip_interval(0.85, 1.05) == (0.85, 1.0)
+    assert stats.clip_interval(-1.3, 0.2, stats.DIFFERENCE_BOUNDS) == (-1.0, 0.2)
+    assert stats.clip_interval(-0.2, 0.3) == (0.0, 0.3)  # a difference would keep -0.2; a share cannot
+    low, high = stats.clip_interval(math.nan, math.nan)
+    assert math.isnan(low) and math.isnan(high)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kvasir_utils import profiles
-from kvasir_utils.analysis import departures, intervals, paper, verdicts
+from kvasir_utils.analysis import departures, intervals, paper, stats, verdicts
 from kvasir_utils.analysis.labels import CLASSES
 from kvasir_utils.report import formats, tables
 
@@ -116,11 +116,23 @@ def test_one_number_style():
     assert shown[("Recall", "difference")] == "-10.0 points" and shown[("F1-Score", "difference")] == "0.050"
 
 
-def test_a_sweep_page_shows_no_interval_below_three_runs_and_none_outside_the_bounds():
+def test_a_sweep_page_shows_no_interval_below_the_fewest_runs_and_none_outside_the_bounds():
+    fewest = stats.MIN_RUNS
     summary = pd.DataFrame([{"model": "resnet50", "reading": "r", "metric": "accuracy", "mean": 0.77, "sd": 0.35,
-                             "ci_low": 0.2771, "ci_high": 1.2698, "n": 2},
+                             "ci_low": 0.2771, "ci_high": 1.2698, "n": fewest - 1},
                             {"model": "resnet50", "reading": "r", "metric": "macro_f1", "mean": 0.9, "sd": 0.1,
-                             "ci_low": 0.7, "ci_high": 1.1, "n": 3}])
+                             "ci_low": 0.7, "ci_high": 1.1, "n": fewest}])
     shown = tables.sweep_summary(summary)
-    assert shown.loc[0, "interval across runs"] == "too few runs for an interval"
+    assert shown.loc[0, "interval across runs"] == tables.TOO_FEW_RUNS
     assert shown.loc[1, "interval across runs"] == "[0.700, 1.000]"
+    paired = pd.DataFrame([{"first": "resnet50", "second": "efficientnet_b0", "reading": "r", "mean_difference": d,
+                            "ci_low": d - 0.9, "ci_high": d + 0.5, "n": n, "sign_test_p": 0.5,
+                            "mcnemar_p_per_seed": ""} for d, n in ((-0.5, fewest), (0.2, fewest - 1))])
+    shown = tables.sweep_paired(paired)
+    assert shown["interval"].tolist() == ["[-100.0 points, +0.0 points]", tables.TOO_FEW_RUNS]
+    # the card follows the same rule: the sweep's mean, without an interval below the fewest runs
+    sweep = {"name": "s", "summary": summary.assign(model="efficientnet_b0"), "paired": paired}
+    card = verdicts.claims_table(profiles.load_profile("paper"), {}, sweep).set_index("claim")
+    assert card.loc["EfficientNet-B0 macro F1", ["ci_low", "ci_high"]].tolist() == [0.7, 1.0]
+    assert card.loc["EfficientNet-B0 accuracy", "verdict"] == "too few runs to tell"
+    assert card.loc["ResNet50 beats EfficientNet-B0 (accuracy difference)", "ci_low"] == -1.0

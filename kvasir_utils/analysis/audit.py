@@ -10,6 +10,19 @@ import pandas as pd
 
 from kvasir_utils.analysis import intervals
 
+# The sign of each difference the audit reports, said here once; tables, notebooks and pages show
+# these words from here. Masking the box at test time: negative when masking hurts (the model
+# leaned on the box). A near-duplicate in training: positive when such images are easier.
+MASKED_CHANGE = "masked - unmasked"
+NEAR_DUPLICATE_GAP = "with - without a near-duplicate in training"
+SIGNS = (f"change = accuracy {MASKED_CHANGE} (the guide box blacked out at test time, against as evaluated; "
+         f"negative when masking hurts); gap = accuracy {NEAR_DUPLICATE_GAP} (positive when those images are easier)")
+
+
+def masked_change(masked_accuracy, accuracy):
+    """The change masking the box makes, ``MASKED_CHANGE`` (numbers, arrays or columns alike)."""
+    return masked_accuracy - accuracy
+
 
 def guide_box_rates(frame: pd.DataFrame) -> pd.DataFrame:
     """Per class (``label``): images, images with the box (``has_box``) and their rate, in first-seen order."""
@@ -41,15 +54,15 @@ def twin_table(split: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
 
 def masked_table(masked: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Per class and over ``all``: images, accuracy as evaluated, ``masked_accuracy`` with the
-    overlays masked at test time, and ``change`` = masked - unmasked (negative: the mask hurts),
-    from ``train.evaluation.masked_predictions``."""
+    overlays masked at test time, and ``change`` (``masked_change``), from
+    ``train.evaluation.masked_predictions``."""
     frame = masked.assign(accuracy=masked["true"] == masked["pred"],
                           masked_accuracy=masked["masked_pred"] == masked["true"])
     grouped = frame.groupby("label", sort=False)
     table = grouped[["accuracy", "masked_accuracy"]].mean().assign(images=grouped.size())
     table.loc["all"] = [*frame[["accuracy", "masked_accuracy"]].mean(), len(frame)]
     table = table.astype({"images": int}).reindex([*classes, "all"])
-    return table.assign(change=table["masked_accuracy"] - table["accuracy"])[
+    return table.assign(change=masked_change(table["masked_accuracy"], table["accuracy"]))[
         ["images", "accuracy", "masked_accuracy", "change"]]
 
 
@@ -86,8 +99,7 @@ def audit_headline(records: dict[str, dict], masked: dict[str, pd.DataFrame], tw
     """One row per model: what the audit found, with bootstrap intervals over the validation images.
     ``masked`` holds each model's per-image predictions with and without the box masked
     (``train.evaluation.masked_predictions``); ``twinned`` the validation paths with a near-duplicate
-    in training. ``masked_change`` = accuracy with the box masked - as evaluated; ``twin_gap`` =
-    accuracy on images with a near-duplicate in training - on the others."""
+    in training. ``masked_change`` and ``twin_gap`` take the signs of ``SIGNS``."""
     rows = {}
     for model, record in records.items():
         frame = masked[model]
@@ -97,7 +109,7 @@ def audit_headline(records: dict[str, dict], masked: dict[str, pd.DataFrame], tw
         gap = intervals.group_gap_interval(right[twin], right[~twin], samples, confidence, seed)
         rows[model] = {
             "accuracy": record["accuracy"], "masked_accuracy": masked_right.mean(),
-            "masked_change": masked_right.mean() - right.mean(), "masked_change_ci_low": change[0],
+            "masked_change": masked_change(masked_right.mean(), right.mean()), "masked_change_ci_low": change[0],
             "masked_change_ci_high": change[1], "twin_share": twin.mean(), "twin_images": int(twin.sum()),
             "accuracy_with_twin": right[twin].mean() if twin.any() else np.nan,
             "accuracy_without_twin": right[~twin].mean() if (~twin).any() else np.nan,
@@ -120,8 +132,8 @@ def _interval_words(low: float, high: float, effect: str, none: str) -> str:
 
 
 def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame, confidence: float = 0.95) -> list[str]:
-    """The audit's findings in plain words, each difference with its interval (change = masked -
-    unmasked; gap = with - without a near-duplicate in training)."""
+    """The audit's findings in plain words, each difference with its interval, and last the signs
+    they take (``SIGNS``)."""
     with_box = box_rates[box_rates["rate"] > 0]
     sentences = [
         f"The teal position-guide box appears in {len(with_box)} of {len(box_rates)} classes "
@@ -150,4 +162,4 @@ def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame, confidence:
     share = headline["twin_share"].iloc[0] if len(headline) else float("nan")
     sentences.append(f"{share:.1%} of the validation images have a near-duplicate in training. Kvasir has no "
                      "patient ids; `split.group_near_duplicates=true` keeps such groups on one side of the split.")
-    return sentences
+    return [*sentences, f"Signs: {SIGNS}."]

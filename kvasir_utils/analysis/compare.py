@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kvasir_utils.analysis import labels, metrics, paper
+from kvasir_utils.analysis import intervals, labels, metrics, paper
 from kvasir_utils.analysis.runs import read_evaluations, same_images
 from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
@@ -18,8 +18,8 @@ def comparison_table(cfg: Config) -> pd.DataFrame:
     parameters (millions), GFLOPs per image, training seconds and inference images per second."""
     rows = {}
     for model, (record, predictions) in read_evaluations(cfg).items():
-        ci = metrics.bootstrap_ci(predictions["true"], predictions["pred"], len(cfg.classes),
-                                  cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.eval.seed)
+        ci = intervals.accuracy_macro_f1_intervals(predictions["true"], predictions["pred"], len(cfg.classes),
+                                                   cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.eval.seed)
         reported = paper.reported_metrics(model, cfg.classes)
         rows[model] = {
             "accuracy_paper": reported.get("accuracy", float("nan")), "accuracy": record["accuracy"],

@@ -1,5 +1,5 @@
-"""Table 1, Table 2, ROC-AUC, calibration, and the statistics beyond the paper on one run's
-predictions (bootstrap intervals, McNemar); macro and micro precision, recall, F1 and MCC (what
+"""Table 1, Table 2, ROC-AUC, calibration, and McNemar's test on one run's predictions (their
+bootstrap intervals live in ``intervals``); macro and micro precision, recall, F1 and MCC (what
 HyperKvasir's paper reports), and classes with too few images for a stable number flagged.
 Every table is sized by the classes it is given.
 """
@@ -84,7 +84,7 @@ def _one_vs_rest_mcc(tp, fp, fn, tn) -> np.ndarray:
         return np.where(denom > 0, (tp * tn - fp * fn) / denom, 0.0)
 
 
-def summary_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame:
+def macro_micro_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame:
     """Macro and micro averaged precision, recall, F1 and MCC (rows ``Macro``, ``Micro``), as
     HyperKvasir's paper reports them. Macro: the mean over classes of each class's one-vs-rest
     number; micro: the number of the pooled one-vs-rest decisions (for one label an image, micro
@@ -125,7 +125,7 @@ def summary(y_true, probs: np.ndarray, class_names: list[str]) -> dict:
     """The headline numbers, as written to metrics.json."""
     y_pred = probs.argmax(1)
     auc = roc_auc_table(y_true, probs, class_names)
-    averages = summary_table(y_true, y_pred, class_names)
+    averages = macro_micro_table(y_true, y_pred, class_names)
     return {
         "accuracy": accuracy(y_true, y_pred),
         "macro_precision": float(averages.loc["Macro", "Precision"]),
@@ -142,30 +142,6 @@ def summary(y_true, probs: np.ndarray, class_names: list[str]) -> dict:
     }
 
 
-def _macro_f1_from_counts(cm: np.ndarray) -> np.ndarray:
-    """Macro F1 for a stack of confusion matrices (..., k, k)."""
-    tp = np.diagonal(cm, axis1=-2, axis2=-1)
-    denom = cm.sum(axis=-1) + cm.sum(axis=-2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
-    return f1.mean(axis=-1)
-
-
-def bootstrap_ci(y_true, y_pred, num_classes: int, samples: int = 1000, confidence: float = 0.95,
-                 seed: int = 0) -> dict:
-    """Percentile bootstrap confidence intervals for accuracy and macro F1 over validation images."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y_true), size=(samples, len(y_true)))
-    codes = y_true[idx] * num_classes + y_pred[idx]
-    offsets = np.arange(samples)[:, None] * num_classes**2
-    counts = np.bincount((codes + offsets).ravel(), minlength=samples * num_classes**2)
-    cms = counts.reshape(samples, num_classes, num_classes)
-    stats = {"accuracy": np.trace(cms, axis1=1, axis2=2) / len(y_true), "macro_f1": _macro_f1_from_counts(cms)}
-    tail = (1 - confidence) / 2 * 100
-    return {name: tuple(float(v) for v in np.percentile(values, [tail, 100 - tail])) for name, values in stats.items()}
-
-
 def mcnemar(correct_a, correct_b) -> dict:
     """Exact McNemar test on paired predictions: is one model right where the other is wrong
     more often than chance allows?"""
@@ -178,7 +154,7 @@ def mcnemar(correct_a, correct_b) -> dict:
     return {"only_first_correct": only_a, "only_second_correct": only_b, "p_value": float(p_value)}
 
 
-CALIBRATION_BINS = 15
+CALIBRATION_BINS = 15  # equal-width bins of top-1 confidence (Guo et al. 2017); the pages say it from here
 
 
 def _checked(y_true, probs) -> tuple[np.ndarray, np.ndarray]:

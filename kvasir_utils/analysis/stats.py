@@ -13,6 +13,17 @@ import pandas as pd
 from scipy import stats as sps
 
 SUMMARY_COLUMNS = ["mean", "sd", "ci_low", "ci_high", "n"]
+# The fewest runs whose interval across runs the pages show: with two, t(0.975, 1) = 12.7 makes the
+# interval many times wider than the spread, and it says nothing a reader can use.
+MIN_RUNS = 3
+SHARE_BOUNDS = (0.0, 1.0)  # accuracy, F1, ROC-AUC: shares and scores
+DIFFERENCE_BOUNDS = (-1.0, 1.0)  # one of those minus another
+
+
+def clip_interval(low: float, high: float, bounds: tuple[float, float] = SHARE_BOUNDS) -> tuple[float, float]:
+    """An interval kept inside the bounds of what it estimates (a t-interval of a mean near 1 can
+    reach past 1, which no accuracy can); a missing end (NaN) stays missing."""
+    return tuple(float(np.clip(v, *bounds)) if not math.isnan(v) else v for v in (low, high))
 
 
 def t_interval(values, confidence: float = 0.95) -> dict:

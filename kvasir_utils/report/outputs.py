@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kvasir_utils.analysis import departures
+from kvasir_utils.analysis import audit, departures, metrics
 from kvasir_utils.config import Config
 from kvasir_utils.files import write_bytes_atomic, write_text_atomic
 from kvasir_utils.provenance import provenance_line
@@ -25,10 +25,10 @@ LABELS = {
     "macro_auc_paper": "macro ROC-AUC (paper)", "ece": "ECE", "brier": "Brier", "parameters_m": "parameters (M)",
     "gflops": "GFLOPs per image", "train_seconds": "training time (s)", "inference_images_per_s": "inference images/s",
     "images": "images", "masked_accuracy": "accuracy with the box masked",
-    "change": "change (masked - unmasked)", "masked_change": "change with the box masked (masked - unmasked)",
+    "change": f"change ({audit.MASKED_CHANGE})", "masked_change": f"change with the box masked ({audit.MASKED_CHANGE})",
     "twin_share": "validation images with a near-duplicate in training",
     "accuracy_with_twin": "accuracy on those", "accuracy_without_twin": "accuracy on the others",
-    "twin_gap": "gap (with - without a near-duplicate)", "with_twin": "with a near-duplicate in training",
+    "twin_gap": f"gap ({audit.NEAR_DUPLICATE_GAP})", "with_twin": "with a near-duplicate in training",
     "without_twin": "without", "paper_words": "the paper says", "value": "this run",
     "default": "the protocol's reading", "others": "other readings",
     "only_first_correct": "only the first right", "only_second_correct": "only the second right",
@@ -176,8 +176,9 @@ CAPTIONS = {
                          "one; counts in the cells.",
     "{model}_roc": "ROC curve of each class against the rest for {name}, with its area (ROC-AUC) in the legend.",
     "{model}_f1_vs_paper": "Per-class F1 of {name}: this run beside the paper's Table 1.",
-    "{model}_reliability": "Reliability of {name}'s confidence: accuracy against top-1 confidence in 15 bins; "
-                           "bars below the diagonal are over-confident, above it under-confident.",
+    "{model}_reliability": "Reliability of {name}'s confidence: accuracy against top-1 confidence in "
+                           f"{metrics.CALIBRATION_BINS} bins; bars below the diagonal are over-confident, above it "
+                           "under-confident.",
     "audit_guide_box_rates": "Share of each class's frames that carry the teal position-guide box.",
     "accuracy_per_run": "Every finished run of the sweep as a point, the mean as a black bar, the paper's value "
                         "dashed.",

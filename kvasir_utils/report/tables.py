@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kvasir_utils.analysis import departures
+from kvasir_utils.analysis import departures, stats
 from kvasir_utils.config import Config
 from kvasir_utils.report import formats
 
+TOO_FEW_RUNS = "too few runs for an interval"  # below stats.MIN_RUNS runs
 CARD_KIND = {"accuracy": "percent", "macro_f1": "score", "macro_auc": "score", "beats": "points"}
 
 
@@ -95,31 +96,31 @@ def departures_table(cfg: Config) -> pd.DataFrame:
                                            for n in found["neutral"]]})
 
 
-def sweep_summary(summary: pd.DataFrame, min_runs: int = 3) -> pd.DataFrame:
-    """``analysis.sweeps.summary_table`` for a reader: mean +- sd and the interval across runs, kept
-    inside [0, 1] (the metrics are bounded), or "too few runs for an interval" below ``min_runs``."""
+def sweep_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """``analysis.sweeps.means_table`` for a reader: mean +- sd and the interval across runs, kept
+    inside the metric's bounds, or ``TOO_FEW_RUNS`` below ``stats.MIN_RUNS`` runs."""
     rows = []
     for row in summary.itertuples():
         kind = formats.kind_of(row.metric)
-        if row.n < min_runs:
-            span = "too few runs for an interval"
+        if row.n < stats.MIN_RUNS:
+            span = TOO_FEW_RUNS
         else:
-            span = formats.interval(max(row.ci_low, 0.0), min(row.ci_high, 1.0), kind)
+            span = formats.interval(*stats.clip_interval(row.ci_low, row.ci_high, stats.SHARE_BOUNDS), kind)
         rows.append({"model": formats.model_name(row.model), "reading": row.reading, "metric": row.metric,
                      "mean": formats.number(row.mean, kind), "sd": formats.number(row.sd, kind, "none"),
                      "interval across runs": span, "runs": formats.number(row.n, "count")})
     return pd.DataFrame(rows)
 
 
-def sweep_paired(paired: pd.DataFrame, min_runs: int = 3) -> pd.DataFrame:
+def sweep_paired(paired: pd.DataFrame) -> pd.DataFrame:
     """``analysis.sweeps.paired_table`` for a reader: the mean difference (first - second) in points
     with its interval (or too few runs), and a verdict in words."""
     rows = []
     for row in paired.itertuples():
-        if row.n < min_runs:
-            span, verdict = "too few runs for an interval", "too few runs to tell"
+        if row.n < stats.MIN_RUNS:
+            span, verdict = TOO_FEW_RUNS, "too few runs to tell"
         else:
-            low, high = max(row.ci_low, -1.0), min(row.ci_high, 1.0)
+            low, high = stats.clip_interval(row.ci_low, row.ci_high, stats.DIFFERENCE_BOUNDS)
             span = formats.interval(low, high, "points")
             verdict = "the first is better" if low > 0 else "the second is better" if high < 0 else \
                 "the runs cannot tell them apart"
