@@ -111,13 +111,40 @@ def atomic_path(path: os.PathLike, suffix: str = "", size: int | None = None):
             os.unlink(tmp)
 
 
+def _owner_prefix(path: Path) -> str:
+    """How a temporary folder beside ``path`` starts: its name, this machine and (next) the process."""
+    return f".{path.name}.{socket.gethostname()}."
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Remove the temporary folders an earlier write of ``path`` on this machine left behind when its
+    process was killed outright (no ``finally`` ran): an interrupted extraction can leave gigabytes."""
+    prefix = _owner_prefix(path)
+    for leftover in path.parent.iterdir():
+        pid = leftover.name[len(prefix):].partition(".")[0]
+        if leftover.name.startswith(prefix) and pid.isdigit() and not _is_running(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_folder(path: os.PathLike):
     """Yield a temporary folder beside ``path`` to fill; it replaces ``path`` (and all it held) only
-    if the block succeeds, so a folder of results is either the whole new one or the old one."""
+    if the block succeeds, so a folder of results is either the whole new one or the old one. The one
+    way the study writes a folder: what a killed earlier write left beside ``path`` goes first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_abandoned(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_owner_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent))
     old = tmp.with_name(f"{tmp.name}.old")
     try:
         yield tmp
