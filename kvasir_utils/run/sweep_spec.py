@@ -96,7 +96,8 @@ class Sweep:
 
 
 # -- the sweep file -----------------------------------------------------------------------
-def find_sweep(name_or_path: str) -> Path:
+def find_sweep_file(name_or_path: str) -> Path:
+    """The sweep file a name (``seeds`` -> ``configs/sweeps/seeds.yaml``) or a path names."""
     return profiles.find_yaml(name_or_path, SWEEP_DIR, "sweep")
 
 
@@ -139,7 +140,7 @@ def _check_override_text(text: str, where: str) -> None:
 def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
     """Read a sweep file and validate every member's settings (as a profile is validated, and
     every model x reading on the meta device) before anything runs."""
-    path = find_sweep(name_or_path)
+    path = find_sweep_file(name_or_path)
     raw = profiles.read_yaml(path)
     try:
         spec = SweepFile.model_validate(raw)
