@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kvasir_utils import config, profiles
-from kvasir_utils.analysis import cross, labels, paper
+from kvasir_utils import config, datasets, profiles
+from kvasir_utils.analysis import cross_dataset, labels, paper
 from kvasir_utils.config import CONFIG_DIR, ConfigError
 from kvasir_utils.data import extract, layout, prepare, split_file, synthetic, synthetic_hyperkvasir
 from kvasir_utils.data.split import make_split
@@ -219,7 +219,7 @@ def test_the_shipped_official_split_files_are_hyperkvasirs_and_match_the_profile
     folder = CONFIG_DIR / "splits" / "hyper-kvasir"
     source = (folder / "SOURCE.md").read_text()
     cfg = profiles.load_profile("hyperkvasir")
-    renames = {c[4]: c[2] for c in synthetic_hyperkvasir.CLASSES}
+    renames = {c.file_class: c.folder for c in datasets.HYPER_KVASIR}
     for name, folds in (("2_fold_split.csv", {0: 5324, 1: 5338}), ("5_fold_split.csv", None)):
         table = split_file.read_split_file(folder / name, ";")
         assert len(table) == 10662 and table["file"].is_unique and sha256_file(folder / name) in source
@@ -232,17 +232,42 @@ def test_the_shipped_official_split_files_are_hyperkvasirs_and_match_the_profile
         [("efficientnet_b0", 0), ("efficientnet_b0", 1), ("resnet50", 0), ("resnet50", 1)]
 
 
-def test_the_mapping_file_and_the_generator_agree_and_fit_both_profiles():
-    mapping = cross.read_mapping(cross.mapping_path("kvasir-v2", "hyper-kvasir"))
-    assert mapping.classes == synthetic_hyperkvasir.KVASIR_COUNTERPART
-    cross.check_mapping(mapping, profiles.load_profile("paper").classes, profiles.load_profile("hyperkvasir").classes)
-    assert synthetic_hyperkvasir.KVASIR_CLASSES == labels.CLASSES
+def test_the_datasets_classes_are_the_ones_their_profiles_select():
+    assert profiles.load_profile("paper").classes == datasets.KVASIR_V2_CLASSES
+    assert profiles.load_profile("hyperkvasir").classes == datasets.HYPER_KVASIR_CLASSES
+
+
+def test_the_generator_reads_the_mapping_cross_evaluate_scores_with_and_it_fits_both_profiles():
+    assert cross_dataset.mapping_path("kvasir-v2", "hyper-kvasir") == synthetic_hyperkvasir.MAPPING_FILE
+    mapping = cross_dataset.read_mapping(synthetic_hyperkvasir.MAPPING_FILE)
+    assert synthetic_hyperkvasir.kvasir_counterparts() == mapping.classes
+    cross_dataset.check_mapping(mapping, datasets.KVASIR_V2_CLASSES, datasets.HYPER_KVASIR_CLASSES)
+
+
+def test_the_generated_tree_copies_frames_of_the_classes_the_mapping_file_names(tmp_path, monkeypatch):
+    planted = tmp_path / "mapping.yaml"
+    planted.write_text("classes:\n  ileum: polyps\n  cecum: polyps\n")
+    monkeypatch.setattr(synthetic_hyperkvasir, "MAPPING_FILE", planted)
+    shared = synthetic_hyperkvasir.plan(8).dropna(subset=["shared_with"])
+    traps = synthetic.planted_traps(datasets.KVASIR_V2_CLASSES, 8)
+    polyps = traps.loc[(traps["label"] == "polyps") & traps["duplicate_of"].isna(), "path"].tolist()
+    # one original frame each, given in path order (cecum before ileum), whatever the file's order
+    assert dict(zip(shared["label"], shared["shared_with"])) == {"cecum": polyps[0], "ileum": polyps[1]}
+    planted.write_text("classes:\n  cecum: caecum\n")
+    with pytest.raises(KvasirError, match="maps to caecum, not Kvasir v2 classes: map each"):
+        synthetic_hyperkvasir.plan(8)
+    monkeypatch.setattr(synthetic_hyperkvasir, "MAPPING_FILE", tmp_path / "gone.yaml")
+    with pytest.raises(KvasirError, match="gone.yaml is missing"):
+        synthetic_hyperkvasir.plan(8)
 
 
 def test_each_dataset_has_its_citation_and_terms():
-    assert set(paper.TERMS) == set(config.DATASETS)
-    assert "CC BY 4.0" in paper.dataset_terms("hyper-kvasir") and "Borgli" in paper.dataset_terms("hyper-kvasir")
+    assert datasets.DATASETS == config.DATASETS and set(datasets.TERMS) == set(config.DATASETS)
+    assert "CC BY 4.0" in datasets.terms("hyper-kvasir") and "Borgli" in datasets.terms("hyper-kvasir")
     assert paper.citations("hyper-kvasir")[1].startswith("Borgli") and paper.citations() == paper.CITATIONS
+    assert paper.citations("other") == [paper.PAPER_CITATION] and datasets.citation("other") is None
+    with pytest.raises(ValueError, match="unknown dataset 'kvasir': data.dataset is one of kvasir-v2, hyper-kvasir"):
+        datasets.terms("kvasir")
     assert paper.reported("resnet50", labels.CLASSES) and paper.reported("resnet50", ["a", "b"]) == {}
 
 
@@ -291,27 +316,36 @@ def test_the_study_runs_on_the_hyperkvasir_shaped_tree_and_every_table_has_its_2
         stages.start_stage(cfg, "resnet18", stage).fit()
     notebooks.run_notebook("04_evaluate", HYPER, overrides, "resnet18")
     classes = synthetic_hyperkvasir.CLASS_NAMES
-    predictions = pd.read_csv(cfg.run.eval_dir("resnet18") / "predictions.csv")
+    predictions = pd.read_csv(cfg.run.predictions("resnet18"))
     assert [c.removeprefix("p_") for c in predictions.filter(like="p_").columns] == classes
     assert set(predictions["label"]) == set(classes)  # every class has validation images
-    tables = cfg.report_dir / "tables"
+    tables = cfg.report.tables
     table1 = pd.read_csv(tables / "resnet18_table1.csv", index_col=0)
     assert list(table1.index) == [labels.display_name(c) for c in classes] + ["Macro Avg", "Weighted Avg"]
     table2 = pd.read_csv(tables / "resnet18_table2.csv", index_col=0)
     assert table2.shape == (23, 23) and table2.to_numpy().sum() == len(predictions)
     assert list(table2.columns) == list(labels.abbreviations(classes).values())
     assert len(pd.read_csv(tables / "class_counts.csv", index_col=0)) == 24  # and the total
-    record = json.loads((cfg.run.eval_dir("resnet18") / "metrics.json").read_text())
+    record = json.loads((cfg.run.metrics("resnet18")).read_text())
     assert {"mcc", "micro_f1", "macro_mcc"} <= set(record) and record["provenance"]["archive"]["kind"] == "folder"
     kept = sorted(p.name for p in cfg.dataset_dir.iterdir() if not p.name.startswith("."))
     assert kept == ["cache", "generated"]  # the generated tree is read where it is: no copy, no extraction
 
 
-def test_every_hyperkvasir_class_has_the_region_its_folder_names():
-    from kvasir_utils.analysis import factors
+def test_a_class_lies_where_its_folder_says_and_where_its_counterpart_lies():
+    kvasir = {c.name: c.region for c in datasets.KVASIR_V2}
+    counterpart = cross_dataset.read_mapping(cross_dataset.mapping_path("kvasir-v2", "hyper-kvasir")).classes
+    assert all(datasets.REGION_OF[name] == region for name, region in kvasir.items())
+    for c in datasets.HYPER_KVASIR:
+        region = datasets.REGION_OF[c.folder]
+        assert region == (datasets.UPPER_GI if c.tract == "upper-gi-tract" else datasets.LOWER_GI), c.folder
+        assert region == kvasir.get(counterpart.get(c.folder, c.folder), region), c.folder  # same class, same place
+    assert set(datasets.REGIONS[datasets.UPPER_GI]).isdisjoint(datasets.REGIONS[datasets.LOWER_GI])
 
-    for region_folder, _, name, *_ in synthetic_hyperkvasir.CLASSES:
-        assert factors.REGION_OF[name] == ("upper GI" if region_folder.startswith("upper") else "lower GI"), name
+
+def test_the_generated_guide_box_is_in_lower_gi_classes_only():
+    boxed = {name for name, rate in synthetic.GUIDE_BOX_RATES.items() if rate > 0}
+    assert boxed == set(datasets.KVASIR_V2_CLASSES) & set(datasets.REGIONS[datasets.LOWER_GI])
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class")  # scikit-learn says it too; ours names the remedy

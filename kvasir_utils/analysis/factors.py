@@ -7,22 +7,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kvasir_utils.analysis.labels import display_name
-
-# Where in the GI tract each Kvasir v2 class is seen (Pogorelov et al. 2017): the Z-line,
-# oesophagitis and the pylorus through a gastroscope; the rest through a colonoscope.
-# Kvasir v2's classes, then HyperKvasir's (its folders say the region: labeled-images/{upper,lower}-gi-tract/)
-REGIONS = {
-    "upper GI": ("esophagitis", "normal-pylorus", "normal-z-line",
-                 "pylorus", "retroflex-stomach", "z-line", "barretts", "barretts-short-segment", "esophagitis-a",
-                 "esophagitis-b-d"),
-    "lower GI": ("dyed-lifted-polyps", "dyed-resection-margins", "normal-cecum", "polyps", "ulcerative-colitis",
-                 "cecum", "ileum", "retroflex-rectum", "hemorrhoids", "ulcerative-colitis-0-1",
-                 "ulcerative-colitis-grade-1", "ulcerative-colitis-grade-1-2", "ulcerative-colitis-grade-2",
-                 "ulcerative-colitis-grade-2-3", "ulcerative-colitis-grade-3", "bbps-0-1", "bbps-2-3",
-                 "impacted-stool"),
-}
-REGION_OF = {name: region for region, names in REGIONS.items() for name in names}
+# Where in the GI tract each class is seen is a fact of the datasets (Kvasir v2's classes, then HyperKvasir's).
+from kvasir_utils.datasets import REGION_OF, REGIONS, display_name
 
 
 def region_table(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

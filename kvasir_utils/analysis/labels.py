@@ -1,23 +1,16 @@
-"""Class names as tables show them: display names, and short abbreviations for any list of classes
-(the confusion matrix's rows and columns). Kvasir v2's eight keep the paper's abbreviations."""
+"""Abbreviations for any list of classes, short and unique (the confusion matrix's rows and columns);
+Kvasir v2's eight keep the paper's. The class lists, the paper's abbreviations and display names
+are facts of ``kvasir_utils.datasets``, named here too for the tables' callers."""
 
 from __future__ import annotations
 
 import re
 
-# Kvasir v2's classes in the order of the paper's tables (its Table 1 and Table 2 are given for these).
-CLASSES = [
-    "dyed-lifted-polyps", "dyed-resection-margins", "esophagitis", "normal-cecum",
-    "normal-pylorus", "normal-z-line", "polyps", "ulcerative-colitis",
-]
+from kvasir_utils.datasets import KVASIR_V2_ABBREVIATIONS, KVASIR_V2_CLASSES, display_name
 
-
-ABBREVIATIONS = dict(zip(CLASSES, ["DLP", "DRM", "ESO", "NC", "NP", "NZL", "POL", "UC"]))
-
-
-def display_name(class_name: str) -> str:
-    """``dyed-lifted-polyps`` -> ``Dyed-lifted-polyps``, as the paper's tables write it."""
-    return class_name[:1].upper() + class_name[1:]
+CLASSES = KVASIR_V2_CLASSES
+ABBREVIATIONS = KVASIR_V2_ABBREVIATIONS
+__all__ = ["ABBREVIATIONS", "CLASSES", "abbreviation", "abbreviations", "display_name"]
 
 
 def _words(name: str) -> list[str]:
@@ -43,7 +36,7 @@ def _candidates(name: str):
 
 def abbreviations(classes: list[str]) -> dict[str, str]:
     """A short, unique abbreviation for each class (the same list always gives the same ones): the
-    paper's for Kvasir v2's names (DLP, DRM, ESO, NC, NP, NZL, POL, UC), initials for the others,
+    paper's for Kvasir v2's names (``ABBREVIATIONS``), initials for the others,
     lengthened where two would be equal, numbered where nothing else tells them apart."""
     taken: dict[str, str] = {}
     pending = list(dict.fromkeys(classes))

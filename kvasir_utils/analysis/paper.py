@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kvasir_utils.analysis.labels import ABBREVIATIONS, CLASSES
 from kvasir_utils.analysis.metrics import accuracy, classification_table
+from kvasir_utils.datasets import KVASIR_V2_ABBREVIATIONS, KVASIR_V2_CLASSES, citation, display_name, terms
 
 # Table 1: per-class performance on the validation set.
 TABLE1 = pd.DataFrame(
@@ -24,7 +24,7 @@ TABLE1 = pd.DataFrame(
         [0.9300, 0.9269, 0.9250, 0.9895, 1600],
         [0.9308, 0.9263, 0.9250, np.nan, 1600],
     ],
-    index=[c.capitalize() for c in CLASSES] + ["Macro Avg", "Weighted Avg"],
+    index=[display_name(c) for c in KVASIR_V2_CLASSES] + ["Macro Avg", "Weighted Avg"],
     columns=["Precision", "Recall", "F1-Score", "Specificity", "Support"],
 )
 
@@ -41,11 +41,12 @@ TABLE2 = pd.DataFrame(
         [0, 0, 0, 3, 3, 1, 193, 9],
         [0, 0, 0, 5, 2, 0, 2, 188],
     ],
-    index=list(ABBREVIATIONS.values()), columns=list(ABBREVIATIONS.values()),
+    index=list(KVASIR_V2_ABBREVIATIONS.values()), columns=list(KVASIR_V2_ABBREVIATIONS.values()),
 )
 
 
-# Section 4.2: "ROC-AUC scores yield a macro-average of 0.98, with normal-pylorus at 1.00 and esophagitis at 0.92".
+# Section 4.2: "ROC-AUC scores yield a macro-average of 0.98, with [Normal-pylorus] at 1.00 and [Esophagitis] at
+# 0.92" (the classes in brackets as the tables write them).
 ROC_AUC = {"Normal-pylorus": 1.00, "Esophagitis": 0.92, "Macro Avg": 0.98}
 MODELS = {
     # Section 4: "validation accuracy of 92.63%"; macro F1 from Table 1; macro ROC-AUC from Section 4.2.
@@ -63,7 +64,7 @@ REPORTED = {"resnet50": {"table1": TABLE1, "table2": TABLE2, "roc_auc": pd.Serie
 def comparable(classes: list[str]) -> bool:
     """Whether the paper's numbers can stand beside a run's: only a run on Kvasir v2's eight classes
     (or data shaped like them) is compared with them."""
-    return list(classes) == CLASSES
+    return list(classes) == KVASIR_V2_CLASSES
 
 
 def reported(model: str, classes: list[str]) -> dict:
@@ -164,7 +165,7 @@ def expand_confusion(confusion: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def consistency_notes() -> list[str]:
     """Where the paper's numbers disagree with each other (Table 1 recomputed from Table 2)."""
     true, pred = expand_confusion(TABLE2)
-    recomputed = classification_table(true, pred, CLASSES)
+    recomputed = classification_table(true, pred, KVASIR_V2_CLASSES)
     notes = []
     for row in TABLE1.index:
         for column in TABLE1.columns:
@@ -179,51 +180,23 @@ def consistency_notes() -> list[str]:
     if eff["accuracy"] == eff["macro_f1"]:
         notes.append("EfficientNet-B0's accuracy (91.50%) and macro F1 (0.9150) are stated as the same number; "
                      "possible for a balanced set but not usual; no per-class table is given to check it")
-    notes.append("ROC-AUC is reported for two classes only (normal-pylorus 1.00, esophagitis 0.92) and the "
-                 "macro average (0.98), to two decimals")
+    per_class = ", ".join(f"{name.lower()} {auc:.2f}" for name, auc in ROC_AUC.items() if name != "Macro Avg")
+    notes.append(f"ROC-AUC is reported for two classes only ({per_class}) and the macro average "
+                 f"({ROC_AUC['Macro Avg']:.2f}), to two decimals")
     return notes
 
 
-# What to cite, and each dataset's terms (shown where the data is downloaded and on the index page),
-# keyed by data.dataset.
+# What a run cites: the paper, then its dataset (the dataset's citation and terms are dataset facts).
 PAPER_CITATION = (
     "Cruz, A. (2025). Advanced Classification of Gastrointestinal Endoscopy Images Using Transfer Learning "
     "with ResNet50 on the Kvasir v2 Dataset. (The paper this study reproduces.)")
-DATASET_CITATIONS = {
-    "kvasir-v2": "Pogorelov, K., Randel, K. R., Griwodz, C., Eskeland, S. L., de Lange, T., Johansen, D., "
-    "Spampinato, C., Dang-Nguyen, D.-T., Lux, M., Schmidt, P. T., Riegler, M., & Halvorsen, P. (2017). KVASIR: A "
-    "Multi-Class Image Dataset for Computer Aided Gastrointestinal Disease Detection. Proceedings of the 8th ACM "
-    "Multimedia Systems Conference (MMSys '17), 164-169. doi:10.1145/3083187.3083212. (The dataset.)",
-    "hyper-kvasir": "Borgli, H., Thambawita, V., Smedsrud, P. H., Hicks, S., Jha, D., Eskeland, S. L., Randel, K. R., "
-    "Pogorelov, K., Lux, M., Nguyen, D. T. D., Johansen, D., Griwodz, C., Stensland, H. K., Garcia-Ceja, E., "
-    "Schmidt, P. T., Hammer, H. L., Riegler, M. A., Halvorsen, P., & de Lange, T. (2020). HyperKvasir, a "
-    "comprehensive multi-class image and video dataset for gastrointestinal endoscopy. Scientific Data, 7, 283. "
-    "doi:10.1038/s41597-020-00622-y. (The dataset.)",
-}
-TERMS = {
-    "kvasir-v2": "Kvasir v2 terms of use (Simula): the dataset may be used for research and educational purposes "
-    "only; any publication or presentation of results that uses it must cite the Kvasir paper (Pogorelov et al., "
-    "MMSys 2017); commercial use needs the data owners' permission. Read the terms on the dataset's page, "
-    "https://datasets.simula.no/kvasir/, before you download.",
-    "hyper-kvasir": "HyperKvasir terms (Simula): its licence file gives the dataset under Creative Commons "
-    "Attribution 4.0 International (CC BY 4.0), and its README asks for the data owners' permission before any "
-    "commercial use; any publication or presentation of results that uses it must cite the HyperKvasir paper "
-    "(Borgli et al., Scientific Data 7, 283, 2020). Read the terms on the dataset's page, "
-    "https://datasets.simula.no/hyper-kvasir/, before you download.",
-    "other": "Your own data (data.dataset: other): its terms of use and how to cite it are for you to check; "
-    "the study adds none.",
-}
 
 
 def citations(dataset: str = "kvasir-v2") -> list[str]:
     """What a run on ``dataset`` (``data.dataset``) cites: the paper, and the dataset where it is a public one."""
-    return [PAPER_CITATION, *([DATASET_CITATIONS[dataset]] if dataset in DATASET_CITATIONS else [])]
-
-
-def dataset_terms(dataset: str = "kvasir-v2") -> str:
-    """The terms of use of ``dataset`` (``data.dataset``), to print before it is downloaded."""
-    return TERMS[dataset]
+    cited = citation(dataset)
+    return [PAPER_CITATION] if cited is None else [PAPER_CITATION, cited]
 
 
 CITATIONS = citations("kvasir-v2")  # the paper's own dataset
-DATASET_TERMS = dataset_terms("kvasir-v2")
+dataset_terms = terms  # where the notebooks and reports read a dataset's terms

@@ -26,6 +26,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from kvasir_utils.data.overlays import GUIDE_BOX, GUIDE_BOX_RGB, TEXT_REGION, region_pixels
+from kvasir_utils.datasets import KVASIR_V2_CLASSES
 from kvasir_utils.files import atomic_path, write_bytes_atomic
 
 ARCHIVE_TOP = "kvasir-dataset-v2"
@@ -48,12 +49,10 @@ CUES = (
 
 
 _ZIP_DATE = (2017, 1, 1, 0, 0, 0)
-# Share of a class's original frames that get the guide box (copies keep their source's): lower-GI
-# classes at high and low rates, none in upper-GI ones. Classes not named here get none.
-GUIDE_BOX_RATES = {
-    "dyed-lifted-polyps": 0.8, "dyed-resection-margins": 0.6, "esophagitis": 0.0, "normal-cecum": 0.7,
-    "normal-pylorus": 0.0, "normal-z-line": 0.0, "polyps": 0.3, "ulcerative-colitis": 0.1,
-}
+# Share of a class's original frames that get the guide box (copies keep their source's), Kvasir v2's
+# classes in table order: lower-GI classes at high and low rates, none in upper-GI ones. Classes not
+# named here get none.
+GUIDE_BOX_RATES = dict(zip(KVASIR_V2_CLASSES, (0.8, 0.6, 0.0, 0.7, 0.0, 0.0, 0.3, 0.1), strict=True))
 
 
 # Near-duplicates per class, at most a quarter of its frames: the copies are its last frames.

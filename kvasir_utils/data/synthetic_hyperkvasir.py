@@ -9,11 +9,12 @@ scaled from HyperKvasir's counts, at least ``MIN_IMAGES``); and its official 2-f
 class names (``polyp`` for the folder ``polyps``, ...) and ``MISSING_ROWS`` images left out, as a
 real file may lag its dataset.
 
-A class with a Kvasir v2 counterpart carries that class's cue from ``synthetic`` (so a model trained
-on the Kvasir-shaped archive recognises it), and its first frame is a near-identical copy (shifted,
-re-encoded) of a frame of the Kvasir-shaped archive made with the same ``images_per_class``,
-``seed`` and ``large_fraction``: the frames the cross-dataset audit must find. ``plan`` says
-which frame is what without drawing one.
+A class with a Kvasir v2 counterpart (in ``MAPPING_FILE``, the class mapping cross-evaluate scores
+with) carries that class's cue from ``synthetic`` (so a model trained on the Kvasir-shaped archive
+recognises it), and its first frame is a near-identical copy (shifted, re-encoded) of a frame of
+the Kvasir-shaped archive made with the same ``images_per_class``, ``seed`` and
+``large_fraction``: the frames the cross-dataset audit must find. ``plan`` says which frame is
+what without drawing one.
 """
 
 from __future__ import annotations
@@ -26,49 +27,22 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from kvasir_utils.config import CONFIG_DIR
 from kvasir_utils.data import synthetic
+from kvasir_utils.datasets import HYPER_KVASIR, HYPER_KVASIR_CLASSES, KVASIR_V2_CLASSES
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.profiles import read_yaml
 
 # Bumped whenever the generator draws other images (the generated folder's name carries it).
 GENERATOR_VERSION = 1
 TOP = "labeled-images"
 SPLIT_FILE = "official_splits/2_fold_split.csv"
-# HyperKvasir's labelled classes: (tract, kind, folder, images in HyperKvasir, name in its split files).
-CLASSES = [
-    ("lower-gi-tract", "anatomical-landmarks", "cecum", 1009, "normal-cecum"),
-    ("lower-gi-tract", "anatomical-landmarks", "ileum", 9, "ileum"),
-    ("lower-gi-tract", "anatomical-landmarks", "retroflex-rectum", 391, "retroflex-rectum"),
-    ("lower-gi-tract", "pathological-findings", "hemorrhoids", 6, "hemorroids"),
-    ("lower-gi-tract", "pathological-findings", "polyps", 1028, "polyp"),
-    ("lower-gi-tract", "pathological-findings", "ulcerative-colitis-0-1", 35, "ulcerative-colitis-grade-0-1"),
-    ("lower-gi-tract", "pathological-findings", "ulcerative-colitis-grade-1", 201, "ulcerative-colitis-grade-1"),
-    ("lower-gi-tract", "pathological-findings", "ulcerative-colitis-grade-1-2", 11, "ulcerative-colitis-grade-1-2"),
-    ("lower-gi-tract", "pathological-findings", "ulcerative-colitis-grade-2", 443, "ulcerative-colitis-grade-2"),
-    ("lower-gi-tract", "pathological-findings", "ulcerative-colitis-grade-2-3", 28, "ulcerative-colitis-grade-2-3"),
-    ("lower-gi-tract", "pathological-findings", "ulcerative-colitis-grade-3", 133, "ulcerative-colitis-grade-3"),
-    ("lower-gi-tract", "quality-of-mucosal-views", "bbps-0-1", 646, "bbps-0-1"),
-    ("lower-gi-tract", "quality-of-mucosal-views", "bbps-2-3", 1148, "bbps-2-3"),
-    ("lower-gi-tract", "quality-of-mucosal-views", "impacted-stool", 131, "impacted-stool"),
-    ("lower-gi-tract", "therapeutic-interventions", "dyed-lifted-polyps", 1002, "dyed-lifted-polyps"),
-    ("lower-gi-tract", "therapeutic-interventions", "dyed-resection-margins", 989, "dyed-resection-margins"),
-    ("upper-gi-tract", "anatomical-landmarks", "pylorus", 999, "normal-pylorus"),
-    ("upper-gi-tract", "anatomical-landmarks", "retroflex-stomach", 764, "retroflex-stomach"),
-    ("upper-gi-tract", "anatomical-landmarks", "z-line", 932, "normal-z-line"),
-    ("upper-gi-tract", "pathological-findings", "barretts", 41, "barretts"),
-    ("upper-gi-tract", "pathological-findings", "barretts-short-segment", 53, "short-segment-barretts"),
-    ("upper-gi-tract", "pathological-findings", "esophagitis-a", 403, "oesophagitis-a"),
-    ("upper-gi-tract", "pathological-findings", "esophagitis-b-d", 260, "oesophagitis-b-d"),
-]
-CLASS_NAMES = [c[2] for c in CLASSES]  # the folders, in path order (as data.classes: [] finds them)
-# The Kvasir v2 class each corresponds to (configs/mappings/hyperkvasir-to-kvasir-v2.yaml says the same).
-KVASIR_COUNTERPART = {
-    "cecum": "normal-cecum", "polyps": "polyps", "dyed-lifted-polyps": "dyed-lifted-polyps",
-    "dyed-resection-margins": "dyed-resection-margins", "pylorus": "normal-pylorus", "z-line": "normal-z-line",
-    "esophagitis-a": "esophagitis", "esophagitis-b-d": "esophagitis",
-    **{c[2]: "ulcerative-colitis" for c in CLASSES if c[2].startswith("ulcerative-colitis")},
-}
-KVASIR_CLASSES = ["dyed-lifted-polyps", "dyed-resection-margins", "esophagitis", "normal-cecum",
-                  "normal-pylorus", "normal-z-line", "polyps", "ulcerative-colitis"]  # the smoke archive's order
-LARGEST = max(c[3] for c in CLASSES)
+CLASS_NAMES = HYPER_KVASIR_CLASSES  # the folders, in path order (as data.classes: [] finds them)
+KVASIR_CLASSES = KVASIR_V2_CLASSES  # the Kvasir-shaped archive's classes, whose cues and frames the tree borrows
+# Which Kvasir v2 class a HyperKvasir class counts as: the file cross-evaluate scores with, so the
+# frames and cues planted here are the ones the mapping lets through.
+MAPPING_FILE = CONFIG_DIR / "mappings" / "hyper-kvasir-to-kvasir-v2.yaml"
+LARGEST = max(c.images for c in HYPER_KVASIR)
 MIN_IMAGES = 4  # two per fold
 MISSING_ROWS = 3  # images the split file does not list (from the three largest classes)
 _STREAM = 100  # random streams of their own: no frame equals a Kvasir-shaped one by accident
@@ -78,7 +52,21 @@ SHARED_JPEG_QUALITY = 80
 
 def class_counts(images_per_class: int) -> dict[str, int]:
     """Images per class: HyperKvasir's counts scaled so the largest class has ``images_per_class``."""
-    return {c[2]: max(MIN_IMAGES, round(images_per_class * c[3] / LARGEST)) for c in CLASSES}
+    return {c.folder: max(MIN_IMAGES, round(images_per_class * c.images / LARGEST)) for c in HYPER_KVASIR}
+
+
+def kvasir_counterparts() -> dict[str, str]:
+    """HyperKvasir class folder -> the Kvasir v2 class it counts as, in path order, from ``MAPPING_FILE``."""
+    if not MAPPING_FILE.is_file():
+        raise KvasirError(f"class mapping {MAPPING_FILE} is missing: the HyperKvasir-shaped tree takes from it "
+                          "which Kvasir v2 class each of its classes looks like; restore it (git checkout)")
+    classes = read_yaml(MAPPING_FILE, "class mapping").get("classes")
+    if not isinstance(classes, dict):
+        raise KvasirError(f"class mapping {MAPPING_FILE} needs `classes:`, HyperKvasir class folder: Kvasir v2 class")
+    if unknown := sorted(set(map(str, classes.values())) - set(KVASIR_CLASSES)):
+        raise KvasirError(f"class mapping {MAPPING_FILE} maps to {', '.join(unknown)}, not Kvasir v2 classes: map "
+                          f"each HyperKvasir class folder to one of {', '.join(KVASIR_CLASSES)}")
+    return {name: classes[name] for name in CLASS_NAMES if name in classes}
 
 
 def _extra_cue(rank: int):
@@ -88,19 +76,21 @@ def _extra_cue(rank: int):
     return color, shapes[(shapes.index(shape) + 1 + rank // len(synthetic.CUES)) % len(shapes)]
 
 
-def _cue(name: str, extras: list[str]):
-    counterpart = KVASIR_COUNTERPART.get(name)
-    return KVASIR_CLASSES.index(counterpart) if counterpart else _extra_cue(extras.index(name))
+def _cue(name: str, counterparts: dict[str, str]):
+    """The cue of the Kvasir v2 class ``name`` counts as; else one of the cues no Kvasir v2 class has."""
+    if name in counterparts:
+        return KVASIR_CLASSES.index(counterparts[name])
+    return _extra_cue([c for c in CLASS_NAMES if c not in counterparts].index(name))
 
 
-def _shared_sources(images_per_class: int, seed: int) -> dict[str, str]:
+def _shared_sources(images_per_class: int, seed: int, counterparts: dict[str, str]) -> dict[str, str]:
     """Per class with a counterpart, the Kvasir-shaped frame it copies (``<class>/<uuid>.jpg``): the
     j-th original frame of the counterpart for the j-th class that maps to it."""
     traps = synthetic.planted_traps(KVASIR_CLASSES, images_per_class, seed)
     originals = traps[traps["duplicate_of"].isna()].groupby("label")["path"].apply(list)
     taken: dict[str, int] = {}
     shared = {}
-    for name, counterpart in KVASIR_COUNTERPART.items():
+    for name, counterpart in counterparts.items():
         j = taken[counterpart] = taken.get(counterpart, -1) + 1
         if j < len(originals[counterpart]):
             shared[name] = originals[counterpart][j]
@@ -111,9 +101,13 @@ def plan(images_per_class: int, seed: int = 0) -> pd.DataFrame:
     """One row per generated image, in path order: ``path`` (relative to ``labeled-images``),
     ``label`` (its folder), ``file_class`` (the split file's name), ``fold`` (0 or 1), ``listed``
     (whether the split file has its row) and ``shared_with`` (the Kvasir-shaped frame it copies)."""
-    shared = _shared_sources(images_per_class, seed)
+    return _plan(images_per_class, seed, kvasir_counterparts())
+
+
+def _plan(images_per_class: int, seed: int, counterparts: dict[str, str]) -> pd.DataFrame:
+    shared = _shared_sources(images_per_class, seed, counterparts)
     rows = []
-    for index, (tract, kind, name, _, file_class) in enumerate(CLASSES):
+    for index, (tract, kind, name, _, file_class) in enumerate(HYPER_KVASIR):
         own = synthetic.class_plan(seed, _STREAM + index, name, class_counts(images_per_class)[name])["path"].tolist()
         rng = np.random.default_rng([seed, _STREAM + index, 2])
         names = own[: len(own) - (name in shared)] + \
@@ -152,14 +146,14 @@ def _kvasir_payloads(paths: list[str], images_per_class: int, seed: int, large_f
 
 
 def _files(images_per_class: int, seed: int, large_fraction: float):
-    table = plan(images_per_class, seed)
+    counterparts = kvasir_counterparts()
+    table = _plan(images_per_class, seed, counterparts)
     kvasir = _kvasir_payloads(table["shared_with"].dropna().tolist(), images_per_class, seed, large_fraction)
-    extras = [c for c in CLASS_NAMES if c not in KVASIR_COUNTERPART]
-    for index, (_, _, name, _, _) in enumerate(CLASSES):
+    for index, name in enumerate(CLASS_NAMES):
         rows = table[table["label"] == name]
         own = rows[rows["shared_with"].isna()]
-        frames = synthetic.class_frames(seed, _STREAM + index, name, len(rows), large_fraction, _cue(name, extras),
-                                        caption="HYPERKVASIR SYNTH")
+        frames = synthetic.class_frames(seed, _STREAM + index, name, len(rows), large_fraction,
+                                        _cue(name, counterparts), caption="HYPERKVASIR SYNTH")
         for path, (_, payload) in zip(own["path"], frames):
             yield f"{TOP}/{path}", payload
         for path, source in zip(rows["path"], rows["shared_with"]):
