@@ -14,6 +14,7 @@ from typing import Literal, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kvasir_utils.artefacts import STAGES, ReportFolder, RunFolder
+from kvasir_utils.datasets import DATASETS  # the public datasets the study knows; other: your own
 from kvasir_utils.errors import KvasirError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +53,6 @@ class SyntheticConfig(Section):
     layout: Literal["kvasir-v2", "hyper-kvasir"] = "kvasir-v2"
 
 
-# The public datasets the study knows (their citation, terms of use and class mappings); other: your own.
-DATASETS = ("kvasir-v2", "hyper-kvasir", "other")
 
 
 class DataConfig(Section):

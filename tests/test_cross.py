@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from kvasir_utils import profiles
-from kvasir_utils.analysis import cross
+from kvasir_utils.analysis import cross_dataset
 from kvasir_utils.data import duplicates, prepare, synthetic, synthetic_hyperkvasir
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.run import cli
@@ -19,35 +19,35 @@ SOURCE = ["a", "b", "c"]
 def _mapping(tmp_path, text="source: s\ntarget: t\nclasses:\n  a1: a\n  a2: a\n  bee: b\n"):
     path = tmp_path / "t-to-s.yaml"
     path.write_text(text)
-    return cross.read_mapping(path)
+    return cross_dataset.read_mapping(path)
 
 
 def test_the_mapping_lets_through_its_classes_and_lists_the_others(tmp_path):
     mapping = _mapping(tmp_path)
     images = pd.DataFrame({"path": [f"{c}/{i}.jpg" for c in ("a1", "a2", "bee", "zz") for i in range(2)],
                            "label": [c for c in ("a1", "a2", "bee", "zz") for _ in range(2)]})
-    mapped, left_out = cross.map_images(images, mapping, SOURCE)
+    mapped, left_out = cross_dataset.map_images(images, mapping, SOURCE)
     assert list(mapped["source_label"]) == ["a", "a", "a", "a", "b", "b"] and list(mapped["true"]) == [0] * 4 + [1] * 2
     assert left_out.to_dict("records") == [{"class": "zz", "images": 2}]
     with pytest.raises(KvasirError, match=r"source class\(es\) the model was not trained on: b; target class\(es\) "
                                           r"not in the target dataset: bee"):
-        cross.check_mapping(mapping, ["a", "c"], ["a1", "a2"])
+        cross_dataset.check_mapping(mapping, ["a", "c"], ["a1", "a2"])
     with pytest.raises(KvasirError, match="needs `classes:`"):
         _mapping(tmp_path, "source: s\ntarget: t\n")
     with pytest.raises(KvasirError, match="no class mapping .*nope.yaml.*known mappings: hyper-kvasir-to-kvasir-v2"):
-        cross.read_mapping(cross.MAPPING_DIR / "nope.yaml")
+        cross_dataset.read_mapping(cross_dataset.MAPPING_DIR / "nope.yaml")
 
 
 def test_the_summary_scores_with_and_without_the_overlap_beside_the_own_validation():
     frame = pd.DataFrame({"true": [0, 0, 1, 1, 0, 1], "pred": [0, 0, 1, 1, 1, 0],
                           "overlap": [True, True, True, True, False, False]})
-    summary = cross.cross_summary({"m": frame}, {"m": {"accuracy": 0.9, "macro_f1": 0.8}}, SOURCE)
+    summary = cross_dataset.cross_summary({"m": frame}, {"m": {"accuracy": 0.9, "macro_f1": 0.8}}, SOURCE)
     row = summary.loc["m"]
     assert (row["source_accuracy"], row["target_images"], row["overlap_images"]) == (0.9, 6, 4)
     assert row["target_accuracy"] == pytest.approx(4 / 6) and row["target_without_overlap_accuracy"] == 0
     assert row["target_macro_f1"] == pytest.approx(2 / 3)  # over a and b; c has no image in the target
     assert summary["target_images"].dtype == int
-    tables = cross.cross_tables(frame, SOURCE)
+    tables = cross_dataset.cross_tables(frame, SOURCE)
     assert tables["table2"].to_numpy().tolist() == [[2, 1, 0], [1, 2, 0], [0, 0, 0]]
     assert tables["table1_without_overlap"].loc["Macro Avg", "Support"] == 2
 
@@ -93,7 +93,7 @@ def test_cross_evaluate_counts_the_shared_frames_and_scores_with_and_without_the
     for model in smoke_chain.train.models:
         row = summary.loc[model]
         assert row["overlap_images"] == expected
-        assert row["target_images"] == tree["label"].isin(synthetic_hyperkvasir.KVASIR_COUNTERPART).sum()
+        assert row["target_images"] == tree["label"].isin(synthetic_hyperkvasir.kvasir_counterparts()).sum()
         # the mapped classes carry the smoke classes' cues: well above chance (1/8) on the target too
         assert row["target_accuracy"] >= 0.35 and row["target_without_overlap_accuracy"] >= 0.35, row
         assert row["target_without_overlap_images"] == row["target_images"] - expected
@@ -103,5 +103,5 @@ def test_cross_evaluate_counts_the_shared_frames_and_scores_with_and_without_the
         assert predictions.filter(like="p_").shape == (row["target_images"], 8)
     left_out = pd.read_csv(tables / "left_out.csv")
     assert sorted(left_out["class"]) == sorted(set(synthetic_hyperkvasir.CLASS_NAMES) -
-                                               set(synthetic_hyperkvasir.KVASIR_COUNTERPART))
+                                               set(synthetic_hyperkvasir.kvasir_counterparts()))
     assert f"{expected} of them with a near-identical frame in its training set" in printed

@@ -3,9 +3,8 @@ whole or not at all."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import shutil
 import stat
 import tarfile
 import zipfile
@@ -14,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.files import disk_full, is_disk_full, write_json_atomic
+from kvasir_utils.files import atomic_folder, disk_full, is_disk_full, write_json_atomic
 
 
 def check_member(info: zipfile.ZipInfo) -> None:
@@ -37,38 +36,35 @@ def check_tar_member(info: tarfile.TarInfo) -> None:
         raise KvasirError(f"refusing archive entry {info.name!r}: it is a link or a device, not a file")
 
 
-def _extract_tar(archive: Path, partial: Path, progress: bool) -> None:
+STAMP = ".extracted.json"  # which archive the folder came from
+
+
+@contextlib.contextmanager
+def _stamped_folder(dest: Path, marker: dict):
+    """``dest`` filled by the block and stamped with ``marker``, whole or not at all (``files.atomic_folder``):
+    an interrupted or refused extraction leaves no half-extracted folder to look finished."""
+    with atomic_folder(dest) as partial:
+        yield partial
+        write_json_atomic(partial / STAMP, marker)
+
+
+def _extract_tar(archive: Path, dest: Path, marker: dict, progress: bool) -> None:
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
         for info in members:
             check_tar_member(info)
-        try:
-            for info in tqdm(members, desc="extract", unit="file", disable=not progress, mininterval=1):
-                # filter="data" from Python 3.11.4 on; before it, check_tar_member above is the guard
-                tf.extract(info, partial, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            shutil.rmtree(partial, ignore_errors=True)
-            if is_disk_full(exc):
-                raise disk_full(partial, sum(info.size for info in members)) from None
-            raise KvasirError(f"{archive} is damaged ({exc}); delete it and run again") from exc
+        with _stamped_folder(dest, marker) as partial:
+            try:
+                for info in tqdm(members, desc="extract", unit="file", disable=not progress, mininterval=1):
+                    # filter="data" from Python 3.11.4 on; before it, check_tar_member above is the guard
+                    tf.extract(info, partial, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                if is_disk_full(exc):
+                    raise disk_full(dest, sum(info.size for info in members)) from None
+                raise KvasirError(f"{archive} is damaged ({exc}); delete it and run again") from exc
 
 
-def extract_archive(archive: Path, dest: Path, progress: bool = True) -> Path:
-    """Extract ``archive`` (zip, or tar with any compression) into ``dest`` safely; skipped when
-    ``dest`` came from the same archive."""
-    marker = {"archive": archive.name, "bytes": archive.stat().st_size}
-    stamp = dest / ".extracted.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == marker:
-        return dest
-    partial = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    if not zipfile.is_zipfile(archive) and tarfile.is_tarfile(archive):
-        try:
-            _extract_tar(archive, partial, progress)
-        except BaseException:  # interrupted or refused: no half-extracted folder is left to look finished
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        return _finish(partial, dest, stamp, marker)
+def _extract_zip(archive: Path, dest: Path, marker: dict, progress: bool) -> None:
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as exc:
@@ -78,23 +74,23 @@ def extract_archive(archive: Path, dest: Path, progress: bool = True) -> Path:
         members = zf.infolist()
         for info in members:
             check_member(info)
-        try:
-            for info in tqdm(members, desc="extract", unit="file", disable=not progress, mininterval=1):
-                zf.extract(info, partial)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            shutil.rmtree(partial, ignore_errors=True)
-            if is_disk_full(exc):
-                raise disk_full(dest, sum(info.file_size for info in members)) from None
-            raise KvasirError(f"{archive} is damaged ({exc}); delete it and run again") from exc
-        except BaseException:  # interrupted: no half-extracted folder is left to look finished
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-    return _finish(partial, dest, stamp, marker)
+        with _stamped_folder(dest, marker) as partial:
+            try:
+                for info in tqdm(members, desc="extract", unit="file", disable=not progress, mininterval=1):
+                    zf.extract(info, partial)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                if is_disk_full(exc):
+                    raise disk_full(dest, sum(info.file_size for info in members)) from None
+                raise KvasirError(f"{archive} is damaged ({exc}); delete it and run again") from exc
 
 
-def _finish(partial: Path, dest: Path, stamp: Path, marker: dict) -> Path:
-    partial.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(partial / stamp.name, marker)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(partial, dest)
+def extract_archive(archive: Path, dest: Path, progress: bool = True) -> Path:
+    """Extract ``archive`` (zip, or tar with any compression) into ``dest`` safely; skipped when
+    ``dest`` came from the same archive."""
+    marker = {"archive": archive.name, "bytes": archive.stat().st_size}
+    stamp = dest / STAMP
+    if stamp.exists() and json.loads(stamp.read_text()) == marker:
+        return dest
+    extract = _extract_tar if not zipfile.is_zipfile(archive) and tarfile.is_tarfile(archive) else _extract_zip
+    extract(archive, dest, marker, progress)
     return dest

@@ -11,6 +11,7 @@ what the first prepared.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +51,10 @@ from kvasir_utils.profiles import save_config
 def _generated_name(cfg: Config) -> str:
     """Named by what generates it, so other data.synthetic settings make (and use) another dataset."""
     spec = cfg.data.synthetic
-    if spec.layout == "hyper-kvasir":
+    if spec.layout == "hyper-kvasir":  # its copied frames follow the mapping file: an edit makes another tree
+        mapping = sha256_text(json.dumps(synthetic_hyperkvasir.kvasir_counterparts(), sort_keys=True))[:8]
         return (f"hyperkvasir-generated-v{synthetic_hyperkvasir.GENERATOR_VERSION}-{spec.images_per_class}x"
-                f"-seed{spec.seed}-large{spec.large_fraction:g}")
+                f"-seed{spec.seed}-large{spec.large_fraction:g}-mapping{mapping}")
     return (f"kvasir-generated-v{synthetic.GENERATOR_VERSION}-{spec.images_per_class}x-seed{spec.seed}"
             f"-large{spec.large_fraction:g}.zip")
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
-import shutil
 import uuid
 import zipfile
 from pathlib import Path
@@ -27,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from kvasir_utils.data.overlays import GUIDE_BOX, GUIDE_BOX_RGB, TEXT_REGION, region_pixels
 from kvasir_utils.datasets import KVASIR_V2_CLASSES
-from kvasir_utils.files import atomic_path, write_bytes_atomic
+from kvasir_utils.files import atomic_folder, atomic_path, write_bytes_atomic
 
 ARCHIVE_TOP = "kvasir-dataset-v2"
 # Bumped whenever the generator draws other images, so an archive made by an older version (its
@@ -245,18 +243,10 @@ def make_archive(
 
 def write_tree(path: Path, files) -> Path:
     """Write ``files`` ((relative path, bytes) pairs) as the folder ``path``, whole or not at all."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with atomic_folder(path) as partial:
         for name, payload in files:
             write_bytes_atomic(partial / name, payload)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(partial, path)
-    return path
+    return Path(path)
 
 
 def make_folder(path: Path, classes: list[str], images_per_class: int, seed: int = 0,

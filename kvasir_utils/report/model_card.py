@@ -15,7 +15,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from kvasir_utils import artefacts, profiles
-from kvasir_utils.analysis import audit, factors, paper
+from kvasir_utils.analysis import audit, factors, metrics, paper
 from kvasir_utils.artefacts import Table
 from kvasir_utils.config import Config
 from kvasir_utils.files import sha256_file, write_text_atomic
@@ -148,7 +148,7 @@ def _metrics(i: CardInputs) -> list[str]:
             ("macro F1", r["macro_f1"], interval("macro_f1"), None if row is None else row["macro_f1_paper"]),
             ("weighted F1", r["weighted_f1"], "", None),
             ("macro ROC-AUC (one-vs-rest)", r["macro_auc"], "", None if row is None else row["macro_auc_paper"]),
-            ("expected calibration error (15 bins)", r["ece"], "", None),
+            (f"expected calibration error ({metrics.CALIBRATION_BINS} bins)", r["ece"], "", None),
             ("Brier score (multi-class)", r["brier"], "", None)]
     lines = [f"| {name} | {_f(value)} | {ci} | {'' if theirs is None else _f(theirs)} |"
              for name, value, ci, theirs in rows]

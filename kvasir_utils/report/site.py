@@ -14,7 +14,7 @@ import yaml
 from markupsafe import Markup
 
 from kvasir_utils import artefacts
-from kvasir_utils.analysis import audit, compare, departures, metrics, paper, runs, verdicts
+from kvasir_utils.analysis import audit, compare, departures, metrics, paper, runs, stats, verdicts
 from kvasir_utils.analysis.sweeps import DEFAULT_READING
 from kvasir_utils.artefacts import Figure, ReportFolder, Table
 from kvasir_utils.config import Config, cached_name
@@ -173,7 +173,7 @@ def _audit_section(cfg: Config) -> dict | None:
 def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Path], evaluations: dict,
                   cards: Markup | None = None) -> dict:
     root = cfg.report_dir
-    claims = verdicts.claims_table(cfg, evaluations, verdicts.find_sweep(cfg))
+    claims = verdicts.claims_table(cfg, evaluations, verdicts.read_latest_seed_sweep(cfg))
     models = [_model_section(cfg, model, *evaluations[model], browser)
               for model, browser in zip(evaluations, browsers)]
     comparison, mcnemar = None, []
@@ -309,7 +309,7 @@ def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
     intro = (f"Profile {sweep.base.profile}; models {', '.join(dict.fromkeys(results['model']))}; seeds "
              f"{sweep.spec.seeds} (varying {sweep.spec.seed_setting}); grid: {grid}. {finished} of {len(results)} runs "
              f"finished; every number below is over the finished runs, with a {sweep.base.eval.confidence:.0%} "
-             f"Student-t interval across runs, kept inside the metric's bounds; fewer than {verdicts.MIN_RUNS} runs "
+             f"Student-t interval across runs, kept inside the metric's bounds; fewer than {stats.MIN_RUNS} runs "
              "give no interval.")
     summary_path, paired_path = report.table(Table.SWEEP_SUMMARY), report.table(Table.SWEEP_PAIRED)
     card = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from kvasir_utils import artefacts
-from kvasir_utils.analysis import cross
+from kvasir_utils.analysis import cross_dataset
 from kvasir_utils.analysis.runs import read_evaluations
 from kvasir_utils.config import Config
 from kvasir_utils.data import dataset, duplicates, prepare
@@ -29,7 +29,7 @@ from kvasir_utils.train import checkpoints, hardware, loop, presets
 class CrossEvaluation:
     """What ``cross_evaluate`` found: per model its predictions on the target, and the tables."""
 
-    mapping: cross.ClassMapping
+    mapping: cross_dataset.ClassMapping
     source_classes: list[str]
     left_out: pd.DataFrame  # target classes without a counterpart, with their images
     mapping_table: pd.DataFrame  # per mapped target class: source class, images, overlap
@@ -66,18 +66,19 @@ def predict_target(source: Config, model_name: str, target: Config, images: pd.D
 def cross_evaluate(source: Config, target: Config, mapping_file=None, model_names: list[str] | None = None,
                    progress: bool = True) -> CrossEvaluation:
     """Score ``source``'s trained models on ``target``'s dataset (see the module's docstring)."""
-    mapping = cross.read_mapping(mapping_file or cross.mapping_path(source.data.dataset, target.data.dataset))
+    default_mapping = cross_dataset.mapping_path(source.data.dataset, target.data.dataset)
+    mapping = cross_dataset.read_mapping(mapping_file or default_mapping)
     prepared = prepare.prepare_dataset(target, progress)
-    cross.check_mapping(mapping, source.classes, prepared.classes)
-    images, left_out = cross.map_images(usable_images(prepared.manifest, target.data.on_unreadable), mapping,
-                                        source.classes)
+    cross_dataset.check_mapping(mapping, source.classes, prepared.classes)
+    images, left_out = cross_dataset.map_images(usable_images(prepared.manifest, target.data.on_unreadable), mapping,
+                                                source.classes)
     images["overlap"] = training_overlap(source, target, images)
-    found = CrossEvaluation(mapping, source.classes, left_out, cross.mapping_table(images))
+    found = CrossEvaluation(mapping, source.classes, left_out, cross_dataset.mapping_table(images))
     runtime = hardware.use_runtime(source.runtime)
     for name in model_names or source.train.models:
         found.predictions[name] = predict_target(source, name, target, images, runtime)
         write_csv_atomic(found.predictions[name], source.run.cross_predictions(target.profile, name))
-        found.tables[name] = cross.cross_tables(found.predictions[name], source.classes)
+        found.tables[name] = cross_dataset.cross_tables(found.predictions[name], source.classes)
     records = {name: record for name, (record, _) in read_evaluations(source, required=False).items()}
-    found.summary = cross.cross_summary(found.predictions, records, source.classes)
+    found.summary = cross_dataset.cross_summary(found.predictions, records, source.classes)
     return found
