@@ -60,7 +60,8 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
-# The smoke profile as `make smoke` runs it (its sizes are what make the models learn), into tmp.
+# The smoke profile as `make smoke` runs it, at the sizes of helpers.SMOKE_CHAIN (which says why they
+# suffice), into tmp: notebooks 01-05 and 07 (06 is a sweep's) and the report.
 
 
 @pytest.fixture(scope="session")
@@ -84,13 +85,15 @@ def smoke_chain(tmp_path_factory):
 
 
 
-# The groups that take longest (seconds on 2 AMD EPYC cores, from `pytest --durations`), handed out
-# first. xdist gives each worker one group, and a second at once to a worker whose first has two
-# tests or fewer (the sweep is one test: its worker also takes the Ctrl-C tests); the short tests
-# fill the gaps after them. In xdist's own order (by number of tests) the sweep started last and ran
-# alone for 3 minutes.
-LONGEST_FIRST = ("chain",  # 230 s: notebooks 01-07 and the report, then the tests that read them
-                 "cluster",  # 210 s: a sweep on a two-node Ray cluster, run twice (mostly waiting)
+# The groups that take longest, handed out first (seconds on 2 cores from `pytest --durations`: an
+# AMD EPYC with bf16 before issue 24; in brackets, the slowest CPU here, an AMD EPYC without AVX-512
+# training in fp32, emulated as docs/development.md says, chain at 32 px, beside other work). xdist
+# gives each worker one group, and a second at once to a worker whose first has two tests or fewer
+# (the sweep is one test: its worker also takes the Ctrl-C tests); the short tests fill the gaps
+# after them. The chain and the cluster stay the longest by far: each worker starts with one. In
+# xdist's own order (by number of tests) the sweep started last and ran alone for 3 minutes.
+LONGEST_FIRST = ("chain",  # 230 s (436 s): notebooks 01-05, 07 and the report, then the tests that read them
+                 "cluster",  # 210 s (395 s): a sweep on a two-node Ray cluster, run twice (mostly kernels starting)
                  "interrupts",  # 130 s: `make evaluate` stopped at each step, then finished
                  "hyper")  # 40 s: the HyperKvasir-shaped study
 

@@ -19,8 +19,12 @@ from kvasir_utils.config import ConfigError
 from kvasir_utils.run import notebooks, sweep_aggregate, sweep_execute, sweep_spec
 from tests.helpers import TINY, metrics_record, tmp_overrides
 
-FAST = [*TINY, "train.stage1.epochs=1", "train.stage2.epochs=1", "eval.bootstrap_samples=20",
-        "eval.figure1_correct=2", "eval.figure1_incorrect=2"]
+# The smallest run that still makes every file a sweep reads: the tests here check where runs ran and
+# what was recorded, retried and aggregated, never what a model learned. 8 images a class still give
+# every class validation images (2; a member's metrics need each class scored) and a split that keeps
+# the planted near-duplicates together; one epoch a stage still writes both stages' checkpoints.
+FAST = [*TINY, "data.synthetic.images_per_class=8", "data.expected_per_class=8", "train.stage1.epochs=1",
+        "train.stage2.epochs=1", "eval.bootstrap_samples=20", "eval.figure1_correct=2", "eval.figure1_incorrect=2"]
 
 
 def _sweep_file(folder: Path, name: str, **spec) -> Path:
