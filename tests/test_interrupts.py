@@ -117,14 +117,27 @@ def interrupted(study):
             "make": lambda target="evaluate": _make(study, "interrupted", target)}
 
 
+def _wait_until_cached(run: Run, folder: Path, count: int, timeout: float = 300) -> None:
+    """Wait until ``folder`` holds ``count`` cached images (finished files: one being written has a
+    temporary name); fail if the run ends or the time runs out first."""
+    deadline = time.monotonic() + timeout
+    while (cached := sum(1 for _ in folder.rglob("*.jpg"))) < count:
+        assert run.process.poll() is None, f"ended (exit {run.process.returncode}) at {cached} cached images"
+        assert time.monotonic() < deadline, f"{cached} of {count} images cached within {timeout} s"
+        time.sleep(0.05)
+
+
 def test_ctrl_c_in_the_data_stage_keeps_every_finished_cache_entry_and_no_half_written_one(interrupted):
 
     cfg = interrupted["cfg"]
     run = interrupted["make"]()
     run.wait_for("cache 40px")
-    time.sleep(1.5)
-    _stopped_by_ctrl_c(run, "01_download_and_split")
     folder = prepare.cache_dir(cfg)
+    # an event, not a time: the cache's workers hand back chunks of 8 images, and the build lists a chunk
+    # as done once it is back; at a quarter of the images several chunks are listed, whatever the CPU's
+    # speed, and three quarters are still to do when the Ctrl-C comes
+    _wait_until_cached(run, folder, 8 * PER_CLASS // 4)
+    _stopped_by_ctrl_c(run, "01_download_and_split")
     assert not (folder / cache.MANIFEST).exists() and not cfg.run.split.exists()
     progress = cache.read_manifest(folder / cache.PROGRESS)
     assert 0 < len(progress) < 8 * PER_CLASS  # some images were cached, not all
