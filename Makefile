@@ -90,7 +90,7 @@ browser: ## install Debian's chromium and chromium-driver for the browser tests,
 		  echo "warning: could not install chromium (needs root and apt); the browser tests will be skipped"; }
 
 screenshots: $(SETUP_STAMP) browser ## PNGs of reports/PROFILE's index and one page of each kind, into docs/images/
-	$(PY) -m kvasir_utils.report.browser reports/$(PROFILE) docs/images
+	$(PY) -m tools.browser reports/$(PROFILE) docs/images
 
 lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored without outputs
 	$(PY) -m ruff check kvasir_utils tests notebooks
@@ -99,11 +99,11 @@ lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored wit
 lab: $(SETUP_STAMP) ## open the notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks
 
-bench: $(SETUP_STAMP) ## measure the stages and project the paper protocol here (BENCH=--baseline: before/after); writes reports/bench/bench.json
-	$(PY) -m kvasir_utils.bench.projection $(BENCH)
+bench: $(SETUP_STAMP) ## measure the stages and project the paper protocol here (BENCH=--baseline: before/after; BENCH="--scale small": a quick try); writes reports/bench/bench.json
+	$(KV) bench $(BENCH)
 
-gpu-check: $(SETUP_STAMP) ## on a GPU machine: paper-scale epoch, whole protocol, concurrent runs; writes reports/bench/gpu_check.json
-	$(PY) -m kvasir_utils.bench.gpucheck
+gpu-check: $(SETUP_STAMP) ## on a GPU machine: paper-scale epoch, whole protocol, concurrent runs (BENCH="--scale small --cpu": a try on a CPU); writes reports/bench/gpu_check.json
+	$(KV) gpu-check $(BENCH)
 
 clean: ## delete the runs and reports of PROFILE (keeps data/ and .venv)
 	@$(SUBMAKE) pipeline-clean

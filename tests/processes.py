@@ -1,5 +1,8 @@
 """Running the study's commands as a user does, in their own process group, and finding what they left.
 
+Tests run a make target through ``run_make`` (or build its command line with ``make_command``):
+tests/test_make_targets.py finds the targets they run by those calls and fails on one that no test runs.
+
 Every command started here carries a tag in its environment (``KVASIR_TEST_TAG``), which every
 process it starts inherits (make, the notebook runner, the Jupyter kernel, loader and cache
 workers), so a test can list the processes of one run by reading ``/proc/<pid>/environ``.
@@ -25,6 +28,22 @@ MAKE_ONLY = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "KVASIR_COMMAND")
 def _terminal_env() -> dict:
     """This process's environment as a terminal would hand it to a command: without make's own variables."""
     return {k: v for k, v in os.environ.items() if k not in MAKE_ONLY}
+
+
+def make_command(target: str, *arguments: str, dry_run: bool = False) -> list[str]:
+    """``make <target> VAR=value ...`` as typed in a terminal; ``dry_run`` prints the commands instead
+    (``make -n``). The environment is taken as made (``--old-file`` on its stamp): the tests run in the
+    one they started in, and a test reinstalling it while others use it would break them."""
+    return ["make", "--no-print-directory", "-n" if dry_run else "--old-file=.venv/.installed", target, *arguments]
+
+
+def run_make(target: str, *arguments: str, dry_run: bool = False, env: dict | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``make <target> <arguments>`` in the project as a user does, to the end; its output (stdout and
+    stderr together) in ``.stdout``. ``env`` adds to a terminal's environment."""
+    return subprocess.run(make_command(target, *arguments, dry_run=dry_run), cwd=config.PROJECT_ROOT,
+                          env={**_terminal_env(), **(env or {})}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
 
 class Run:

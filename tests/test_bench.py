@@ -1,9 +1,48 @@
-"""make bench's projection, checked by hand on given rates (the rates themselves are measured)."""
+"""make bench: the command as a user runs it (at its small scale), and its projection checked by hand
+on given rates (the rates themselves are measured)."""
+
+import json
+from pathlib import Path
 
 import pytest
 
 from kvasir_utils.bench import projection
+from kvasir_utils.config import PROJECT_ROOT, STAGES
+from kvasir_utils.errors import KvasirError
 from kvasir_utils.profiles import load_profile
+from tests.processes import run_make
+
+
+def test_make_bench_writes_every_figure_it_promises(tmp_path):
+    out = tmp_path / "bench.json"
+    done = run_make("bench", f"BENCH=--scale small --out {out}")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert f"wrote {out}" in done.stdout
+    assert projection.OUT.relative_to(PROJECT_ROOT) == Path("reports/bench/bench.json")  # what `make help` says
+    results = json.loads(out.read_text())
+    assert results["scale"]["settings"] == list(projection.SCALES["small"].settings)
+    model = "mobilenet_v3_small"  # the small scale's one model
+    rows = results["projection"]["stages"]
+    assert [(row["model"], row["stage"]) for row in rows] == [(model, stage) for stage in STAGES]
+    for row in rows:  # two timed epochs a stage, each with positive rates and seconds
+        assert len(row["train_seconds"]) == len(row["val_seconds"]) == 2
+        assert min(row["train_seconds"] + row["val_seconds"]) > 0 and row["measured_images_per_s"] > 0
+        assert row["compile"] == "off" and row["seconds"] > 0
+    # the protocol: its stages, plus the data stage and the evaluation, which take time too
+    assert results["protocol_minutes"] == results["projection"]["protocol_minutes"]
+    assert results["protocol_minutes"] * 60 > sum(row["seconds"] for row in rows)
+    assert results["measured"]["data_stage_seconds_per_image"] > 0
+    assert min(results["loader_images_per_s"].values()) > 0 and min(results["decode_images_per_s"].values()) > 0
+    assert set(results["train_step_images_per_s"][model]) == {"auto", "fp32"}
+    assert results["pipeline_vs_model_only"] > 0 and f"{model}_auto_vs_fp32" in results
+    bound = results["compute_bound"]
+    assert bound["peak_gflops"] > 0 and 0 < bound["protocol_floor_minutes"] < results["protocol_minutes"]
+    assert results["machine"]["cpu_count"] >= 1  # where it was measured
+
+
+def test_an_unknown_bench_scale_names_the_ones_there_are():
+    with pytest.raises(KvasirError, match="unknown bench scale 'huge': use one of paper, small"):
+        projection.scale_named("huge")
 
 
 def _row(model, stage, train_rate, val_rate, first_train_s, reuses=False, first_val_rate=None, first_val_s=None):

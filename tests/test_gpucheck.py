@@ -1,12 +1,15 @@
-"""make gpu-check on the CPU at its small scale, and the step timer that it and make bench share."""
+"""make gpu-check as a user runs it: its refusal where torch sees no GPU, and its small form on the
+CPU when asked; and the step timer that it and make bench share."""
 
 import json
 
 import pytest
 import torch
 
-from kvasir_utils.bench import gpucheck, timing
-from kvasir_utils.errors import KvasirError
+from kvasir_utils.bench import timing
+from tests.processes import run_make
+
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # what a machine without a GPU looks like to torch, on any machine
 
 
 def test_the_timer_counts_the_images_of_the_timed_steps_only(monkeypatch):
@@ -25,20 +28,39 @@ def test_the_timer_counts_the_images_of_the_timed_steps_only(monkeypatch):
 
 
 def test_too_few_batches_to_time_is_an_error():
+    from kvasir_utils.errors import KvasirError
+
     with pytest.raises(KvasirError, match="too few batches"):
         timing.images_per_second(lambda i, t: None, [], 0, torch.device("cpu"))
 
 
-def test_the_gpu_check_measures_both_backends_and_concurrent_runs(tmp_path):
+def test_make_gpu_check_without_a_gpu_says_it_needs_one_and_how_to_try_it_on_the_cpu(tmp_path):
     out = tmp_path / "gpu_check.json"
-    results = gpucheck.run("small", ["epoch"], out, tmp_path / "work")
-    assert json.loads(out.read_text())["epoch"] == results["epoch"]
+    done = run_make("gpu-check", f"BENCH=--out {out} --work {tmp_path / 'work'}", env=NO_GPU)
+    assert done.returncode == 2, done.stdout[-3000:]  # make's code for a failed command
+    assert "error: make gpu-check measures a GPU, and torch sees none on this machine" in done.stdout
+    assert 'make gpu-check BENCH="--scale small --cpu"' in done.stdout
+    assert not out.exists() and not (tmp_path / "work").exists()  # refused before generating anything
+
+
+def test_make_gpu_check_on_the_cpu_measures_both_backends_and_concurrent_runs(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    done = run_make("gpu-check", f"BENCH=--scale small --cpu --parts epoch concurrency --out {out} "
+                    f"--work {tmp_path / 'work'}", env=NO_GPU)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert f"wrote {out}" in done.stdout
+    results = json.loads(out.read_text())
+    assert results["device"] == "cpu" and results["parts"] == ["epoch", "concurrency"]
     for backend in ("pil", "device"):
         figures = results["epoch"][backend]
         assert figures["backend"] == backend and figures["batches"] >= 3
         assert figures["loader_images_per_s"] > 0 and figures["loader_first_batch_s"] > 0
         assert figures["pipeline_images_per_s"] > 0 and figures["model_only_images_per_s"] > 0
-    profile = gpucheck.write_profile(tmp_path / "work", "small")
-    figures = gpucheck.concurrency(profile, "small", counts=(2,), batches=3, settle=0, per_process=0)
-    assert list(figures) == ["2"] and figures["2"]["processes"] == 2 and len(figures["2"]["images_per_s_each"]) == 2
-    assert all(rate > 0 for entry in figures.values() for rate in entry["images_per_s_each"])
+        assert figures["pipeline_vs_model_only"] == pytest.approx(figures["pipeline_images_per_s"]
+                                                                  / figures["model_only_images_per_s"])
+    concurrent = results["concurrency"]
+    assert list(concurrent) == ["1", "2"] and concurrent["1"]["vs_one"] == 1
+    for count, entry in concurrent.items():
+        assert entry["processes"] == int(count) == len(entry["images_per_s_each"])
+        assert min(entry["images_per_s_each"]) > 0
+        assert entry["aggregate_images_per_s"] == pytest.approx(sum(entry["images_per_s_each"]))

@@ -9,6 +9,7 @@
    validation pass each, the evaluation), its wall time and each stage's seconds.
 3. ``concurrency``: 1, 2 and 4 processes training at once on the one GPU (each with its share of
    the CPU cores for loader workers), started together; aggregate images/s and the ratio to one.
+It refuses to start where torch sees no GPU, unless ``--cpu`` asks to measure the CPU instead.
 ``--scale small`` runs the same on a few small images (how the tests exercise it on a CPU);
 ``--parts`` picks some of the three. Nothing here is a GPU-only code path: on a CPU it measures the
 CPU. Writes ``reports/bench/gpu_check.json`` (or ``--out``).
@@ -16,11 +17,10 @@ CPU. Writes ``reports/bench/gpu_check.json`` (or ``--out``).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import multiprocessing
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -39,24 +39,59 @@ from kvasir_utils.profiles import load_profile
 from kvasir_utils.provenance import environment
 from kvasir_utils.train import hardware, loop, stages
 
-SCALES = {  # images per class, and settings on top of the paper profile
-    "paper": (1000, []),
-    "small": (8, ["transforms.image_size=64", "cache.short_side=72", "train.batch_size=8",
-                  "train.stage1.epochs=1", "train.stage2.epochs=1", "train.models=[resnet18]"]),
+OUT = PROJECT_ROOT / "reports" / "bench" / "gpu_check.json"
+WORK = PROJECT_ROOT / "data" / "gpu-check"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Generated images per class, settings on top of the paper profile, and the concurrency part's
+    process counts, timed batches a process, seconds to wait (and more a process) for all to start,
+    and loader workers a process (None: its share of the CPU cores)."""
+
+    images_per_class: int
+    settings: tuple[str, ...] = ()
+    counts: tuple[int, ...] = (1, 2, 4)
+    batches: int = 100
+    settle: float = 30
+    per_process: float = 5
+    loader_workers: int | None = None
+
+
+SCALES = {
+    "paper": Scale(1000),
+    # the least that runs every part: one small model at 32 px (the tests run it on a CPU)
+    "small": Scale(8, ("transforms.image_size=32", "cache.short_side=40", "train.batch_size=8",
+                       "train.stage1.epochs=1", "train.stage2.epochs=1", "train.models=[mobilenet_v3_small]"),
+                   counts=(1, 2), batches=3, settle=0, per_process=0,
+                   loader_workers=0),  # a worker's start-up (importing torch) would be most of the time
 }
 PARTS = ("epoch", "protocol", "concurrency")
 
 
-def write_profile(work: Path, scale: str) -> Path:
-    """A profile file: the paper's protocol on generated full-size images under ``work``."""
-    per_class, extra = SCALES[scale]
+def check_device(cpu: bool) -> str:
+    """The device gpu-check measures: the GPU, or the CPU where ``cpu`` asks; an error where there is
+    no GPU and it was not asked."""
+    if cpu:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise KvasirError("make gpu-check measures a GPU, and torch sees none on this machine "
+                          "(torch.cuda.is_available() is false): run it where a CUDA GPU is lent, or try its "
+                          'small form on this CPU with make gpu-check BENCH="--scale small --cpu" '
+                          "(its figures are then this CPU's, not a GPU's)")
+    return "cuda"
+
+
+def write_profile(work: Path, scale: str, device: str = "auto") -> Path:
+    """A profile file: the paper's protocol on generated full-size images under ``work``, on ``device``."""
+    per_class = SCALES[scale].images_per_class
     profile = {"base": "paper", "paths": {"data": str(work / "data"), "runs": str(work / "runs"),
                                           "reports": str(work / "reports")},
                "data": {"name": f"generated-{scale}", "url": "", "mirrors": [], "size": None,
                         "expected_per_class": per_class,
                         "synthetic": {"layout": "kvasir-v2", "images_per_class": per_class, "seed": 0,
                                       "large_fraction": 0.1}},
-               "train": {"weights": None}, "runtime": {"offline": True}}
+               "train": {"weights": None}, "runtime": {"offline": True, "device": device}}
     path = work / f"gpu-check-{scale}.yaml"
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(profile))
@@ -64,7 +99,7 @@ def write_profile(work: Path, scale: str) -> Path:
 
 
 def load(profile: Path, scale: str, extra: list[str] = ()) -> Config:
-    return load_profile(str(profile), SCALES[scale][1] + list(extra))
+    return load_profile(str(profile), [*SCALES[scale].settings, *extra])
 
 
 def prepare_data(cfg: Config) -> None:
@@ -115,7 +150,7 @@ def epoch_figures(cfg: Config, max_batches: int | None = None) -> dict:
 
 def run_protocol(profile: Path, scale: str) -> dict:
     """``make evaluate`` for the generated profile (notebooks 01-04 of both models): wall time."""
-    settings = " ".join(SCALES[scale][1])
+    settings = " ".join(SCALES[scale].settings)
     start = time.perf_counter()
     done = subprocess.run(["make", "--no-print-directory", "evaluate", f"PROFILE={profile}", f"SET={settings}"],
                           cwd=PROJECT_ROOT, capture_output=True, text=True)
@@ -144,18 +179,19 @@ def _one_of_many(profile: str, scale: str, workers: int, batches: int, start_at:
     return {"images_per_s": rate, "started": start, "ended": time.time()}
 
 
-def concurrency(profile: Path, scale: str, counts=(1, 2, 4), batches: int = 100, settle: float = 30,
-                per_process: float = 5) -> dict:
-    """Aggregate training images/s of 1, 2 and 4 processes sharing the device, started together
-    ``settle`` seconds (and ``per_process`` seconds a process) after they are launched, once each has
-    built its model."""
+def concurrency(profile: Path, scale: str) -> dict:
+    """Aggregate training images/s of 1, 2 and 4 processes (the scale's counts) sharing the device,
+    started together ``settle`` seconds (and ``per_process`` seconds a process) after they are
+    launched, once each has built its model."""
     cores = os.cpu_count() or 1
+    counts, batches = SCALES[scale].counts, SCALES[scale].batches
     figures = {}
     for count in counts:
-        workers = max(1, (cores - 1) // count)
+        workers = SCALES[scale].loader_workers
+        workers = max(1, (cores - 1) // count) if workers is None else workers
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(count, mp_context=context) as pool:
-            start_at = time.time() + settle + per_process * count
+            start_at = time.time() + SCALES[scale].settle + SCALES[scale].per_process * count
             runs = [pool.submit(_one_of_many, str(profile), scale, workers, batches, start_at) for _ in range(count)]
             results = [r.result() for r in runs]
         figures[str(count)] = {"processes": count, "loader_workers_each": workers,
@@ -167,11 +203,20 @@ def concurrency(profile: Path, scale: str, counts=(1, 2, 4), batches: int = 100,
     return figures
 
 
-def run(scale: str, parts: list[str], out: Path, work: Path) -> dict:
-    profile = write_profile(work, scale)
+def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: bool = False) -> dict:
+    """The ``parts`` of gpu-check at ``scale`` on the GPU (or the CPU where ``cpu`` asks), written to
+    ``out`` as JSON after each part; generated data and runs go under ``work`` (reused by a second run)."""
+    if scale not in SCALES:
+        raise KvasirError(f"unknown gpu-check scale {scale!r}: use one of {', '.join(SCALES)}")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise KvasirError(f"unknown gpu-check part(s) {', '.join(unknown)}: use some of {', '.join(PARTS)}")
+    device = check_device(cpu)
+    profile = write_profile(work, scale, device)
     cfg = load(profile, scale)
     prepare_data(cfg)
-    results: dict = {"machine": environment(), "scale": scale, "profile": str(profile), "parts": parts}
+    results: dict = {"machine": environment(), "device": device, "scale": scale, "profile": str(profile),
+                     "parts": parts}
     if "epoch" in parts:
         results["epoch"] = {backend: epoch_figures(load(profile, scale, [f"transforms.backend={backend}"]))
                             for backend in ("pil", "device")}
@@ -185,16 +230,3 @@ def run(scale: str, parts: list[str], out: Path, work: Path) -> dict:
     print(f"wrote {out}")
     return results
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="paper")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench" / "gpu_check.json")
-    parser.add_argument("--work", type=Path, default=PROJECT_ROOT / "data" / "gpu-check",
-                        help="where the generated data and runs go (reused by a second run)")
-    args = parser.parse_args(argv)
-    try:
-        run(args.scale, args.parts, args.out, args.work)
-    except KvasirError as exc:
-        sys.exit(f"error: {exc}")

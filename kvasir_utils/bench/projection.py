@@ -7,7 +7,7 @@ the same network trains at the same speed from random weights), compiled as the 
 would be (``runtime.compile``, from an empty compile cache), each stage in a fresh process as each
 notebook is. Each stage runs two epochs on a slice of images: the second gives the steady rates,
 the first's excess the one-off cost (compiling). Validation reuses the frozen part's outputs after
-the first pass (``engine.ValidationFeatures``). The
+the first pass (``frozen.ValidationFeatures``). The
 protocol (8,000 images, 20 epochs of both models with a validation pass each, the final
 evaluation) is projected from those. (e) puts it beside a floor: the protocol's forward passes at
 this machine's dense matrix-multiply peak.
@@ -15,15 +15,16 @@ Component figures are kept as diagnostics, as ratios measured side by side:
   (a) loader_cache_vs_full        train loader reading the resized cache / decoding the originals
   (b) <model>_auto_vs_fp32        training step with precision ``auto`` / ``fp32``
   (c) pipeline_vs_model_only      loader + step / step on tensors already in memory
-Writes reports/bench/bench.json.
+Writes reports/bench/bench.json (or ``--out``). ``--scale small`` runs every part of it on a few
+tiny images with one small model, uncompiled: how the tests exercise it; its figures are not the
+protocol's.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
 import multiprocessing
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +48,38 @@ from kvasir_utils.profiles import load_profile
 from kvasir_utils.provenance import environment
 from kvasir_utils.train import frozen, hardware, models, presets, stages
 
+OUT = PROJECT_ROOT / "reports" / "bench" / "bench.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """How much ``make bench`` measures: generated images per class for the component figures
+    (a)-(c) and for the measured stages (80% of them train), timed steps per component figure, the
+    side of the matrices that measure the peak, and settings on top of the paper profile."""
+
+    images_per_class: int
+    steps: int
+    stage_images: int
+    matmul_size: int = 2048
+    settings: tuple[str, ...] = ()
+
+
+SCALES = {
+    "paper": Scale(images_per_class=16, steps=4, stage_images=40),
+    # every part on the least that runs it: one small model at 32 px, uncompiled (compiling alone takes
+    # minutes), 6 images a class for the stages (the stratified split needs one validation image a class)
+    "small": Scale(images_per_class=4, steps=2, stage_images=6, matmul_size=256,
+                   settings=("train.models=[mobilenet_v3_small]", "transforms.image_size=32", "cache.short_side=40",
+                             "train.batch_size=8", "runtime.compile=off", "runtime.workers=0")),
+}
+
+
+def scale_named(name: str, **given: int | None) -> Scale:
+    """The scale ``name`` with any of its numbers replaced by those ``given`` (None keeps the scale's)."""
+    if name not in SCALES:
+        raise KvasirError(f"unknown bench scale {name!r}: use one of {', '.join(SCALES)}")
+    return dataclasses.replace(SCALES[name], **{k: v for k, v in given.items() if v is not None})
+
 
 def loader_throughput(loader, passes: int = 1) -> float:
     """Images per second for iterating ``loader`` (decode + augment + collate)."""
@@ -65,16 +98,20 @@ def decode_throughput(folder: Path, images: pd.DataFrame) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40, baseline: bool = False) -> dict:
-    cfg = load_profile("paper")  # the protocol being measured: its presets, batch size, models, cache size
+def run(scale: Scale, out: Path = OUT, baseline: bool = False) -> dict:
+    """Every figure of ``make bench`` at ``scale``, written to ``out`` as JSON."""
+    # the protocol being measured: its presets, batch size, models, cache size
+    cfg = load_profile("paper", list(scale.settings))
     classes, batch_size, size = cfg.data.classes, cfg.train.batch_size, cfg.transforms.image_size
+    images_per_class, steps, stage_images = scale.images_per_class, scale.steps, scale.stage_images
     needed = math.ceil(2 * batch_size / len(classes))
     if images_per_class < needed:
         raise KvasirError(f"--images-per-class {images_per_class} is too few to time the loader: "
                           f"use at least {needed} (two batches of {batch_size})")
     runtime = hardware.resolve_runtime(cfg.runtime)
     fp32 = hardware.resolve_runtime(cfg.runtime.model_copy(update={"precision": "fp32"}))
-    results: dict = {"machine": environment(), "runtime_auto": runtime.describe(), "batch_size": batch_size}
+    results: dict = {"machine": environment(), "scale": dataclasses.asdict(scale),
+                     "runtime_auto": runtime.describe(), "batch_size": batch_size}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         archive = synthetic.make_archive(tmp / "k.zip", classes, images_per_class, seed=0, large_fraction=0.1)
@@ -129,10 +166,10 @@ def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40, ba
               f"-> {results['pipeline_vs_model_only']:.2f}")
     if baseline:
         print(f"(d0) baseline: the same stages eager, every validation pass whole, {stage_images} images per class:")
-        before = measure_stages(stage_images, baseline=True)
+        before = measure_stages(stage_images, baseline=True, settings=scale.settings)
         results["baseline"] = {"projection": project_protocol(cfg, before), "measured": before}
     print(f"(d) the paper profile's stages through fit_stage, {stage_images} generated images per class:")
-    measured = measure_stages(stage_images)
+    measured = measure_stages(stage_images, settings=scale.settings)
     results["projection"] = project_protocol(cfg, measured)
     if baseline:
         results["baseline"]["protocol_minutes"] = minutes = results["baseline"]["projection"]["protocol_minutes"]
@@ -141,7 +178,8 @@ def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40, ba
               f"{results['speedup_vs_baseline']:.2f}x")
     results["protocol_minutes"] = results["projection"]["protocol_minutes"]
     results["measured"] = measured
-    peak = peak_gflops(torch.bfloat16 if runtime.precision == "bf16" else torch.float32, runtime.device)
+    peak = peak_gflops(torch.bfloat16 if runtime.precision == "bf16" else torch.float32, runtime.device,
+                       scale.matmul_size)
     results["compute_bound"] = bound = compute_bound(cfg, measured, peak)
     print(f"(e) dense {runtime.precision} matrix multiply: {peak:.0f} GFLOP/s; the protocol's forward passes alone "
           f"at that rate: {bound['protocol_floor_minutes']:.1f} minutes; each stage runs at "
@@ -151,22 +189,24 @@ def run(images_per_class: int, steps: int, out: Path, stage_images: int = 40, ba
     return results
 
 
-def measure_stages(images_per_class: int, epochs: int = 2, progress: bool = False, baseline: bool = False) -> dict:
-    """The data stage and every model's stages of the paper profile, run for real on a slice of
-    generated full-size images, compiled as the protocol's stages would be (``runtime.compile``
-    decided for 5 x 6,400 images); per stage and epoch: images, seconds and rates of training and
-    validation."""
+def measure_stages(images_per_class: int, epochs: int = 2, progress: bool = False, baseline: bool = False,
+                   settings: tuple[str, ...] = ()) -> dict:
+    """The data stage and every model's stages of the paper profile (with ``settings``), run for
+    real on a slice of generated full-size images, compiled as the protocol's stages would be
+    (``runtime.compile`` decided for 5 x 6,400 images); per stage and epoch: images, seconds and
+    rates of training and validation."""
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir  # private: imported where used
 
-    paper = load_profile("paper")
+    paper = load_profile("paper", list(settings))
     train_images = paper.data.expected_per_class * len(paper.data.classes) * (1 - paper.split.val_fraction)
     protocol_runtime = hardware.resolve_runtime(paper.runtime)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         archive = synthetic.make_archive(tmp / "generated.zip", paper.data.classes, images_per_class, seed=0,
                                          large_fraction=0.1)
-        overrides = [f"paths.data={tmp / 'data'}", f"paths.runs={tmp / 'runs'}", f"paths.reports={tmp / 'reports'}",
-                     f"data.url={archive}", f"data.expected_per_class={images_per_class}", "train.weights=null",
+        overrides = [*settings, f"paths.data={tmp / 'data'}", f"paths.runs={tmp / 'runs'}",
+                     f"paths.reports={tmp / 'reports'}", f"data.url={archive}",
+                     f"data.expected_per_class={images_per_class}", "train.weights=null",
                      f"train.stage1.epochs={epochs}", f"train.stage2.epochs={epochs}", "runtime.offline=true"]
         start = time.perf_counter()
         cfg = load_profile("paper", overrides)
@@ -283,18 +323,3 @@ def compute_bound(cfg: Config, measured: dict, peak: float) -> dict:
             "stage_fraction_of_peak": {f"{r['model']} {r['stage']}": r["fraction_of_peak"]
                                        for r in measured["stages"]}}
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images-per-class", type=int, default=16, help="generated full-size images per class")
-    parser.add_argument("--steps", type=int, default=4, help="timed training steps per component measurement")
-    parser.add_argument("--stage-images", type=int, default=40,
-                        help="generated images per class for the measured stages (80%% of them train)")
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "reports" / "bench" / "bench.json")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also measure the stages eager with every validation pass whole (before/after in one run)")
-    args = parser.parse_args(argv)
-    try:
-        run(args.images_per_class, args.steps, args.out, args.stage_images, args.baseline)
-    except KvasirError as exc:
-        sys.exit(f"error: {exc}")

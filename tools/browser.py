@@ -1,8 +1,9 @@
 """The reports in a real browser: Debian's chromium, headless, driven by selenium (a development
 dependency; `make browser` installs chromium). `make screenshots` writes PNGs of a report's pages
-and the browser tests check every page with ``page_problems``.
+and the browser tests check every page with ``page_problems``. Development tooling: not part of the
+shipped package (pyproject.toml ships kvasir_utils only).
 
-    python -m kvasir_utils.report.browser reports/smoke docs/images
+    python -m tools.browser reports/smoke docs/images
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -120,7 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("report", type=Path, help="a report folder, e.g. reports/smoke")
     parser.add_argument("dest", type=Path, help="where the PNGs go")
     args = parser.parse_args(argv)
-    for path in screenshots(args.report, args.dest):
+    try:
+        written = screenshots(args.report, args.dest)
+    except KvasirError as exc:
+        sys.exit(f"error: {exc}")
+    for path in written:
         print(f"wrote {path}")
 
 

@@ -1,0 +1,1 @@
+"""Development tools run from the repository (make screenshots, the browser tests); not shipped."""
