@@ -17,9 +17,9 @@ from kvasir_utils.data import duplicates, prepare
 from kvasir_utils.data.layout import find_classes
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import atomic_folder
-from kvasir_utils.report import browser
 from kvasir_utils.run import cli, notebooks
 from kvasir_utils.train.predict import Predictor, image_files
+from tools import browser
 
 SKIPPED = {"broken.jpg", "notes.txt"}
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from kvasir_utils.analysis import verdicts
-from kvasir_utils.report import browser, formats
+from kvasir_utils.report import formats
+from tools import browser
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chain"),
               pytest.mark.skipif(not browser.chromium_found(), reason="chromium is not installed: make browser")]

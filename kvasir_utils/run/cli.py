@@ -7,6 +7,8 @@
     python -m kvasir_utils cross-evaluate --profile paper --target hyperkvasir
     python -m kvasir_utils predict --profile smoke --model resnet50 --images path/to/folder
     python -m kvasir_utils export --profile smoke --model resnet50
+    python -m kvasir_utils bench --scale small
+    python -m kvasir_utils gpu-check --scale small --cpu --parts epoch
 
 Every failure ends with one line on stderr that says what went wrong, and a non-zero exit.
 """
@@ -79,7 +81,34 @@ def _parser() -> argparse.ArgumentParser:
     cross_cmd.add_argument("--mapping", default=None, help="class mapping file (default: configs/mappings/"
                            "<target data.dataset>-to-<source data.dataset>.yaml)")
     cross_cmd.add_argument("--model", default=None, help="one model of the run (default: every one)")
+    _add_bench_commands(sub)
     return parser
+
+
+def _add_bench_commands(sub) -> None:
+    """``make bench`` and ``make gpu-check``: their options, checked by kvasir_utils.bench (which imports torch)."""
+    bench = sub.add_parser("bench", help="measure the stages here and project the paper protocol: bench.json")
+    bench.add_argument("--scale", default="paper", help="paper (default), or small: every part on a few tiny "
+                       "images with one small model, uncompiled (what the tests run; not the protocol's figures)")
+    bench.add_argument("--baseline", action="store_true",
+                       help="also measure the stages eager with every validation pass whole (before/after in one run)")
+    bench.add_argument("--images-per-class", type=int, default=None,
+                       help="generated full-size images per class for the component figures (default: the scale's)")
+    bench.add_argument("--steps", type=int, default=None,
+                       help="timed training steps per component figure (default: the scale's)")
+    bench.add_argument("--stage-images", type=int, default=None,
+                       help="generated images per class for the measured stages, 80%% of them train "
+                       "(default: the scale's)")
+    bench.add_argument("--out", type=Path, default=None, help="the JSON file (default: reports/bench/bench.json)")
+    gpu = sub.add_parser("gpu-check", help="on a GPU: paper-scale epoch, whole protocol, concurrent runs: "
+                         "gpu_check.json")
+    gpu.add_argument("--scale", default="paper", help="paper (default), or small: a few small images")
+    gpu.add_argument("--parts", nargs="+", default=None, metavar="PART",
+                     help="some of epoch, protocol, concurrency (default: all three)")
+    gpu.add_argument("--cpu", action="store_true", help="measure this machine's CPU (where no GPU is)")
+    gpu.add_argument("--out", type=Path, default=None, help="the JSON file (default: reports/bench/gpu_check.json)")
+    gpu.add_argument("--work", type=Path, default=None,
+                     help="where the generated data and runs go, reused by a second run (default: data/gpu-check)")
 
 
 def _terminate(signum, _frame):
@@ -159,7 +188,24 @@ def _dispatch(args) -> int:
         from kvasir_utils.run.cross_report import run_cross_evaluation
 
         print(f"wrote {run_cross_evaluation(args.profile, args.target, args.overrides, args.mapping, args.model)}")
+    elif args.command in ("bench", "gpu-check"):
+        _run_bench(args)
     return 0
+
+
+def _run_bench(args) -> None:
+    # imported here: torch costs every other command seconds to import; each prints "wrote <file>"
+    if args.command == "bench":
+        from kvasir_utils.bench import projection
+
+        scale = projection.scale_named(args.scale, images_per_class=args.images_per_class, steps=args.steps,
+                                       stage_images=args.stage_images)
+        projection.run(scale, args.out or projection.OUT, args.baseline)
+    else:
+        from kvasir_utils.bench import gpucheck
+
+        gpucheck.run(args.scale, args.parts or list(gpucheck.PARTS), args.out or gpucheck.OUT,
+                     args.work or gpucheck.WORK, args.cpu)
 
 
 READINGS_DOC = PROJECT_ROOT / "docs" / "paper-readings.md"
