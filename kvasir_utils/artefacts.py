@@ -78,6 +78,26 @@ def classes_of(columns) -> list[str]:
     return [str(c).removeprefix(PROBABILITY_PREFIX) for c in columns if str(c).startswith(PROBABILITY_PREFIX)]
 
 
+# -- model names as folders ----------------------------------------------------------------
+TIMM_PREFIX = "timm:"  # train.models: torchvision names as they are, timm models as timm:<name>
+
+
+def model_folder(name: str) -> str:
+    """A model's folder and file-name form: its name with ``timm:`` written ``timm-``
+    (``timm:vit_small_patch14_dinov2.lvd142m`` -> ``timm-vit_small_patch14_dinov2.lvd142m``), since a
+    colon is not allowed in Windows paths and reads as a drive or a URL scheme; a torchvision name is
+    its own folder. The one place the two forms are tied."""
+    if "/" in name or "\\" in name:
+        raise ArtefactError(f"model name {name!r} has a path separator; name a torchvision model or timm:<name>")
+    return name.replace(":", "-", 1) if name.startswith(TIMM_PREFIX) else name
+
+
+def model_named(names: list[str], given: str) -> str | None:
+    """The model of ``names`` that ``given`` names, by its full name or its folder name (``MODEL=``
+    takes either); None when it is neither."""
+    return next((name for name in names if given in (name, model_folder(name))), None)
+
+
 # -- folders ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunFolder:
@@ -103,7 +123,7 @@ class RunFolder:
         return self.root / "notebooks"
 
     def stage_dir(self, model: str, stage: str) -> Path:
-        return self.root / model / checked_stage(stage)
+        return self.root / model_folder(model) / checked_stage(stage)
 
     def checkpoint(self, model: str, stage: str) -> Path:
         return self.stage_dir(model, stage) / CHECKPOINT
@@ -122,7 +142,7 @@ class RunFolder:
         return self.stage_dir(model, STAGES[0]) / WEIGHTS
 
     def eval_dir(self, model: str) -> Path:
-        return self.root / model / "eval"
+        return self.root / model_folder(model) / "eval"
 
     def metrics(self, model: str) -> Path:
         return self.eval_dir(model) / METRICS
@@ -135,7 +155,7 @@ class RunFolder:
         return self.root / "cross" / target_profile
 
     def cross_predictions(self, target_profile: str, model: str) -> Path:
-        return self.cross_dir(target_profile) / model / PREDICTIONS
+        return self.cross_dir(target_profile) / model_folder(model) / PREDICTIONS
 
 
 @dataclass(frozen=True)
@@ -168,7 +188,7 @@ class ReportFolder:
 
     def model_dir(self, model: str) -> Path:
         """The trained model as a deliverable: its card (``model_card.md``) and ``export/`` (ONNX)."""
-        return self.root / "models" / model
+        return self.root / "models" / model_folder(model)
 
     def predict_dir(self, name: str) -> Path:
         """What ``make predict NAME=...`` wrote: predictions.csv, skipped.csv, predict.json, the gallery."""
@@ -202,35 +222,35 @@ class Table:
 
     @staticmethod
     def table1(model: str) -> str:  # 04
-        return f"{model}_table1"
+        return f"{model_folder(model)}_table1"
 
     @staticmethod
     def averages(model: str) -> str:  # 04
-        return f"{model}_averages"
+        return f"{model_folder(model)}_averages"
 
     @staticmethod
     def table1_vs_paper(model: str) -> str:  # 04
-        return f"{model}_table1_vs_paper"
+        return f"{model_folder(model)}_table1_vs_paper"
 
     @staticmethod
     def table2(model: str) -> str:  # 04
-        return f"{model}_table2"
+        return f"{model_folder(model)}_table2"
 
     @staticmethod
     def roc_auc(model: str) -> str:  # 04
-        return f"{model}_roc_auc"
+        return f"{model_folder(model)}_roc_auc"
 
     @staticmethod
     def guide_box_masked(model: str) -> str:  # 07
-        return f"{model}_guide_box_masked"
+        return f"{model_folder(model)}_guide_box_masked"
 
     @staticmethod
     def accuracy_by_near_duplicate(model: str) -> str:  # the model card, from VALIDATION_IMAGES
-        return f"{model}_accuracy_by_near_duplicate"
+        return f"{model_folder(model)}_accuracy_by_near_duplicate"
 
     @staticmethod
     def accuracy_by_region(model: str) -> str:  # the model card
-        return f"{model}_accuracy_by_region"
+        return f"{model_folder(model)}_accuracy_by_region"
 
 
 class Figure:
@@ -248,7 +268,7 @@ class Figure:
     def of_model(model: str, kind: str) -> str:
         if kind not in Figure.MODEL_KINDS:
             raise ArtefactError(f"unknown figure kind {kind!r}; expected one of {', '.join(Figure.MODEL_KINDS)}")
-        return f"{model}_{kind}"
+        return f"{model_folder(model)}_{kind}"
 
 
 # -- typed records ------------------------------------------------------------------------
@@ -308,6 +328,7 @@ class Metrics(BaseModel):
     macro_auc: float
     images: int
     parameters: int
+    trainable_parameters: dict[str, int]  # per stage: what its reading trains (0 for a stage of no epoch)
     gflops: float
     train_seconds: float
     inference_images_per_s: float

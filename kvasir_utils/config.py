@@ -87,7 +87,9 @@ class CacheConfig(Section):
 
 
 class TransformsConfig(Section):
-    image_size: int = Field(ge=16)
+    # image_size, mean and std: null takes each model's own (its pretrained configuration;
+    # ``train.models.model_settings``), so one profile can hold models made for other inputs
+    image_size: int | None = Field(ge=16)
     rotation_degrees: float = Field(ge=0, le=180)
     hflip_p: float = Field(ge=0, le=1)
     vflip_p: float = Field(ge=0, le=1)
@@ -97,8 +99,8 @@ class TransformsConfig(Section):
     crop_ratio: list[float] = Field(min_length=2, max_length=2)
     eval_resize: Literal["squash", "center_crop"]
     mask_overlays: Literal["none", "guide_box", "guide_box_and_text"]  # beyond the paper
-    mean: list[float] = Field(min_length=3, max_length=3)
-    std: list[float] = Field(min_length=3, max_length=3)
+    mean: list[float] | None = Field(min_length=3, max_length=3)
+    std: list[float] | None = Field(min_length=3, max_length=3)
     # where the training augmentations run (train.hardware.augment_backend); not a science setting
     backend: Literal["auto", "pil", "device"]
 
@@ -109,9 +111,27 @@ class StageConfig(Section):
     lr: float = Field(gt=0)
 
 
+class WeightsFile(Section):
+    """A model's pretrained weights from a local file (``train.weights_files``)."""
+
+    file: str = Field(min_length=1)  # .pth or .safetensors; a relative path is taken from the project root
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")  # checked before loading when given
+
+
+class LoraSettings(Section):
+    """The low-rank adapters of a ``trainable: lora`` stage (peft's LoraConfig)."""
+
+    rank: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str] = Field(min_length=1)  # module names (or their last part, e.g. qkv)
+
+
 class TrainConfig(Section):
     models: list[str] = Field(min_length=1)
     weights: str | None
+    weights_files: dict[str, WeightsFile]  # per model: its pretrained weights from this file
+    lora: LoraSettings
     batch_size: int = Field(ge=1)
     optimizer: Literal["adam"]
     stage1: StageConfig
@@ -119,6 +139,13 @@ class TrainConfig(Section):
     stage2_init: Literal["fresh_optimizer", "continue_optimizer"]
     frozen_batchnorm: Literal["eval", "train"]
     seed: int = Field(ge=0, lt=2**32)
+
+    @field_validator("weights_files", mode="before")
+    @classmethod
+    def _bare_paths(cls, value):
+        """``{model: path}`` is short for ``{model: {file: path}}``."""
+        return {k: {"file": v} if isinstance(v, str) else v for k, v in value.items()} \
+            if isinstance(value, dict) else value
 
 
 class EvalConfig(Section):
@@ -338,7 +365,7 @@ def _generates_split(cfg: Config) -> bool:
 def _check_together(cfg: Config) -> None:
     """Rules that involve more than one setting."""
     checks = [
-        (cfg.cache.short_side >= cfg.transforms.image_size, "cache.short_side",
+        (cfg.transforms.image_size is None or cfg.cache.short_side >= cfg.transforms.image_size, "cache.short_side",
          f"at least transforms.image_size ({cfg.transforms.image_size}) so crops never upsample"),
         (len(cfg.data.classes) != 1, "data.classes", "at least two class folder names, or [] for every one found"),
         (len(set(cfg.data.classes)) == len(cfg.data.classes), "data.classes", "names without repeats"),

@@ -150,3 +150,29 @@ def test_unknown_weights_and_models_list_what_is_allowed():
         models.build_model("resnet50", 8, weights="V3")
     with pytest.raises(KvasirError, match="unknown torchvision model 'resnet51'"):
         models.build_model("resnet51", 8)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_torchvision_model_takes_its_weights_from_a_file_bit_for_bit(tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    from kvasir_utils.config import WeightsFile
+    from kvasir_utils.files import sha256_file
+
+    reference = __import__("torchvision").models.resnet18().state_dict()
+    path = tmp_path / f"resnet18{suffix}"
+    torch.save(reference, path) if suffix == ".pth" else save_file(reference, str(path))
+    model = models.build_model("resnet18", 8, weights_file=WeightsFile(file=str(path), sha256=sha256_file(path)))
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("fc."):
+            assert torch.equal(tensor, reference[name]), name
+    with pytest.raises(KvasirError, match=r"resnet18\.(pth|safetensors) \(train.weights_files\) does not fit resnet34"):
+        models.build_model("resnet34", 8, weights_file=WeightsFile(file=str(path)))
+
+
+def test_torchvision_models_keep_their_paths_and_readings_beside_timm():
+    """The paper's models are built and named as before timm came in: same folders, same heads."""
+    from kvasir_utils.artefacts import model_folder
+
+    assert [model_folder(n) for n in ("resnet50", "efficientnet_b0")] == ["resnet50", "efficientnet_b0"]
+    models.check_readings(["resnet50", "timm:test_vit"], {"a": "head", "b": "last_tensors:10"}, "IMAGENET1K_V1")

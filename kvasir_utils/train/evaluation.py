@@ -37,6 +37,7 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
     stage_acc = {stage: float(part["val_acc"].iloc[-1]) for stage, part in history.groupby("stage")}
     record = metrics.summary(targets, probs, cfg.classes) | {
         "parameters": models.count_parameters(model),
+        "trainable_parameters": models.trainable_counts(cfg, model_name),
         "gflops": models.gflops(model, cfg.transforms.image_size),
         "train_seconds": float(history["seconds"].sum()),
         "inference_images_per_s": len(targets) / seconds,

@@ -1,5 +1,6 @@
 """Where the network looks: Grad-CAM (pytorch-grad-cam) on the last module with a spatial feature map,
-found for any torchvision CNN; Figure 3's material.
+found for any torchvision or timm CNN, and for a vision transformer on its last block's input tokens
+laid back on the patch grid; Figure 3's material.
 """
 
 from __future__ import annotations
@@ -14,7 +15,37 @@ from kvasir_utils.config import Config
 from kvasir_utils.data import prepare
 from kvasir_utils.data.images import load_cached
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.train import checkpoints, presets
+from kvasir_utils.train import checkpoints, models, presets
+
+
+def token_grid(model) -> tuple[int, int] | None:
+    """A vision transformer's patch grid (rows, columns) at the size it was built for, or None for a
+    model that is not one (timm's ViTs: ``patch_embed.grid_size`` and ``num_prefix_tokens``)."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    return tuple(int(v) for v in grid) if grid is not None and hasattr(model, "blocks") else None
+
+
+def vit_reshape(model):
+    """pytorch-grad-cam's reshape transform for a ViT: its tokens (batch, prefix + rows x columns,
+    channels) as a feature map (batch, channels, rows, columns), the class and register tokens left out."""
+    rows, columns = token_grid(model)
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+
+    def reshape(tokens):
+        patches = tokens[:, prefix:, :]
+        return patches.reshape(patches.shape[0], rows, columns, patches.shape[2]).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+def cam_target(model, input_size: int = 224):
+    """(the module Grad-CAM explains, its reshape transform or None). A ViT: its last block's first
+    norm, whose output is what that block's attention mixes (the usual choice for ViT Grad-CAM; the
+    last block's output reaches the head through the class token alone, so its gradients say little
+    about the patches); a CNN: ``cam_target_layer``."""
+    if token_grid(model) is not None:
+        return model.blocks[-1].norm1, vit_reshape(model)
+    return cam_target_layer(model, input_size), None
 
 
 def cam_target_layer(model, input_size: int = 224):
@@ -30,7 +61,7 @@ def cam_target_layer(model, input_size: int = 224):
 
 def cam_map_size(model, input_size: int = 224) -> tuple[int, int]:
     """Height and width of the feature map Grad-CAM explains (coarse maps give blobs, not shapes)."""
-    return _last_spatial(model, input_size)[1]
+    return token_grid(model) or _last_spatial(model, input_size)[1]
 
 
 def _last_spatial(model, input_size: int):
@@ -70,8 +101,8 @@ def gradcam_overlays(model, images: list[Image.Image], tensors, targets: list[in
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    layer = cam_target_layer(model, input_size=min(tensors.shape[-2:]))
-    with GradCAM(model=model, target_layers=[layer]) as cam:
+    layer, reshape = cam_target(model, input_size=min(tensors.shape[-2:]))
+    with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         maps = cam(input_tensor=tensors, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     overlays = []
     for image, heat in zip(images, maps, strict=True):
@@ -86,6 +117,7 @@ def gradcam_examples(cfg: Config, model_name: str, predictions: pd.DataFrame, co
     """Figure 3's material: per class, correct and incorrect validation examples (where they exist)
     with the Grad-CAM overlay of the class the model predicted. Returns (overlays, rows, the
     explained feature map's size)."""
+    cfg = models.for_model(cfg, model_name)  # the input the model was trained with
     rows = pick_examples_per_class(predictions, correct, incorrect, cfg.eval.seed)
     cached = load_cached(prepare.cache_dir(cfg), rows["path"])
     view, preset = presets.eval_view(cfg.transforms), presets.eval_preset(cfg.transforms)

@@ -6,8 +6,10 @@ input, and the class names) and ``parity.json``: ONNX Runtime on the CPU against
 over the validation images, at batch 1 and batch 32; the logits must agree within
 ``PARITY_TOLERANCE`` and the predicted class on every image. The export uses the TorchScript-based
 exporter (``dynamo=False``): several public reports show torchvision ResNets exported wrong by the
-dynamo exporter; switch when the parity check shows it right. A model that fails the check is not
-written; parity.json says by how much it failed.
+dynamo exporter; switch when the parity check shows it right. A model trained with LoRA adapters is
+exported with them merged into its weights (``lora.merged``: the plain architecture, no peft at
+inference), and the parity check holds the merged ONNX model to the adapters' PyTorch model. A model
+that fails the check is not written; parity.json says by how much it failed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from kvasir_utils.data.images import load_cached
 from kvasir_utils.data.split import read_split
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import atomic_folder, write_bytes_atomic, write_json_atomic
-from kvasir_utils.train import hardware, presets
+from kvasir_utils.train import hardware, lora, presets
 from kvasir_utils.train.predict import Predictor, check_model
 
 OPSET = 17
@@ -135,8 +137,8 @@ def export_model(cfg: Config, model_name: str) -> Export:
     check_model(cfg, model_name)
     fp32 = hardware.Runtime(torch.device("cpu"), "fp32", workers=0)
     predictor = Predictor.from_run(cfg.run_dir, model_name, fp32)
-    onnx = onnx_bytes(predictor.model, predictor.cfg.transforms.image_size)
-    parity = parity_check(onnx, predictor)
+    onnx = onnx_bytes(lora.merged(predictor.model), predictor.cfg.transforms.image_size)
+    parity = parity_check(onnx, predictor) | {"lora_merged": lora.has_lora(predictor.model)}
     folder = cfg.report.model_dir(model_name) / "export"
     with atomic_folder(folder) as work:  # a failed check leaves parity.json alone, no model.onnx
         write_json_atomic(work / "parity.json", parity)

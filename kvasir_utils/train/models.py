@@ -1,4 +1,12 @@
-"""Any torchvision classifier with a new 8-class head, and the freeze policies of the two stages."""
+"""Any torchvision or timm classifier with a new head, where its pretrained weights come from, and
+the freeze policies of the two stages.
+
+``train.models`` names torchvision models as they are and timm models as ``timm:<name>`` (with the
+pretrained tag: ``timm:vit_small_patch14_dinov2.lvd142m``). Pretrained weights come from each
+library's own cache (torch hub's, the Hugging Face hub's) or from a local file per model
+(``train.weights_files``); under ``runtime.offline`` nothing is downloaded. timm is imported only
+when a timm model is named.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +18,46 @@ import torch
 import torchvision
 from torch import nn
 
-from kvasir_utils.artefacts import STAGES
-from kvasir_utils.config import Config
+from kvasir_utils.artefacts import STAGES, TIMM_PREFIX
+from kvasir_utils.config import PROJECT_ROOT, Config, LoraSettings, TransformsConfig, WeightsFile
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import sha256_file
+from kvasir_utils.train import lora
 
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-TRAINABLE_READINGS = "head, all, last_tensors:<N>, block:<module name>, module:<module name>"
+TRAINABLE_READINGS = "head, all, last_tensors:<N>, block:<module name>, module:<module name>, lora"
+# torchvision's classification weights are made for 224 px crops normalised with ImageNet's statistics
+TORCHVISION_SETTINGS = {"image_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm loads from a Hugging Face hub repository
+
+
+def is_timm(name: str) -> bool:
+    return name.startswith(TIMM_PREFIX)
+
+
+def timm_name(name: str) -> str:
+    """``timm:convnext_tiny.fb_in22k_ft_in1k`` -> ``convnext_tiny.fb_in22k_ft_in1k``."""
+    import timm
+
+    arch = name.removeprefix(TIMM_PREFIX)
+    if not timm.is_model(arch):
+        raise KvasirError(f"unknown timm model {arch!r} ({name}); see timm.list_models(pretrained=True)")
+    return arch
+
+
+def pretrained_cfg(name: str) -> dict:
+    """A timm model's pretrained configuration (input size, normalisation, hub id, classifier name)."""
+    import timm
+
+    return timm.models.get_pretrained_cfg(timm_name(name)).to_dict()
 
 
 def head_name(model: nn.Module) -> str:
-    """The classifier's output layer: the last nn.Linear (``fc``, ``classifier.1``, ``heads.head``...)."""
+    """The classifier's output layer: timm's own name for it (``head``, ``head.fc``), else the last
+    nn.Linear (``fc``, ``classifier.1``, ``heads.head``...)."""
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if classifier and isinstance(dict(model.named_modules()).get(classifier), nn.Linear):
+        return classifier
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         raise KvasirError(f"{type(model).__name__} has no nn.Linear output layer to replace; pick another model")
@@ -88,15 +125,216 @@ def load_pretrained_state(name: str, weights: str, offline: bool) -> dict:
         raise KvasirError(f"could not download weights ({exc}): {remedy}") from exc
 
 
-def build_model(name: str, num_classes: int, weights: str | None = None, offline: bool = False) -> nn.Module:
-    """A torchvision classifier by name, optionally with pretrained weights, with a new head."""
+def model_settings(name: str) -> dict:
+    """The input a model is made for: ``image_size``, ``mean``, ``std`` (timm: its pretrained
+    configuration; torchvision: 224 px and ImageNet's statistics)."""
+    if not is_timm(name):
+        return dict(TORCHVISION_SETTINGS)
+    config = pretrained_cfg(name)
+    return {"image_size": int(config["input_size"][-1]), "mean": list(config["mean"]), "std": list(config["std"])}
+
+
+def model_transforms(transforms: TransformsConfig, name: str) -> TransformsConfig:
+    """``transforms`` with each null of ``image_size``, ``mean`` and ``std`` taken from the model
+    (``model_settings``); the same object when the profile sets all three."""
+    unset = [key for key in TORCHVISION_SETTINGS if getattr(transforms, key) is None]
+    if not unset:
+        return transforms
+    own = model_settings(name)
+    return transforms.model_copy(update={key: own[key] for key in unset})
+
+
+def for_model(cfg: Config, name: str) -> Config:
+    """The settings ``name`` trains and is evaluated with: the profile's, with the model's own input
+    where the profile leaves ``transforms`` null. What a stage's checkpoint records, so every later
+    step reads concrete values back; ``cfg`` itself when the profile sets them all (the paper)."""
+    transforms = model_transforms(cfg.transforms, name)
+    return cfg if transforms is cfg.transforms else cfg.model_copy(update={"transforms": transforms})
+
+
+def build_model(name: str, num_classes: int, weights: str | None = None, offline: bool = False, *,
+                image_size: int | None = None, weights_file: WeightsFile | None = None) -> nn.Module:
+    """A torchvision or timm (``timm:<name>``) classifier with a new ``num_classes`` head: random
+    init, or pretrained (``weights``: torchvision's weights name; for timm any value means its tag's
+    weights), or from ``weights_file``, which wins. A timm model made for a fixed input (a ViT) is
+    built for ``image_size``, its position embedding resampled."""
+    if is_timm(name):
+        return build_timm(name, num_classes, weights is not None or weights_file is not None, offline, image_size,
+                          weights_file)
     try:
         model = torchvision.models.get_model(name, weights=None)
     except ValueError as exc:
         raise KvasirError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()") from exc
-    if weights is not None:
+    if weights_file is not None:
+        load_file_into(model, name, weights_file)
+    elif weights is not None:
         model.load_state_dict(load_pretrained_state(name, weights, offline))
     return replace_head(model, num_classes)
+
+
+def build_timm(name: str, num_classes: int, pretrained: bool, offline: bool, image_size: int | None,
+               weights_file: WeightsFile | None) -> nn.Module:
+    """A timm model; its pretrained weights always from a file (``pretrained_cfg_overlay``): the one
+    given, or the Hugging Face hub cache's copy, so nothing downloads behind the study's back."""
+    import timm
+
+    arch, kwargs = timm_name(name), {"num_classes": num_classes}
+    if image_size is not None and pretrained_cfg(name).get("fixed_input_size"):
+        kwargs["img_size"] = image_size
+    if pretrained:
+        path = checked_file(name, weights_file) if weights_file is not None else hub_weights(name, offline)
+        kwargs |= {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
+    try:
+        return timm.create_model(arch, **kwargs)
+    except RuntimeError as exc:  # a file of another architecture: timm's strict load names the keys
+        raise KvasirError(f"the weights for {name} do not fit it: {str(exc)[:500]}") from exc
+
+
+def _resolve(path: str) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def source_id(name: str) -> str:
+    """Where the library downloads a model's weights from: timm's hub id, torchvision's URL."""
+    return f"the Hugging Face hub repository {pretrained_cfg(name).get('hf_hub_id')}" if is_timm(name) \
+        else "torchvision's weights"
+
+
+def checked_file(name: str, weights_file: WeightsFile) -> Path:
+    """``train.weights_files``' file for ``name``: it must exist, and match its SHA-256 when one is given."""
+    path = _resolve(weights_file.file)
+    if not path.is_file():
+        raise KvasirError(
+            f"the weights file of {name} in train.weights_files, {path}, does not exist. Put the file there "
+            f"(downloaded from {source_id(name)} on a machine with network), or correct the path, or remove "
+            f"{name} from train.weights_files to use the library's cache.")
+    if weights_file.sha256 is not None:
+        actual = sha256_file(path)
+        if actual.lower() != weights_file.sha256.lower():
+            raise KvasirError(
+                f"the weights file of {name}, {path}, is not the file train.weights_files names: its SHA-256 is "
+                f"{actual}, expected {weights_file.sha256} (size {path.stat().st_size:,} bytes). Copy the right "
+                f"file there, or correct the sha256.")
+    return path
+
+
+def read_weights_file(path: Path) -> dict:
+    """A state dict from a .safetensors or .pth file (tensors only: nothing in it is executed)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+
+
+def load_file_into(model: nn.Module, name: str, weights_file: WeightsFile) -> None:
+    path = checked_file(name, weights_file)
+    try:
+        model.load_state_dict(read_weights_file(path))
+    except RuntimeError as exc:
+        raise KvasirError(f"the weights file {path} (train.weights_files) does not fit {name}: "
+                          f"{str(exc)[:500]}") from exc
+
+
+def hub_weights(name: str, offline: bool) -> Path:
+    """A timm model's weights file in the Hugging Face hub cache, downloaded there first unless
+    ``offline``; offline and not cached: one error naming the file, where to put it and the hub id."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    hub_id = pretrained_cfg(name).get("hf_hub_id")
+    if not hub_id:
+        raise KvasirError(f"{name} has no Hugging Face hub weights in timm; give a file in train.weights_files "
+                          f"or set train.weights: null (random init)")
+    hub_id, _, revision = hub_id.partition("@")
+    for filename in HUB_FILES:
+        cached = try_to_load_from_cache(hub_id, filename, revision=revision or None)
+        if isinstance(cached, str):
+            return Path(cached)
+    if offline:
+        raise KvasirError(
+            f"offline: the weights of {name} ({HUB_FILES[0]} of the Hugging Face hub repository {hub_id}) are not "
+            f"in the hub cache ({HF_HUB_CACHE}). On a machine with network, `huggingface-cli download {hub_id} "
+            f"{HUB_FILES[0]}` puts it there (copy the cache folder, or set HF_HOME); or save the file anywhere and "
+            f"name it in train.weights_files: {{'{name}': <path>}}; or set train.weights: null (random init).")
+    try:
+        return Path(hf_hub_download(hub_id, HUB_FILES[0], revision=revision or None))
+    except Exception as exc:  # noqa: BLE001 - network, missing file, gated repository: all say the same remedy
+        raise KvasirError(f"could not download the weights of {name} from the Hugging Face hub ({hub_id}: "
+                          f"{type(exc).__name__}: {exc}); download {HUB_FILES[0]} on a machine with network "
+                          f"and name it in train.weights_files") from exc
+
+
+def weights_origin(cfg: Config, name: str) -> dict | None:
+    """Where ``name``'s pretrained weights came from, as ``weights.json`` records it: ``weights``
+    (the setting), ``source`` (file, torch hub, Hugging Face hub), ``id`` (URL or hub id), ``file``
+    and its ``sha256``. None for random init."""
+    given = cfg.train.weights_files.get(name)
+    if given is None and cfg.train.weights is None:
+        return None
+    if given is not None:
+        path, source, hub = _resolve(given.file), "file (train.weights_files)", source_id(name)
+    elif is_timm(name):
+        path, source = hub_weights(name, offline=True), "Hugging Face hub cache"
+        hub = pretrained_cfg(name)["hf_hub_id"]
+    else:
+        path, source, hub = weights_file(name, cfg.train.weights), "torch hub cache", \
+            weights_enum(name, cfg.train.weights).url
+    return {"weights": cfg.train.weights, "source": source, "id": hub, "file": path.name, "path": str(path),
+            "sha256": sha256_file(path) if path.exists() else None}
+
+
+def stage_uses_lora(cfg: Config, stage: str) -> bool:
+    """A stage's model carries adapters when it or a stage before it trains with ``lora``."""
+    return any(cfg.stage_config(s).trainable == "lora" for s in STAGES[: STAGES.index(stage) + 1])
+
+
+def stage_model(cfg: Config, name: str, stage: str) -> nn.Module:
+    """The model ``stage`` trains, frozen as its reading says: stage 1 with the pretrained weights,
+    a later stage as the architecture (its weights come from the stage before); with adapters where
+    the stage (or one before it) trains with ``lora``."""
+    first = stage == STAGES[0]
+    model = build_model(name, len(cfg.classes), cfg.train.weights if first else None, cfg.runtime.offline,
+                        image_size=cfg.transforms.image_size,
+                        weights_file=cfg.train.weights_files.get(name) if first else None)
+    if stage_uses_lora(cfg, stage):
+        lora.add_lora(model, cfg.train.lora)
+    set_trainable(model, cfg.stage_config(stage).trainable)
+    return model
+
+
+def load_weights(model: nn.Module, state: dict) -> nn.Module:
+    """Load a state dict; a model with adapters also takes its plain model's (stage 1's)."""
+    if lora.has_lora(model) and not any(lora.is_adapter(k) for k in state):
+        state = lora.wrapped_state(model, state)
+    model.load_state_dict(state)
+    return model
+
+
+def restore(cfg: Config, name: str, stage: str, state: dict) -> nn.Module:
+    """A trained model from its stage's checkpoint (``cfg``: the settings it recorded): the
+    architecture that stage trained, adapters included, with the checkpoint's weights."""
+    model = build_model(name, len(cfg.classes), image_size=cfg.transforms.image_size)
+    if stage_uses_lora(cfg, stage):
+        lora.add_lora(model, cfg.train.lora)
+    return load_weights(model, state)
+
+
+def trainable_counts(cfg: Config, name: str) -> dict[str, int]:
+    """Per stage, how many parameters its reading trains (0 for a stage of no epoch), counted on
+    the architecture built without memory (the meta device)."""
+    counts, size = {}, model_transforms(cfg.transforms, name).image_size  # a ViT's position embedding counts
+    for stage in STAGES:
+        with torch.device("meta"):
+            model = build_model(name, len(cfg.classes), image_size=size)
+        if stage_uses_lora(cfg, stage):
+            lora.add_lora(model, cfg.train.lora)
+        set_trainable(model, cfg.stage_config(stage).trainable)
+        counts[stage] = sum(p.numel() for p in model.parameters() if p.requires_grad) \
+            if cfg.stage_config(stage).epochs > 0 else 0
+    return counts
 
 
 def _trainable_names(model: nn.Module, policy: str) -> list[str]:
@@ -106,6 +344,11 @@ def _trainable_names(model: nn.Module, policy: str) -> list[str]:
     kind, _, arg = policy.partition(":")
     if kind == "head" and not arg:
         return head_params
+    if kind == "lora" and not arg:
+        if not lora.has_lora(model):
+            raise KvasirError(f"trainable reading 'lora': {type(model).__name__} carries no adapters "
+                              f"(models.stage_model adds train.lora's before freezing)")
+        return [n for n in names if lora.is_adapter(n) or n in head_params]
     if kind == "all" and not arg:
         return names
     if kind == "last_tensors" and arg.isdigit() and int(arg) > 0:
@@ -123,10 +366,12 @@ def _trainable_names(model: nn.Module, policy: str) -> list[str]:
     raise KvasirError(f"unknown trainable reading {policy!r}; allowed: {TRAINABLE_READINGS}")
 
 
-def check_readings(model_names: list[str], readings: dict[str, str], weights: str | None) -> None:
+def check_readings(model_names: list[str], readings: dict[str, str], weights: str | None,
+                   lora_settings: LoraSettings | None = None) -> None:
     """Build every model's architecture on the meta device (no memory, no weights) and check each
     trainable reading and the weights name against it, so a reading a model does not have stops
-    the run before anything is downloaded or trained. ``readings`` maps setting name to reading."""
+    the run before anything is downloaded or trained. ``readings`` maps setting name to reading;
+    a ``lora`` reading is checked on the model with ``lora_settings``' adapters."""
     problems = []
     for name in model_names:
         try:
@@ -136,17 +381,37 @@ def check_readings(model_names: list[str], readings: dict[str, str], weights: st
             problems.append(f"train.models: {exc}")
             continue
         for setting, reading in readings.items():
-            problems += _problems(f"{setting} for {name}", _trainable_names, model, reading)
-        if weights is not None:
+            problems += _problems(f"{setting} for {name}", _check_reading, name, model, reading, lora_settings)
+        if weights is not None and not is_timm(name):
             problems += _problems(f"train.weights for {name}", weights_enum, name, weights)
     if problems:
         raise KvasirError("the profile does not fit its models:\n  " + "\n  ".join(problems))
 
 
+def _check_reading(name: str, model: nn.Module, reading: str, lora_settings: LoraSettings | None) -> None:
+    if reading == "lora":
+        if lora_settings is None:
+            raise KvasirError("the reading lora needs train.lora's settings")
+        with torch.device("meta"):
+            model = lora.add_lora(build_model(name, 2), lora_settings)
+    _trainable_names(model, reading)
+
+
 def check_profile(cfg: Config) -> None:
-    """``check_readings`` for every model and stage reading of a profile."""
+    """``check_readings`` for every model and stage reading of a profile; every model of
+    ``train.weights_files`` one of the profile's, and the cache large enough for every model's input."""
     readings = {f"train.{stage}.trainable": cfg.stage_config(stage).trainable for stage in STAGES}
-    check_readings(cfg.train.models, readings, cfg.train.weights)
+    check_readings(cfg.train.models, readings, cfg.train.weights, cfg.train.lora)
+    problems = [f"train.weights_files names {name!r}, which is not in train.models ({', '.join(cfg.train.models)})"
+                for name in cfg.train.weights_files if name not in cfg.train.models]
+    for name in cfg.train.models:
+        size = model_transforms(cfg.transforms, name).image_size
+        if size > cfg.cache.short_side:
+            problems.append(f"transforms.image_size: {name} takes {size} px (its own, as transforms.image_size is "
+                            f"null), more than cache.short_side ({cfg.cache.short_side}): crops would upsample; "
+                            f"set cache.short_side >= {size} or transforms.image_size")
+    if problems:
+        raise KvasirError("the profile does not fit its models:\n  " + "\n  ".join(problems))
 
 
 def _problems(what: str, check, *args) -> list[str]:
@@ -165,7 +430,8 @@ def set_trainable(model: nn.Module, policy: str) -> list[str]:
       all               every parameter;
       last_tensors:N    the last N parameter tensors in registration order (common PyTorch idiom);
       block:NAME        that module (e.g. ``layer4.2``, Keras' "last 10 layers") plus the head;
-      module:NAME       that module and every parameter registered after it.
+      module:NAME       that module and every parameter registered after it;
+      lora              the adapters (``train.lora``, added by ``stage_model``) and the head.
     Run ``set_train_mode`` after ``model.train()`` so frozen BatchNorm layers keep their statistics.
     """
     trainable = set(_trainable_names(model, policy))

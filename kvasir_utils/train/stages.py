@@ -18,7 +18,7 @@ from kvasir_utils.config import Config
 from kvasir_utils.data import prepare
 from kvasir_utils.data.dataset import make_loader, split_datasets
 from kvasir_utils.data.split import read_split
-from kvasir_utils.files import sha256_file, write_csv_atomic, write_json_atomic
+from kvasir_utils.files import write_csv_atomic, write_json_atomic
 from kvasir_utils.train import models, presets
 from kvasir_utils.train.augment import pad_collate, to_uint8_tensor
 from kvasir_utils.train.checkpoints import (
@@ -98,7 +98,7 @@ def set_up_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, tra
     if resumed is None and stage != STAGES[0]:
         previous = finished_checkpoint(cfg, model_name, STAGES[STAGES.index(stage) - 1])
     if resumed or previous:
-        model.load_state_dict((resumed or previous).model)
+        models.load_weights(model, (resumed or previous).model)  # a LoRA stage also takes stage 1's plain weights
     prepare_model(model, runtime)  # before the optimizer: its state is loaded onto the parameters' device
     order = resumed.optimizer_params if resumed else trainable
     params = dict(model.named_parameters())
@@ -176,13 +176,9 @@ def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loade
 
 def record_weights(cfg: Config, model_name: str) -> Path:
     """``weights.json`` beside stage 1's checkpoint: the pretrained weights file this run started
-    from and its SHA-256, taken when it was loaded (the provenance reports it from here)."""
-    record = None
-    if cfg.train.weights is not None:
-        path = models.weights_file(model_name, cfg.train.weights)
-        record = {"weights": cfg.train.weights, "file": path.name,
-                  "sha256": sha256_file(path) if path.exists() else None}
-    return write_json_atomic(cfg.run.weights_record(model_name), record)
+    from, where it came from and its SHA-256, taken when it was loaded (the provenance reports it
+    from here; ``models.weights_origin``)."""
+    return write_json_atomic(cfg.run.weights_record(model_name), models.weights_origin(cfg, model_name))
 
 
 # -- what the notebooks call --------------------------------------------------------------
@@ -204,10 +200,7 @@ def model_for_stage(cfg: Config, model_name: str, stage: str) -> nn.Module:
     """The model a stage starts from, frozen as the stage says. Stage 1 loads the pretrained
     weights; later stages load the previous stage's weights inside ``fit_stage``."""
     seed_everything(cfg.train.seed)
-    weights = cfg.train.weights if stage == STAGES[0] else None
-    model = models.build_model(model_name, len(cfg.classes), weights, cfg.runtime.offline)
-    models.set_trainable(model, cfg.stage_config(stage).trainable)
-    return model
+    return models.stage_model(cfg, model_name, stage)
 
 
 @dataclass
@@ -232,7 +225,9 @@ class StageRun:
 
 
 def start_stage(cfg: Config, model_name: str, stage: str) -> StageRun:
-    """Resolve the runtime and build the model as ``stage`` starts it."""
+    """Resolve the runtime and build the model as ``stage`` starts it (with the model's own input
+    where the profile leaves transforms null: ``models.for_model``)."""
+    cfg = models.for_model(cfg, model_name)
     return StageRun(cfg, model_name, stage, use_runtime(cfg.runtime), model_for_stage(cfg, model_name, stage))
 
 
