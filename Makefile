@@ -19,12 +19,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed
-ARGS = --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)')
+ARGS = --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)') --go-on '$(GO_ON)'$(if $(FAILURE_FILE), --failure-file '$(FAILURE_FILE)')
 KV := $(PY) -m kvasir_utils
 SUBMAKE := $(MAKE) --no-print-directory PROFILE='$(PROFILE)' SET='$(SET)'
-# What the user ran, for the line that tells how to go on after an interrupt or an error.
+FAILURE_FILE ?=
+# What the user ran, for the line that tells how to go on after an interrupt or an error (passed to
+# the study as --go-on; exported so the sub-makes pass the same). A sweep member's runner names a
+# FAILURE_FILE for the failing step to describe itself in.
 ifeq ($(MAKELEVEL),0)
-export KVASIR_COMMAND := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
+export GO_ON := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
 endif
 
 .PHONY: help setup lock data evaluate smoke reproduce report sweep cross-evaluate predict export test test-fast docs browser \
@@ -93,7 +96,7 @@ screenshots: $(SETUP_STAMP) browser ## PNGs of reports/PROFILE's index and one p
 	$(PY) -m tools.browser reports/$(PROFILE) docs/images
 
 lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored without outputs
-	$(PY) -m ruff check kvasir_utils tests notebooks
+	$(PY) -m ruff check kvasir_utils tests tools notebooks
 	$(VENV)/bin/nbstripout --verify notebooks/*.ipynb
 
 lab: $(SETUP_STAMP) ## open the notebooks in JupyterLab
@@ -145,7 +148,7 @@ $(NB)/04_evaluate-%.ipynb: notebooks/04_evaluate.ipynb $(NB)/03_finetune-%.ipynb
 $(NB)/05_compare.ipynb: notebooks/05_compare.ipynb $(EVALUATED)
 	$(call RUN_NB,05_compare)
 
-# 07 reruns when the profile's masked twin (paper-masked) has been evaluated since
+# 07 reruns when the profile's masked profile (paper-masked) has been evaluated since
 $(NB)/07_audit.ipynb: notebooks/07_audit.ipynb $(NB)/05_compare.ipynb $(wildcard $(AUDIT_INPUTS))
 	$(call RUN_NB,07_audit)
 

@@ -133,7 +133,7 @@ def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str]
     return validate_config({**raw, "profile": path.stem, "overrides": overrides})
 
 
-def masked_twin(cfg: Config) -> str | None:
+def masked_profile(cfg: Config) -> str | None:
     """The profile that repeats this one with the guide box masked (``<profile>-masked``, e.g.
     ``paper-masked``), if there is one and this profile masks nothing itself."""
     name = f"{cfg.profile}-masked"

@@ -22,7 +22,7 @@ from kvasir_utils import config
 TAG = "KVASIR_TEST_TAG"
 # What an outer `make test` puts in the environment and a user's terminal does not have: with them, the
 # inner make believes it is a sub-make and keeps the outer command as the one to resume with.
-MAKE_ONLY = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "KVASIR_COMMAND")
+MAKE_ONLY = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "GO_ON")
 
 
 def _terminal_env() -> dict:

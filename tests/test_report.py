@@ -35,6 +35,6 @@ def test_the_masked_run_is_compared_only_when_it_matches_in_everything_but_the_m
                                           "train.stage1.lr=0.5"])
     table, reading = compare.masked_run_table1(cfg, other)
     assert table is None and "other settings" in reading
-    assert profiles.masked_twin(profiles.load_profile("paper")) == "paper-masked"
-    assert profiles.masked_twin(profiles.load_profile("paper-masked")) is None
-    assert profiles.masked_twin(cfg) is None  # no smoke-masked profile
+    assert profiles.masked_profile(profiles.load_profile("paper")) == "paper-masked"
+    assert profiles.masked_profile(profiles.load_profile("paper-masked")) is None
+    assert profiles.masked_profile(cfg) is None  # no smoke-masked profile

@@ -117,9 +117,13 @@ def test_a_sweep_on_a_two_node_cluster_where_one_reading_fails_and_a_rerun_train
 def test_a_member_never_installs_even_where_the_environment_looks_out_of_date(tmp_path):
     # members installing at once broke the environment: a dry run (make -n) of a member's command,
     # with pyproject.toml taken as newer than the setup stamp (-W), plans the notebooks and no install
-    command = sweep_execute.member_command("smoke", tmp_overrides(tmp_path))
+    failure_file = tmp_path / "failure.json"
+    command = sweep_execute.member_command("smoke", tmp_overrides(tmp_path), failure_file)
     dry = subprocess.run([command[0], "-n", "-W", "pyproject.toml", *command[1:]], capture_output=True, text=True)
     assert dry.returncode == 0 and "run-notebook 01_download_and_split" in dry.stdout, dry.stderr
+    # the failing step describes itself where the runner asked, passed as an argument, not through the environment
+    first_step = dry.stdout.split("run-notebook 01_download_and_split")[1].split("\n")[0]
+    assert f"--failure-file '{failure_file}'" in first_step
     assert "pip install" not in dry.stdout
     i = command.index("--old-file")
     without = subprocess.run([command[0], "-n", "-W", "pyproject.toml", *command[1:i], *command[i + 2:]],

@@ -1,5 +1,5 @@
 """The models against each other and against the paper: the headline and comparison tables,
-McNemar's test on paired predictions, and the masked twin's Table 1.
+McNemar's test on paired predictions, and the masked profile's Table 1.
 """
 
 from __future__ import annotations

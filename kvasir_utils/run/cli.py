@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--profile", default="paper", help="profile name or path to a YAML file")
         cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="dotted override, e.g. train.stage1.epochs=1 (repeatable)")
+        cmd.add_argument("--go-on", default=None, metavar="COMMAND",
+                         help="the command that goes on after an interrupt, as the user typed it (the Makefile's)")
+        cmd.add_argument("--failure-file", type=Path, default=None,
+                         help="write the failing step, its exit code and its error here as JSON (a sweep member's)")
         return cmd
 
     run = add("run-notebook", "execute one notebook with papermill")
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _command(args)
+        return _command(args, signals.Terminal())
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -127,30 +131,30 @@ def main(argv: list[str] | None = None) -> int:
 def _record_failure(args, error: str, exit_code: int) -> None:
     step = args.notebook + (f" ({args.model})" if args.model else "") if args.command == "run-notebook" \
         else args.command
-    record_failure(step, error, exit_code)
+    record_failure(getattr(args, "failure_file", None), step, error, exit_code)
 
 
-def _command(args) -> int:
+def _command(args, terminal: signals.Terminal) -> int:
+    go_on = signals.resume_hint(getattr(args, "go_on", None))
     try:
-        return _dispatch(args)
+        return _dispatch(args, terminal)
     except KvasirError as exc:
         _record_failure(args, str(exc), 1)
-        signals.print_last(f"error: {exc}")
+        terminal.print_last(f"error: {exc}")
         return 1
     except signals.Interrupted as exc:
         _record_failure(args, f"interrupted: {exc}", 130)
-        signals.print_last(f"interrupted: {exc}. Finished steps and epochs are kept: {signals.resume_hint()} "
-                           "goes on from there.")
+        terminal.print_last(f"interrupted: {exc}. Finished steps and epochs are kept: {go_on} goes on from there.")
         return 130
     except KeyboardInterrupt:
         _record_failure(args, "interrupted", 130)
-        signals.print_last(f"interrupted: {signals.resume_hint()} goes on where it stopped.")
+        terminal.print_last(f"interrupted: {go_on} goes on where it stopped.")
         return 130
 
 
-def _dispatch(args) -> int:
+def _dispatch(args, terminal: signals.Terminal) -> int:
     if args.command == "run-notebook":
-        print(f"wrote {run_notebook(args.notebook, args.profile, args.overrides, args.model)}")
+        print(f"wrote {run_notebook(args.notebook, args.profile, args.overrides, args.model, terminal)}")
     elif args.command == "report":
         from kvasir_utils.report import site
 
@@ -165,9 +169,9 @@ def _dispatch(args) -> int:
         print(f"REPORT_DIR := {cfg.report_dir}")
         print(f"MODELS := {' '.join(cfg.train.models)}")
         print(f"SETTINGS := {settings}")
-        twin = profiles.masked_twin(cfg)  # notebook 07 shows its Table 1 once it is evaluated
-        twin_cfg = profiles.load_profile(twin, args.overrides) if twin else None
-        audit_inputs = [twin_cfg.run.eval_dir(m) / "metrics.json" for m in cfg.train.models] if twin_cfg else []
+        masked = profiles.masked_profile(cfg)  # notebook 07 shows its Table 1 once it is evaluated
+        masked_cfg = profiles.load_profile(masked, args.overrides) if masked else None
+        audit_inputs = [masked_cfg.run.metrics(m) for m in cfg.train.models] if masked_cfg else []
         print(f"AUDIT_INPUTS := {' '.join(map(str, audit_inputs))}")
     elif args.command == "predict":  # exit 3 (SKIPPED_EXIT) when a file could not be read
         from kvasir_utils.run.predict_folder import predict_folder

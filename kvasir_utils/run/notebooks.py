@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import yaml
@@ -22,13 +21,10 @@ SWEEP_NOTEBOOK = "06_sweep"
 NOTEBOOK_SOURCE_DIR = config.PROJECT_ROOT / "notebooks"
 
 
-FAILURE_FILE = "KVASIR_FAILURE_FILE"  # set by a caller (a sweep member) that wants a failure as fields
-
-
-def record_failure(step: str, error: str, exit_code: int) -> None:
-    """The failing step, its exit code and its error, as fields in ``$KVASIR_FAILURE_FILE`` when set."""
-    path = os.environ.get(FAILURE_FILE)
-    if path:
+def record_failure(path: Path | None, step: str, error: str, exit_code: int) -> None:
+    """The failing step, its exit code and its error, as fields in ``path`` (``--failure-file``: a
+    sweep member's runner asks for them so; nothing is written without one)."""
+    if path is not None:
         write_json_atomic(Path(path), {"step": step, "exit_code": exit_code, "error": error})
 
 
@@ -61,12 +57,15 @@ def check_make_path(path: Path) -> None:
                           "a file name; choose paths.runs / paths.reports (or a profile file name) without them")
 
 
-def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, what: str) -> Path:
+def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, what: str,
+                     terminal: signals.Terminal | None = None) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``out``, holding ``lock_folder``'s
     lock; the result appears under its name only if every cell succeeded. SIGINT and SIGTERM stop
-    the kernel too (``signals.KernelStopper``) and end in ``Interrupted``."""
+    the kernel too (``signals.KernelStopper``) and end in ``Interrupted``. The kernel's output goes to
+    ``terminal`` (this process's stdout and stderr unless given)."""
     import papermill
 
+    terminal = terminal or signals.Terminal()
     out.parent.mkdir(parents=True, exist_ok=True)
     failed = out.with_suffix(".failed.ipynb")
     stopper = signals.KernelStopper()
@@ -75,7 +74,7 @@ def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, 
             papermill.execute_notebook(
                 str(NOTEBOOK_SOURCE_DIR / f"{name}.ipynb"), str(failed), parameters=parameters,
                 cwd=str(NOTEBOOK_SOURCE_DIR), kernel_name="python3", progress_bar=False,
-                stdout_file=signals.LineTracker(sys.stdout), stderr_file=signals.LineTracker(sys.stderr),
+                stdout_file=terminal.out, stderr_file=terminal.err,
                 kernel_manager_class=stopper.kernel_manager_class(), on_cell_execute=stopper.before_cell,
                 # the kernel is stopped as soon as its last cell has finished, not asked to exit: every
                 # file a cell writes is complete when the cell returns (atomic writes; the stage closes
@@ -86,7 +85,7 @@ def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, 
         raise
     except Exception as exc:  # noqa: BLE001 - a failing cell, a dead kernel, an interrupt: one line each
         if failed.exists():
-            signals.print_last(f"the executed notebook up to there: {failed}")
+            terminal.print_last(f"the executed notebook up to there: {failed}")
         if stopper.signum is not None:
             how = "killed after it did not stop in time" if stopper.killed else "stopped"
             raise signals.Interrupted(stopper.signum, f"{what} {how}") from None
@@ -127,7 +126,8 @@ def _reason(exc: Exception) -> str:
     return text if kind in {"KvasirError", "ConfigError", "DownloadError", "DiskFullError"} else f"{kind}: {text}"
 
 
-def run_notebook(name: str, profile: str, overrides: list[str], model: str | None = None) -> Path:
+def run_notebook(name: str, profile: str, overrides: list[str], model: str | None = None,
+                 terminal: signals.Terminal | None = None) -> Path:
     """Execute one of the study's notebooks (01-05) for a profile (and a model)."""
     if name not in NOTEBOOKS:
         raise KvasirError(f"unknown notebook {name!r}; expected one of {', '.join(NOTEBOOKS)}")
@@ -141,4 +141,4 @@ def run_notebook(name: str, profile: str, overrides: list[str], model: str | Non
     if model is not None:
         parameters["MODEL"] = model
     return execute_notebook(name, parameters, executed_notebook_path(cfg, name, model), cfg.run_dir,
-                            f"{name}{f' ({model})' if model else ''}")
+                            f"{name}{f' ({model})' if model else ''}", terminal)

@@ -31,9 +31,9 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def resume_hint() -> str:
-    """How to go on: the make command the user ran (the Makefile exports it), else the generic advice."""
-    command = os.environ.get("KVASIR_COMMAND")
+def resume_hint(command: str | None) -> str:
+    """How to go on: the make command the user ran (the Makefile passes it as ``--go-on``), else the
+    generic advice."""
     return f"`{command}` again" if command else "the same command again"
 
 
@@ -146,18 +146,33 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-class LineTracker:
-    """A stream that forwards to ``target`` and remembers whether the terminal is mid-line (after a
-    progress bar's carriage return, say), so the study's last message can start on a line of its own."""
+class Terminal:
+    """Where a command's output goes (``out`` and ``err``, this process's stdout and stderr unless
+    given), and whether the last thing written there left the line open (a progress bar's carriage
+    return, say), so the command's last message can start on a line of its own."""
 
-    mid_line = False
+    def __init__(self, out=None, err=None):
+        self.mid_line = False
+        self.out = _Tracked(self, out or sys.stdout)
+        self.err = _Tracked(self, err or sys.stderr)
 
-    def __init__(self, target):
-        self.target = target
+    def print_last(self, message: str) -> None:
+        """``message`` on ``err``, on a line of its own, after whatever was written last."""
+        self.out.flush()
+        prefix = "\n" if self.mid_line else ""
+        self.mid_line = False
+        print(f"{prefix}{message}", file=self.err.target, flush=True)
+
+
+class _Tracked:
+    """A stream that forwards to ``target`` and tells its ``Terminal`` whether a line is left open."""
+
+    def __init__(self, terminal: Terminal, target):
+        self.terminal, self.target = terminal, target
 
     def write(self, text: str) -> int:
         if text:
-            LineTracker.mid_line = not text.endswith("\n")
+            self.terminal.mid_line = not text.endswith("\n")
         return self.target.write(text)
 
     def flush(self) -> None:
@@ -165,11 +180,3 @@ class LineTracker:
 
     def __getattr__(self, name):
         return getattr(self.target, name)
-
-
-def print_last(message: str) -> None:
-    """``message`` on stderr on a line of its own, after whatever the kernel printed last."""
-    sys.stdout.flush()
-    prefix = "\n" if LineTracker.mid_line else ""
-    LineTracker.mid_line = False
-    print(f"{prefix}{message}", file=sys.stderr, flush=True)

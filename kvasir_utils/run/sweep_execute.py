@@ -19,7 +19,6 @@ from pathlib import Path
 from kvasir_utils import config
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_json_atomic
-from kvasir_utils.run.notebooks import FAILURE_FILE
 from kvasir_utils.run.sweep_spec import Member, Sweep, settings_fingerprint
 
 SETUP_STAMP = ".venv/.installed"  # the Makefile's stamp of a finished `make setup`
@@ -38,7 +37,7 @@ def is_finished(member: Member) -> bool:
     record = read_record(member)
     return (bool(record) and record.get("status") == "finished"
             and record.get("settings_sha256") == settings_fingerprint(member)
-            and (member.cfg.run.eval_dir(member.model) / "metrics.json").exists())
+            and (member.cfg.run.metrics(member.model)).exists())
 
 
 def write_record(sweep: Sweep, member: Member, status: str, failure: dict | None, node: dict | None,
@@ -114,12 +113,13 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
-def member_command(profile: str, overrides: list[str]) -> list[str]:
-    """The make command of one member. ``--old-file``: a member never installs. It runs in its node's
-    environment (the Ray worker's own), set up before the sweep (`make sweep` updates the driver's);
-    members installing into it at once broke it."""
+def member_command(profile: str, overrides: list[str], failure_file: Path) -> list[str]:
+    """The make command of one member; its failing step describes itself in ``failure_file``.
+    ``--old-file``: a member never installs. It runs in its node's environment (the Ray worker's
+    own), set up before the sweep (`make sweep` updates the driver's); members installing into it at
+    once broke it."""
     return ["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "--old-file", SETUP_STAMP,
-            "pipeline-evaluated", f"PROFILE={profile}", f"SET={' '.join(overrides)}"]
+            "pipeline-evaluated", f"PROFILE={profile}", f"SET={' '.join(overrides)}", f"FAILURE_FILE={failure_file}"]
 
 
 def execute_member(profile: str, overrides: list[str], folder: str, invocation: str, node: dict) -> dict:
@@ -137,10 +137,10 @@ def execute_member(profile: str, overrides: list[str], folder: str, invocation: 
     with open(log, "a") as out:
         out.write(f"{header} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         out.flush()
-        command = member_command(profile, overrides)
+        command = member_command(profile, overrides, failure_file)
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**env, "PYTHONUNBUFFERED": "1", FAILURE_FILE: str(failure_file)},
+                                   env={**env, "PYTHONUNBUFFERED": "1"},
                                    preexec_fn=_die_with_parent())
         try:
             while (code := process.poll()) is None:  # polled: a cancelled task is interrupted here
