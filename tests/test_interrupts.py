@@ -178,7 +178,7 @@ def test_a_killed_kernel_is_reported_and_its_stage_keeps_the_last_finished_epoch
     assert run.finish() == 2  # make's own code for a failed step
     assert run.last_line().startswith(f"error: 03_finetune ({MODEL}) failed: the Jupyter kernel died"), run.output
     assert wait_until_gone(run) == []
-    assert torch.load(cfg.run.stage_dir(MODEL, "stage2") / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(cfg.run.checkpoint(MODEL, "stage2"), weights_only=True)["epoch"] == 1
 
 
 def test_ctrl_c_in_evaluation_leaves_no_stamp(interrupted):
@@ -203,7 +203,7 @@ def test_ctrl_c_while_the_report_is_rendered_leaves_no_half_written_page(interru
 
 
 def _same_history(cfg, reference, stage: str) -> None:
-    ours, theirs = (pd.read_csv(c.run.stage_dir(MODEL, stage) / "history.csv").drop(columns=VOLATILE)
+    ours, theirs = (pd.read_csv(c.run.history(MODEL, stage)).drop(columns=VOLATILE)
                     for c in (cfg, reference))
     assert list(ours["epoch"]) == list(range(1, cfg.stage_config(stage).epochs + 1))  # contiguous
     pd.testing.assert_frame_equal(ours, theirs)
@@ -218,7 +218,7 @@ def test_the_interrupted_run_goes_on_to_the_results_of_an_uninterrupted_one(inte
     assert (cache.read_manifest(prepare.cache_dir(cfg) / cache.MANIFEST)["error"] == "").all()
     for stage in config.STAGES:
         _same_history(cfg, reference, stage)
-    ours, theirs = (pd.read_csv(c.run.eval_dir(MODEL) / "predictions.csv") for c in (cfg, reference))
+    ours, theirs = (pd.read_csv(c.run.predictions(MODEL)) for c in (cfg, reference))
     pd.testing.assert_frame_equal(ours, theirs)
     assert (cfg.report_dir / "index.html").exists()
     assert not list(cfg.run.notebooks.glob("*.failed.ipynb"))  # each step that finished replaced its failed copy

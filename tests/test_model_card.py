@@ -42,10 +42,10 @@ def test_a_card_per_model_in_the_sections_of_mitchell_et_al(cards, smoke_chain):
 
 
 def test_every_number_in_a_card_is_one_of_metrics_json_or_a_table(cards, smoke_chain):
-    tables = smoke_chain.report_dir / "tables"
+    tables = smoke_chain.report.tables
     found = [v for csv in tables.glob("*.csv") for v in pd.read_csv(csv).select_dtypes("number").to_numpy().ravel()]
     for model, text in cards.items():
-        record = json.loads((smoke_chain.run.eval_dir(model) / "metrics.json").read_text())
+        record = json.loads((smoke_chain.run.metrics(model)).read_text())
         allowed = _four_decimals(_numbers(record) + found)
         numbers = re.findall(r"(?<![\w./])\d+\.\d{4}(?![\w./])", text)  # not a DOI, version, path
         assert len(numbers) > 60 and set(numbers) <= allowed, (model, set(numbers) - allowed)
@@ -60,10 +60,10 @@ def test_every_number_in_a_card_is_one_of_metrics_json_or_a_table(cards, smoke_c
 
 def test_the_regions_of_the_gi_tract_are_counted_from_predictions_csv(cards, smoke_chain):
     for model, text in cards.items():
-        predictions = pd.read_csv(smoke_chain.run.eval_dir(model) / "predictions.csv")
+        predictions = pd.read_csv(smoke_chain.run.predictions(model))
         upper = predictions["label"].isin(factors.REGIONS["upper GI"])
         for name, part in (("upper GI", predictions[upper]), ("lower GI", predictions[~upper])):
             accuracy = (part["true"] == part["pred"]).mean()
             assert re.search(rf"\| region +\| {name} +\| +{len(part)} \| +{accuracy:.4f} \|", text), (model, name)
-        region = pd.read_csv(smoke_chain.report_dir / "tables" / f"{model}_accuracy_by_region.csv", index_col=0)
+        region = pd.read_csv(smoke_chain.report.table(f"{model}_accuracy_by_region"), index_col=0)
         assert region["images"].sum() == 64

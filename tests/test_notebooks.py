@@ -21,7 +21,7 @@ def test_notebook_01_writes_the_split_and_its_report_items(smoke_chain):
     assert list(split.columns) == ["path", "label", "split"]
     assert set(split["split"]) == {"train", "val"} and split["label"].nunique() == 8
     for name in ("class_counts.csv", "class_counts.md", "class_counts.tex"):
-        assert (smoke_chain.report_dir / "tables" / name).stat().st_size > 0
+        assert (smoke_chain.report.tables / name).stat().st_size > 0
     executed = nbformat.read(notebooks.executed_notebook_path(smoke_chain, "01_download_and_split"), as_version=4)
     outputs = json.dumps([c.get("outputs", []) for c in executed.cells])
     assert "dyed-lifted-polyps" in outputs and "Pipeline check on generated data" in outputs
@@ -39,16 +39,16 @@ def test_training_notebooks_leave_checkpoints_histories_and_event_files(smoke_ch
 
 def test_evaluation_writes_predictions_and_metrics(smoke_chain):
     for model in smoke_chain.train.models:
-        record = json.loads((smoke_chain.run.eval_dir(model) / "metrics.json").read_text())
+        record = json.loads((smoke_chain.run.metrics(model)).read_text())
         assert {"accuracy", "macro_f1", "macro_auc", "parameters", "gflops"} <= set(record)
-        predictions = pd.read_csv(smoke_chain.run.eval_dir(model) / "predictions.csv")
+        predictions = pd.read_csv(smoke_chain.run.predictions(model))
         probs = predictions.filter(like="p_")
         assert probs.shape[1] == 8 and probs.sum(axis=1).to_numpy() == pytest.approx(1, abs=1e-4)
         assert record["accuracy"] == pytest.approx((predictions["true"] == predictions["pred"]).mean())
 
 
 def test_every_table_and_figure_of_the_paper_is_in_the_report(smoke_chain):
-    tables, figures = smoke_chain.report_dir / "tables", smoke_chain.report_dir / "figures"
+    tables, figures = smoke_chain.report.tables, smoke_chain.report.figures
     for model in smoke_chain.train.models:
         for name in ("table1", "table2", "roc_auc"):
             assert (tables / f"{model}_{name}.csv").stat().st_size > 0
@@ -109,7 +109,7 @@ def test_a_failing_notebook_exits_non_zero_with_the_reason_and_leaves_no_stamp(t
 
 def test_the_audit_recovers_the_planted_traps_and_reaches_the_index(smoke_chain):
 
-    tables = smoke_chain.report_dir / "tables"
+    tables = smoke_chain.report.tables
     rates = pd.read_csv(tables / "guide_box_rates.csv").set_index("label")["rate"]
     for label, planted in synthetic.GUIDE_BOX_RATES.items():
         assert rates[label] == pytest.approx(planted, abs=0.1), label  # found in the cache by colour and place
@@ -117,7 +117,7 @@ def test_the_audit_recovers_the_planted_traps_and_reaches_the_index(smoke_chain)
     assert list(headline.index) == smoke_chain.train.models
     assert ((headline["twin_share"] > 0) & (headline["twin_share"] < 0.5)).all()
     for model in smoke_chain.train.models:
-        record = json.loads((smoke_chain.run.eval_dir(model) / "metrics.json").read_text())
+        record = json.loads((smoke_chain.run.metrics(model)).read_text())
         assert 0 <= record["ece"] <= 1 and 0 <= record["brier"] <= 2
         assert headline.loc[model, "ece"] == pytest.approx(record["ece"], abs=1e-5)
         masked = pd.read_csv(tables / f"{model}_guide_box_masked.csv", index_col=0)
@@ -125,15 +125,15 @@ def test_the_audit_recovers_the_planted_traps_and_reaches_the_index(smoke_chain)
         # the table's arithmetic, exact whatever the model learned (8 images a class cannot bound a trained
         # model's change: one image is 0.125): accuracy from predictions.csv, change = masked - unmasked,
         # "all" weighted by images
-        predictions = pd.read_csv(smoke_chain.run.eval_dir(model) / "predictions.csv")
+        predictions = pd.read_csv(smoke_chain.run.predictions(model))
         right = (predictions["true"] == predictions["pred"]).groupby(predictions["label"]).mean()
         masked_accuracy = masked["masked_accuracy"]
         assert masked["accuracy"].drop("all").to_numpy() == pytest.approx(right[smoke_chain.data.classes].to_numpy())
         assert masked["change"].to_numpy() == pytest.approx((masked_accuracy - masked["accuracy"]).to_numpy())
         counts = predictions["label"].value_counts()[smoke_chain.data.classes].to_numpy()
         assert masked_accuracy["all"] == pytest.approx((masked_accuracy.drop("all") * counts).sum() / counts.sum())
-        assert (smoke_chain.report_dir / "figures" / f"{model}_figure3_gradcam.png").stat().st_size > 10_000
-        assert (smoke_chain.report_dir / "figures" / f"{model}_reliability.png").exists()
+        assert (smoke_chain.report.figure(f"{model}_figure3_gradcam")).stat().st_size > 10_000
+        assert (smoke_chain.report.figure(f"{model}_reliability")).exists()
     index = (smoke_chain.report_dir / "index.html").read_text()
     assert "Audit: what inflates the score" in index and "position-guide box appears in 5 of 8 classes" in index
     comparison = pd.read_csv(tables / "comparison.csv", index_col=0)
@@ -147,7 +147,7 @@ def test_every_result_says_which_code_environment_and_data_made_it(smoke_chain):
 
     archive = prepare.archive_path(smoke_chain)
     for model in smoke_chain.train.models:
-        record = json.loads((smoke_chain.run.eval_dir(model) / "metrics.json").read_text())["provenance"]
+        record = json.loads((smoke_chain.run.metrics(model)).read_text())["provenance"]
         assert record["commit"] == study_version()["commit"] and len(record["commit"]) == 40
         assert isinstance(record["dirty"], bool)
         assert record["lock_sha256"] == hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()

@@ -75,13 +75,13 @@ def test_predicted_probabilities_equal_the_evaluation_of_the_same_images(predict
     """Same code path as notebook 04: the originals, resized in memory as the cache does, give the
     probabilities of predictions.csv (which were computed from the cache files), at the same precision."""
     predictions = pd.read_csv(predicted[2] / "predictions.csv")
-    evaluated = pd.read_csv(smoke_chain.run.eval_dir("resnet50") / "predictions.csv").set_index("path")
+    evaluated = pd.read_csv(smoke_chain.run.predictions("resnet50")).set_index("path")
     evaluated = evaluated.loc[predictions["file"]]
     assert predictions.filter(like="p_").to_numpy() == pytest.approx(evaluated.filter(like="p_").to_numpy(), abs=1e-6)
     assert (predictions["predicted"].to_numpy() == np.array(smoke_chain.data.classes)[evaluated["pred"]]).all()
     assert predictions["probability"].to_numpy() == pytest.approx(evaluated["confidence"].to_numpy(), abs=1e-6)
     record = json.loads((predicted[2] / "predict.json").read_text())
-    metrics = json.loads((smoke_chain.run.eval_dir("resnet50") / "metrics.json").read_text())
+    metrics = json.loads((smoke_chain.run.metrics("resnet50")).read_text())
     assert record["runtime"]["precision"] == metrics["runtime"]["precision"]
 
 
@@ -123,7 +123,7 @@ def test_an_unfinished_checkpoint_or_another_format_is_refused_with_the_remedy(s
     run = tmp_path / "smoke"
     with pytest.raises(KvasirError, match="no trained efficientnet_b0"):
         Predictor.from_run(run, "efficientnet_b0")
-    saved = torch.load(smoke_chain.run.stage_dir("efficientnet_b0", "stage2") / "checkpoint.pt", weights_only=True)
+    saved = torch.load(smoke_chain.run.checkpoint("efficientnet_b0", "stage2"), weights_only=True)
     copy = run / "efficientnet_b0" / "stage2" / "checkpoint.pt"
     copy.parent.mkdir(parents=True)
     torch.save({**saved, "optimizer": {}, "epoch": 1}, copy)

@@ -54,7 +54,7 @@ def test_the_index_answers_first_whether_the_paper_was_reproduced(smoke_chain, d
     assert "Pipeline check on generated data" in banner
     header, *rows = _rows(driver, "#verdict table tr")
     assert header[:3] == ["claim", "paper", "this run"] and len(rows) == len(verdicts.CLAIMS)
-    records = {m: json.loads((smoke_chain.run.eval_dir(m) / "metrics.json").read_text()) for m in smoke_chain.train.models}
+    records = {m: json.loads((smoke_chain.run.metrics(m)).read_text()) for m in smoke_chain.train.models}
     shown = {row[0]: row for row in rows}
     for claim in verdicts.CLAIMS:
         row = shown[claim.words]
@@ -81,7 +81,7 @@ def test_notebook_pages_have_titles_and_links_back_to_the_index(smoke_chain, dri
 def test_a_table2_cell_opens_the_error_browser_on_its_images(smoke_chain, driver):
     from selenium.webdriver.common.by import By
 
-    predictions = pd.read_csv(smoke_chain.run.eval_dir("resnet50") / "predictions.csv")
+    predictions = pd.read_csv(smoke_chain.run.predictions("resnet50"))
     classes = smoke_chain.data.classes
     wrong = predictions[predictions["true"] != predictions["pred"]].iloc[0]
     true, pred = classes[wrong["true"]], classes[wrong["pred"]]
