@@ -1,6 +1,7 @@
 """timm backbones beside torchvision's, their pretrained weights from a file or the hub cache (never
 the network), and LoRA stages (peft): tiny timm test models at 32 px, random init, in seconds."""
 
+import json
 import shutil
 
 import numpy as np
@@ -11,7 +12,7 @@ from safetensors.torch import save_file
 from kvasir_utils import artefacts
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.train import checkpoints, explain, export, hardware, lora, models, stages
-from tests.helpers import tiny_config
+from tests.helpers import paper_settings, tiny_config
 
 VIT = "timm:test_vit"  # timm's smallest ViT (patch 16, 6 blocks of width 64, fused qkv): 0.3 M parameters
 DINOV2_S = "timm:vit_small_patch14_dinov2.lvd142m"
@@ -118,13 +119,7 @@ def test_a_run_with_weights_files_trains_from_that_file_bit_for_bit(tiny_data, r
     assert not torch.equal(trained["head.weight"], state["head.weight"][:8])
     record = models.weights_origin(cfg, VIT)
     assert record["source"] == "file (train.weights_files)" and record["file"] == "vit.safetensors"
-    assert record == artefacts_json(cfg.run.weights_record(VIT))
-
-
-def artefacts_json(path):
-    import json
-
-    return json.loads(path.read_text())
+    assert record == json.loads(cfg.run.weights_record(VIT).read_text())  # weights.json, which provenance reads
 
 
 def test_a_weights_file_is_checked_against_its_sha256_and_a_missing_one_is_named(tiny_data, runs, tmp_path):
@@ -164,17 +159,10 @@ def test_offline_a_timm_model_loads_from_the_hub_cache_or_names_the_file_and_the
 def test_the_lora_count_of_dinov2_vit_s_at_224_px():
     """The issue's measurement: rank 4 on qkv over 12 blocks of width 384, and the 8-class head."""
     with torch.device("meta"):
-        model = lora.add_lora(models.build_model(DINOV2_S, 8, image_size=224),
-                              tiny_settings_lora(rank=4))
+        model = lora.add_lora(models.build_model(DINOV2_S, 8, image_size=224), paper_settings("train").lora)
     trainable = models.set_trainable(model, "lora")
     assert lora.lora_parameter_count(model) == 12 * 4 * (384 + 3 * 384) == 73_728
     assert sum(model.get_parameter(n).numel() for n in trainable) == 73_728 + 384 * 8 + 8 == 76_808
-
-
-def tiny_settings_lora(**changes):
-    from tests.helpers import paper_settings
-
-    return paper_settings("train").lora.model_copy(update=changes)
 
 
 def test_a_lora_stage_trains_the_adapters_and_the_head_and_records_its_count(tiny_data, runs):
@@ -225,14 +213,17 @@ def test_a_lora_model_restores_merges_and_exports_with_onnx_parity(tiny_data, ru
     import onnxruntime
 
     cfg = _lora_config(tiny_data, runs)
-    _train(cfg, VIT, "stage1")
-    _train(cfg, VIT, "stage2")
-    saved = checkpoints.load_checkpoint(cfg.run.checkpoint(VIT, "stage2"), cfg.profile)
-    model = models.restore(cfg, VIT, "stage2", saved.model).eval()
+    trained = models.stage_model(cfg, VIT, "stage2")
+    with torch.no_grad():  # adapters as training leaves them: B no longer zero
+        for name in lora.adapter_names(trained):
+            trained.get_parameter(name).normal_(0, 0.5)
+    model = models.restore(cfg, VIT, "stage2", trained.state_dict()).eval()  # a checkpoint's peft state dict
     merged = lora.merged(model)
     assert not lora.has_lora(merged) and lora.has_lora(model)  # the model itself keeps its adapters
     assert set(merged.state_dict()) == set(models.build_model(VIT, 8, image_size=32).state_dict())
     images = torch.randn(4, 3, 32, 32)
+    # the adapters are folded into the weights, not dropped
+    assert not torch.equal(merged.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.base_layer.weight)
     with torch.inference_mode():
         reference = model(images).numpy()
     session = onnxruntime.InferenceSession(export.onnx_bytes(merged, 32), providers=["CPUExecutionProvider"])
