@@ -84,12 +84,13 @@ def test_a_saved_config_from_an_older_version_is_read_with_todays_protocol():
 
 def test_the_protocol_is_written_once_in_paper_yaml_and_the_schema_only_types_it(tmp_path):
     sections = [s for s in config.Section.__subclasses__() if s.__module__ == config.__name__]
-    assert len(sections) == 11  # Config and its ten sections
+    assert len(sections) == 13  # Config and its twelve sections
     with_default = [f"{model.__name__}.{name}" for model in sections for name, field in model.model_fields.items()
                     if not field.is_required()]
-    # A default in the schema would be a second copy of paper.yaml; the one exception is a key of a
-    # section paper.yaml leaves null (data.synthetic), which paper.yaml cannot give.
-    assert with_default == ["SyntheticConfig.layout"]
+    # A default in the schema would be a second copy of paper.yaml; the exceptions are keys paper.yaml
+    # cannot give: one of a section it leaves null (data.synthetic), and a weights file's optional hash
+    # (an entry of train.weights_files, which is empty in the protocol).
+    assert with_default == ["SyntheticConfig.layout", "WeightsFile.sha256"]
     own = tmp_path / "mine.yaml"  # no base: starts from the paper's protocol
     own.write_text("train:\n  batch_size: 8\n")
     mine, paper = load_profile(str(own)), load_profile("paper")

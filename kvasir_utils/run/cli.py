@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from kvasir_utils import profiles
+from kvasir_utils.artefacts import model_folder
 from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import folder_lock, write_text_atomic
@@ -167,7 +168,7 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
         settings = write_settings_stamp(cfg)
         print(f"RUN_DIR := {cfg.run_dir}")
         print(f"REPORT_DIR := {cfg.report_dir}")
-        print(f"MODELS := {' '.join(cfg.train.models)}")
+        print(f"MODELS := {' '.join(model_folder(m) for m in cfg.train.models)}")  # no colon in a target
         print(f"SETTINGS := {settings}")
         masked = profiles.masked_profile(cfg)  # notebook 07 shows its Table 1 once it is evaluated
         masked_cfg = profiles.load_profile(masked, args.overrides) if masked else None

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from kvasir_utils import config, profiles
+from kvasir_utils.artefacts import model_folder, model_named
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import disk_full, folder_lock, is_disk_full, write_json_atomic, write_text_atomic
 from kvasir_utils.run import signals
@@ -30,7 +31,7 @@ def record_failure(path: Path | None, step: str, error: str, exit_code: int) -> 
 
 def executed_notebook_path(cfg: config.Config, name: str, model: str | None = None) -> Path:
     """Where the executed copy of a notebook goes; the Makefile uses it as the step's stamp."""
-    return cfg.run.notebooks / (f"{name}-{model}.ipynb" if model else f"{name}.ipynb")
+    return cfg.run.notebooks / (f"{name}-{model_folder(model)}.ipynb" if model else f"{name}.ipynb")
 
 
 def write_settings_stamp(cfg: config.Config) -> Path:
@@ -134,8 +135,10 @@ def run_notebook(name: str, profile: str, overrides: list[str], model: str | Non
     if (name in PER_MODEL) != (model is not None):
         raise KvasirError(f"notebook {name} {'needs' if name in PER_MODEL else 'takes no'} --model")
     cfg = profiles.load_profile(profile, overrides)
-    if model is not None and model not in cfg.train.models:
-        raise KvasirError(f"model {model!r} is not in train.models of profile {cfg.profile}: {cfg.train.models}")
+    if model is not None:  # the Makefile names a model by its folder (make targets take no colon)
+        if (found := model_named(cfg.train.models, model)) is None:
+            raise KvasirError(f"model {model!r} is not in train.models of profile {cfg.profile}: {cfg.train.models}")
+        model = found
     # the kernel runs in notebooks/: a relative profile path is made absolute
     parameters = {"PROFILE": profiles.profile_reference(profile), "OVERRIDES": list(overrides)}
     if model is not None:

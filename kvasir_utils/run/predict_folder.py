@@ -78,7 +78,7 @@ def predict_folder(cfg: Config, model_name: str, images: Path | str, name: str |
     """Predict every file under ``images`` with the profile's trained ``model_name`` on the device
     and in the precision ``cfg.runtime`` resolves to; write predictions.csv, skipped.csv,
     predict.json and the gallery (index.html, thumbnails/, gradcam/)."""
-    check_model(cfg, model_name)
+    model_name = check_model(cfg, model_name)
     if not str(images).strip():
         raise KvasirError("no images given: make predict IMAGES=<a folder of images, or one image file>")
     source = Path(images).expanduser().resolve()

@@ -48,6 +48,8 @@ def stage_settings(config: dict, stage: str) -> dict:
     later = STAGES[STAGES.index(stage) + 1:]
     train = {k: v for k, v in config["train"].items()
              if k != "models" and k not in later and not any(k.startswith(f"{s}_") for s in later)}
+    if not any((config["train"][s] or {}).get("trainable") == "lora" for s in STAGES[:STAGES.index(stage) + 1]):
+        train.pop("lora", None)  # the adapters' settings matter only from the stage that adds them
     return {"data.classes": config["data"]["classes"], "split": config["split"],
             "cache": {k: config["cache"][k] for k in ("short_side", "quality")},
             # the backend as resolved is part of the runtime the checkpoint records ("auto" differs by device)
@@ -112,6 +114,4 @@ def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> Checkpoint:
 def load_trained_model(cfg: Config, model_name: str) -> nn.Module:
     """The model as it ended training, after checking it was trained on today's split and cache."""
     checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg.train.stage2.epochs))
-    model = models.build_model(model_name, len(cfg.classes), weights=None)
-    model.load_state_dict(checkpoint.model)
-    return model
+    return models.restore(cfg, model_name, checkpoint.stage, checkpoint.model)

@@ -25,6 +25,7 @@ from kvasir_utils.train import checkpoints, hardware, loop, models, presets, sta
 def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime) -> tuple[pd.DataFrame, dict]:
     """Predict the validation set once with the trained model (after checking it was trained on
     today's split and cache); write ``predictions.csv`` and ``metrics.json``."""
+    cfg = models.for_model(cfg, model_name)  # a profile that leaves the input to the model: the model's own
     model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
     split = read_split(cfg.run.split, cfg.classes)
     val = split[split["split"] == "val"].reset_index(drop=True)
@@ -70,6 +71,7 @@ def masked_predictions(cfg: Config, model_name: str, runtime: hardware.Runtime,
                        mode: str = "guide_box") -> pd.DataFrame:
     """predictions.csv's images (``path``, ``label``, ``true``, ``pred``) with ``masked_pred``: the
     class predicted with the overlays masked at test time only (how much the model leans on them)."""
+    cfg = models.for_model(cfg, model_name)
     predictions = pd.read_csv(cfg.run.predictions(model_name))
     model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
     if overlays.MASK_MODES.index(cfg.transforms.mask_overlays) > overlays.MASK_MODES.index(mode):

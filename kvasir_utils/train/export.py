@@ -134,7 +134,7 @@ def parity_check(onnx: bytes, predictor: Predictor) -> dict:
 
 def export_model(cfg: Config, model_name: str) -> Export:
     """Export the profile's trained ``model_name`` and check it (see the module's description)."""
-    check_model(cfg, model_name)
+    model_name = check_model(cfg, model_name)
     fp32 = hardware.Runtime(torch.device("cpu"), "fp32", workers=0)
     predictor = Predictor.from_run(cfg.run_dir, model_name, fp32)
     onnx = onnx_bytes(lora.merged(predictor.model), predictor.cfg.transforms.image_size)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from kvasir_utils.artefacts import STAGES, Checkpoint, RunFolder, final_stage, probability_columns
+from kvasir_utils.artefacts import STAGES, Checkpoint, RunFolder, final_stage, model_named, probability_columns
 from kvasir_utils.config import Config
 from kvasir_utils.data import duplicates, overlays, prepare
 from kvasir_utils.data.cache import MANIFEST, cache_copy
@@ -36,10 +36,14 @@ from kvasir_utils.train import checkpoints, explain, hardware, loop, models, pre
 COLUMNS = ["file", "predicted", "probability", "guide_box", "train_near_duplicate", "train_near_duplicate_distance"]
 
 
-def check_model(cfg: Config, model_name: str) -> None:
-    if model_name not in cfg.train.models:
+def check_model(cfg: Config, model_name: str) -> str:
+    """The profile's model that ``model_name`` names (its full name or its folder name, e.g.
+    ``timm:convnext_tiny`` or ``timm-convnext_tiny``); refused with the profile's models otherwise."""
+    found = model_named(cfg.train.models, model_name)
+    if found is None:
         raise KvasirError(f"MODEL={model_name!r} is not a model of profile {cfg.profile}; its models: "
-                          f"{', '.join(cfg.train.models)}")
+                          f"{', '.join(cfg.train.models)} (a timm model's folder name, timm-<name>, works too)")
+    return found
 
 
 def latest_checkpoint(run_folder: Path, model_name: str) -> Path | None:
@@ -120,8 +124,7 @@ class Predictor:
         ``runtime`` or on the device and precision its settings resolve to on this machine."""
         checkpoint, cfg, path = load_finished(Path(run_folder), model_name)
         runtime = hardware.apply_determinism(runtime or hardware.resolve_runtime(cfg.runtime))
-        model = models.build_model(model_name, len(cfg.classes), weights=None)
-        model.load_state_dict(checkpoint.model)
+        model = models.restore(cfg, model_name, checkpoint.stage, checkpoint.model)
         return cls(cfg, model_name, hardware.prepare_model(model, runtime).eval(), runtime, path, Path(run_folder))
 
     @property
