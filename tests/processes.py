@@ -46,6 +46,14 @@ def run_make(target: str, *arguments: str, dry_run: bool = False, env: dict | No
                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
 
+def _as_foreground_job() -> None:
+    """The signal handling a terminal gives its foreground job: a suite started in the background
+    (``make test &``, a CI runner) hands its children SIGINT and SIGQUIT ignored, and a make that
+    ignores Ctrl-C is not what a user meets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class Run:
     """A command in its own session (as a terminal's foreground job), its output in a file."""
 
@@ -57,7 +65,7 @@ class Run:
         with open(log, "w") as out:
             environment = {**_terminal_env(), **(env or {}), TAG: self.tag}
             self.process = subprocess.Popen(args, cwd=config.PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True, env=environment)
+                                            start_new_session=True, env=environment, preexec_fn=_as_foreground_job)
 
     @property
     def output(self) -> str:

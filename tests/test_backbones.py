@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from kvasir_utils import artefacts
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.train import checkpoints, explain, export, hardware, lora, models, stages
+from kvasir_utils.train import checkpoints, explain, export, hardware, lora, models, stages, weights
 from tests.helpers import paper_settings, tiny_config
 
 VIT = "timm:test_vit"  # timm's smallest ViT (patch 16, 6 blocks of width 64, fused qkv): 0.3 M parameters
@@ -117,7 +117,7 @@ def test_a_run_with_weights_files_trains_from_that_file_bit_for_bit(tiny_data, r
     for key in frozen:
         assert torch.equal(trained[key], state[key]), key
     assert not torch.equal(trained["head.weight"], state["head.weight"][:8])
-    record = models.weights_origin(cfg, VIT)
+    record = weights.weights_origin(cfg, VIT)
     assert record["source"] == "file (train.weights_files)" and record["file"] == "vit.safetensors"
     assert record == json.loads(cfg.run.weights_record(VIT).read_text())  # weights.json, which provenance reads
 

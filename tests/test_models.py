@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.train import models
+from kvasir_utils.train import models, weights
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_weights_in_the_torch_hub_cache_are_checked_and_loaded(tmp_path, monkeyp
 
 def test_a_damaged_weights_file_is_named_with_its_expected_hash(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path = models.weights_file("resnet50", "IMAGENET1K_V1")
+    path = weights.weights_file("resnet50", "IMAGENET1K_V1")
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\x03\x04 the first bytes of a truncated copy")
     with pytest.raises(KvasirError, match=r"resnet50-0676ba61\.pth is damaged .* expected 0676ba61(.|\n)*Delete it and "

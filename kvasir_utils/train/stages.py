@@ -19,7 +19,7 @@ from kvasir_utils.data import prepare
 from kvasir_utils.data.dataset import make_loader, split_datasets
 from kvasir_utils.data.split import read_split
 from kvasir_utils.files import write_csv_atomic, write_json_atomic
-from kvasir_utils.train import models, presets
+from kvasir_utils.train import models, presets, weights
 from kvasir_utils.train.augment import pad_collate, to_uint8_tensor
 from kvasir_utils.train.checkpoints import (
     check_checkpoint,
@@ -177,8 +177,8 @@ def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loade
 def record_weights(cfg: Config, model_name: str) -> Path:
     """``weights.json`` beside stage 1's checkpoint: the pretrained weights file this run started
     from, where it came from and its SHA-256, taken when it was loaded (the provenance reports it
-    from here; ``models.weights_origin``)."""
-    return write_json_atomic(cfg.run.weights_record(model_name), models.weights_origin(cfg, model_name))
+    from here; ``weights.weights_origin``)."""
+    return write_json_atomic(cfg.run.weights_record(model_name), weights.weights_origin(cfg, model_name))
 
 
 # -- what the notebooks call --------------------------------------------------------------
