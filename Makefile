@@ -30,7 +30,7 @@ ifeq ($(MAKELEVEL),0)
 export GO_ON := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
 endif
 
-.PHONY: help setup lock data evaluate smoke reproduce report sweep cross-evaluate predict export test test-fast docs browser \
+.PHONY: help setup lock data evaluate smoke reproduce report sweep cross-evaluate predict export test test-fast docs chromium \
 	screenshots lint lab bench gpu-check clean
 
 help: ## list the targets (the default)
@@ -77,7 +77,7 @@ predict: $(SETUP_STAMP) ## predict IMAGES=folder/ with a trained MODEL of PROFIL
 export: $(SETUP_STAMP) ## write MODEL of PROFILE as ONNX with preprocessing.json, after a parity check against PyTorch
 	$(KV) export $(ARGS) --model '$(MODEL)'
 
-test: $(SETUP_STAMP) browser ## all tests: notebook runs, a Ray cluster, a browser (no network)
+test: $(SETUP_STAMP) chromium ## all tests: notebook runs, a Ray cluster, a browser (no network)
 	$(PY) -m pytest
 
 test-fast: $(SETUP_STAMP) ## the tests without the end-to-end notebook runs
@@ -86,14 +86,14 @@ test-fast: $(SETUP_STAMP) ## the tests without the end-to-end notebook runs
 docs: $(SETUP_STAMP) ## remake the tables in docs/ that come from the code (the paper's readings)
 	$(KV) docs
 
-browser: ## install Debian's chromium and chromium-driver for the browser tests, when missing (needs apt)
+chromium: ## install Debian's chromium and chromium-driver for the browser tests, when missing (needs apt)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
 		  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
 		  echo "warning: could not install chromium (needs root and apt); the browser tests will be skipped"; }
 
-screenshots: $(SETUP_STAMP) browser ## PNGs of reports/PROFILE's index and one page of each kind, into docs/images/
-	$(PY) -m tools.browser reports/$(PROFILE) docs/images
+screenshots: $(SETUP_STAMP) chromium ## PNGs of reports/PROFILE's index and one page of each kind, into docs/images/
+	$(PY) -m tools.chromium reports/$(PROFILE) docs/images
 
 lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored without outputs
 	$(PY) -m ruff check kvasir_utils tests tools notebooks

@@ -91,6 +91,7 @@ def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "kvasir_utils", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow  # runs notebook 01 in a kernel
 def test_a_relative_profile_path_works_and_a_grouped_split_keeps_planted_duplicates_together(tmp_path):
 
     (tmp_path / "my").mkdir()

@@ -196,14 +196,14 @@ def _stub_path(folder: Path, programs: list[str]) -> dict:
     return {"PATH": str(folder)}
 
 
-def test_make_browser_installs_nothing_when_chromium_is_there(tmp_path):
-    done = run_make("browser", env=_stub_path(tmp_path / "bin", ["chromium", "chromedriver", "apt-get"]))
+def test_make_chromium_installs_nothing_when_chromium_is_there(tmp_path):
+    done = run_make("chromium", env=_stub_path(tmp_path / "bin", ["chromium", "chromedriver", "apt-get"]))
     assert done.returncode == 0 and done.stdout == "", done.stdout
     assert not (tmp_path / "bin" / "calls.txt").exists()
 
 
-def test_make_browser_installs_debians_chromium_when_it_is_missing(tmp_path):
-    done = run_make("browser", env=_stub_path(tmp_path / "bin", ["apt-get"]))
+def test_make_chromium_installs_debians_chromium_when_it_is_missing(tmp_path):
+    done = run_make("chromium", env=_stub_path(tmp_path / "bin", ["apt-get"]))
     assert done.returncode == 0, done.stdout
     assert (tmp_path / "bin" / "calls.txt").read_text() == "apt-get install -y -q chromium chromium-driver\n"
 
@@ -235,7 +235,7 @@ def _commands(output: str) -> list[list[str]]:
     ("test", [], [".venv/bin/python -m pytest\n"]),
     ("test-fast", [], ['.venv/bin/python -m pytest -m "not slow"']),
     ("lab", [], [".venv/bin/jupyter lab notebooks"]),
-    ("screenshots", ["PROFILE=smoke"], [".venv/bin/python -m tools.browser reports/smoke docs/images"]),
+    ("screenshots", ["PROFILE=smoke"], [".venv/bin/python -m tools.chromium reports/smoke docs/images"]),
 ])
 def test_a_target_that_cannot_run_here_would_run_its_command(target, variables, expected):
     done = run_make(target, *variables, dry_run=True)

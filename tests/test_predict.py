@@ -19,7 +19,7 @@ from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import atomic_folder
 from kvasir_utils.run import cli, notebooks
 from kvasir_utils.train.predict import Predictor, image_files
-from tools import browser
+from tools import chromium
 
 SKIPPED = {"broken.jpg", "notes.txt"}
 
@@ -112,9 +112,9 @@ def test_the_gallery_shows_every_image_with_its_map_offline(predicted):
     assert 'name="viewport"' in page and not re.search(r'(src|href)\s*=\s*"(https?:)?//', page)
     assert page.count('data-confidence="') == 64 and "least confident first" in page
     assert "mean nothing about Kvasir" in page and "not for clinical use" in page
-    if browser.chromium_found():  # as a reader opens it: every image loads, nothing too wide, no console error
-        with browser.open_browser() as driver:
-            assert browser.page_problems(driver, folder / "index.html") == []
+    if chromium.chromium_found():  # as a reader opens it: every image loads, nothing too wide, no console error
+        with chromium.open_browser() as driver:
+            assert chromium.page_problems(driver, folder / "index.html") == []
 
 
 @pytest.mark.slow

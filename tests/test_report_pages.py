@@ -11,15 +11,15 @@ import pytest
 
 from kvasir_utils.analysis import verdicts
 from kvasir_utils.report import formats
-from tools import browser
+from tools import chromium
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chain"),
-              pytest.mark.skipif(not browser.chromium_found(), reason="chromium is not installed: make browser")]
+              pytest.mark.skipif(not chromium.chromium_found(), reason="chromium is not installed: make chromium")]
 
 
 @pytest.fixture(scope="module")
 def driver():
-    with browser.open_browser() as opened:
+    with chromium.open_browser() as opened:
         yield opened
 
 
@@ -31,7 +31,7 @@ def _pages(report: Path) -> list[Path]:
 def test_every_page_loads_cleanly_at_two_widths(smoke_chain, driver):
     pages = _pages(smoke_chain.report_dir)
     assert len(pages) == 1 + 9 + 2 + 2  # the index, nine notebook pages, two error browsers, two model cards
-    problems = {page.name: found for page in pages if (found := browser.page_problems(driver, page))}
+    problems = {page.name: found for page in pages if (found := chromium.page_problems(driver, page))}
     assert problems == {}
 
 
@@ -45,7 +45,7 @@ def _rows(driver, selector: str) -> list[list[str]]:
 def test_the_index_answers_first_whether_the_paper_was_reproduced(smoke_chain, driver):
     from selenium.webdriver.common.by import By
 
-    browser.show(driver, smoke_chain.report_dir / "index.html", 1280)
+    chromium.show(driver, smoke_chain.report_dir / "index.html", 1280)
     headings = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "h2")]
     assert headings[0] == "Did this run reproduce the paper?"  # the verdict before anything else
     assert headings.index("ResNet50") < headings.index("EfficientNet-B0") < headings.index(
@@ -72,7 +72,7 @@ def test_notebook_pages_have_titles_and_links_back_to_the_index(smoke_chain, dri
     from selenium.webdriver.common.by import By
 
     for page in sorted((smoke_chain.report_dir / "html").glob("*.html")):
-        browser.show(driver, page, 1280)
+        chromium.show(driver, page, 1280)
         assert driver.title not in ("", "Notebook") and driver.title[:2].isdigit(), page.name
         links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "nav.kvasir-nav a")]
         assert any(link.endswith("/index.html") for link in links), page.name
@@ -86,7 +86,7 @@ def test_a_table2_cell_opens_the_error_browser_on_its_images(smoke_chain, driver
     wrong = predictions[predictions["true"] != predictions["pred"]].iloc[0]
     true, pred = classes[wrong["true"]], classes[wrong["pred"]]
     expected = int(((predictions["true"] == wrong["true"]) & (predictions["pred"] == wrong["pred"])).sum())
-    browser.show(driver, smoke_chain.report_dir / "index.html", 1280)
+    chromium.show(driver, smoke_chain.report_dir / "index.html", 1280)
     link = next(a for a in driver.find_elements(By.CSS_SELECTOR, "#resnet50 table a")
                 if "browser-resnet50.html#" in a.get_attribute("href")
                 and f"true={true}&pred={pred}" in a.get_attribute("href"))

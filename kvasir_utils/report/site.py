@@ -96,7 +96,7 @@ def render_reports(cfg: Config) -> Path:
     copy_stylesheet(cfg.report_dir)
     pages = render_pages(cfg)
     evaluations = runs.read_evaluations(cfg, required=False)
-    browsers = [render_browser(cfg, model, predictions) for model, (_, predictions) in evaluations.items()]
+    browsers = [render_error_browser(cfg, model, predictions) for model, (_, predictions) in evaluations.items()]
     cards = model_card.render_model_cards(cfg)
     index = cfg.report_dir / "index.html"
     write_page("index.html.j2", index, **index_context(cfg, pages, browsers, evaluations, cards))
@@ -243,7 +243,7 @@ def _environments(evaluations: dict) -> pd.DataFrame:
 
 
 # -- the error browser --------------------------------------------------------------------
-def render_browser(cfg: Config, model: str, predictions: pd.DataFrame) -> Path:
+def render_error_browser(cfg: Config, model: str, predictions: pd.DataFrame) -> Path:
     """Every validation image of ``model`` as a row: thumbnail, true and predicted class, confidence,
     right or wrong, the guide box, a near-duplicate in training (from notebook 07, when it ran)."""
     root = cfg.report_dir

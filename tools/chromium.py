@@ -1,9 +1,9 @@
 """The reports in a real browser: Debian's chromium, headless, driven by selenium (a development
-dependency; `make browser` installs chromium). `make screenshots` writes PNGs of a report's pages
+dependency; `make chromium` installs chromium). `make screenshots` writes PNGs of a report's pages
 and the browser tests check every page with ``page_problems``. Development tooling: not part of the
 shipped package (pyproject.toml ships kvasir_utils only).
 
-    python -m tools.browser reports/smoke docs/images
+    python -m tools.chromium reports/smoke docs/images
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def chromium_found() -> bool:
 def open_browser(width: int = 1280, height: int = 900):
     """A headless chromium (the system's, offline, a fresh profile) with its console log kept."""
     if not chromium_found():
-        raise KvasirError("chromium and chromedriver are not installed: run `make browser` (Debian's packages "
+        raise KvasirError("chromium and chromedriver are not installed: run `make chromium` (Debian's packages "
                           "chromium and chromium-driver; needs root and apt)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
