@@ -27,7 +27,8 @@ FAILURE_FILE ?=
 # the study as --go-on; exported so the sub-makes pass the same). A sweep member's runner names a
 # FAILURE_FILE for the failing step to describe itself in.
 ifeq ($(MAKELEVEL),0)
-export GO_ON := make $(MAKECMDGOALS)$(if $(filter command line,$(origin PROFILE)), PROFILE=$(PROFILE))$(if $(SET), SET="$(SET)")
+given = $(if $(filter command line,$(origin $(1))),$(1)=$(if $(word 2,$($(1))),"$($(1))",$($(1))))
+export GO_ON := $(strip make $(MAKECMDGOALS) $(foreach v,PROFILE MODEL IMAGES NAME SWEEP RUN TARGET,$(call given,$(v))))$(if $(SET), SET="$(SET)")
 endif
 
 .PHONY: help setup lock data evaluate smoke reproduce report sweep cross-evaluate predict export test test-fast docs chromium \
@@ -80,7 +81,7 @@ export: $(SETUP_STAMP) ## write MODEL of PROFILE as ONNX with preprocessing.json
 test: $(SETUP_STAMP) chromium ## all tests: notebook runs, a Ray cluster, a browser (no network)
 	$(PY) -m pytest
 
-test-fast: $(SETUP_STAMP) ## the tests without the end-to-end notebook runs
+test-fast: $(SETUP_STAMP) ## the tests without the end-to-end runs (notebooks, bench, gpu-check, a compile): under 2 minutes
 	$(PY) -m pytest -m "not slow"
 
 docs: $(SETUP_STAMP) ## remake the tables in docs/ that come from the code (the paper's readings)

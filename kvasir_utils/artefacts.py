@@ -186,6 +186,18 @@ class ReportFolder:
     def figure(self, name: str, suffix: str = ".png") -> Path:
         return self.figures / f"{name}{suffix}"
 
+    def error_browser(self, model: str) -> Path:
+        """Every validation image of ``model`` with its prediction (the error browser)."""
+        return self.root / f"browser-{model_folder(model)}.html"
+
+    def notebook_page(self, notebook: str) -> Path:
+        """An executed notebook as a page (``notebook``: its stamp's name, e.g. ``04_evaluate-resnet50``)."""
+        return self.html / f"{notebook}.html"
+
+    def cross_dir(self, target_profile: str) -> Path:
+        """The tables of this run's models on another profile's dataset (``make cross-evaluate``)."""
+        return self.root / "cross" / target_profile
+
     def model_dir(self, model: str) -> Path:
         """The trained model as a deliverable: its card (``model_card.md``) and ``export/`` (ONNX)."""
         return self.root / "models" / model_folder(model)
@@ -312,7 +324,7 @@ class Checkpoint:
 
 class Metrics(BaseModel):
     """``metrics.json``: a model's headline numbers on the validation set (notebook 04), and what
-    they were made with. Written and read only through ``write_metrics`` and ``read_metrics``."""
+    they were made with. Written and read only through ``metrics_json`` and ``read_metrics``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -344,19 +356,26 @@ class Metrics(BaseModel):
 
 def metrics_json(record: dict) -> str:
     """``record`` checked against ``Metrics`` and written as metrics.json's text."""
-    return json.dumps(_checked_metrics(record, "a new metrics.json").model_dump(), indent=2, default=str) + "\n"
+    try:
+        checked = Metrics.model_validate(record)
+    except ValidationError as exc:  # the writer and the record disagree: a defect of the study, not of a run
+        raise ArtefactError(f"the metrics record does not have the fields metrics.json needs: {_first(exc)}") from None
+    return json.dumps(checked.model_dump(), indent=2, default=str) + "\n"
 
 
 def read_metrics(path: Path) -> dict:
     """A metrics.json, checked against ``Metrics`` (so one of another version is named, not misread)."""
-    return _checked_metrics(json.loads(Path(path).read_text()), str(path)).model_dump()
-
-
-def _checked_metrics(record: dict, where: str) -> Metrics:
+    path = Path(path)
     try:
-        return Metrics.model_validate(record)
+        return Metrics.model_validate(json.loads(path.read_text())).model_dump()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        raise ArtefactError(f"{where} does not have the fields this version writes ({key}: {first['msg']}): "
-                            f"rerun notebook 04 for its model (make evaluate PROFILE=<profile>)") from None
+        run, folder = path.parents[2], path.parents[1].name  # runs/<profile>/<model folder>/eval/metrics.json
+        stamp = RunFolder(run).notebooks / f"04_evaluate-{folder}.ipynb"
+        raise ArtefactError(f"{path} was written by another version of the study ({_first(exc)}): evaluate the "
+                            f"model again with this one: delete {stamp} and run `make evaluate PROFILE={run.name}` "
+                            f"(it reruns notebook 04 only)") from None
+
+
+def _first(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"

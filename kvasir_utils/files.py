@@ -151,7 +151,12 @@ def atomic_folder(path: os.PathLike):
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
         if path.exists():
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old.exists() and not path.exists():
+                os.replace(old, path)  # the old folder back: never neither
+            raise
     finally:
         for leftover in (tmp, old):
             shutil.rmtree(leftover, ignore_errors=True)

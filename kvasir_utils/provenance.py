@@ -132,3 +132,12 @@ def describe_data(archive: dict | None) -> str:
         return (f"dataset folder {archive['source']} read in place ({archive['images']:,} images, "
                 f"{archive['bytes']:,} bytes, content SHA-256 {archive['sha256']})")
     return f"dataset archive {archive['archive']} ({archive['bytes']:,} bytes, SHA-256 {archive['sha256']})"
+
+
+def describe_weights(record: dict | None) -> str:
+    """The pretrained weights a model started from, as ``weights.json`` records them, in words (the
+    model card and the index's provenance say the same)."""
+    if record is None:
+        return "none (random initialisation)"
+    source = f"{record['source']} ({record['id']}): " if record.get("source") else ""
+    return f"{source}{record['file']} (SHA-256 {record['sha256']}; the setting train.weights: {record['weights']})"

@@ -13,6 +13,7 @@ from kvasir_utils.profiles import load_profile
 from tests.processes import run_make
 
 
+@pytest.mark.slow  # the whole command through make: half a minute
 def test_make_bench_writes_every_figure_it_promises(tmp_path):
     out = tmp_path / "bench.json"
     done = run_make("bench", f"BENCH=--scale small --out {out}")

@@ -340,6 +340,7 @@ def test_runtime_compile_decides_by_the_stages_length():
     assert "torch.compile" in hardware.compile_for(rt, 10**9).describe()
 
 
+@pytest.mark.slow  # compiling from an empty cache: half a minute
 @pytest.mark.skipif(not hardware.compiler_found(), reason="torch.compile builds C++ kernels: needs g++ or clang++")
 def test_a_compiled_stage_saves_plain_weights_and_validates_like_the_eager_model(tiny_data, runs):
     # Only the head trains: a compile with no cache builds half the kernels (41 s instead of 60, alone

@@ -43,6 +43,7 @@ def test_make_gpu_check_without_a_gpu_says_it_needs_one_and_how_to_try_it_on_the
     assert not out.exists() and not (tmp_path / "work").exists()  # refused before generating anything
 
 
+@pytest.mark.slow  # the whole command through make, with concurrent processes: half a minute
 def test_make_gpu_check_on_the_cpu_measures_both_backends_and_concurrent_runs(tmp_path):
     out = tmp_path / "gpu_check.json"
     done = run_make("gpu-check", f"BENCH=--scale small --cpu --parts epoch concurrency --out {out} "

@@ -248,10 +248,11 @@ def test_a_target_that_cannot_run_here_would_run_its_command(target, variables, 
     ("cross-evaluate", ["PROFILE=smoke", "TARGET=smoke-hyperkvasir"],
      ["cross-evaluate", "--profile", "smoke", "--target", "smoke-hyperkvasir"]),
     ("predict", ["PROFILE=smoke", "IMAGES=my images/", "NAME=mine"],
-     ["predict", "--profile", "smoke", "--go-on", "make predict PROFILE=smoke", "--model", "resnet50", "--images",
-      "my images/", "--name", "mine"]),
+     ["predict", "--profile", "smoke", "--go-on", 'make predict PROFILE=smoke IMAGES="my images/" NAME=mine', "--model",
+      "resnet50", "--images", "my images/", "--name", "mine"]),
     ("export", ["PROFILE=smoke", "MODEL=efficientnet_b0"],
-     ["export", "--profile", "smoke", "--go-on", "make export PROFILE=smoke", "--model", "efficientnet_b0"]),
+     ["export", "--profile", "smoke", "--go-on", "make export PROFILE=smoke MODEL=efficientnet_b0", "--model",
+      "efficientnet_b0"]),
 ])
 def test_a_command_target_hands_its_variables_to_the_command_line(target, variables, command):
     done = run_make(target, *variables, dry_run=True)

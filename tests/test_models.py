@@ -106,7 +106,7 @@ def _hub_file(tmp_path, monkeypatch, state: dict, name: str = "resnet18") -> str
     prefix = hashlib.sha256((folder / "tmp.pth").read_bytes()).hexdigest()[:8]
     (folder / "tmp.pth").rename(folder / f"{name}-{prefix}.pth")
     enum = types.SimpleNamespace(url=f"https://download.example/models/{name}-{prefix}.pth")
-    monkeypatch.setattr(models, "weights_enum", lambda model, weights: enum)
+    monkeypatch.setattr(weights, "weights_enum", lambda model, name: enum)  # where build_model looks it up
     return prefix
 
 

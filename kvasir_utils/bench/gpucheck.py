@@ -11,8 +11,7 @@
    the CPU cores for loader workers), started together; aggregate images/s and the ratio to one.
 It refuses to start where torch sees no GPU, unless ``--cpu`` asks to measure the CPU instead.
 ``--scale small`` runs the same on a few small images (how the tests exercise it on a CPU);
-``--parts`` picks some of the three. Nothing here is a GPU-only code path: on a CPU it measures the
-CPU. Writes ``reports/bench/gpu_check.json`` (or ``--out``).
+``--parts`` picks some of the three. Writes ``reports/bench/gpu_check.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -118,7 +117,7 @@ def _stage1(cfg: Config, runtime: hardware.Runtime):
 
 def epoch_figures(cfg: Config, max_batches: int | None = None) -> dict:
     """Loader alone, loader + step and step alone over one epoch (or ``max_batches``) of stage 1."""
-    runtime = hardware.resolve_runtime(cfg.runtime)
+    runtime = hardware.use_runtime(cfg.runtime)
     backend = hardware.augment_backend(cfg.transforms.backend, runtime.device)
     augment = hardware.device_augment(cfg, runtime)
     loader = stages.make_loaders(cfg, runtime)["train"]
@@ -165,7 +164,7 @@ def run_protocol(profile: Path, scale: str) -> dict:
 
 def _one_of_many(profile: str, scale: str, workers: int, batches: int, start_at: float) -> dict:
     cfg = load(Path(profile), scale, [f"runtime.workers={workers}"])
-    runtime = hardware.resolve_runtime(cfg.runtime)
+    runtime = hardware.use_runtime(cfg.runtime)
     augment = hardware.device_augment(cfg, runtime)
     loader = stages.make_loaders(cfg, runtime)["train"]
     model, optimizer = _stage1(cfg, runtime)

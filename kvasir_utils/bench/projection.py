@@ -108,8 +108,8 @@ def run(scale: Scale, out: Path = OUT, baseline: bool = False) -> dict:
     if images_per_class < needed:
         raise KvasirError(f"--images-per-class {images_per_class} is too few to time the loader: "
                           f"use at least {needed} (two batches of {batch_size})")
-    runtime = hardware.resolve_runtime(cfg.runtime)
-    fp32 = hardware.resolve_runtime(cfg.runtime.model_copy(update={"precision": "fp32"}))
+    runtime = hardware.use_runtime(cfg.runtime)
+    fp32 = hardware.use_runtime(cfg.runtime.model_copy(update={"precision": "fp32"}))
     results: dict = {"machine": environment(), "scale": dataclasses.asdict(scale),
                      "runtime_auto": runtime.describe(), "batch_size": batch_size}
     with tempfile.TemporaryDirectory() as tmp:

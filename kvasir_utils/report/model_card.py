@@ -19,7 +19,7 @@ from kvasir_utils.analysis import audit, factors, metrics, paper
 from kvasir_utils.artefacts import Table
 from kvasir_utils.config import Config
 from kvasir_utils.files import sha256_file, write_text_atomic
-from kvasir_utils.provenance import describe_commit, describe_runtime
+from kvasir_utils.provenance import describe_commit, describe_runtime, describe_weights
 from kvasir_utils.report import formats, pages
 from kvasir_utils.report.outputs import banner_html, save_table, to_markdown
 
@@ -77,7 +77,7 @@ def _checkpoint(cfg: Config, model: str) -> Path:
 def _started_from(weights: dict | None) -> str:
     if weights is None:
         return "random initialisation (no pretrained weights)."
-    return f"ImageNet weights `{weights['weights']}` (`{weights['file']}`, SHA-256 {weights['sha256']})."
+    return f"pretrained weights: {describe_weights(weights)}."
 
 
 def _details(i: CardInputs) -> list[str]:
@@ -87,7 +87,8 @@ def _details(i: CardInputs) -> list[str]:
     t, s1, s2 = cfg.transforms, cfg.train.stage1, cfg.train.stage2
     return [
         "## Model details",
-        f"- **Model:** torchvision `{i.model}`, a convolutional image classifier with a new "
+        f"- **Model:** {'timm' if i.model.startswith(artefacts.TIMM_PREFIX) else 'torchvision'} `{i.model}`, an "
+        f"image classifier with a new "
         f"{len(cfg.classes)}-class head; {record['parameters']:,} parameters, {_f(record['gflops'])} GFLOPs per "
         f"{t.image_size} px image.",
         f"- **Developed by:** this study, which reproduces Cruz (2025) on Kvasir v2; this model: profile "

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from kvasir_utils.analysis import audit, departures, metrics
+from kvasir_utils.artefacts import ReportFolder
 from kvasir_utils.config import Config
 from kvasir_utils.files import write_bytes_atomic, write_text_atomic
 from kvasir_utils.provenance import provenance_line
@@ -142,7 +143,7 @@ def _report_dir(target: Config | Path) -> Path:
 
 def save_table(frame: pd.DataFrame, target: Config | Path, name: str) -> Path:
     """Write ``<report folder>/tables/<name>.{csv,md,tex}``; returns the CSV path."""
-    folder = _report_dir(target) / "tables"
+    folder = ReportFolder(_report_dir(target)).tables
     flat = _flat_columns(frame)
     write_text_atomic(folder / f"{name}.csv", flat.to_csv(float_format="%.6g", index=_has_labels(flat)))
     write_text_atomic(folder / f"{name}.md", to_markdown(frame))
@@ -152,7 +153,7 @@ def save_table(frame: pd.DataFrame, target: Config | Path, name: str) -> Path:
 
 def save_figure(fig, target: Config | Path, name: str) -> Path:
     """Write ``<report folder>/figures/<name>.png`` (for the reports) and ``.svg`` (for papers)."""
-    folder = _report_dir(target) / "figures"
+    folder = ReportFolder(_report_dir(target)).figures
     for ext in ("png", "svg"):
         encoded = io.BytesIO()
         fig.savefig(encoded, format=ext, dpi=150, bbox_inches="tight")

@@ -16,11 +16,11 @@ from markupsafe import Markup
 from kvasir_utils import artefacts
 from kvasir_utils.analysis import audit, compare, departures, metrics, paper, runs, stats, verdicts
 from kvasir_utils.analysis.sweeps import DEFAULT_READING
-from kvasir_utils.artefacts import Figure, ReportFolder, Table
+from kvasir_utils.artefacts import Figure, ReportFolder, Table, model_folder
 from kvasir_utils.config import Config, cached_name
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_text_atomic
-from kvasir_utils.provenance import describe_commit, describe_runtime, environment, provenance
+from kvasir_utils.provenance import describe_commit, describe_runtime, describe_weights, environment, provenance
 from kvasir_utils.report import formats, model_card, outputs, tables
 from kvasir_utils.report.outputs import banner_html, table_html
 from kvasir_utils.report.pages import TEMPLATES, copy_stylesheet, rel, write_page
@@ -126,7 +126,8 @@ def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFr
     links = Markup(" · ").join(Markup(f'<a href="{href}">{Markup.escape(text)}</a>') for href, text in (
         (rel(cfg.run.predictions(model), root), artefacts.PREDICTIONS),
         (rel(cfg.run.metrics(model), root), artefacts.METRICS),
-        (f"html/04_evaluate-{model}.html", "the evaluation notebook's page"), (rel(browser, root), "error browser")))
+        (rel(cfg.report.notebook_page(f"04_evaluate-{model_folder(model)}"), root), "the evaluation notebook's page"),
+        (rel(browser, root), "error browser")))
     return {
         "id": model, "name": formats.model_name(model), "links": links, "browser": rel(browser, root),
         "table1": Markup(table_html(table1, missing=formats.NOT_REPORTED)),
@@ -229,8 +230,7 @@ def _provenance_table(cfg: Config, evaluations: dict) -> str:
             "profile": record["profile"], "overrides (SET)": " ".join(record["overrides"]) or "none",
             "dataset archive": f"{archive['archive']}, {archive['bytes']:,} bytes" if archive else "not recorded",
             "dataset archive SHA-256 (compare it with yours)": archive["sha256"] if archive else "not recorded",
-            **{f"{model} weights": f"{w['file']} (SHA-256 {w['sha256']})" if w else "none (random initialisation)"
-               for model, w in ((m, found.get("weights")) for m, found in made.items())}}
+            **{f"{model} weights": describe_weights(found.get("weights")) for model, found in made.items()}}
     return table_html(pd.DataFrame({"value": rows}), kinds={"value": "text"}, caption="Provenance")
 
 
@@ -261,7 +261,7 @@ def render_error_browser(cfg: Config, model: str, predictions: pd.DataFrame) -> 
                      "box_text": ("yes" if str(flag["has_box"]) == "True" else "no") if flag is not None else "",
                      "twin": twin, "twin_flag": "yes" if twin else "no",
                      "twin_thumb": rel(root / "thumbs" / cached_name(twin), root) if twin else ""})
-    dest = root / f"browser-{model}.html"
+    dest = cfg.report.error_browser(model)
     return write_page("browser.html.j2", dest, title=f"{formats.model_name(model)}: every validation image",
                        root="", banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.", page="browser")),
                        heading=f"{formats.model_name(model)}: every validation image", classes=classes,

@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from kvasir_utils import profiles
+from kvasir_utils.artefacts import model_folder, model_named
+from kvasir_utils.errors import KvasirError
 from kvasir_utils.report import outputs
 
 
 def cross_report_dir(source, target) -> Path:
-    return source.report_dir / "cross" / target.profile
+    return source.report.cross_dir(target.profile)
 
 
 def run_cross_evaluation(run: str, target: str, overrides: list[str], mapping: str | None = None,
@@ -23,6 +25,8 @@ def run_cross_evaluation(run: str, target: str, overrides: list[str], mapping: s
     from kvasir_utils.train.cross import cross_evaluate
 
     source, goal = profiles.load_profile(run, overrides), profiles.load_profile(target, overrides)
+    if model is not None and (model := model_named(source.train.models, model)) is None:
+        raise KvasirError(f"--model is not a model of profile {source.profile}: {', '.join(source.train.models)}")
     found = cross_evaluate(source, goal, Path(mapping) if mapping else None, [model] if model else None)
     folder = cross_report_dir(source, goal)
     outputs.save_table(found.summary, folder, "summary")
@@ -30,7 +34,7 @@ def run_cross_evaluation(run: str, target: str, overrides: list[str], mapping: s
     outputs.save_table(found.left_out, folder, "left_out")
     for name, tables in found.tables.items():
         for kind, table in tables.items():
-            outputs.save_table(table, folder, f"{name}_{kind}")
+            outputs.save_table(table, folder, f"{model_folder(name)}_{kind}")
     print(f"{source.profile} ({', '.join(found.summary.index)}) on {goal.profile}, through {found.mapping.path.name}")
     if len(found.left_out):
         print("left out (no counterpart): " + ", ".join(f"{r['class']} ({r['images']})"

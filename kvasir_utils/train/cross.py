@@ -22,7 +22,7 @@ from kvasir_utils.data import dataset, duplicates, prepare
 from kvasir_utils.data.cache import usable_images
 from kvasir_utils.data.split import read_split
 from kvasir_utils.files import write_csv_atomic
-from kvasir_utils.train import checkpoints, hardware, loop, presets
+from kvasir_utils.train import checkpoints, hardware, loop, models, presets
 
 
 @dataclass
@@ -53,6 +53,7 @@ def predict_target(source: Config, model_name: str, target: Config, images: pd.D
                    runtime: hardware.Runtime) -> pd.DataFrame:
     """``images`` (mapped, with ``true``) with the model's ``pred``, ``confidence`` and every source
     class's probability, through the source run's evaluation preset."""
+    source = models.for_model(source, model_name)  # a profile that leaves the input to the model: the model's own
     model = hardware.prepare_model(checkpoints.load_trained_model(source, model_name), runtime)
     frame = images.assign(label=images["source_label"])
     preset = presets.eval_preset(source.transforms)

@@ -22,7 +22,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from kvasir_utils.artefacts import STAGES, Checkpoint, RunFolder, final_stage, model_named, probability_columns
+from kvasir_utils.artefacts import (
+    STAGES,
+    Checkpoint,
+    RunFolder,
+    final_stage,
+    model_folder,
+    model_named,
+    probability_columns,
+)
 from kvasir_utils.config import Config
 from kvasir_utils.data import duplicates, overlays, prepare
 from kvasir_utils.data.cache import MANIFEST, cache_copy
@@ -65,8 +73,9 @@ def load_finished(run_folder: Path, model_name: str) -> tuple[Checkpoint, Config
     format, or unfinished (its last stage has fewer epochs than its settings ask)."""
     path = latest_checkpoint(run_folder, model_name)
     if path is None:
-        raise KvasirError(f"no trained {model_name} in {run_folder} (no checkpoint under {model_name}/): train it "
-                          f"first (make reproduce PROFILE=...), or check PROFILE, MODEL and SET=\"paths.runs=...\"")
+        raise KvasirError(f"no trained {model_name} in {run_folder} (no checkpoint under {model_folder(model_name)}/): "
+                          "train it first (make reproduce PROFILE=...), or check PROFILE, MODEL and "
+                          "SET=\"paths.runs=...\"")
     checkpoint = checkpoints.load_checkpoint(path, Path(run_folder).name)
     cfg = with_protocol(checkpoint.config)
     stage, final = checkpoint.stage, final_stage(cfg.train.stage2.epochs)

@@ -162,7 +162,7 @@ def hub_weights(name: str, offline: bool) -> Path:
     if offline:
         raise KvasirError(
             f"offline: the weights of {name} ({HUB_FILES[0]} of the Hugging Face hub repository {hub_id}) are not "
-            f"in the hub cache ({HF_HUB_CACHE}). On a machine with network, `huggingface-cli download {hub_id} "
+            f"in the hub cache ({HF_HUB_CACHE}). On a machine with network, `hf download {hub_id} "
             f"{HUB_FILES[0]}` puts it there (copy the cache folder, or set HF_HOME); or save the file anywhere and "
             f"name it in train.weights_files: {{'{name}': <path>}}; or set train.weights: null (random init).")
     try:
