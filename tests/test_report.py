@@ -38,3 +38,13 @@ def test_the_masked_run_is_compared_only_when_it_matches_in_everything_but_the_m
     assert profiles.masked_profile(profiles.load_profile("paper")) == "paper-masked"
     assert profiles.masked_profile(profiles.load_profile("paper-masked")) is None
     assert profiles.masked_profile(cfg) is None  # no smoke-masked profile
+
+
+def test_a_vit_gradcam_caption_says_what_its_map_is_and_a_cnns_does_not():
+    from kvasir_utils.artefacts import Figure
+    from kvasir_utils.report import outputs
+
+    vit = outputs.caption(Figure.of_model("timm:vit_small_patch14_dinov2.lvd142m", "figure3_gradcam"))
+    cnn = outputs.caption(Figure.of_model("resnet50", "figure3_gradcam"))
+    assert vit.startswith("Figure 3: where") and vit.endswith(outputs.VIT_GRADCAM) and "patch" in outputs.VIT_GRADCAM
+    assert cnn.startswith("Figure 3: where") and outputs.VIT_GRADCAM not in cnn

@@ -196,8 +196,19 @@ def caption(name: str) -> str:
         prefix, suffix = pattern.split("{model}")
         if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix):
             model = name[len(prefix):len(name) - len(suffix)]
-            return text.format(name=formats.model_name(model))
+            return text.format(name=formats.model_name(model)) + (VIT_GRADCAM if _is_vit_gradcam(model, suffix) else "")
     return ""
+
+
+# What a ViT's Grad-CAM is (train.explain maps its last block's tokens back onto the patch grid)
+VIT_GRADCAM = (" For a vision transformer the map is coarse by construction: one value per image patch (14 px for "
+               "DINOv2), the gradient-weighted activations of the last block's patch tokens, so it says which patches "
+               "the decision leaned on, not which pixels.")
+
+
+def _is_vit_gradcam(model: str, suffix: str) -> bool:
+    """A Grad-CAM figure of a timm vision transformer (timm names them vit_*, as DINOv2's)."""
+    return suffix == "_figure3_gradcam" and model.removeprefix("timm-").startswith("vit")
 
 
 def show_figure(fig, target: Config | Path, name: str) -> Path:
