@@ -15,7 +15,7 @@ runs/<profile>/
   cross/<target profile>/<model>/predictions.csv
 reports/<profile>/
   index.html  html/  tables/<name>.{csv,md,tex}  figures/<name>.{png,svg}
-  models/<model>/  predict/<name>/  splits/
+  models/<model>/  predict/<name>/
 ```
 """
 
@@ -206,10 +206,6 @@ class ReportFolder:
         """What ``make predict NAME=...`` wrote: predictions.csv, skipped.csv, predict.json, the gallery."""
         return self.root / "predict" / name
 
-    @property
-    def splits(self) -> Path:
-        return self.root / "splits"
-
 
 # -- table and figure names (reports/<profile>/tables/<name>.csv, figures/<name>.png) --------
 class Table:
@@ -232,37 +228,13 @@ class Table:
     # saved without an index column (their rows are numbered, not named)
     UNINDEXED = frozenset({GUIDE_BOX_RATES, NEAR_DUPLICATES, VALIDATION_IMAGES})
 
-    @staticmethod
-    def table1(model: str) -> str:  # 04
-        return f"{model_folder(model)}_table1"
+    # per model: "{model folder}_<kind>", written by notebooks 04 and 07 and the model card
+    MODEL_KINDS = ("table1", "averages", "table1_vs_paper", "table2", "roc_auc", "guide_box_masked",
+                   "accuracy_by_near_duplicate", "accuracy_by_region")
 
     @staticmethod
-    def averages(model: str) -> str:  # 04
-        return f"{model_folder(model)}_averages"
-
-    @staticmethod
-    def table1_vs_paper(model: str) -> str:  # 04
-        return f"{model_folder(model)}_table1_vs_paper"
-
-    @staticmethod
-    def table2(model: str) -> str:  # 04
-        return f"{model_folder(model)}_table2"
-
-    @staticmethod
-    def roc_auc(model: str) -> str:  # 04
-        return f"{model_folder(model)}_roc_auc"
-
-    @staticmethod
-    def guide_box_masked(model: str) -> str:  # 07
-        return f"{model_folder(model)}_guide_box_masked"
-
-    @staticmethod
-    def accuracy_by_near_duplicate(model: str) -> str:  # the model card, from VALIDATION_IMAGES
-        return f"{model_folder(model)}_accuracy_by_near_duplicate"
-
-    @staticmethod
-    def accuracy_by_region(model: str) -> str:  # the model card
-        return f"{model_folder(model)}_accuracy_by_region"
+    def of_model(model: str, kind: str) -> str:
+        return _of_model(model, kind, Table.MODEL_KINDS, "table")
 
 
 class Figure:
@@ -278,9 +250,14 @@ class Figure:
 
     @staticmethod
     def of_model(model: str, kind: str) -> str:
-        if kind not in Figure.MODEL_KINDS:
-            raise ArtefactError(f"unknown figure kind {kind!r}; expected one of {', '.join(Figure.MODEL_KINDS)}")
-        return f"{model_folder(model)}_{kind}"
+        return _of_model(model, kind, Figure.MODEL_KINDS, "figure")
+
+
+def _of_model(model: str, kind: str, kinds: tuple[str, ...], what: str) -> str:
+    """The name of one model's table or figure of ``kind``: its folder name, then the kind."""
+    if kind not in kinds:
+        raise ArtefactError(f"unknown {what} kind {kind!r}; expected one of {', '.join(kinds)}")
+    return f"{model_folder(model)}_{kind}"
 
 
 # -- typed records ------------------------------------------------------------------------

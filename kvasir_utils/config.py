@@ -13,7 +13,7 @@ from typing import Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kvasir_utils.artefacts import STAGES, ReportFolder, RunFolder
+from kvasir_utils.artefacts import ReportFolder, RunFolder, checked_stage
 from kvasir_utils.datasets import DATASETS  # the public datasets the study knows; other: your own
 from kvasir_utils.errors import KvasirError
 
@@ -252,9 +252,7 @@ class Config(Section):
                               f"data PROFILE={self.profile}` first, or list the classes in data.classes") from None
 
     def stage_config(self, stage: str) -> StageConfig:
-        if stage not in STAGES:
-            raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-        return getattr(self.train, stage)
+        return getattr(self.train, checked_stage(stage))
 
     def to_dict(self) -> dict:
         return self.model_dump()

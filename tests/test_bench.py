@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from kvasir_utils.artefacts import STAGES
 from kvasir_utils.bench import projection
-from kvasir_utils.config import PROJECT_ROOT, STAGES
+from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.profiles import load_profile
 from tests.processes import run_make

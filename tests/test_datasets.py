@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kvasir_utils import config, datasets, profiles
+from kvasir_utils import artefacts, config, datasets, profiles
 from kvasir_utils.analysis import cross_dataset, labels, paper
 from kvasir_utils.config import CONFIG_DIR, ConfigError
 from kvasir_utils.data import extract, layout, prepare, split_file, synthetic, synthetic_hyperkvasir
@@ -312,7 +312,7 @@ def test_the_study_runs_on_the_hyperkvasir_shaped_tree_and_every_table_has_its_2
                  "eval.figure1_correct=2", "eval.figure1_incorrect=2"]
     cfg = profiles.load_profile(HYPER, overrides)
     notebooks.run_notebook("01_download_and_split", HYPER, overrides)
-    for stage in config.STAGES:  # notebooks 02 and 03's calls, in this process: two kernels fewer
+    for stage in artefacts.STAGES:  # notebooks 02 and 03's calls, in this process: two kernels fewer
         stages.start_stage(cfg, "resnet18", stage).fit()
     notebooks.run_notebook("04_evaluate", HYPER, overrides, "resnet18")
     classes = synthetic_hyperkvasir.CLASS_NAMES

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from kvasir_utils import config, profiles
+from kvasir_utils import artefacts, config, profiles
 from kvasir_utils.analysis import labels
 from kvasir_utils.data import cache, prepare
 from kvasir_utils.train import evaluation, hardware, stages
@@ -79,7 +79,7 @@ def reference(study):
 
     cfg = _config(study, "reference")
     prepare.prepare_split(cfg, prepare.prepare_dataset(cfg, progress=False))
-    for stage in config.STAGES:
+    for stage in artefacts.STAGES:
         stages.start_stage(cfg, MODEL, stage).fit()
     evaluation.evaluate_final_model(cfg, MODEL, hardware.resolve_runtime(cfg.runtime))
     return cfg
@@ -216,7 +216,7 @@ def test_the_interrupted_run_goes_on_to_the_results_of_an_uninterrupted_one(inte
     assert run.finish() == 0, run.output[-3000:]
     assert pd.read_csv(cfg.run.split).equals(pd.read_csv(reference.run.split))
     assert (cache.read_manifest(prepare.cache_dir(cfg) / cache.MANIFEST)["error"] == "").all()
-    for stage in config.STAGES:
+    for stage in artefacts.STAGES:
         _same_history(cfg, reference, stage)
     ours, theirs = (pd.read_csv(c.run.predictions(MODEL)) for c in (cfg, reference))
     pd.testing.assert_frame_equal(ours, theirs)

@@ -8,7 +8,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from kvasir_utils import config, profiles
+from kvasir_utils import artefacts, profiles
 from kvasir_utils.data import prepare, synthetic
 from kvasir_utils.run import notebooks
 from tests.helpers import fewest_right_beyond_chance, tmp_overrides
@@ -29,7 +29,7 @@ def test_notebook_01_writes_the_split_and_its_report_items(smoke_chain):
 
 def test_training_notebooks_leave_checkpoints_histories_and_event_files(smoke_chain):
     for model in smoke_chain.train.models:
-        for stage in config.STAGES:
+        for stage in artefacts.STAGES:
             folder = smoke_chain.run.stage_dir(model, stage)
             history = pd.read_csv(folder / "history.csv")
             assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",

@@ -34,8 +34,9 @@ import pandas as pd
 import torch
 
 from kvasir_utils.analysis.runs import HISTORY_COLUMNS
+from kvasir_utils.artefacts import STAGES
 from kvasir_utils.bench.timing import step_throughput
-from kvasir_utils.config import PROJECT_ROOT, STAGES, Config, cached_name
+from kvasir_utils.config import PROJECT_ROOT, Config, cached_name
 from kvasir_utils.data import prepare, synthetic
 from kvasir_utils.data.cache import build_cache
 from kvasir_utils.data.dataset import KvasirDataset, make_loader

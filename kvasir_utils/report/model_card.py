@@ -56,15 +56,15 @@ def run_settings(cfg: Config) -> Config:
 
 def read_inputs(cfg: Config, model: str) -> CardInputs:
     """metrics.json, predictions.csv and every table a card uses (those not made yet are None)."""
-    names = [Table.table1(model), Table.roc_auc(model), Table.guide_box_masked(model), Table.GUIDE_BOX_RATES,
-             Table.NEAR_DUPLICATES, Table.VALIDATION_IMAGES, Table.AUDIT_HEADLINE, Table.COMPARISON,
-             Table.CLASS_COUNTS]
+    names = [*(Table.of_model(model, kind) for kind in ("table1", "roc_auc", "guide_box_masked")),
+             Table.GUIDE_BOX_RATES, Table.NEAR_DUPLICATES, Table.VALIDATION_IMAGES, Table.AUDIT_HEADLINE,
+             Table.COMPARISON, Table.CLASS_COUNTS]
     found = {name: pd.read_csv(cfg.report.table(name), index_col=None if name in Table.UNINDEXED else 0,
                                keep_default_na=name != Table.VALIDATION_IMAGES)
              for name in names if cfg.report.table(name).exists()}
     predictions = pd.read_csv(cfg.run.predictions(model))
     if (flags := found.get(Table.VALIDATION_IMAGES)) is not None:  # notebook 07's near-duplicate flags
-        found[Table.accuracy_by_near_duplicate(model)] = audit.accuracy_by_twin(
+        found[Table.of_model(model, "accuracy_by_near_duplicate")] = audit.accuracy_by_twin(
             predictions, set(flags.loc[flags["twin"] != "", "path"]))
     return CardInputs(run_settings(cfg), model, artefacts.read_metrics(cfg.run.metrics(model)), predictions, found)
 
@@ -203,12 +203,13 @@ def _data(i: CardInputs) -> list[str]:
 
 
 def _analyses(i: CardInputs) -> list[str]:
-    masked, by_twin = i.table(Table.guide_box_masked(i.model)), i.table(Table.accuracy_by_near_duplicate(i.model))
+    masked, by_twin = (i.table(Table.of_model(i.model, kind)) for kind in ("guide_box_masked",
+                                                                           "accuracy_by_near_duplicate"))
     table = factors.disaggregated_table(i.record, i.regions, masked, by_twin)
     lines = ["## Quantitative analyses", "Accuracy by factor:", "", to_markdown(table.reset_index()),
              "Regions:", "", to_markdown(i.regions)]
-    needed = [Table.table1(i.model), Table.roc_auc(i.model), Table.GUIDE_BOX_RATES, Table.guide_box_masked(i.model),
-              Table.NEAR_DUPLICATES]
+    needed = [Table.of_model(i.model, "table1"), Table.of_model(i.model, "roc_auc"), Table.GUIDE_BOX_RATES,
+              Table.of_model(i.model, "guide_box_masked"), Table.NEAR_DUPLICATES]
     if all(i.table(n) is not None for n in needed):
         per_class = factors.class_factors(i.cfg.classes, *[i.table(n) for n in needed])
         lines += ["Per class:", "", to_markdown(per_class)]
@@ -267,7 +268,7 @@ def write_model_cards(cfg: Config) -> list[Path]:
     for model in cfg.train.models:
         if (cfg.run.metrics(model)).exists():
             inputs = read_inputs(cfg, model)  # read once for the region table and the card
-            save_table(inputs.regions, cfg, Table.accuracy_by_region(model))
+            save_table(inputs.regions, cfg, Table.of_model(model, "accuracy_by_region"))
             written.append(write_text_atomic(cfg.report.model_dir(model) / "model_card.md", card_text(inputs)))
     return written
 

@@ -77,7 +77,7 @@ def render_pages(cfg: Config) -> list[tuple[Path, str]]:
     executed = _ordered(cfg, [p for p in cfg.run.notebooks.glob("*.ipynb") if not p.name.endswith(".failed.ipynb")])
     if not executed:
         raise KvasirError(f"no executed notebooks in {cfg.run.notebooks}; run `make reproduce PROFILE={cfg.profile}`")
-    folder = cfg.report_dir / "html"
+    folder = cfg.report.html
     titles = [notebook_title(p) + (f" ({formats.model_name(p.stem.partition('-')[2])})" if "-" in p.stem else "")
               for p in executed]
     pages = []
@@ -98,7 +98,7 @@ def render_reports(cfg: Config) -> Path:
     evaluations = runs.read_evaluations(cfg, required=False)
     browsers = [render_error_browser(cfg, model, predictions) for model, (_, predictions) in evaluations.items()]
     cards = model_card.render_model_cards(cfg)
-    index = cfg.report_dir / "index.html"
+    index = cfg.report.index
     write_page("index.html.j2", index, **index_context(cfg, pages, browsers, evaluations, cards))
     return index
 
@@ -287,10 +287,11 @@ def render_sweep_report(sweep, results: pd.DataFrame, executed: Path | None) -> 
             shutil.rmtree(root / folder, ignore_errors=True)
         page = None
     else:
-        nav = {"title": notebook_title(executed), "notebook": rel(executed, root / "html"), "previous": None,
+        report = ReportFolder(root)
+        nav = {"title": notebook_title(executed), "notebook": rel(executed, report.html), "previous": None,
                "next": None}
-        page = render_notebook(executed, root / "html" / f"{executed.stem}.html", nav)
-    return write_page("sweep.html.j2", root / "index.html", **sweep_context(sweep, results, page))
+        page = render_notebook(executed, report.notebook_page(executed.stem), nav)
+    return write_page("sweep.html.j2", ReportFolder(root).index, **sweep_context(sweep, results, page))
 
 
 def _csv_table(path: Path, shape, empty: str) -> Markup:
