@@ -36,6 +36,8 @@ STAGES = ("stage1", "stage2")
 SETTINGS = "config.yaml"  # the resolved settings of the run (profile + SET), saved by notebook 01
 DATASET = "dataset.json"  # the dataset the split was made from: its source and classes
 SPLIT = "split.csv"
+NEAR_DUPLICATES = "near_duplicates.csv"  # the dataset's near-duplicate pairs, by detector (notebook 01)
+NEAR_DUPLICATE_DETECTORS = "near_duplicates.json"  # each detector's threshold and how it did on planted copies
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
 TENSORBOARD = "tensorboard"
@@ -116,6 +118,11 @@ class RunFolder:
     @property
     def split(self) -> Path:
         return self.root / SPLIT
+
+    @property
+    def near_duplicates(self) -> tuple[Path, Path]:
+        """The near-duplicate pairs and their detectors' record (``duplicates.NearDuplicates.read``)."""
+        return self.root / NEAR_DUPLICATES, self.root / NEAR_DUPLICATE_DETECTORS
 
     @property
     def notebooks(self) -> Path:
@@ -217,6 +224,8 @@ class Table:
     GUIDE_BOX_RATES = "guide_box_rates"  # 07
     BOX_IN_TRAINING = "table1_with_and_without_the_box"  # 07, once the masked profile is evaluated
     NEAR_DUPLICATES = "near_duplicates"  # 07
+    NEAR_DUPLICATE_DETECTORS = "near_duplicate_detectors"  # 01: each detector measured on planted copies
+    NEAR_DUPLICATE_PAIRS = "near_duplicate_pairs"  # 07: pairs by detector, and across the split
     VALIDATION_IMAGES = "validation_images"  # 07: each validation image's flags (the error browser)
     AUDIT_HEADLINE = "audit_headline"  # 07
     # a sweep's (notebook 06), in the sweep's report folder
@@ -225,6 +234,8 @@ class Table:
     SWEEP_PER_CLASS_F1 = "per_class_f1"
     SWEEP_PAIRED = "paired"
     SWEEP_ABLATION = "ablation"
+    SWEEP_LEAKAGE = "leakage"  # a leakage sweep's: per backbone and split, accuracy across seeds
+    SWEEP_SURVIVAL = "leakage_paired"  # each honest split against the random one, paired by seed
     # saved without an index column (their rows are numbered, not named)
     UNINDEXED = frozenset({GUIDE_BOX_RATES, NEAR_DUPLICATES, VALIDATION_IMAGES})
 

@@ -69,11 +69,21 @@ class DataConfig(Section):
     synthetic: SyntheticConfig | None
 
 
+class NearDuplicatesConfig(Section):
+    detectors: list[Literal["phash", "features"]] = Field(min_length=1)  # grouped by the union of their pairs
+    phash_bits: int = Field(ge=0, le=64)  # Hamming distance of 64-bit perceptual hashes, at most
+    features_model: str  # whose pooled features the features detector compares (a train.models name)
+    features_threshold: float | None = Field(ge=-1, le=1)  # cosine similarity; None: calibrated on planted copies
+    calibration_copies: int = Field(ge=2)  # frames copied video-like to calibrate (and to measure) the detectors
+    max_false_alarms: float = Field(ge=0, le=1)  # features detector unused above this share of other pairs matched
+
+
 class SplitConfig(Section):
     source: Literal["stratified", "file"]
     val_fraction: float = Field(gt=0, lt=1)
     seed: int = Field(ge=0, lt=2**32)
     group_near_duplicates: bool  # beyond the paper: near-duplicate frames kept on one side
+    near_duplicates: NearDuplicatesConfig  # how they are found (for the grouping and for the audit)
     file: str | None  # split file: file name, class name, fold index per row (source: file)
     delimiter: str = Field(min_length=1, max_length=1)
     validation_fold: int | None = Field(ge=0)  # None: the paper's single split
@@ -132,6 +142,8 @@ class TrainConfig(Section):
     weights: str | None
     weights_files: dict[str, WeightsFile]  # per model: its pretrained weights from this file
     lora: LoraSettings
+    # Beyond the paper: a model whose stage reading differs from the profile's, {<model>: {stage2: lora}}
+    readings_by_model: dict[str, dict[Literal["stage1", "stage2"], str]]
     batch_size: int = Field(ge=1)
     optimizer: Literal["adam"]
     stage1: StageConfig
@@ -355,13 +367,9 @@ def validate_config(values: dict) -> Config:
     return cfg
 
 
-def _generates_split(cfg: Config) -> bool:
-    """Generated HyperKvasir-shaped data comes with its own split file."""
-    return cfg.data.synthetic is not None and cfg.data.synthetic.layout == "hyper-kvasir"
-
-
 def _check_together(cfg: Config) -> None:
-    """Rules that involve more than one setting."""
+    """Rules that involve more than one setting (generated HyperKvasir-shaped data brings its own split file)."""
+    generates_split = cfg.data.synthetic is not None and cfg.data.synthetic.layout == "hyper-kvasir"
     checks = [
         (cfg.transforms.image_size is None or cfg.cache.short_side >= cfg.transforms.image_size, "cache.short_side",
          f"at least transforms.image_size ({cfg.transforms.image_size}) so crops never upsample"),
@@ -373,7 +381,7 @@ def _check_together(cfg: Config) -> None:
          "an http(s):// or file:// address or a local path (or data.synthetic for generated data)"),
         (cfg.split.source == "file" or cfg.split.file is None, "split.file",
          "null unless split.source is file (a stratified split reads no file)"),
-        (cfg.split.source == "stratified" or cfg.split.file is not None or _generates_split(cfg), "split.file",
+        (cfg.split.source == "stratified" or cfg.split.file is not None or generates_split, "split.file",
          "the path of the split file (CSV) when split.source is file"),
         (cfg.split.source == "stratified" or not cfg.split.group_near_duplicates, "split.group_near_duplicates",
          "false when split.source is file (the file decides every image's side)"),

@@ -89,8 +89,12 @@ def test_the_profile_check_names_what_does_not_fit(tiny_data, runs):
         models.check_profile(tiny_config(tiny_data, runs, ["train.models=['timm:resnet5000']"]))
     with pytest.raises(KvasirError, match=r"ResNet has no such linear layer .* its linear layers are named fc"):
         models.check_profile(tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage2.trainable=lora"]))
-    with pytest.raises(KvasirError, match=r"train.weights_files names 'resnet18', which is not in train.models"):
-        models.check_profile(tiny_config(tiny_data, runs, ["train.weights_files={resnet18: x.pth}"]))
+    with pytest.raises(KvasirError, match=r"train.weights_files names 'resnet5000', which is no model"):
+        models.check_profile(tiny_config(tiny_data, runs, ["train.weights_files={resnet5000: x.pth}"]))
+    with pytest.raises(KvasirError, match=r"train.readings_by_model names 'timm:vit_huge', which is no model"):
+        models.check_profile(tiny_config(tiny_data, runs, ["train.readings_by_model={timm:vit_huge: {stage2: lora}}"]))
+    # a model the profile does not train may have an entry (a sweep's member trains one model of a profile)
+    models.check_profile(tiny_config(tiny_data, runs, ["train.weights_files={resnet50: x.pth}"]))
     with pytest.raises(KvasirError, match=r"timm:test_vit takes 160 px .* more than cache.short_side \(40\)"):
         models.check_profile(tiny_config(tiny_data, runs, [f"train.models=['{VIT}']", "transforms.image_size=null"]))
     models.check_profile(_lora_config(tiny_data, runs))

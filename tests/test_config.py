@@ -84,7 +84,7 @@ def test_a_saved_config_from_an_older_version_is_read_with_todays_protocol():
 
 def test_the_protocol_is_written_once_in_paper_yaml_and_the_schema_only_types_it(tmp_path):
     sections = [s for s in config.Section.__subclasses__() if s.__module__ == config.__name__]
-    assert len(sections) == 13  # Config and its twelve sections
+    assert len(sections) == 14  # Config and its thirteen sections
     with_default = [f"{model.__name__}.{name}" for model in sections for name, field in model.model_fields.items()
                     if not field.is_required()]
     # A default in the schema would be a second copy of paper.yaml; the exceptions are keys paper.yaml

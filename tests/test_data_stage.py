@@ -1,6 +1,7 @@
 """The data stage as runs meet it: shared preparation under a lock, split protection, run locks,
 file modes, relative profile paths, and validation before anything runs."""
 
+import json
 import multiprocessing
 import os
 import stat
@@ -10,8 +11,8 @@ import sys
 import pandas as pd
 import pytest
 
-from kvasir_utils import config, files, profiles
-from kvasir_utils.data import prepare, synthetic
+from kvasir_utils import artefacts, config, files, profiles
+from kvasir_utils.data import duplicates, prepare, synthetic
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.train import hardware, stages
 from tests.helpers import TINY, prepare_tiny_dataset, tmp_overrides
@@ -102,8 +103,19 @@ def test_a_relative_profile_path_works_and_a_grouped_split_keeps_planted_duplica
     split = pd.read_csv(tmp_path / "runs" / "profile" / "split.csv").set_index("path")["split"]
     traps = synthetic.planted_traps(profiles.load_profile("smoke").data.classes, 16, seed=0)
     copies = traps.dropna(subset=["duplicate_of"])
-    assert len(copies) == 8 * 3
-    assert all(split[copy] == split[source] for copy, source in zip(copies["path"], copies["duplicate_of"]))
+    assert len(copies) == 8 * synthetic.NEAR_DUPLICATES_PER_CLASS
+    # The grouping holds every pair the detectors found (written beside the split) together, and the
+    # planted copies among them; with random weights (the smoke profile) only the hash takes part.
+    run = tmp_path / "runs" / "profile"
+    found = duplicates.NearDuplicates.read(run / artefacts.NEAR_DUPLICATES, run / artefacts.NEAR_DUPLICATE_DETECTORS)
+    assert len(found.pairs) and len(found.across(split.rename("split").reset_index())) == 0
+    assert found.detectors["features"]["used"] is False and "random weights" in found.detectors["features"]["why"]
+    pairs = {frozenset(p) for p in zip(found.pairs["path_a"], found.pairs["path_b"])}
+    detected = [(c, s) for c, s in zip(copies["path"], copies["duplicate_of"]) if frozenset((c, s)) in pairs]
+    assert len(detected) >= len(copies) // 2
+    assert all(split[copy] == split[source] for copy, source in detected)
+    record = json.loads((run / artefacts.DATASET).read_text())["grouped_by_near_duplicates"]
+    assert record == {"phash": {"threshold": 8, "unit": "bits of 64, at most"}}
 
 
 def test_a_reading_one_model_lacks_stops_make_before_anything_runs(tmp_path):

@@ -52,6 +52,48 @@ def twin_table(split: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     return table.assign(rate=table["with_train_twin"] / table["val_images"]).reset_index()
 
 
+def detector_table(detectors: dict) -> pd.DataFrame:
+    """Per near-duplicate detector (``near_duplicates.json``): what counts as a pair, and how it did
+    on the copies planted to calibrate it (found share; false alarms among other pairs of frames)."""
+    rows = {name: {"threshold": record["threshold"], "unit": record["unit"],
+                   "planted_copies_found": record["recall"],
+                   "false_alarms": record.get("false_alarm_rate", np.nan)}
+            for name, record in detectors.items()}
+    return pd.DataFrame(rows).T.rename_axis("detector")
+
+
+def detector_sentences(detectors: dict, counts: dict[str, int]) -> list[str]:
+    """What each near-duplicate detector found and how far to trust it, in words (``counts`` as
+    ``NearDuplicates.counts`` gives them)."""
+    sentences = []
+    for name, record in detectors.items():
+        what = ("perceptual hashes within {threshold} bits" if name == "phash" else
+                "pooled features of {model} (weights: {weights}) with cosine similarity at least {threshold:.4f}")
+        found = f"It finds {record['recall']:.0%} of the video-like copies planted in this dataset to measure it"
+        if name == "features":
+            found += f"; {record['false_alarm_rate']:.2%} of the pairs of other frames also pass its threshold"
+        used = "" if record.get("used", True) else f" Not used for the pairs: {record['why']}."
+        sentences.append(f"Detector {name}: {what.format(**record)}. {found}.{used}")
+    sentences.append(f"Pairs found: {counts['total']} ({counts['phash alone']} by the hash alone, "
+                     f"{counts['features alone']} by the features alone, {counts['both']} by both).")
+    return sentences
+
+
+def pairs_by_detector(split: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Near-duplicate pairs found by each detector alone and by both, among the images of ``split``
+    and with one frame on each side of it. ``pairs`` index rows of ``split`` (``i``, ``j``) and say
+    which detector found each (``found_by``)."""
+    side = split["split"].to_numpy()
+    across = side[pairs["i"].to_numpy(int)] != side[pairs["j"].to_numpy(int)]
+    found_by = pairs["found_by"].astype(str)
+    names = ["phash", "features", "both"]
+    table = pd.DataFrame({"pairs": [int((found_by == n).sum()) for n in names],
+                          "across_the_split": [int(((found_by == n).to_numpy() & across).sum()) for n in names]},
+                         index=["perceptual hash alone", "deep features alone", "both"])
+    table.loc["either"] = table.sum()
+    return table.rename_axis("found by")
+
+
 def masked_table(masked: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Per class and over ``all``: images, accuracy as evaluated, ``masked_accuracy`` with the
     overlays masked at test time, and ``change`` (``masked_change``), from

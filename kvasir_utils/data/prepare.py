@@ -177,14 +177,18 @@ def archive_record(prepared: PreparedData) -> dict:
     return {"kind": "archive", **read_archive_record(prepared.archive)}
 
 
-def prepare_split(cfg: Config, prepared: PreparedData) -> pd.DataFrame:
+def prepare_split(cfg: Config, prepared: PreparedData, near_duplicates: duplicates.NearDuplicates | None = None
+                  ) -> pd.DataFrame:
     """Notebook 01's split: the usable images (unreadable ones refused or left out, as
     ``data.on_unreadable`` says), split as ``split.source`` says (stratified, in near-duplicate
     groups when ``split.group_near_duplicates`` asks, one fold of k when ``split.validation_fold``
     is set; or read from ``split.file``), and written as ``split.csv`` (never over a split that
-    models were trained on), with the settings it belongs to saved beside it only once it is written."""
+    models were trained on), with the settings it belongs to saved beside it only once it is written.
+    Grouping needs ``near_duplicates`` (``train.features.find_near_duplicates`` of the usable
+    images); the split's record in ``dataset.json`` says which detectors and thresholds made it."""
     usable = usable_images(prepared.manifest, cfg.data.on_unreadable)
     report = None
+    grouped_by = None
     if cfg.split.source == "file":
         unreadable = prepared.manifest[prepared.manifest["error"] != ""]
         left_out = {*_file_names(prepared.other_images), *_file_names(unreadable)}
@@ -193,16 +197,30 @@ def prepare_split(cfg: Config, prepared: PreparedData) -> pd.DataFrame:
         for line in report.lines():
             print(line)
     else:
-        groups = near_duplicate_groups(cfg, usable) if cfg.split.group_near_duplicates else None
+        groups = None
+        if cfg.split.group_near_duplicates:
+            if near_duplicates is None:
+                raise KvasirError("split.group_near_duplicates needs the near-duplicate pairs: pass "
+                                  "train.features.write_near_duplicates(cfg, prepared) to prepare_split, "
+                                  "as notebook 01 does")
+            groups = near_duplicates.groups(usable["path"].tolist())
+            grouped_by = {name: {"threshold": record["threshold"], "unit": record["unit"]}
+                          for name, record in near_duplicates.detectors.items()}
         run_split = make_split(usable, cfg.split.val_fraction, cfg.split.seed, groups, cfg.split.validation_fold)
     write_run_split(cfg, run_split)
     record = archive_record(prepared)
     keys = ("kind", "archive", "source", "bytes", "sha256", "images")
     write_json_atomic(cfg.run.dataset_record, {"archive": {k: record[k] for k in keys if k in record},
                                                "classes": prepared.classes,
-                                               "split_file": report.to_dict() if report else None})
+                                               "split_file": report.to_dict() if report else None,
+                                               "grouped_by_near_duplicates": grouped_by})
     save_config(cfg, cfg.run.settings)
     return run_split
+
+
+def usable_paths(cfg: Config, prepared: PreparedData) -> list[str]:
+    """The images a split is made of (``data.on_unreadable`` applied), as cache paths."""
+    return usable_images(prepared.manifest, cfg.data.on_unreadable)["path"].tolist()
 
 
 def _file_names(frame: pd.DataFrame | None) -> list[str]:
@@ -243,12 +261,6 @@ def input_fingerprints(cfg: Config) -> dict[str, str]:
 def image_hashes(cfg: Config, paths):
     """Perceptual hashes of the cached images (one uint64 per path)."""
     return duplicates.perceptual_hashes(iter_cached(cache_dir(cfg), paths))
-
-
-def near_duplicate_groups(cfg: Config, images: pd.DataFrame):
-    """A group id per row of ``images``: frames joined by near-duplicate pairs share one."""
-    pairs = duplicates.near_duplicate_pairs(image_hashes(cfg, images["path"]))
-    return duplicates.duplicate_groups(len(images), pairs)
 
 
 def guide_box_flags(cfg: Config, frame: pd.DataFrame) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from kvasir_utils.data.duplicates import COPY_KINDS, video_copy
 from kvasir_utils.data.overlays import GUIDE_BOX, GUIDE_BOX_RGB, TEXT_REGION, region_pixels
 from kvasir_utils.datasets import KVASIR_V2_CLASSES
 from kvasir_utils.files import atomic_folder, atomic_path, write_bytes_atomic
@@ -30,7 +31,7 @@ from kvasir_utils.files import atomic_folder, atomic_path, write_bytes_atomic
 ARCHIVE_TOP = "kvasir-dataset-v2"
 # Bumped whenever the generator draws other images, so an archive made by an older version (its
 # file name carries this) is never reused for a newer one.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 COMMON_SIZE = (720, 576)
 LARGE_SIZES = ((1920, 1072), (1280, 1024), (1350, 1080))
 # One cue per class: blob colour (RGB) and shape. Eight well-separated colours.
@@ -53,13 +54,14 @@ _ZIP_DATE = (2017, 1, 1, 0, 0, 0)
 GUIDE_BOX_RATES = dict(zip(KVASIR_V2_CLASSES, (0.8, 0.6, 0.0, 0.7, 0.0, 0.0, 0.3, 0.1), strict=True))
 
 
-# Near-duplicates per class, at most a quarter of its frames: the copies are its last frames.
-NEAR_DUPLICATES_PER_CLASS = 3
-DUPLICATE_MAX_SHIFT = 6
+# Near-duplicates per class (one of each of duplicates.COPY_KINDS), at most a quarter of its frames:
+# the copies are its last frames.
+NEAR_DUPLICATES_PER_CLASS = len(COPY_KINDS)
 JPEG_QUALITY = 90
 DUPLICATE_JPEG_QUALITY = 75
 BORDER_FRACTION = 0.02
 _PLAN_STREAM = 1
+_COPY_STREAM = 2
 
 
 def _image_size(rng: np.random.Generator, large_fraction: float) -> tuple[int, int]:
@@ -116,15 +118,6 @@ def make_image(rng: np.random.Generator, cue, size: tuple[int, int]) -> Image.Im
     return Image.fromarray(pixels)
 
 
-def shift(pixels: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """``pixels`` moved by (dx, dy), black where nothing moved in, as the scene moves between video frames."""
-    height, width = pixels.shape[:2]
-    moved = np.zeros_like(pixels)
-    moved[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
-        pixels[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
-    return moved
-
-
 @functools.lru_cache(maxsize=8)
 def _font(height: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=max(height // 36, 8))
@@ -164,29 +157,28 @@ def class_plan(seed: int, class_index: int, name: str, images_per_class: int) ->
     sources = rng.choice(originals, copies, replace=False)
     box = np.zeros(originals, bool)
     box[rng.choice(originals, round(GUIDE_BOX_RATES.get(name, 0.0) * originals), replace=False)] = True
-    shift = rng.integers(2, DUPLICATE_MAX_SHIFT + 1, (copies, 2)) * rng.choice([-1, 1], (copies, 2))
     marker = rng.random(originals)
     paths = [f"{name}/{uuid.UUID(bytes=rng.bytes(16), version=4)}.jpg" for _ in range(images_per_class)]
     return pd.DataFrame({
         "path": paths, "label": name,
         "guide_box": np.concatenate([box, box[sources]]),
         "source": np.concatenate([np.full(originals, -1), sources]),
-        "dx": np.concatenate([np.zeros(originals, int), shift[:, 0]]),
-        "dy": np.concatenate([np.zeros(originals, int), shift[:, 1]]),
+        "copy_kind": [""] * originals + [COPY_KINDS[k % len(COPY_KINDS)] for k in range(copies)],
         "marker": np.concatenate([marker, marker[sources]]),
     })
 
 
 def planted_traps(classes: list[str], images_per_class: int, seed: int = 0) -> pd.DataFrame:
     """What ``make_archive`` with the same arguments plants: one row per image in archive order, with
-    ``path`` (``<class>/<name>.jpg``, as ``data.layout.find_classes`` names it), ``label``, ``guide_box`` and
-    ``duplicate_of`` (the path of the frame it copies; missing for an original)."""
+    ``path`` (``<class>/<name>.jpg``, as ``data.layout.find_classes`` names it), ``label``, ``guide_box``,
+    ``duplicate_of`` (the path of the frame it copies; missing for an original) and ``copy_kind``
+    (how the copy differs, one of ``duplicates.COPY_KINDS``; empty for an original)."""
     plans = []
     for class_index, name in enumerate(classes):
         plan = class_plan(seed, class_index, name, images_per_class)
         source = plan["source"].to_numpy()
         plan["duplicate_of"] = [plan["path"].iat[s] if s >= 0 else None for s in source]
-        plans.append(plan[["path", "label", "guide_box", "duplicate_of"]])
+        plans.append(plan[["path", "label", "guide_box", "duplicate_of", "copy_kind"]])
     return pd.concat(plans, ignore_index=True)
 
 
@@ -203,13 +195,14 @@ def class_frames(seed: int, stream: int, name: str, images_per_class: int, large
     its plan (``class_plan``) says which are near-duplicate copies and which carry the guide box."""
     rng = np.random.default_rng([seed, stream])
     plan = class_plan(seed, stream, name, images_per_class)
-    sources, kept = set(plan["source"]), {}  # kept: scenes a later copy shifts; overlays stay put
+    sources, kept = set(plan["source"]), {}  # kept: scenes a later copy changes; overlays stay put
     for index, frame in enumerate(plan.itertuples()):
         if frame.source < 0:
             scene = make_image(rng, cue, _image_size(rng, large_fraction))
             quality = JPEG_QUALITY
         else:
-            scene = Image.fromarray(shift(np.asarray(kept[frame.source]), frame.dx, frame.dy))
+            rng_copy = np.random.default_rng([seed, stream, _COPY_STREAM, index])
+            scene = video_copy(kept[frame.source], frame.copy_kind, rng_copy)
             quality = DUPLICATE_JPEG_QUALITY
         if index in sources:
             kept[index] = scene

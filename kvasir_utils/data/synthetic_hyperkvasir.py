@@ -28,13 +28,13 @@ import pandas as pd
 from PIL import Image
 
 from kvasir_utils.config import CONFIG_DIR
-from kvasir_utils.data import synthetic
+from kvasir_utils.data import duplicates, synthetic
 from kvasir_utils.datasets import HYPER_KVASIR, HYPER_KVASIR_CLASSES, KVASIR_V2_CLASSES
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.profiles import read_yaml
 
 # Bumped whenever the generator draws other images (the generated folder's name carries it).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 TOP = "labeled-images"
 SPLIT_FILE = "official_splits/2_fold_split.csv"
 CLASS_NAMES = HYPER_KVASIR_CLASSES  # the folders, in path order (as data.classes: [] finds them)
@@ -128,7 +128,7 @@ def _plan(images_per_class: int, seed: int, counterparts: dict[str, str]) -> pd.
 def _shared_copy(payload: bytes) -> bytes:
     """A frame as another dataset would hold it: moved by a few pixels and encoded again."""
     with Image.open(io.BytesIO(payload)) as image:
-        moved = synthetic.shift(np.asarray(image.convert("RGB")), *SHIFT)
+        moved = duplicates.shift(np.asarray(image.convert("RGB")), *SHIFT)
     return synthetic.jpeg_bytes(Image.fromarray(moved), SHARED_JPEG_QUALITY)
 
 

@@ -129,3 +129,41 @@ def sweep_paired(paired: pd.DataFrame) -> pd.DataFrame:
                      "interval": span, "runs": formats.number(row.n, "count"), "verdict": verdict,
                      "sign test p": f"{row.sign_test_p:.2g}", "McNemar p per seed": row.mcnemar_p_per_seed})
     return pd.DataFrame(rows)
+
+
+def leakage_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """``analysis.leakage.leakage_table`` for a reader: per backbone and split, accuracy and macro F1
+    with their intervals across seeds (or ``TOO_FEW_RUNS``), pairs across the split, trainable
+    parameters and training time."""
+    rows = []
+    for row in table.itertuples():
+        few = row.n < stats.MIN_RUNS
+        rows.append({"model": formats.model_name(row.model), "split": row.split,
+                     "accuracy": formats.number(row.mean, "percent"),
+                     "accuracy interval": TOO_FEW_RUNS if few else formats.interval(row.ci_low, row.ci_high, "percent"),
+                     "macro F1": formats.number(row.macro_f1_mean, "score"),
+                     "macro F1 interval": TOO_FEW_RUNS if few else formats.interval(
+                         row.macro_f1_ci_low, row.macro_f1_ci_high, "score"),
+                     "runs": formats.number(row.n, "count"),
+                     "near-duplicate pairs across the split":
+                         formats.number(row.pairs_across_split, "count", "not recorded"),
+                     "trainable parameters": formats.number(row.trainable_parameters, "count"),
+                     "training seconds per run": formats.number(row.train_seconds, "count")})
+    return pd.DataFrame(rows)
+
+
+def leakage_survival(survival: pd.DataFrame) -> pd.DataFrame:
+    """``analysis.leakage.survival_table`` for a reader: each honest split against the random one,
+    paired by seed, in points (accuracy) or score (macro F1), and the share that survives."""
+    rows = []
+    for row in survival.itertuples():
+        kind = "points" if row.metric == "accuracy" else "score"
+        shown = "percent" if row.metric == "accuracy" else "score"
+        rows.append({"model": formats.model_name(row.model), "split": row.split, "metric": row.metric,
+                     "random split": formats.number(row.random_mean, shown),
+                     "this split": formats.number(row.split_mean, shown),
+                     "difference": formats.number(row.difference, kind),
+                     "interval": TOO_FEW_RUNS if row.n < stats.MIN_RUNS
+                     else formats.interval(row.ci_low, row.ci_high, kind),
+                     "paired runs": formats.number(row.n, "count"), "share that survives": f"{row.survives:.0%}"})
+    return pd.DataFrame(rows)

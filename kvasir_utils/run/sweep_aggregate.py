@@ -11,6 +11,7 @@ import pandas as pd
 from kvasir_utils import artefacts, config
 from kvasir_utils.analysis import paper
 from kvasir_utils.analysis.sweeps import METRICS
+from kvasir_utils.data import duplicates
 from kvasir_utils.run.notebooks import SWEEP_NOTEBOOK, execute_notebook
 from kvasir_utils.run.sweep_execute import read_record
 from kvasir_utils.run.sweep_spec import Sweep
@@ -35,8 +36,19 @@ def member_results(sweep: Sweep) -> pd.DataFrame:
         elif row["status"] == "finished":
             found = artefacts.read_metrics(metrics_path)
             row |= {metric: found[metric] for metric in METRICS}
+            row |= {"trainable_parameters": max(found["trainable_parameters"].values()),
+                    "train_seconds": found["train_seconds"], "pairs_across_split": pairs_across_split(member.cfg)}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def pairs_across_split(cfg) -> float:
+    """How many of the run's near-duplicate pairs (notebook 01's) straddle its split; NaN for a run
+    made before the pairs were written."""
+    pairs, record = cfg.run.near_duplicates
+    if not (pairs.exists() and record.exists() and cfg.run.split.exists()):
+        return float("nan")
+    return float(len(duplicates.NearDuplicates.read(pairs, record).across(pd.read_csv(cfg.run.split))))
 
 
 def aggregation_is_current(sweep: Sweep, executed: Path) -> bool:

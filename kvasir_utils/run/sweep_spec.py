@@ -41,6 +41,10 @@ class SweepFile(Section):
     seed_setting: Literal["train.seed", "split.seed", "both", "split.validation_fold"] = "train.seed"
     models: list[str] | None = Field(None, min_length=1)  # default: the base profile's train.models
     grid: dict[str, list] = {}
+    # Named readings instead of a grid: each a set of dotted settings, e.g. the leakage sweep's
+    # random: {split.group_near_duplicates: false}; the reading whose settings are the base
+    # profile's own is the default the others are compared with.
+    readings: dict[str, dict] = {}
     overrides: list[str] = []  # dotted settings for every member, like SET
     resources: Resources = Resources()
     max_retries: int = Field(1, ge=0)
@@ -90,9 +94,20 @@ class Sweep:
         return self.base.reports_root / "sweeps" / self.name
 
     @property
+    def varied_keys(self) -> list[str]:
+        """The settings the sweep varies: the grid's keys, or every key of its named readings."""
+        return list(dict.fromkeys([*self.spec.grid, *(k for r in self.spec.readings.values() for k in r)]))
+
+    @property
     def default_settings(self) -> dict:
-        """The base profile's value of every grid setting: the paper's reading the others are compared with."""
-        return {key: paper.setting_value(self.base.to_dict(), key) for key in self.spec.grid}
+        """The base profile's value of every varied setting: the paper's reading the others are compared with."""
+        return {key: paper.setting_value(self.base.to_dict(), key) for key in self.varied_keys}
+
+    def settings_and_readings(self) -> list[tuple[dict, str | None]]:
+        """Each reading's settings and its name (None for a grid's combination, named by its settings)."""
+        if self.spec.readings:
+            return [(settings, name) for name, settings in self.spec.readings.items()]
+        return [(dict(zip(self.spec.grid, values)), None) for values in itertools.product(*self.spec.grid.values())]
 
 
 # -- the sweep file -----------------------------------------------------------------------
@@ -120,9 +135,13 @@ OWN_KEYS = {"train.models", "train.seed", "split.seed", "split.validation_fold"}
 def _check_spec(sweep_name: str, spec: SweepFile, overrides: list[str]) -> None:
     """Refuse what would silently mislabel runs: grid keys the sweep sets itself, empty value
     lists, negative seeds, and overrides of the model or the varying seed."""
-    problems = [f"grid key {key!r} is set by the sweep itself (use `models:`, `seeds:` and `seed_setting:`)"
-                for key in spec.grid if key in OWN_KEYS or key.startswith("paths.")]
+    keys = [*spec.grid, *(key for reading in spec.readings.values() for key in reading)]
+    problems = [f"grid or reading key {key!r} is set by the sweep itself (use `models:`, `seeds:` and `seed_setting:`)"
+                for key in dict.fromkeys(keys) if key in OWN_KEYS or key.startswith("paths.")]
     problems += [f"grid key {key!r} has no values" for key, values in spec.grid.items() if not values]
+    problems += ["give either `grid:` or `readings:`, not both"] if spec.grid and spec.readings else []
+    problems += [f"reading {name!r} must be a folder-safe name (letters, digits, - and _)"
+                 for name in spec.readings if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
     problems += [f"seed {seed} is negative" for seed in spec.seeds if seed < 0]
     varying = {"train.models", *SEED_SETTINGS[spec.seed_setting]}
     problems += [f"override {text!r} is replaced by the sweep for every run (use `models:` / `seeds:`)"
@@ -155,8 +174,8 @@ def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
     sweep = Sweep(path.stem, spec, profile, overrides, base, source=path)
     for text in [*spec.overrides, *overrides]:
         _check_override_text(text, f"sweep {sweep.name}")
-    sweep.members = [_member(sweep, model, seed, dict(zip(spec.grid, values)))
-                     for values in itertools.product(*spec.grid.values())
+    sweep.members = [_member(sweep, model, seed, settings, reading)
+                     for settings, reading in sweep.settings_and_readings()
                      for model in (spec.models or base.train.models) for seed in spec.seeds]
     folders = [m.folder for m in sweep.members]
     if len(set(folders)) != len(folders):
@@ -164,10 +183,11 @@ def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
     return sweep
 
 
-def _member(sweep: Sweep, model: str, seed: int, settings: dict) -> Member:
+def _member(sweep: Sweep, model: str, seed: int, settings: dict, reading_name: str | None = None) -> Member:
     tag = "fold" if sweep.spec.seed_setting == "split.validation_fold" else "seed"
-    name = "-".join([model, f"{tag}{seed}", *(f"{k}={_value_text(v)}" for k, v in settings.items())])
-    reading = ", ".join(f"{k}={_value_text(v)}" for k, v in settings.items()) or DEFAULT_READING
+    described = [reading_name] if reading_name else [f"{k}={_value_text(v)}" for k, v in settings.items()]
+    name = "-".join([model, f"{tag}{seed}", *described])
+    reading = reading_name or ", ".join(f"{k}={_value_text(v)}" for k, v in settings.items()) or DEFAULT_READING
     folder = folder_name(name)
     own = [f"train.models=[{model}]", *(f"{key}={seed}" for key in SEED_SETTINGS[sweep.spec.seed_setting]),
            *(f"{k}={_value_text(v)}" for k, v in settings.items()),

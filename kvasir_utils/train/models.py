@@ -77,10 +77,19 @@ def model_transforms(transforms: TransformsConfig, name: str) -> TransformsConfi
 
 def for_model(cfg: Config, name: str) -> Config:
     """The settings ``name`` trains and is evaluated with: the profile's, with the model's own input
-    where the profile leaves ``transforms`` null. What a stage's checkpoint records, so every later
-    step reads concrete values back; ``cfg`` itself when the profile sets them all (the paper)."""
+    where the profile leaves ``transforms`` null, and its own stage readings where
+    ``train.readings_by_model`` gives them. What a stage's checkpoint records, so every later step
+    reads concrete values back; ``cfg`` itself when nothing differs (the paper)."""
+    update = {}
     transforms = model_transforms(cfg.transforms, name)
-    return cfg if transforms is cfg.transforms else cfg.model_copy(update={"transforms": transforms})
+    if transforms is not cfg.transforms:
+        update["transforms"] = transforms
+    own = {stage: reading for stage, reading in cfg.train.readings_by_model.get(name, {}).items()
+           if reading != cfg.stage_config(stage).trainable}
+    if own:
+        update["train"] = cfg.train.model_copy(update={
+            stage: cfg.stage_config(stage).model_copy(update={"trainable": reading}) for stage, reading in own.items()})
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def build_model(name: str, num_classes: int, weights: str | None = None, offline: bool = False, *,
@@ -130,6 +139,7 @@ def stage_model(cfg: Config, name: str, stage: str) -> nn.Module:
     """The model ``stage`` trains, frozen as its reading says: stage 1 with the pretrained weights,
     a later stage as the architecture (its weights come from the stage before); with adapters where
     the stage (or one before it) trains with ``lora``."""
+    cfg = for_model(cfg, name)
     first = stage == STAGES[0]
     model = build_model(name, len(cfg.classes), cfg.train.weights if first else None, cfg.runtime.offline,
                         image_size=cfg.transforms.image_size,
@@ -151,6 +161,7 @@ def load_weights(model: nn.Module, state: dict) -> nn.Module:
 def restore(cfg: Config, name: str, stage: str, state: dict) -> nn.Module:
     """A trained model from its stage's checkpoint (``cfg``: the settings it recorded): the
     architecture that stage trained, adapters included, with the checkpoint's weights."""
+    cfg = for_model(cfg, name)
     model = build_model(name, len(cfg.classes), image_size=cfg.transforms.image_size)
     if stage_uses_lora(cfg, stage):
         lora.add_lora(model, cfg.train.lora)
@@ -160,7 +171,8 @@ def restore(cfg: Config, name: str, stage: str, state: dict) -> nn.Module:
 def trainable_counts(cfg: Config, name: str) -> dict[str, int]:
     """Per stage, how many parameters its reading trains (0 for a stage of no epoch), counted on
     the architecture built without memory (the meta device)."""
-    counts, size = {}, model_transforms(cfg.transforms, name).image_size  # a ViT's position embedding counts
+    cfg = for_model(cfg, name)
+    counts, size = {}, cfg.transforms.image_size  # a ViT's position embedding counts
     for stage in STAGES:
         with torch.device("meta"):
             model = build_model(name, len(cfg.classes), image_size=size)
@@ -235,10 +247,15 @@ def _check_reading(name: str, model: nn.Module, reading: str, lora_settings: Lor
 def check_profile(cfg: Config) -> None:
     """``check_readings`` for every model and stage reading of a profile; every model of
     ``train.weights_files`` one of the profile's, and the cache large enough for every model's input."""
-    readings = {f"train.{stage}.trainable": cfg.stage_config(stage).trainable for stage in STAGES}
-    check_readings(cfg.train.models, readings, cfg.train.weights, cfg.train.lora)
-    problems = [f"train.weights_files names {name!r}, which is not in train.models ({', '.join(cfg.train.models)})"
-                for name in cfg.train.weights_files if name not in cfg.train.models]
+    for name in cfg.train.models:
+        own = for_model(cfg, name) if name in cfg.train.readings_by_model else cfg
+        readings = {f"train.{stage}.trainable": own.stage_config(stage).trainable for stage in STAGES}
+        check_readings([name], readings, cfg.train.weights, cfg.train.lora)
+    # An entry for a model the profile does not train is kept (a sweep's member trains one of a
+    # profile's models at a time), but it must name a model there is.
+    problems = [f"train.{setting} names {name!r}, which is no model: {exc}"
+                for setting in ("weights_files", "readings_by_model") for name in getattr(cfg.train, setting)
+                if name not in cfg.train.models for exc in _problems(name, _build_on_meta, name)]
     for name in cfg.train.models:
         size = model_transforms(cfg.transforms, name).image_size
         if size > cfg.cache.short_side:
@@ -247,6 +264,11 @@ def check_profile(cfg: Config) -> None:
                             f"set cache.short_side >= {size} or transforms.image_size")
     if problems:
         raise KvasirError("the profile does not fit its models:\n  " + "\n  ".join(problems))
+
+
+def _build_on_meta(name: str) -> None:
+    with torch.device("meta"):
+        build_model(name, 2)
 
 
 def _problems(what: str, check, *args) -> list[str]:
