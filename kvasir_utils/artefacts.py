@@ -151,14 +151,6 @@ class RunFolder:
     def predictions(self, model: str) -> Path:
         return self.eval_dir(model) / PREDICTIONS
 
-    def notebook_copy(self, name: str) -> Path:
-        """A copy of an executed notebook (``name``: its file name), so the pages link inside the folder."""
-        return self.root / "notebooks" / name
-
-    def run_file(self, model: str, name: str) -> Path:
-        """A copy of a file of ``model``'s run (``PREDICTIONS``, ``METRICS``) that the index links."""
-        return self.root / "files" / model_folder(model) / name
-
     def cross_dir(self, target_profile: str) -> Path:
         """Predictions of this run's models on another profile's dataset (``make cross-evaluate``)."""
         return self.root / "cross" / target_profile

@@ -167,8 +167,8 @@ def variance_note(cfg: Config, claims: pd.DataFrame) -> str:
     if not len(claims) or not claims["basis"].fillna("").str.startswith("this run only").any():
         return ""
     return ("Every interval from this run alone resamples its validation images: it leaves out the variance from "
-            f"one training run (seed) to the next. `{sweep_command(cfg)}` trains each model over several seeds "
-            "and puts that variance in.")
+            "one training run (seed) to the next. This command trains each model over several seeds and puts that "
+            f"variance in: {sweep_command(cfg)}")
 
 
 def read_latest_seed_sweep(cfg: Config) -> dict | None:

@@ -97,11 +97,16 @@ def formatted(frame: pd.DataFrame, kinds: dict[str, str] | None = None, missing:
     return out
 
 
-def setting(value) -> str:
-    """A setting's value for a reader: ``none`` for None or empty, a list's items joined, YAML's
-    ``true``/``false``, never a Python repr."""
+# What an empty value of a setting means, where "none" alone would not say
+NONE_MEANS = {"train.weights": "none (random initialisation)", "data.url": "none (a local archive or folder)",
+              "data.size": "none (not checked)", "data.sha256": "none (not checked)"}
+
+
+def setting(value, name: str = "") -> str:
+    """A setting's value for a reader: ``none`` (or what none means for setting ``name``) for None or
+    empty, a list's items joined, YAML's ``true``/``false``, never a Python repr."""
     if value is None or value == "" or value == [] or value == {}:
-        return "none"
+        return NONE_MEANS.get(name, "none")
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):

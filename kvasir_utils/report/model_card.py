@@ -52,7 +52,7 @@ def _f(value, kind: str = "score") -> str:
 
 def _table(frame: pd.DataFrame) -> str:
     """A table of the card as Markdown, its numbers in the reports' style."""
-    return to_markdown(formats.formatted(frame, missing="none"))
+    return to_markdown(frame, styled=True)
 
 
 def run_settings(cfg: Config) -> Config:

@@ -62,8 +62,8 @@ def _departure_text(cfg: Config, page: str | None) -> str:
     found = departures.departures(cfg) if page is None else departures.departures_for(cfg, page)
     if not len(found):
         return ""
-    items = [f"{row.setting} = {formats.setting(row.run)} (paper: {formats.setting(row.paper)})"
-             for row in found.itertuples()]
+    items = [f"{r.setting} = {formats.setting(r.run, r.setting)} (paper: {formats.setting(r.paper, r.setting)})"
+             for r in found.itertuples()]
     where = "this run" if page is None else "this step"
     return f"Where {where} departs from the paper's protocol: " + "; ".join(items) + "."
 
@@ -163,15 +163,20 @@ def _flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _has_labels(frame: pd.DataFrame) -> bool:
     """Whether the index says something (row names), or is just 0, 1, 2, ..."""
-    return not isinstance(frame.index, pd.RangeIndex)
+    index = frame.index
+    default = isinstance(index, pd.RangeIndex) or (index.dtype.kind == "i" and list(index) == list(range(len(index))))
+    return not default
 
 
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A table as GitHub Markdown (pandas' ``to_markdown``), four decimals, empty where nothing is known."""
+def to_markdown(frame: pd.DataFrame, styled: bool = False) -> str:
+    """A table as GitHub Markdown (pandas' ``to_markdown``): four decimals, empty where nothing is
+    known; or, ``styled``, every number in the house style (``formats``) and "none" where there is none."""
+    if styled:
+        frame = formats.formatted(frame, missing="none")
     frame = _flat_columns(frame)
     index = _has_labels(frame)
     cells = labelled(frame).astype(object).where(frame.notna().to_numpy(), None)  # None prints as missingval
-    return cells.to_markdown(index=index, floatfmt=".4f", missingval="") + "\n"
+    return cells.to_markdown(index=index, floatfmt=".4f", missingval="", disable_numparse=styled) + "\n"
 
 
 def _report_dir(target: Config | Path) -> Path:

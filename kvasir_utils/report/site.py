@@ -193,7 +193,8 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
               for model, browser in zip(evaluations, browsers)]
     comparison, mcnemar = None, []
     if len(evaluations) >= 2:
-        comparison = Markup(table_html(tables.comparison(compare.comparison_table(cfg))))
+        comparison = Markup("".join(table_html(part, caption=caption)
+                                    for part, caption in tables.comparison_parts(compare.comparison_table(cfg))))
         mcnemar = compare.mcnemar_sentences(compare.paired_tests(cfg), formats.MODEL_NAMES)
     audit_part = _audit_section(cfg)
     toc = [("verdict", "Did this run reproduce the paper?")]

@@ -31,7 +31,7 @@ def card(claims: pd.DataFrame) -> pd.DataFrame:
                      "difference": formats.number(row.difference, difference_kind, "none"),
                      "runs": formats.number(row.n, "count"), "verdict": row.verdict,
                      "what the interval covers": row.basis if isinstance(row.basis, str) else "nothing was run",
-                     "the audit": row.audit if isinstance(row.audit, str) and row.audit else "none"})
+                     "the audit": row.audit if isinstance(row.audit, str) and row.audit else "(on accuracy only)"})
     shown = pd.DataFrame(rows)
     return shown if claims["audit"].fillna("").astype(bool).any() else shown.drop(columns="the audit")
 
@@ -67,7 +67,8 @@ def paper_heading(table: str, what: str, name: str, reported: bool) -> str:
 
 
 # Table 1 beside the paper's in two tables of a few columns each, so each fits a 1280 px window
-TABLE1_GROUPS = (("Precision", "Recall"), ("F1-Score", "Specificity", "Support"))
+TABLE1_GROUPS = {"precision and recall": ("Precision", "Recall"),
+                 "F1, specificity and support": ("F1-Score", "Specificity", "Support")}
 
 
 def table1_parts(ours: pd.DataFrame, reported: pd.DataFrame | None, name: str) -> list[tuple[pd.DataFrame, str]]:
@@ -78,11 +79,22 @@ def table1_parts(ours: pd.DataFrame, reported: pd.DataFrame | None, name: str) -
         return [(ours, f"{name}: per-class precision, recall, F1, specificity and support of this run")]
     both = paper.side_by_side(ours, reported).drop(columns=[("Support", "difference")], errors="ignore")
     parts = []
-    for i, group in enumerate(TABLE1_GROUPS, 1):
-        words = " and ".join(g.replace("-Score", "").lower() for g in group)
+    for i, (words, group) in enumerate(TABLE1_GROUPS.items(), 1):
         parts.append((both[[c for c in both.columns if c[0] in group]],
                       f"{name}, Table 1 ({i} of {len(TABLE1_GROUPS)}): {words}, the paper beside this run"))
     return parts
+
+
+COMPARISON_PARTS = {"how well": ["model", "accuracy", "accuracy (paper)", "macro F1", "macro F1 (paper)",
+                                 "macro ROC-AUC", "macro ROC-AUC (paper)", "ECE", "Brier"],
+                    "what it costs": ["model", "parameters", "GFLOPs / image", "training time", "inference",
+                                      "validation images"]}
+
+
+def comparison_parts(table: pd.DataFrame) -> list[tuple[pd.DataFrame, str]]:
+    """``comparison`` as two (table, caption) pairs that each fit the page: how well, what it costs."""
+    shown = comparison(table)
+    return [(shown[columns], f"Each model against the paper: {what}") for what, columns in COMPARISON_PARTS.items()]
 
 
 def table2_percentages(confusion: pd.DataFrame) -> pd.DataFrame:
@@ -108,7 +120,7 @@ def readings(table: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """``analysis.paper.readings_table`` with the readings this run departs from marked."""
     departed = set(departures.departures(cfg)["setting"])
     marked = table.copy()
-    marked["value"] = [f"{formats.setting(v)} (departs from the paper)" if s in departed else formats.setting(v)
+    marked["value"] = [formats.setting(v, s) + (" (departs from the paper)" if s in departed else "")
                        for s, v in zip(table["setting"], table["value"])]
     return marked
 
@@ -116,8 +128,9 @@ def readings(table: pd.DataFrame, cfg: Config) -> pd.DataFrame:
 def departures_table(cfg: Config) -> pd.DataFrame:
     """Every setting of this run that differs from the paper's protocol, for the index."""
     found = departures.departures(cfg)
-    return pd.DataFrame({"setting": found["setting"], "paper": [formats.setting(v) for v in found["paper"]],
-                         "this run": [formats.setting(v) for v in found["run"]],
+    return pd.DataFrame({"setting": found["setting"],
+                         "paper": [formats.setting(v, s) for s, v in zip(found["setting"], found["paper"])],
+                         "this run": [formats.setting(v, s) for s, v in zip(found["setting"], found["run"])],
                          "affects": [", ".join(p) if p else "no notebook: shown in the reports only"
                                      for p in found["pages"]],
                          "comparability": ["shown only" if n else "departs from the protocol"
