@@ -100,5 +100,8 @@ def test_every_table_has_a_caption_row_headers_and_numbers_in_one_style(pages, s
                 assert "-" not in text.split("[")[0] or formats.MINUS in text, (page.name, text)  # a true minus
                 assert not re.fullmatch(r"\d{2,}\.000", text), (page.name, text)  # a count (scores are <= 2)
     index = pages[smoke_chain.report_dir / "index.html"]
+    headers = {page.name: h for page, soup in pages.items() for th in soup.find_all("th", scope="col")
+               if "_" in (h := th.get_text())}
+    assert headers == {}  # words, not snake_case machine names
     claims = next(t for t in index.find_all("table") if t.caption and t.caption.text == "The paper's claims")
     assert [th.get_text() for th in claims.find_all("th", scope="row")][:1] == ["ResNet50 accuracy"]

@@ -39,12 +39,20 @@ LABELS = {
     "p_value": "p-value",
     "f1": "F1", "roc_auc": "ROC-AUC", "box_share": "frames with the guide box",
     "other_region": "predicted as a class of the other region",
+    "train_loss": "training loss", "train_acc": "training accuracy", "val_loss": "validation loss",
+    "val_acc": "validation accuracy", "images_per_s": "images/s", "val_images": "validation images",
+    "with_train_twin": "with a near-duplicate in training", "with_box": "with the guide box", "label": "class",
 }
 
 
 def labelled(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with its machine names (columns, index, MultiIndex levels) shown as ``LABELS`` says."""
-    return frame.rename(index=lambda v: LABELS.get(v, v), columns=lambda v: LABELS.get(v, v))
+    return frame.rename(index=lambda v: LABELS.get(v, v), columns=_label)
+
+
+def _label(name):
+    """A column's words: ``LABELS``', or a snake_case name with spaces for its underscores."""
+    return LABELS.get(name, name.replace("_", " ") if isinstance(name, str) else name)
 
 
 GENERATED_WARNING = (
