@@ -16,6 +16,7 @@ runs/<profile>/
 reports/<profile>/
   index.html  html/  tables/<name>.{csv,md,tex}  figures/<name>.{png,svg}
   models/<model>/  predict/<name>/
+  notebooks/<executed>.ipynb  files/<model>/{predictions.csv,metrics.json}  (copies: the folder stands alone)
 ```
 """
 
@@ -200,6 +201,14 @@ class ReportFolder:
     def notebook_page(self, notebook: str) -> Path:
         """An executed notebook as a page (``notebook``: its stamp's name, e.g. ``04_evaluate-resnet50``)."""
         return self.html / f"{notebook}.html"
+
+    def notebook_copy(self, name: str) -> Path:
+        """A copy of an executed notebook (``name``: its file name), so the pages link inside the folder."""
+        return self.root / "notebooks" / name
+
+    def run_file(self, model: str, name: str) -> Path:
+        """A copy of a file of ``model``'s run (``PREDICTIONS``, ``METRICS``) that the index links."""
+        return self.root / "files" / model_folder(model) / name
 
     def cross_dir(self, target_profile: str) -> Path:
         """The tables of this run's models on another profile's dataset (``make cross-evaluate``)."""

@@ -127,7 +127,7 @@ def describe_data(archive: dict | None) -> str:
     """The data a run used, in words: an archive by its SHA-256, a folder used in place by the
     SHA-256 of its images' list and content (``data.sources.folder_record``)."""
     if archive is None:
-        return "dataset archive not yet"
+        return "dataset archive not recorded yet (notebook 01 records its SHA-256 once it has the data)"
     if archive.get("kind") == "folder":
         return (f"dataset folder {archive['source']} read in place ({archive['images']:,} images, "
                 f"{archive['bytes']:,} bytes, content SHA-256 {archive['sha256']})")

@@ -62,9 +62,9 @@ def test_the_index_answers_first_whether_the_paper_was_reproduced(smoke_chain, d
         if claim.other is None:  # the card's value is metrics.json's, in the house style
             kind = "percent" if claim.metric == "accuracy" else "score"
             assert row[2] == formats.number(records[claim.model][claim.metric], kind)
-        else:
+        else:  # the head-to-head gap in hundredths of a point (its difference is from unrounded values)
             difference = records[claim.model]["accuracy"] - records[claim.other]["accuracy"]
-            assert row[2] == formats.number(difference, "points")
+            assert row[2] == formats.number(difference, "fine points") and "unrounded" in row[7]
         assert row[3].startswith("[") and row[5] == "1"  # an interval, and one run behind it
 
 
@@ -96,3 +96,20 @@ def test_a_table2_cell_opens_the_error_browser_on_its_images(smoke_chain, driver
     assert count == f"{expected} of {len(predictions)} images"
     shown = [row for row in driver.find_elements(By.CSS_SELECTOR, "#images tbody tr") if row.is_displayed()]
     assert len(shown) == expected and all("✗ wrong" in row.text for row in shown)
+
+
+WIDE_TABLES_JS = """
+return Array.from(document.querySelectorAll('.kvasir-scroll'))
+  .filter(box => box.scrollWidth > box.clientWidth + 1)
+  .map(box => (box.querySelector('caption') || box).textContent.slice(0, 80) + ': ' + box.scrollWidth + ' px');
+"""
+
+
+def test_every_table_of_the_index_and_the_model_pages_fits_at_1280_px(smoke_chain, driver):
+    report = smoke_chain.report_dir
+    hidden = {}
+    for page in [report / "index.html", *sorted((report / "html").glob("04_evaluate-*.html"))]:
+        chromium.show(driver, page, 1280)
+        if found := driver.execute_script(WIDE_TABLES_JS):
+            hidden[page.name] = found
+    assert hidden == {}  # no column hidden behind a scroll bar

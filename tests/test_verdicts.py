@@ -77,7 +77,7 @@ def test_a_sweep_of_enough_runs_stands_behind_the_card_and_too_few_do_not():
     assert (row["run"], row["n"], row["ci_high"]) == (0.93, 5, 1.0)  # a bounded metric's interval stays in [0, 1]
     assert "mean of 5 runs (sweep seeds)" in row["basis"] and row["verdict"] == "consistent with the paper"
     row = verdicts.claims_table(cfg, evaluations, _sweep(2)).set_index("claim").loc["ResNet50 accuracy"]
-    assert row["n"] == 1 and row["basis"].startswith("1 run")  # two runs say less than the run's own interval
+    assert row["n"] == 1 and row["basis"].startswith("this run only")  # two runs say less than its own interval
     page = verdicts.claims_table(cfg, {}, _sweep(2)).set_index("claim").loc["ResNet50 accuracy"]
     assert page["verdict"] == "too few runs to tell" and page["n"] == 2  # the sweep's own page
 
@@ -107,13 +107,14 @@ def test_bootstrap_intervals_cover_the_difference_and_stay_in_bounds():
 
 def test_one_number_style():
     assert formats.number(0.92625, "percent") == "92.6%" and formats.number(0.9250, "score") == "0.925"
-    assert formats.number(-0.0469, "points") == "-4.7 points" and formats.number(1600, "count") == "1,600"
+    assert formats.number(-0.0469, "points") == "\u22124.7 points" and formats.number(1600, "count") == "1,600"
+    assert formats.number(203.0, "count") == "203" and formats.number(-0.25, "score") == "\u22120.250"
     assert formats.number(float("nan"), "score", formats.NOT_REPORTED) == "not reported"
     assert formats.interval(0.85, 0.9, "percent") == "[85.0%, 90.0%]" and formats.interval(math.nan, 1) == ""
     versus = paper.versus(pd.DataFrame({"Recall": [0.5], "F1-Score": [0.75]}, index=["Polyps"]),
                           pd.DataFrame({"Recall": [0.6], "F1-Score": [0.7]}, index=["Polyps"]))
     shown = formats.formatted(versus).loc["Polyps"]
-    assert shown[("Recall", "difference")] == "-10.0 points" and shown[("F1-Score", "difference")] == "0.050"
+    assert shown[("Recall", "difference")] == "\u221210.0 points" and shown[("F1-Score", "difference")] == "0.050"
 
 
 def test_a_sweep_page_shows_no_interval_below_the_fewest_runs_and_none_outside_the_bounds():
@@ -129,10 +130,59 @@ def test_a_sweep_page_shows_no_interval_below_the_fewest_runs_and_none_outside_t
                             "ci_low": d - 0.9, "ci_high": d + 0.5, "n": n, "sign_test_p": 0.5,
                             "mcnemar_p_per_seed": ""} for d, n in ((-0.5, fewest), (0.2, fewest - 1))])
     shown = tables.sweep_paired(paired)
-    assert shown["interval"].tolist() == ["[-100.0 points, +0.0 points]", tables.TOO_FEW_RUNS]
+    assert shown["interval"].tolist() == ["[\u2212100.0 points, +0.0 points]", tables.TOO_FEW_RUNS]
     # the card follows the same rule: the sweep's mean, without an interval below the fewest runs
     sweep = {"name": "s", "summary": summary.assign(model="efficientnet_b0"), "paired": paired}
     card = verdicts.claims_table(profiles.load_profile("paper"), {}, sweep).set_index("claim")
     assert card.loc["EfficientNet-B0 macro F1", ["ci_low", "ci_high"]].tolist() == [0.7, 1.0]
     assert card.loc["EfficientNet-B0 accuracy", "verdict"] == "too few runs to tell"
     assert card.loc["ResNet50 beats EfficientNet-B0 (accuracy difference)", "ci_low"] == -1.0
+
+
+def _headline(gap_interval: tuple[float, float]) -> pd.DataFrame:
+    low, high = gap_interval
+    return pd.DataFrame({"twin_gap": [0.05], "twin_gap_ci_low": [low], "twin_gap_ci_high": [high],
+                         "masked_change": [-0.02], "masked_change_ci_low": [-0.04], "masked_change_ci_high": [-0.01]},
+                        index=["resnet50"])
+
+
+def test_the_card_says_what_each_interval_covers_and_what_the_audit_found():
+    cfg = profiles.load_profile("paper", ["eval.bootstrap_samples=100"])
+    evaluations = _evaluations({"resnet50": 0.90, "efficientnet_b0": 0.93})
+    card = verdicts.claims_table(cfg, evaluations, None, _headline((-0.03, 0.12))).set_index("claim")
+    resnet = card.loc["ResNet50 accuracy"]
+    assert "400 validation images" in resnet["basis"] and "not in it" in resnet["basis"]  # no training variance
+    assert resnet["audit"].startswith("near-duplicate gap +5.0 points (95% interval [\u22123.0 points, +12.0 points]: "
+                                      "too few images to tell)")
+    assert "guide box masked: \u22122.0 points" in resnet["audit"] and "the model leans on the box" in resnet["audit"]
+    assert card.loc["EfficientNet-B0 accuracy", "audit"] == "not audited"
+    assert card.loc["ResNet50 macro F1", "audit"] == ""  # only accuracy claims carry the audit's word
+    note = verdicts.variance_note(cfg, card.reset_index())
+    assert "leaves out the variance" in note and note.endswith(": make sweep SWEEP=seeds")
+    assert verdicts.sweep_command(profiles.load_profile("smoke")) == "make sweep SWEEP=smoke-seeds"
+    unaudited = verdicts.claims_table(cfg, evaluations).set_index("claim")
+    assert unaudited.loc["ResNet50 accuracy", "audit"] == "the audit (notebook 07) has not run"
+
+
+def test_the_head_to_head_row_states_both_gaps_and_a_difference_a_reader_can_recompute():
+    cfg = profiles.load_profile("paper", ["eval.bootstrap_samples=100"])
+    claims = verdicts.claims_table(cfg, _evaluations({"resnet50": 0.8875, "efficientnet_b0": 0.92}))
+    row = claims.set_index("claim").loc["ResNet50 beats EfficientNet-B0 (accuracy difference)"]
+    # paper 92.63 - 91.50 = +1.13; this run 88.75 - 92.00 = -3.25; -4.38 (at one decimal -4.4 beside +1.1 and -3.2)
+    assert "paper 92.63% \u2212 91.50% = +1.13 points" in row["basis"]
+    assert "this run 88.75% \u2212 92.00% = \u22123.25 points; difference \u22124.38 points" in row["basis"]
+    assert "computed from the unrounded values" in row["basis"]
+    shown = tables.card(claims).set_index("claim").loc[row.name]
+    assert (shown["paper"], shown["this run"], shown["difference"]) == ("+1.13 points", "\u22123.25 points",
+                                                                        "\u22124.38 points")
+
+
+def test_the_departures_and_readings_show_no_python_repr_and_no_empty_cell():
+    cfg = profiles.load_profile("smoke")
+    shown = tables.departures_table(cfg)
+    assert len(shown) and (shown != "").all().all()
+    assert not shown.map(lambda v: v in ("None", "[]") or v.startswith("[")).any().any()
+    assert shown.set_index("setting").loc["train.weights", "this run"] == "none (random initialisation)"
+    readings = tables.readings(paper.readings_table(cfg.to_dict()), cfg)
+    assert not readings["value"].str.contains("None").any()
+    assert formats.setting(None) == formats.setting([]) == "none" and formats.setting(["a", "b"]) == "a, b"

@@ -161,15 +161,16 @@ def audit_headline(records: dict[str, dict], masked: dict[str, pd.DataFrame], tw
     return pd.DataFrame(rows).T
 
 
-def _points(value: float) -> str:
-    return f"{100 * value:+.1f} points"
+def points(value: float, decimals: int = 1) -> str:
+    """A difference of shares in points, with a true minus sign (as ``report.formats`` writes it)."""
+    return f"{100 * value:+.{decimals}f} points".replace("-", "\u2212")
 
 
-def _interval_words(low: float, high: float, effect: str, none: str) -> str:
-    """What an interval of a difference says: ``effect`` when it excludes zero, else too few images."""
+def interval_words(low: float, high: float, effect: str, none: str) -> str:
+    """What an interval of a difference says: ``effect`` when it excludes zero, else ``none``."""
     if np.isnan(low) or np.isnan(high):
-        return "no interval: one of the groups is empty"
-    span = f"[{_points(low)}, {_points(high)}]"
+        return "none: one of the groups is empty, too few images to tell"
+    span = f"[{points(low)}, {points(high)}]"
     return f"{span}: {effect}" if low > 0 or high < 0 else f"{span}: {none}"
 
 
@@ -189,8 +190,8 @@ def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame, confidence:
         leans = "the model leans on the box" if row["masked_change_ci_high"] < 0 else "masking the box helps"
         sentences.append(
             f"{model}: masking the box at test time changes accuracy from {row['accuracy']:.1%} to "
-            f"{row['masked_accuracy']:.1%}, a change of {_points(change)} ({level} interval "
-            + _interval_words(row["masked_change_ci_low"], row["masked_change_ci_high"], leans,
+            f"{row['masked_accuracy']:.1%}, a change of {points(change)} ({level} interval "
+            + interval_words(row["masked_change_ci_low"], row["masked_change_ci_high"], leans,
                               "too few images to tell whether the model leans on the box") + ").")
         gap = row["twin_gap"]
         flatters = "the image-level split flatters the score" if row["twin_gap_ci_low"] > 0 else \
@@ -198,8 +199,8 @@ def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame, confidence:
         sentences.append(
             f"{model}: the {int(row['twin_images'])} validation images with a near-duplicate in training are "
             f"classified {row['accuracy_with_twin']:.1%} correctly against {row['accuracy_without_twin']:.1%} for the "
-            f"others, a gap of {_points(gap) if not np.isnan(gap) else 'nothing to compare'} ({level} interval "
-            + _interval_words(row["twin_gap_ci_low"], row["twin_gap_ci_high"], flatters,
+            f"others, a gap of {points(gap) if not np.isnan(gap) else 'nothing to compare'} ({level} interval "
+            + interval_words(row["twin_gap_ci_low"], row["twin_gap_ci_high"], flatters,
                               "too few images to tell") + f"). Its ECE is {row['ece']:.3f} (0: perfectly calibrated).")
     share = headline["twin_share"].iloc[0] if len(headline) else float("nan")
     sentences.append(f"{share:.1%} of the validation images have a near-duplicate in training. Kvasir has no "

@@ -7,7 +7,7 @@ A bounded quantity's interval stays inside its bounds because it is made of valu
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
 
 
 def percentile_interval(values, confidence: float) -> tuple[float, float]:
@@ -81,3 +81,26 @@ def group_gap_interval(first_correct, second_correct, samples: int, confidence: 
     a = first[resamples(len(first), samples, seed)].mean(axis=1)
     b = second[resamples(len(second), samples, seed + 1)].mean(axis=1)
     return percentile_interval(a - b, confidence)
+
+
+def statistic_interval(statistic, n: int, samples: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Interval of ``statistic(indices)`` over ``samples`` resamples of ``n`` images (for a metric
+    without a vectorised bootstrap of its own)."""
+    return percentile_interval([statistic(draw) for draw in resamples(n, samples, seed)], confidence)
+
+
+def card_intervals(y_true, probs, samples: int, confidence: float, seed: int) -> dict[str, tuple[float, float]]:
+    """Every metric of a model card with its interval over the validation images: accuracy, macro
+    and weighted F1, macro ROC-AUC, ECE and Brier (the predicted class is the most probable one)."""
+    from kvasir_utils.analysis import metrics  # metrics' calibration, on the same resamples
+
+    y_true, probs = np.asarray(y_true), np.asarray(probs, float)
+    y_pred = probs.argmax(axis=1)
+    found = accuracy_macro_f1_intervals(y_true, y_pred, probs.shape[1], samples, confidence, seed)
+    statistics = {
+        "weighted_f1": lambda i: f1_score(y_true[i], y_pred[i], average="weighted", zero_division=0),
+        "ece": lambda i: metrics.expected_calibration_error(y_true[i], probs[i]),
+        "brier": lambda i: metrics.brier_score(y_true[i], probs[i]),
+    }
+    found |= {name: statistic_interval(f, len(y_true), samples, confidence, seed) for name, f in statistics.items()}
+    return found | {"macro_auc": macro_auc_interval(y_true, probs, samples, confidence, seed)}

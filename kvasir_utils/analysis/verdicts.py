@@ -5,7 +5,12 @@ verdict in words.
 Verdicts: *consistent with the paper* (the paper's value lies inside the interval), *below the
 paper* / *above the paper* (the whole interval lies on one side of it), *not comparable* (generated
 data, or settings that depart from the paper's protocol), *too few runs to tell* (a sweep of fewer
-than ``stats.MIN_RUNS`` runs gives no interval)."""
+than ``stats.MIN_RUNS`` runs gives no interval).
+
+Each row's ``basis`` says what its interval covers: one run's validation images resampled (so not
+the variance from one training run to the next: ``sweep_command`` names the sweep that adds it), or
+the runs of a sweep over seeds. Each accuracy claim carries the audit's word on what may inflate it
+(``audit_words``)."""
 
 from __future__ import annotations
 
@@ -16,13 +21,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from kvasir_utils import artefacts
-from kvasir_utils.analysis import departures, intervals, metrics, paper, stats
+from kvasir_utils import artefacts, profiles
+from kvasir_utils.analysis import audit, departures, intervals, metrics, paper, stats
 from kvasir_utils.analysis.runs import same_images
-from kvasir_utils.config import Config
+from kvasir_utils.config import CONFIG_DIR, Config
 from kvasir_utils.files import write_json_atomic
 
-CARD_COLUMNS = ["claim", "paper", "run", "ci_low", "ci_high", "difference", "n", "basis", "verdict"]
+CARD_COLUMNS = ["claim", "paper", "run", "ci_low", "ci_high", "difference", "n", "basis", "verdict", "audit"]
+ONE_RUN = ("this run only: a {level} bootstrap interval over its {images} validation images; the variance from one "
+           "training run (seed) to the next is not in it")
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ def _single_run(cfg: Config, claim: Claim, evaluations: dict) -> dict | None:
         return None
     record, predictions = evaluations[claim.model]
     n_images = len(predictions)
-    basis = f"1 run; {confidence:.0%} bootstrap interval over its {n_images} validation images"
+    basis = ONE_RUN.format(level=f"{confidence:.0%}", images=n_images)
     if claim.other is not None:
         theirs = evaluations[claim.other][1]
         if not same_images(predictions, theirs):
@@ -76,7 +83,9 @@ def _single_run(cfg: Config, claim: Claim, evaluations: dict) -> dict | None:
         low, high = intervals.paired_difference_interval(ours_right, theirs_right, samples, confidence, seed)
         value = float(ours_right.mean() - theirs_right.mean())
         p = metrics.mcnemar_of_runs(predictions, theirs)["p_value"]
-        return {"run": value, "ci_low": low, "ci_high": high, "n": 1, "basis": f"{basis}; McNemar p = {p:.2g}"}
+        accuracies = record["accuracy"], evaluations[claim.other][0]["accuracy"]
+        return {"run": value, "ci_low": low, "ci_high": high, "n": 1,
+                "basis": f"{basis}; McNemar p = {p:.2g}; {_gaps_words(claim, accuracies)}"}
     if claim.metric == "macro_auc":
         probs = predictions[artefacts.probability_columns(cfg.classes)].to_numpy()
         low, high = intervals.macro_auc_interval(predictions["true"], probs, samples, confidence, seed)
@@ -108,8 +117,58 @@ def _sweep_run(claim: Claim, sweep: dict | None) -> dict | None:
         value, low, high, n = row["mean"], row["ci_low"], row["ci_high"], int(row["n"])
         bounds = stats.SHARE_BOUNDS
     low, high = stats.clip_interval(low, high, bounds) if n >= stats.MIN_RUNS else (math.nan, math.nan)
-    basis = f"mean of {n} runs (sweep {sweep['name']}); t-interval across runs"
+    basis = (f"mean of {n} runs (sweep {sweep['name']}), one a training seed; a t-interval across the runs, so "
+             "the variance from one training run to the next is in it")
+    if claim.other is not None:
+        basis += "; the difference is computed from the unrounded gaps"
     return {"run": float(value), "ci_low": low, "ci_high": high, "n": n, "basis": basis}
+
+
+def _gaps_words(claim: Claim, accuracies: tuple[float, float]) -> str:
+    """The head-to-head row's two gaps and their difference, from unrounded values (two decimals of a
+    point, so a reader who recomputes the difference from the shown gaps lands within 0.01)."""
+    paper_gap, run_gap = claim.paper_value, accuracies[0] - accuracies[1]
+    mine, theirs = paper.MODELS[claim.model]["accuracy"], paper.MODELS[claim.other]["accuracy"]
+    return (f"gaps (first \u2212 second model): paper {100 * mine:.2f}% \u2212 {100 * theirs:.2f}% = "
+            f"{audit.points(paper_gap, 2)}, this run {100 * accuracies[0]:.2f}% \u2212 {100 * accuracies[1]:.2f}% = "
+            f"{audit.points(run_gap, 2)}; difference {audit.points(run_gap - paper_gap, 2)}, computed from the "
+            "unrounded values")
+
+
+def audit_words(headline: pd.DataFrame | None, model: str, confidence: float) -> str:
+    """What the audit (notebook 07) says may inflate ``model``'s accuracy: the near-duplicate gap and
+    the guide-box change, each with its interval (or too few images to tell)."""
+    if headline is None:
+        return "the audit (notebook 07) has not run"
+    if model not in headline.index:
+        return "not audited"
+    row = headline.loc[model]
+    level = f"{confidence:.0%}"
+    gap = audit.interval_words(row["twin_gap_ci_low"], row["twin_gap_ci_high"],
+                               "the image-level split flatters the score", "too few images to tell")
+    box = audit.interval_words(row["masked_change_ci_low"], row["masked_change_ci_high"],
+                               "the model leans on the box", "too few images to tell")
+    return (f"near-duplicate gap {audit.points(row['twin_gap'])} ({level} interval {gap}); guide box masked: "
+            f"{audit.points(row['masked_change'])} ({level} interval {box})")
+
+
+def sweep_command(cfg: Config) -> str:
+    """The command that puts the variance between training runs into the card: ``make sweep`` of a
+    sweep file over seeds of this profile (``configs/sweeps/``), or of one to write."""
+    for path in sorted((CONFIG_DIR / "sweeps").glob("*.yaml")):
+        spec = profiles.read_yaml(path, "sweep")
+        if spec.get("base") == cfg.profile and not spec.get("grid"):
+            return f"make sweep SWEEP={path.stem}"
+    return f"make sweep SWEEP=<a sweep file over seeds with base: {cfg.profile}>"
+
+
+def variance_note(cfg: Config, claims: pd.DataFrame) -> str:
+    """What the card's intervals leave out, in a sentence (empty when a sweep stands behind every row)."""
+    if not len(claims) or not claims["basis"].fillna("").str.startswith("this run only").any():
+        return ""
+    return ("Every interval from this run alone resamples its validation images: it leaves out the variance from "
+            "one training run (seed) to the next. This command trains each model over several seeds and puts that "
+            f"variance in: {sweep_command(cfg)}")
 
 
 def read_latest_seed_sweep(cfg: Config) -> dict | None:
@@ -125,11 +184,12 @@ def read_latest_seed_sweep(cfg: Config) -> dict | None:
     return max(found, key=lambda item: item[0])[1] if found else None
 
 
-def claims_table(cfg: Config, evaluations: dict, sweep: dict | None = None) -> pd.DataFrame:
+def claims_table(cfg: Config, evaluations: dict, sweep: dict | None = None,
+                 headline: pd.DataFrame | None = None) -> pd.DataFrame:
     """The summary card: one row per claim of the paper (see the module's docstring). With a
     ``sweep`` (``read_latest_seed_sweep``) of at least ``stats.MIN_RUNS`` runs a claim takes the sweep's mean over
     seeds; without ``evaluations`` (the sweep's own page) it does with fewer runs too, without an
-    interval."""
+    interval. ``headline`` is the audit's (``Table.AUDIT_HEADLINE``), for the accuracy claims."""
     reason = departures.why_not_comparable(cfg)
     rows = []
     for claim in CLAIMS:
@@ -140,9 +200,11 @@ def claims_table(cfg: Config, evaluations: dict, sweep: dict | None = None) -> p
         if found is None:
             rows.append({"claim": claim.words, "paper": claim.paper_value, "verdict": "not run", "n": 0})
             continue
+        words = audit_words(headline, claim.model, cfg.eval.confidence) \
+            if claim.metric == "accuracy" and evaluations else ""
         rows.append({"claim": claim.words, "paper": claim.paper_value, **found,
                      "difference": found["run"] - claim.paper_value,
-                     "verdict": verdict(claim.paper_value, found["ci_low"], found["ci_high"], reason)})
+                     "verdict": verdict(claim.paper_value, found["ci_low"], found["ci_high"], reason), "audit": words})
     return pd.DataFrame(rows, columns=CARD_COLUMNS)
 
 

@@ -1,27 +1,40 @@
 """One number style for every page and table a reader sees: accuracies and other shares as
 percentages with one decimal, differences of shares in points, F1, ROC-AUC, ECE and Brier with
-three decimals, intervals in brackets, and "not reported" where the paper gives nothing."""
+three decimals, counts as integers, intervals in brackets, a true minus sign (U+2212) and "not
+reported" where the paper gives nothing."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
 # Which quantities are shares of images (shown as percentages); F1, AUC and calibration are scores.
 SHARES = {"accuracy", "train_acc", "val_acc", "masked_accuracy", "accuracy_with_twin", "accuracy_without_twin",
           "twin_share", "rate", "accuracy_paper", "accuracy_ci_low", "accuracy_ci_high", "precision", "recall",
-          "specificity",
-          "Precision", "Recall", "Specificity"}
-CHANGES = {"change", "masked_change", "twin_gap", "beats", "mean_difference"}  # differences of shares
+          "specificity", "box_share", "Precision", "Recall", "Specificity"}
+# differences of shares
+CHANGES = {"change", "masked_change", "twin_gap", "beats", "mean_difference", "difference_to_default"}
 COUNTS = {"images", "n", "Support", "support", "with_box", "val_images", "with_train_twin", "epoch",
+          "paired_n", "twin_images", "runs", "other_region",
           "epoch (both stages)", "epoch of the stage", "train", "val", "total", "parameters", "trainable"}
 SECONDS = {"seconds", "train_seconds"}
+P_VALUES = {"p_value", "paired_t_p", "sign_test_p"}
+TEXT = {"default", "seeds", "mcnemar_p_per_seed", "status", "member", "reading"}
 NOT_REPORTED = "not reported"
+NOT_RECORDED = "not recorded"
+MINUS = "\u2212"  # a true minus sign: a hyphen is a dash to a reader and to a screen reader
+
+
+def signed(text: str) -> str:
+    """``text`` with its hyphen-minus signs written as true minus signs (``-3.1`` -> ``−3.1``)."""
+    return re.sub(r"(?<![\w-])-(?=\d)", MINUS, text)
 
 
 def kind_of(name: str) -> str:
-    """``percent``, ``points``, ``count`` or ``score`` for a column or metric name."""
+    """``percent``, ``points``, ``count``, ``rate``, ``p`` (a p-value), ``text`` or ``score`` for a
+    column or metric name."""
     if name in SHARES or name.startswith("accuracy"):
         return "percent"
     if name in CHANGES:
@@ -30,6 +43,10 @@ def kind_of(name: str) -> str:
         return "count"
     if name in SECONDS or name.endswith("_per_s"):
         return "rate"
+    if name in P_VALUES:
+        return "p"
+    if name in TEXT:
+        return "text"
     return "score"
 
 
@@ -39,17 +56,23 @@ def number(value, kind: str = "score", missing: str = "") -> str:
         return missing
     if isinstance(value, str):
         return value
-    if kind == "percent":
-        return f"{100 * value:.1f}%"
-    if kind == "points":
-        return f"{100 * value:+.1f} points"
-    if kind == "count":
-        return f"{int(value):,}"
-    if kind == "rate":
-        return f"{value:,.1f}"
     if kind == "text":
         return str(value)
-    return f"{value:.3f}"
+    if kind == "percent":
+        return signed(f"{100 * value:.1f}%")
+    if kind == "points":
+        return signed(f"{100 * value:+.1f} points")
+    if kind == "fine points":
+        return signed(f"{100 * value:+.2f} points")
+    if kind == "signed score":
+        return signed(f"{value:+.3f}")
+    if kind == "count":
+        return signed(f"{int(round(value)):,}")
+    if kind == "rate":
+        return signed(f"{value:,.1f}")
+    if kind == "p":
+        return signed(f"{value:.2g}")
+    return signed(f"{value:.3f}")
 
 
 def interval(low, high, kind: str = "score") -> str:
@@ -72,6 +95,25 @@ def formatted(frame: pd.DataFrame, kinds: dict[str, str] | None = None, missing:
             kind = "points"
         out[column] = [number(v, kind, missing) for v in frame[column]]
     return out
+
+
+# What an empty value of a setting means, where "none" alone would not say
+NONE_MEANS = {"train.weights": "none (random initialisation)", "data.url": "none (a local archive or folder)",
+              "data.size": "none (not checked)", "data.sha256": "none (not checked)"}
+
+
+def setting(value, name: str = "") -> str:
+    """A setting's value for a reader: ``none`` (or what none means for setting ``name``) for None or
+    empty, a list's items joined, YAML's ``true``/``false``, never a Python repr."""
+    if value is None or value == "" or value == [] or value == {}:
+        return NONE_MEANS.get(name, "none")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ", ".join(setting(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {setting(v)}" for k, v in value.items())
+    return str(value)
 
 
 MODEL_NAMES = {"resnet50": "ResNet50", "efficientnet_b0": "EfficientNet-B0", "resnet18": "ResNet18",

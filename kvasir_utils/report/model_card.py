@@ -2,7 +2,8 @@
 sections of Mitchell et al. 2019 (Model Cards for Model Reporting), made from the run's files
 only: its settings (``runs/<profile>/config.yaml``), ``metrics.json`` and ``predictions.csv``, and
 the tables of notebooks 04, 05 and 07. Every number in a card is one of those files' (or of the
-region table written beside them), at four decimals; a table not made yet is named, not guessed.
+region table written beside them, or an interval over the validation images of predictions.csv), in
+the reports' number style (``formats``); a table not made yet is named, not guessed.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import pandas as pd
 from markupsafe import Markup
 
 from kvasir_utils import artefacts, profiles
-from kvasir_utils.analysis import audit, factors, metrics, paper
+from kvasir_utils.analysis import audit, departures, factors, intervals, metrics, paper
 from kvasir_utils.artefacts import Table
 from kvasir_utils.config import Config
 from kvasir_utils.files import sha256_file, write_text_atomic
 from kvasir_utils.provenance import describe_commit, describe_runtime, describe_weights
-from kvasir_utils.report import formats, pages
-from kvasir_utils.report.outputs import banner_html, save_table, to_markdown
+from kvasir_utils.report import formats, pages, tables
+from kvasir_utils.report.outputs import banner_html, html_table, save_table, to_markdown
 
 NOT_YET = "not made yet: `make reproduce PROFILE={profile}` writes it ({what})"
 
@@ -44,8 +45,14 @@ class CardInputs:
         return factors.region_table(self.predictions, self.cfg.classes)
 
 
-def _f(value) -> str:
-    return "" if pd.isna(value) else f"{value:.4f}"
+def _f(value, kind: str = "score") -> str:
+    """A number of the card in the reports' style (``formats``)."""
+    return formats.number(value, kind, "none")
+
+
+def _table(frame: pd.DataFrame) -> str:
+    """A table of the card as Markdown, its numbers in the reports' style."""
+    return to_markdown(frame, styled=True)
 
 
 def run_settings(cfg: Config) -> Config:
@@ -58,7 +65,7 @@ def read_inputs(cfg: Config, model: str) -> CardInputs:
     """metrics.json, predictions.csv and every table a card uses (those not made yet are None)."""
     names = [*(Table.of_model(model, kind) for kind in ("table1", "roc_auc", "guide_box_masked")),
              Table.GUIDE_BOX_RATES, Table.NEAR_DUPLICATES, Table.VALIDATION_IMAGES, Table.AUDIT_HEADLINE,
-             Table.COMPARISON, Table.CLASS_COUNTS]
+             Table.CLASS_COUNTS]
     found = {name: pd.read_csv(cfg.report.table(name), index_col=None if name in Table.UNINDEXED else 0,
                                keep_default_na=name != Table.VALIDATION_IMAGES)
              for name in names if cfg.report.table(name).exists()}
@@ -89,7 +96,7 @@ def _details(i: CardInputs) -> list[str]:
         "## Model details",
         f"- **Model:** {'timm' if i.model.startswith(artefacts.TIMM_PREFIX) else 'torchvision'} `{i.model}`, an "
         f"image classifier with a new "
-        f"{len(cfg.classes)}-class head; {record['parameters']:,} parameters, {_f(record['gflops'])} GFLOPs per "
+        f"{len(cfg.classes)}-class head; {record['parameters']:,} parameters, {record['gflops']:.2f} GFLOPs per "
         f"{t.image_size} px image.",
         f"- **Developed by:** this study, which reproduces Cruz (2025) on Kvasir v2; this model: profile "
         f"`{cfg.profile}` on {cfg.data.name}; evaluated on "
@@ -110,7 +117,8 @@ def _details(i: CardInputs) -> list[str]:
         f"`make export PROFILE={cfg.profile} MODEL={i.model}` (into `export/` beside this card; see "
         "docs/using-the-model.md).",
         "- **Citation and licence:** " + " ".join(paper.CITATIONS) + " The study's code is under the MIT licence.",
-        "", "Readings of the paper's ambiguous choices:", "", to_markdown(paper.readings_table(cfg.to_dict())),
+        "", "Readings of the paper's ambiguous choices:", "",
+        _table(tables.readings(paper.readings_table(cfg.to_dict()), cfg)),
     ]
 
 
@@ -126,11 +134,12 @@ def _intended_use(i: CardInputs) -> list[str]:
 
 
 def _factors(i: CardInputs) -> list[str]:
+    upper, lower = ([c for c in factors.REGIONS[region] if c in i.cfg.classes] for region in ("upper GI", "lower GI"))
     return [
         "## Factors",
         "Results are broken down by the factors known to matter on Kvasir v2: the class; the region of the "
-        "GI tract (upper GI: " + ", ".join(factors.REGIONS["upper GI"]) + "; lower GI: "
-        + ", ".join(factors.REGIONS["lower GI"]) + "); the teal position-guide box of colonoscopy frames (the "
+        "GI tract of this model's classes (upper GI: " + (", ".join(upper) or "none") + "; lower GI: "
+        + (", ".join(lower) or "none") + "); the teal position-guide box of colonoscopy frames (the "
         "same frames as they are and with the box blacked out at test time); and whether a validation image has "
         "a near-duplicate frame in training. Kvasir records no patient, device or demographic attributes, so "
         "no other factor can be evaluated.",
@@ -139,26 +148,25 @@ def _factors(i: CardInputs) -> list[str]:
 
 def _metrics(i: CardInputs) -> list[str]:
     r, cfg = i.record, i.cfg
-    comparison = i.table(Table.COMPARISON)
-    row = comparison.loc[i.model] if comparison is not None and i.model in comparison.index else None
-
-    def interval(key: str) -> str:
-        return "" if row is None else f"{_f(row[f'{key}_ci_low'])} to {_f(row[f'{key}_ci_high'])}"
-
-    rows = [("accuracy", r["accuracy"], interval("accuracy"), None if row is None else row["accuracy_paper"]),
-            ("macro F1", r["macro_f1"], interval("macro_f1"), None if row is None else row["macro_f1_paper"]),
-            ("weighted F1", r["weighted_f1"], "", None),
-            ("macro ROC-AUC (one-vs-rest)", r["macro_auc"], "", None if row is None else row["macro_auc_paper"]),
-            (f"expected calibration error ({metrics.CALIBRATION_BINS} bins)", r["ece"], "", None),
-            ("Brier score (multi-class)", r["brier"], "", None)]
-    lines = [f"| {name} | {_f(value)} | {ci} | {'' if theirs is None else _f(theirs)} |"
-             for name, value, ci, theirs in rows]
-    note = "" if row is not None else " Intervals: " + NOT_YET.format(profile=cfg.profile, what="notebook 05") + "."
+    probs = i.predictions[artefacts.probability_columns(cfg.classes)].to_numpy()
+    found = intervals.card_intervals(i.predictions["true"], probs, cfg.eval.bootstrap_samples, cfg.eval.confidence,
+                                     cfg.eval.seed)
+    reported = paper.reported_metrics(i.model, cfg.classes)
+    names = {"accuracy": "accuracy", "macro_f1": "macro F1", "weighted_f1": "weighted F1",
+             "macro_auc": "macro ROC-AUC (one-vs-rest)",
+             "ece": f"expected calibration error ({metrics.CALIBRATION_BINS} bins)",
+             "brier": "Brier score (multi-class)"}
+    lines = []
+    for key, name in names.items():
+        kind = formats.kind_of(key)
+        theirs = formats.number(reported.get(key), kind, formats.NOT_REPORTED)
+        lines.append(f"| {name} | {_f(r[key], kind)} | {formats.interval(*found[key], kind)} | {theirs} |")
     return [
         "## Metrics",
         f"On the {r['images']} validation images; the predicted class is the most probable one (no threshold). "
-        f"Intervals: {cfg.eval.confidence:.0%} percentile bootstrap over the validation images "
-        f"({cfg.eval.bootstrap_samples} resamples).{note}", "",
+        f"Intervals: {cfg.eval.confidence:.0%} percentile bootstrap over these validation images "
+        f"({cfg.eval.bootstrap_samples} resamples) of this one training run: the variance from one training run "
+        "(seed) to the next is not in them.", "",
         f"| metric | value | {cfg.eval.confidence:.0%} interval | the paper |", "|---|---|---|---|", *lines,
     ]
 
@@ -198,7 +206,7 @@ def _data(i: CardInputs) -> list[str]:
         f"The training part of the same split (per class below). Augmentation: random resized crop to {t.image_size} "
         f"px (scale {t.crop_scale}, ratio {t.crop_ratio}), flips (p {t.hflip_p} and {t.vflip_p}), rotation up to "
         f"{t.rotation_degrees:g} degrees, brightness and contrast {t.brightness} and {t.contrast}.",
-        *(["", to_markdown(counts)] if counts is not None else []),
+        *(["", _table(counts)] if counts is not None else []),
     ]
 
 
@@ -206,13 +214,13 @@ def _analyses(i: CardInputs) -> list[str]:
     masked, by_twin = (i.table(Table.of_model(i.model, kind)) for kind in ("guide_box_masked",
                                                                            "accuracy_by_near_duplicate"))
     table = factors.disaggregated_table(i.record, i.regions, masked, by_twin)
-    lines = ["## Quantitative analyses", "Accuracy by factor:", "", to_markdown(table.reset_index()),
-             "Regions:", "", to_markdown(i.regions)]
+    lines = ["## Quantitative analyses", "Accuracy by factor:", "", _table(table.reset_index()),
+             "Regions:", "", _table(i.regions)]
     needed = [Table.of_model(i.model, "table1"), Table.of_model(i.model, "roc_auc"), Table.GUIDE_BOX_RATES,
               Table.of_model(i.model, "guide_box_masked"), Table.NEAR_DUPLICATES]
     if all(i.table(n) is not None for n in needed):
         per_class = factors.class_factors(i.cfg.classes, *[i.table(n) for n in needed])
-        lines += ["Per class:", "", to_markdown(per_class)]
+        lines += ["Per class:", "", _table(per_class)]
     else:
         lines.append("Per class: " + NOT_YET.format(profile=i.cfg.profile, what="notebooks 04 and 07") + ".")
     return lines
@@ -223,10 +231,11 @@ def _ethics(i: CardInputs) -> list[str]:
     row = headline.loc[i.model] if headline is not None and i.model in headline.index else None
     audit = [] if row is None else [
         f"- **Near-duplicate frames:** Kvasir has no patient ids, so the split is by image and near-identical "
-        f"frames of one examination can fall on both sides: {_f(row['twin_share'])} of the validation images have "
-        f"one in training; accuracy on those {_f(row['accuracy_with_twin'])}, on the others "
-        f"{_f(row['accuracy_without_twin'])}. The validation score overstates accuracy on new patients.",
-        f"- **A shortcut:** blacking out the guide box at test time changes accuracy by {_f(row['masked_change'])}; "
+        f"frames of one examination can fall on both sides: {_f(row['twin_share'], 'percent')} of the validation "
+        f"images have one in training; accuracy on those {_f(row['accuracy_with_twin'], 'percent')}, on the others "
+        f"{_f(row['accuracy_without_twin'], 'percent')}. The validation score overstates accuracy on new patients.",
+        f"- **A shortcut:** blacking out the guide box at test time changes accuracy by "
+        f"{_f(row['masked_change'], 'points')}; "
         "the box appears in some lower-GI classes only, and a model can learn it instead of tissue.",
         f"- **Calibration:** the expected calibration error is {_f(row['ece'])}: a predicted probability is not the "
         "chance of being right.",
@@ -286,6 +295,14 @@ def model_cards_table(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=["card", "onnx"]).rename_axis("model")
 
 
+def _banner_words(cfg: Config) -> str:
+    """The card page's banner: the profile and how many settings depart from the paper (the index's
+    appendix lists them: a long list would fill the screen before the card's title)."""
+    found = len(departures.departures(cfg))
+    return f"Profile '{cfg.profile}'." + (f" This run departs from the paper's protocol in {found} setting(s): the "
+                                          "index's appendix lists them." if found else "")
+
+
 def render_model_cards(cfg: Config) -> Markup | None:
     """``model_card.md`` and its HTML page for every evaluated model; the index's table of them."""
     import mistune
@@ -294,7 +311,7 @@ def render_model_cards(cfg: Config) -> Markup | None:
     for card in write_model_cards(cfg):
         pages.write_page("model_card.html.j2", card.with_suffix(".html"), title=f"Model card: {card.parent.name}",
                          root=pages.rel(root, card.parent) + "/",
-                         banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.")),
+                         banner=Markup(banner_html(cfg, _banner_words(cfg), page="model_card")),
                          body=Markup(mistune.html(card.read_text())))
     rows = []
     for model, found in model_cards_table(cfg).iterrows():
@@ -306,4 +323,5 @@ def render_model_cards(cfg: Config) -> Markup | None:
                      else f"<code>make export PROFILE={cfg.profile} MODEL={model}</code> writes it"})
     if not rows:
         return None
-    return Markup(pd.DataFrame(rows).to_html(index=False, escape=False, classes="kvasir-table", border=0))
+    shown = pd.DataFrame(rows).assign(card=lambda f: f["card"].map(Markup), ONNX=lambda f: f["ONNX"].map(Markup))
+    return Markup(f'<div class="kvasir-scroll">{html_table(shown, "Each trained model: its card and export")}</div>')

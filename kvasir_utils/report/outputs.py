@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
+import re
 from pathlib import Path
 
 import pandas as pd
+from markupsafe import Markup, escape
 
-from kvasir_utils.analysis import audit, departures, metrics
+from kvasir_utils.analysis import audit, departures, metrics, paper
 from kvasir_utils.artefacts import ReportFolder
 from kvasir_utils.config import Config
 from kvasir_utils.files import write_bytes_atomic, write_text_atomic
@@ -36,12 +39,20 @@ LABELS = {
     "p_value": "p-value",
     "f1": "F1", "roc_auc": "ROC-AUC", "box_share": "frames with the guide box",
     "other_region": "predicted as a class of the other region",
+    "train_loss": "training loss", "train_acc": "training accuracy", "val_loss": "validation loss",
+    "val_acc": "validation accuracy", "images_per_s": "images/s", "val_images": "validation images",
+    "with_train_twin": "with a near-duplicate in training", "with_box": "with the guide box", "label": "class",
 }
 
 
 def labelled(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with its machine names (columns, index, MultiIndex levels) shown as ``LABELS`` says."""
-    return frame.rename(index=lambda v: LABELS.get(v, v), columns=lambda v: LABELS.get(v, v))
+    return frame.rename(index=lambda v: LABELS.get(v, v), columns=_label)
+
+
+def _label(name):
+    """A column's words: ``LABELS``', or a snake_case name with spaces for its underscores."""
+    return LABELS.get(name, name.replace("_", " ") if isinstance(name, str) else name)
 
 
 GENERATED_WARNING = (
@@ -59,13 +70,10 @@ def _departure_text(cfg: Config, page: str | None) -> str:
     found = departures.departures(cfg) if page is None else departures.departures_for(cfg, page)
     if not len(found):
         return ""
-    items = [f"{row.setting} = {_value(row.run)} (paper: {_value(row.paper)})" for row in found.itertuples()]
+    items = [f"{r.setting} = {formats.setting(r.run, r.setting)} (paper: {formats.setting(r.paper, r.setting)})"
+             for r in found.itertuples()]
     where = "this run" if page is None else "this step"
     return f"Where {where} departs from the paper's protocol: " + "; ".join(items) + "."
-
-
-def _value(value) -> str:
-    return "none" if value is None or value == "" else str(value)
 
 
 def banner_html(cfg: Config, about: str = "", page: str | None = None) -> str:
@@ -93,13 +101,51 @@ def show_banner(cfg: Config, about: str = "", page: str | None = None) -> None:
 def table_html(frame: pd.DataFrame, kinds: dict[str, str] | None = None, caption: str = "",
                missing: str = "") -> str:
     """A table in the house style (``formats``): labels for machine names, numbers formatted by
-    kind, no row numbers, ``missing`` where there is no value; wrapped so a wide table scrolls
+    kind, ``missing`` where there is no value; see ``html_table``. Wrapped so a wide table scrolls
     inside the page instead of widening it."""
-    frame = _flat_columns(frame)
     shown = labelled(formats.formatted(frame, kinds, missing))
-    body = shown.to_html(index=_has_labels(frame), border=0, classes="kvasir-table", escape=True)
-    title = f"<p class=\"kvasir-caption\">{html.escape(caption)}</p>" if caption else ""
-    return f'<div class="kvasir-scroll">{title}{body}</div>'
+    return f'<div class="kvasir-scroll">{html_table(shown, caption)}</div>'
+
+
+# A cell that is a number in the house style (with its interval or count): right-aligned
+NUMERIC = re.compile(r"[+\u2212-]?[\d,]+(\.\d+)?(%| points| M| s| images/s)?( \[[^\]]*\])?( \([\d,]+\))?")
+
+
+def _cell(value, tag: str = "td", scope: str = "") -> str:
+    text = "" if value is None else value if isinstance(value, Markup) else escape(str(value))
+    numeric = tag == "td" and NUMERIC.fullmatch(str(value) if value is not None else "")
+    attributes = (f' scope="{scope}"' if scope else "") + (' class="num"' if numeric else "")
+    return f"<{tag}{attributes}>{text}</{tag}>"
+
+
+def _header_rows(columns: list) -> list[str]:
+    """One row of column headers, or two for two-level columns (the top one spanning its group)."""
+    if not any(isinstance(c, tuple) for c in columns):
+        return ["<tr>" + "".join(_cell(c, "th", "col") for c in columns) + "</tr>"]
+    levels = [c if isinstance(c, tuple) else (c, "") for c in columns]
+    top, bottom = [], []
+    for key, group in itertools.groupby(levels, key=lambda c: c[0]):
+        group = list(group)
+        if len(group) == 1 and not str(group[0][1]):
+            top.append(f'<th scope="col" rowspan="2">{escape(str(key))}</th>')
+            continue
+        top.append(f'<th scope="colgroup" colspan="{len(group)}">{escape(str(key))}</th>')
+        bottom += [_cell(c[1], "th", "col") for c in group]
+    return ["<tr>" + "".join(top) + "</tr>", "<tr>" + "".join(bottom) + "</tr>"]
+
+
+def html_table(frame: pd.DataFrame, caption: str = "") -> str:
+    """``frame`` (its cells text or ``Markup``) as an accessible HTML table: a ``<caption>``,
+    column headers, its row labels (the index, or else the first column) as ``<th scope="row">``,
+    numbers right-aligned (class ``num``). No row numbers, no empty header row of the index's name."""
+    if _has_labels(frame):
+        frame = frame.reset_index(names=frame.index.names if any(frame.index.names) else [""])
+    columns = list(frame.columns)
+    head = "".join(_header_rows(columns))
+    body = "".join("<tr>" + _cell(row[0], "th", "row") + "".join(_cell(v) for v in row[1:]) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    title = f"<caption>{escape(caption)}</caption>" if caption else ""
+    return f'<table class="kvasir-table">{title}<thead>{head}</thead><tbody>{body}</tbody></table>'
 
 
 def show_table(frame: pd.DataFrame, caption: str = "", kinds: dict[str, str] | None = None,
@@ -125,15 +171,20 @@ def _flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _has_labels(frame: pd.DataFrame) -> bool:
     """Whether the index says something (row names), or is just 0, 1, 2, ..."""
-    return not isinstance(frame.index, pd.RangeIndex)
+    index = frame.index
+    default = isinstance(index, pd.RangeIndex) or (index.dtype.kind == "i" and list(index) == list(range(len(index))))
+    return not default
 
 
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A table as GitHub Markdown (pandas' ``to_markdown``), four decimals, empty where nothing is known."""
+def to_markdown(frame: pd.DataFrame, styled: bool = False) -> str:
+    """A table as GitHub Markdown (pandas' ``to_markdown``): four decimals, empty where nothing is
+    known; or, ``styled``, every number in the house style (``formats``) and "none" where there is none."""
+    if styled:
+        frame = formats.formatted(frame, missing="none")
     frame = _flat_columns(frame)
     index = _has_labels(frame)
     cells = labelled(frame).astype(object).where(frame.notna().to_numpy(), None)  # None prints as missingval
-    return cells.to_markdown(index=index, floatfmt=".4f", missingval="") + "\n"
+    return cells.to_markdown(index=index, floatfmt=".4f", missingval="", disable_numparse=styled) + "\n"
 
 
 def _report_dir(target: Config | Path) -> Path:
@@ -166,17 +217,19 @@ def save_figure(fig, target: Config | Path, name: str) -> Path:
 CAPTIONS = {
     "dataset_resolutions": "Images per resolution (width x height) in the dataset.",
     "dataset_samples": "A few cached images of each class, as training reads them.",
-    "{model}_figure1_predictions": "Figure 1 (paper): {name}'s correct (top row, ✓) and incorrect (bottom row, ✗) "
+    "{model}_figure1_predictions": "Figure 1{paper}: {name}'s correct (top row, ✓) and incorrect (bottom row, ✗) "
                                    "validation predictions, each with its true class, predicted class and confidence.",
-    "{model}_figure2_curves": "Figure 2 (paper): {name}'s training and validation loss and accuracy per epoch, "
-                              "numbered across both stages; the dashed line marks where fine-tuning (stage 2) begins.",
-    "{model}_figure3_gradcam": "Figure 3: where {name} looks: Grad-CAM of the predicted class laid over a correct (✓) "
-                               "and an incorrect (✗) validation example of each class (viridis: yellow is most "
-                               "weight); an empty cell means the class has no such example.",
-    "{model}_confusion": "Table 2 (paper) as a heat map for {name}: rows are the true class, columns the predicted "
+    "{model}_figure2_curves": "Figure 2{paper}: {name}'s training and validation loss and accuracy per epoch, "
+                              "numbered across both stages; the dotted line marks where fine-tuning (stage 2) begins.",
+    "{model}_figure3_gradcam": "Figure 3: where {name} looks: each validation example of a class as the model saw it "
+                               "(left) beside the Grad-CAM of the predicted class laid over it (right), a correct (✓) "
+                               "and an incorrect (✗) one per class (viridis: yellow is most weight); an empty cell "
+                               "means the class has no such example.",
+    "{model}_confusion": "Table 2{paper} as a heat map for {name}: rows are the true class, columns the predicted "
                          "one; counts in the cells.",
-    "{model}_roc": "ROC curve of each class against the rest for {name}, with its area (ROC-AUC) in the legend.",
-    "{model}_f1_vs_paper": "Per-class F1 of {name}: this run beside the paper's Table 1.",
+    "{model}_roc": "ROC curve of each class against the rest for {name}, each class in its own colour and line style "
+                   "(curves with the same area can lie on top of each other), its area (ROC-AUC) in the legend.",
+    "{model}_f1_vs_paper": "Per-class F1 of {name}: this run{beside}.",
     "{model}_reliability": "Reliability of {name}'s confidence: accuracy against top-1 confidence in "
                            f"{metrics.CALIBRATION_BINS} bins; bars below the diagonal are over-confident, above it "
                            "under-confident.",
@@ -196,8 +249,16 @@ def caption(name: str) -> str:
         prefix, suffix = pattern.split("{model}")
         if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix):
             model = name[len(prefix):len(name) - len(suffix)]
-            return text.format(name=formats.model_name(model)) + (VIT_GRADCAM if _is_vit_gradcam(model, suffix) else "")
+            return text.format(name=formats.model_name(model), **_paper_words(model)) + (
+                VIT_GRADCAM if _is_vit_gradcam(model, suffix) else "")
     return ""
+
+
+def _paper_words(model: str) -> dict[str, str]:
+    """A caption's words about the paper: "(paper)" only on a table or figure the paper has for ``model``."""
+    if paper.REPORTED.get(model):
+        return {"paper": " (paper)", "beside": " beside the paper's Table 1"}
+    return {"paper": "", "beside": f" (the paper reports no per-class table for {formats.model_name(model)})"}
 
 
 # What a ViT's Grad-CAM is (train.explain maps its last block's tokens back onto the patch grid)
@@ -213,12 +274,19 @@ def _is_vit_gradcam(model: str, suffix: str) -> bool:
 
 def show_figure(fig, target: Config | Path, name: str) -> Path:
     """Save the figure (``save_figure``), show it once with its caption, and close it."""
+    path = save_figure(fig, target, name)
+    display_figure(fig, name)
+    return path
+
+
+def display_figure(fig, name: str) -> None:
+    """Show ``fig`` once, its caption (``caption(name)``) below it and as its alt text (the
+    notebook pages' template reads it from the output's metadata), and close it."""
     import matplotlib.pyplot as plt
     from IPython.display import Markdown, display
 
-    path = save_figure(fig, target, name)
-    display(fig)
+    text = caption(name)
+    display(fig, metadata={"image/png": {"alt": text or name.replace("_", " ")}})
     plt.close(fig)
-    if text := caption(name):
+    if text:
         display(Markdown(f"*{text}*"))
-    return path

@@ -11,6 +11,8 @@ from kvasir_utils.analysis.labels import display_name
 from kvasir_utils.analysis.runs import SCALAR_TAGS
 
 CURVE_TAGS = tuple(SCALAR_TAGS)
+LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def resolution_histogram(resolutions: pd.DataFrame):
@@ -89,8 +91,11 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str], auc: p
     for i, name in enumerate(classes):
         if 0 < (y_true == i).sum() < len(y_true):
             fpr, tpr, _ = roc_curve(y_true == i, probs[:, i])
-            ax.plot(fpr, tpr, label=f"{name} ({auc[display_name(name)]:.3f})", color=colours(i % colours.N),
-                    linestyle="-" if i < colours.N else "--")
+            # a line style and a marker per class as well as a colour; later curves drawn thinner, so
+            # curves with the same area (four at 1.000) all show where they lie on top of each other
+            ax.plot(fpr, tpr, label=f"{name}: AUC {auc[display_name(name)]:.3f}", color=colours(i % colours.N),
+                    linestyle=LINE_STYLES[i % len(LINE_STYLES)], marker=MARKERS[i % len(MARKERS)], markevery=0.2,
+                    markersize=5, linewidth=max(1.0, 3.2 - 0.3 * i), alpha=0.9)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
     if many:
@@ -173,12 +178,25 @@ def reliability_diagram(table: pd.DataFrame, title: str = "Reliability"):
     return fig
 
 
+def beside(frame, overlay, gap: int = 4) -> np.ndarray:
+    """The raw ``frame`` and its ``overlay`` side by side (RGB uint8), a white strip between them."""
+    left = np.asarray(frame.convert("RGB") if hasattr(frame, "convert") else frame, np.uint8)
+    right = np.asarray(overlay, np.uint8)
+    height = max(left.shape[0], right.shape[0])
+    pad = [np.pad(part, ((0, height - part.shape[0]), (0, 0), (0, 0)), constant_values=255) for part in (left, right)]
+    return np.hstack([pad[0], np.full((height, gap, 3), 255, np.uint8), pad[1]])
+
+
 def gradcam_grid(overlays: list, rows: pd.DataFrame, classes: list[str], title: str = "",
-                 map_size: tuple[int, int] | None = None):
+                 map_size: tuple[int, int] | None = None, frames: list | None = None):
     """Figure 3: a row per true class, Grad-CAM overlays (viridis) of correct predictions on the left,
-    wrong ones on the right, a placeholder where a class has no such example, a colour bar, and a
-    note when the explained feature map is 4x4 or coarser (its maps are then a few blobs).
-    ``rows`` has ``true``, ``pred``, ``confidence``, ``correct``; ``overlays`` are RGB arrays in that order."""
+    wrong ones on the right, each beside its raw frame when ``frames`` are given, a placeholder where
+    a class has no such example, a colour bar, and a note when the explained feature map is 4x4 or
+    coarser (its maps are then a few blobs). ``rows`` has ``true``, ``pred``, ``confidence``,
+    ``correct``; ``overlays`` (and ``frames``) are RGB arrays or images in that order."""
+    if frames is not None:
+        overlays = [beside(frame, overlay) for frame, overlay in zip(frames, overlays, strict=True)]
+    cell = 4.2 if frames is not None else 2.2
     from matplotlib import cm
     from matplotlib.colors import Normalize
 
@@ -186,7 +204,7 @@ def gradcam_grid(overlays: list, rows: pd.DataFrame, classes: list[str], title: 
     present = list(per_class.index)
     right, wrong = (max(1, int(per_class[kind].to_numpy().max(initial=0))) for kind in (True, False))
     n_rows = max(len(present), 1)
-    fig, axes = plt.subplots(n_rows, right + wrong, figsize=((right + wrong) * 2.2 + 1.2, n_rows * 2.3 + 0.9),
+    fig, axes = plt.subplots(n_rows, right + wrong, figsize=((right + wrong) * cell + 1.2, n_rows * 2.3 + 0.9),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -254,7 +272,7 @@ def f1_vs_paper(table1: pd.DataFrame, reported: pd.DataFrame | None, title: str 
     ax.set_yticks(y, classes, fontsize=9)
     ax.invert_yaxis()
     ax.set(xlim=(0, 1), xlabel="F1", title=title)
-    ax.legend(fontsize=9, loc="lower right")
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the bars
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

@@ -23,7 +23,7 @@ from kvasir_utils.files import write_text_atomic
 from kvasir_utils.provenance import describe_commit, describe_runtime, describe_weights, environment, provenance
 from kvasir_utils.report import formats, model_card, outputs, tables
 from kvasir_utils.report.outputs import banner_html, table_html
-from kvasir_utils.report.pages import TEMPLATES, copy_stylesheet, rel, write_page
+from kvasir_utils.report.pages import TEMPLATES, copy_into, copy_stylesheet, rel, write_page
 
 ORDER = ("01", "02", "03", "04", "05", "06", "07", "08")  # notebook pages in the paper's order
 
@@ -82,7 +82,7 @@ def render_pages(cfg: Config) -> list[tuple[Path, str]]:
               for p in executed]
     pages = []
     for i, path in enumerate(executed):
-        nav = {"title": titles[i], "notebook": rel(path, folder),
+        nav = {"title": titles[i], "notebook": rel(copy_into(path, cfg.report.notebook_copy(path.name)), folder),
                "previous": {"href": f"{executed[i - 1].stem}.html", "title": titles[i - 1]} if i else None,
                "next": {"href": f"{executed[i + 1].stem}.html", "title": titles[i + 1]} if i + 1 < len(executed)
                else None}
@@ -120,22 +120,30 @@ def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFr
     classes = cfg.classes
     reported = paper.reported(model, classes)  # {} unless the run's classes are Kvasir v2's
     y_true, y_pred = predictions["true"].to_numpy(), predictions["pred"].to_numpy()
-    table1 = paper.versus(metrics.classification_table(y_true, y_pred, classes), reported.get("table1"))
+    table1 = metrics.classification_table(y_true, y_pred, classes)
     table2 = metrics.confusion_table(y_true, y_pred, classes)
     auc = metrics.roc_auc_table(y_true, predictions[artefacts.probability_columns(classes)].to_numpy(), classes)
+    name = formats.model_name(model)
     links = Markup(" · ").join(Markup(f'<a href="{href}">{Markup.escape(text)}</a>') for href, text in (
-        (rel(cfg.run.predictions(model), root), artefacts.PREDICTIONS),
-        (rel(cfg.run.metrics(model), root), artefacts.METRICS),
+        *((rel(copy_into(source, report.run_file(model, source.name)), root), source.name)
+          for source in (cfg.run.predictions(model), cfg.run.metrics(model))),
         (rel(cfg.report.notebook_page(f"04_evaluate-{model_folder(model)}"), root), "the evaluation notebook's page"),
         (rel(browser, root), "error browser")))
     return {
-        "id": model, "name": formats.model_name(model), "links": links, "browser": rel(browser, root),
-        "table1": Markup(table_html(table1, missing=formats.NOT_REPORTED)),
+        "id": model, "name": name, "links": links, "browser": rel(browser, root),
+        "table1_heading": tables.paper_heading("Table 1", "per-class precision, recall, F1, specificity and support",
+                                               name, reported.get("table1") is not None),
+        "table1": Markup("".join(table_html(part, caption=caption, missing=formats.NOT_REPORTED)
+                                 for part, caption in tables.table1_parts(table1, reported.get("table1"), name))),
         "f1_figure": _figure(report.figure(Figure.of_model(model, "f1_vs_paper")), root),
-        "table2": Markup(_table2_html(table2, reported.get("table2"), rel(browser, root), classes)),
+        "table2_heading": tables.paper_heading("Table 2", "confusion matrix", name,
+                                               reported.get("table2") is not None),
+        "table2": Markup(_table2_html(table2, reported.get("table2"), rel(browser, root), classes, name)),
         "abbreviations": compare.abbreviations_sentence(classes),
         "confusion_figure": _figure(report.figure(Figure.of_model(model, "confusion")), root),
         "roc_auc": Markup(table_html(paper.versus(auc.to_frame(), reported.get("roc_auc")),
+                                     caption=f"ROC-AUC of {name}, one class against the rest"
+                                     + (", beside the paper's" if reported.get("roc_auc") is not None else ""),
                                      missing=formats.NOT_REPORTED)),
         "roc_figure": _figure(report.figure(Figure.of_model(model, "roc")), root),
         "figures": [_figure(report.figure(Figure.of_model(model, kind)), root)
@@ -143,25 +151,26 @@ def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFr
     }
 
 
-def _table2_html(ours: pd.DataFrame, reported: pd.DataFrame | None, browser: str, classes: list[str]) -> str:
-    """Table 2 side by side with the paper's; this run's cells link to their images in the browser."""
-    shown = tables.table2_side_by_side(ours, reported)
+def _table2_html(ours: pd.DataFrame, reported: pd.DataFrame | None, browser: str, classes: list[str],
+                 name: str) -> str:
+    """Table 2 (``tables.table2_parts``); this run's non-empty cells link to their images in the browser."""
+    *papers, (shown, caption) = tables.table2_parts(ours, reported, name)
+    shown = shown.astype(object)
     names = compare.abbreviation_names(classes)
     for true in ours.index:
         for pred in ours.columns:
-            target = f"{browser}#true={quote(names.get(true, true))}&pred={quote(names.get(pred, pred))}"
-            cell = shown.loc[true, ("this run", pred)]
-            shown.loc[true, ("this run", pred)] = Markup(f'<a href="{target}">{Markup.escape(cell)}</a>')
-    html = shown.to_html(border=0, classes="kvasir-table", escape=False)
-    return f'<div class="kvasir-scroll">{html}</div>'
+            if ours.loc[true, pred]:
+                target = f"{browser}#true={quote(names.get(true, true))}&pred={quote(names.get(pred, pred))}"
+                shown.loc[true, pred] = Markup(f'<a href="{target}">{Markup.escape(shown.loc[true, pred])}</a>')
+    return "".join(table_html(table, caption=text) for table, text in (*papers, (shown, caption)))
 
 
 def _audit_section(cfg: Config) -> dict | None:
     """The index's audit, from notebook 07's tables (nothing before 07 has run)."""
     report, root = cfg.report, cfg.report_dir
-    if not report.table(Table.AUDIT_HEADLINE).exists():
+    headline = _audit_headline(cfg)
+    if headline is None:
         return None
-    headline = pd.read_csv(report.table(Table.AUDIT_HEADLINE), index_col=0)
     box_rates = pd.read_csv(report.table(Table.GUIDE_BOX_RATES))
     shown = headline[["accuracy", "masked_accuracy", "masked_change", "twin_share", "accuracy_with_twin",
                       "accuracy_without_twin", "twin_gap", "ece", "brier"]].rename(index=formats.model_name)
@@ -171,15 +180,21 @@ def _audit_section(cfg: Config) -> dict | None:
             "table": Markup(table_html(shown, caption="The audit in numbers")), "figures": figures}
 
 
+def _audit_headline(cfg: Config) -> pd.DataFrame | None:
+    path = cfg.report.table(Table.AUDIT_HEADLINE)
+    return pd.read_csv(path, index_col=0) if path.exists() else None
+
+
 def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Path], evaluations: dict,
                   cards: Markup | None = None) -> dict:
     root = cfg.report_dir
-    claims = verdicts.claims_table(cfg, evaluations, verdicts.read_latest_seed_sweep(cfg))
+    claims = verdicts.claims_table(cfg, evaluations, verdicts.read_latest_seed_sweep(cfg), _audit_headline(cfg))
     models = [_model_section(cfg, model, *evaluations[model], browser)
               for model, browser in zip(evaluations, browsers)]
     comparison, mcnemar = None, []
     if len(evaluations) >= 2:
-        comparison = Markup(table_html(tables.comparison(compare.comparison_table(cfg))))
+        comparison = Markup("".join(table_html(part, caption=caption)
+                                    for part, caption in tables.comparison_parts(compare.comparison_table(cfg))))
         mcnemar = compare.mcnemar_sentences(compare.paired_tests(cfg), formats.MODEL_NAMES)
     audit_part = _audit_section(cfg)
     toc = [("verdict", "Did this run reproduce the paper?")]
@@ -196,19 +211,22 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
         "reproduction report", "profile": cfg.profile, "generated": cfg.generated_data,
         "banner": Markup(banner_html(cfg, f"Profile '{cfg.profile}'. {note}", page="index")),
         "verdict_summary": _verdict_summary(claims, cfg), "level": f"{cfg.eval.confidence:.0%}",
+        "variance_note": verdicts.variance_note(cfg, claims),
         "card": Markup(table_html(tables.card(claims), caption="The paper's claims")), "toc": toc,
         "models": models, "comparison": comparison, "mcnemar": mcnemar, "audit": audit_part, "model_cards": cards,
         "pages": [(rel(page, root), title) for page, title in pages]
                  + [(rel(b, root), f"Error browser: {formats.model_name(b.stem.removeprefix('browser-'))}")
                     for b in browsers]
-                 + [(rel(p, root), f"executed notebook {p.name}") for p in sorted(cfg.run.notebooks.glob("*.ipynb"))
-                    if not p.name.endswith(".failed.ipynb")],
+                 + [(rel(copy_into(p, cfg.report.notebook_copy(p.name)), root), f"executed notebook {p.name}")
+                    for p in sorted(cfg.run.notebooks.glob("*.ipynb")) if not p.name.endswith(".failed.ipynb")],
         "tables": [(t.stem, rel(t, root), rel(t.with_suffix(".tex"), root))
                    for t in sorted(cfg.report.tables.glob("*.csv"))],
         "tensorboard": f"tensorboard --logdir {cfg.run_dir}",
-        "departures_count": len(found), "departures": Markup(table_html(tables.departures_table(cfg)))
+        "departures_count": len(found), "departures": Markup(table_html(
+            tables.departures_table(cfg), caption="Every setting that differs from the paper's protocol"))
         if len(found) else Markup("<p>None: this run uses the paper's protocol.</p>"),
-        "readings": Markup(table_html(tables.readings(paper.readings_table(cfg.to_dict()), cfg))),
+        "readings": Markup(table_html(tables.readings(paper.readings_table(cfg.to_dict()), cfg),
+                                      caption="The paper's ambiguous choices and this run's reading")),
         "consistency": paper.consistency_notes(), "provenance": Markup(_provenance_table(cfg, evaluations)),
         "environments": Markup(table_html(_environments(evaluations), caption="Versions and hardware")),
         "settings": yaml.safe_dump(cfg.to_dict(), sort_keys=False), "citations": paper.citations(cfg.data.dataset),
@@ -239,7 +257,7 @@ def _environments(evaluations: dict) -> pd.DataFrame:
     columns = {"this page": environment()}
     for model, (record, _) in evaluations.items():
         columns[model] = {**record["environment"], "runtime": describe_runtime(record["runtime"])}
-    return pd.DataFrame(columns).fillna("").astype(str)
+    return pd.DataFrame(columns).fillna(formats.NOT_RECORDED).astype(str).rename_axis("what")
 
 
 # -- the error browser --------------------------------------------------------------------
@@ -288,15 +306,15 @@ def render_sweep_report(sweep, results: pd.DataFrame, executed: Path | None) -> 
         page = None
     else:
         report = ReportFolder(root)
-        nav = {"title": notebook_title(executed), "notebook": rel(executed, report.html), "previous": None,
-               "next": None}
+        nav = {"title": notebook_title(executed), "previous": None, "next": None,
+               "notebook": rel(copy_into(executed, report.notebook_copy(executed.name)), report.html)}
         page = render_notebook(executed, report.notebook_page(executed.stem), nav)
     return write_page("sweep.html.j2", ReportFolder(root).index, **sweep_context(sweep, results, page))
 
 
-def _csv_table(path: Path, shape, empty: str) -> Markup:
+def _csv_table(path: Path, shape, empty: str, caption: str) -> Markup:
     frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
-    return Markup(table_html(shape(frame)) if len(frame) else f"<p>({Markup.escape(empty)})</p>")
+    return Markup(table_html(shape(frame), caption=caption) if len(frame) else f"<p>({Markup.escape(empty)})</p>")
 
 
 def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
@@ -325,10 +343,12 @@ def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
         "title": f"Sweep {sweep.name}", "root": "", "heading": f"Sweep {sweep.name}: many runs, one answer",
         "card": card,
         "banner": Markup(banner_html(sweep.base, sweep_about(sweep), page="sweep")), "intro": intro,
-        "summary": _csv_table(summary_path, tables.sweep_summary, "no finished run"),
-        "paired": _csv_table(paired_path, tables.sweep_paired,
-                             "needs two models with runs of the same seed"),
-        "ablation": _csv_table(report.table(Table.SWEEP_ABLATION), lambda f: f, "no finished run"),
+        "summary": _csv_table(summary_path, tables.sweep_summary, "no finished run",
+                              "Each metric's mean over the runs, per model and reading"),
+        "paired": _csv_table(paired_path, tables.sweep_paired, "needs two models with runs of the same seed",
+                             "Accuracy of the first model minus the second, paired by seed"),
+        "ablation": _csv_table(report.table(Table.SWEEP_ABLATION), tables.sweep_ablation, "no finished run",
+                               "Accuracy of each reading minus the profile's own reading, paired by seed"),
         "figures": [_figure(f, root) for f in sorted(report.figures.glob("*.png"))],
         "page": rel(page, root) if page else None, "members": members,
         "tables": [(t.stem, rel(t, root), rel(t.with_suffix(".tex"), root))

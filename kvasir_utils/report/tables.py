@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kvasir_utils.analysis import departures, stats
+from kvasir_utils.analysis import departures, paper, stats
 from kvasir_utils.config import Config
 from kvasir_utils.report import formats
 
 TOO_FEW_RUNS = "too few runs for an interval"  # below stats.MIN_RUNS runs
-CARD_KIND = {"accuracy": "percent", "macro_f1": "score", "macro_auc": "score", "beats": "points"}
+# The head-to-head row's gaps in hundredths of a point: its difference is computed from unrounded
+# values, and at two decimals a reader who recomputes it from the shown gaps lands within 0.01.
+CARD_KIND = {"accuracy": "percent", "macro_f1": "score", "macro_auc": "score", "beats": "fine points"}
 
 
 def card(claims: pd.DataFrame) -> pd.DataFrame:
@@ -22,19 +24,16 @@ def card(claims: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for row in claims.itertuples():
         kind = kinds.get(row.claim, "score")
-        difference_kind = "points" if kind in ("percent", "points") else "score"
+        difference_kind = {"percent": "points", "score": "signed score"}.get(kind, kind)
         rows.append({"claim": row.claim, "paper": formats.number(row.paper, kind, formats.NOT_REPORTED),
                      "this run": formats.number(row.run, kind, "not run"),
-                     "95% interval": formats.interval(row.ci_low, row.ci_high, kind) or "none",
-                     "difference": _signed(row.difference, difference_kind),
-                     "runs": formats.number(row.n, "count"), "verdict": row.verdict, "basis": row.basis})
-    return pd.DataFrame(rows)
-
-
-def _signed(value, kind: str) -> str:
-    if value is None or pd.isna(value):
-        return ""
-    return formats.number(value, kind) if kind == "points" else f"{value:+.3f}"
+                     "interval": formats.interval(row.ci_low, row.ci_high, kind) or "none",
+                     "difference": formats.number(row.difference, difference_kind, "none"),
+                     "runs": formats.number(row.n, "count"), "verdict": row.verdict,
+                     "what the interval covers": row.basis if isinstance(row.basis, str) else "nothing was run",
+                     "the audit": row.audit if isinstance(row.audit, str) and row.audit else "(on accuracy only)"})
+    shown = pd.DataFrame(rows)
+    return shown if claims["audit"].fillna("").astype(bool).any() else shown.drop(columns="the audit")
 
 
 def comparison(table: pd.DataFrame) -> pd.DataFrame:
@@ -60,28 +59,68 @@ def comparison(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def paper_heading(table: str, what: str, name: str, reported: bool) -> str:
+    """A heading that names the paper's table only where the paper has it for this model."""
+    if reported:
+        return f"{table} (paper): {what}"
+    return f"{what[0].upper()}{what[1:]} (the paper reports no such table for {name})"
+
+
+# Table 1 beside the paper's in two tables of a few columns each, so each fits a 1280 px window
+TABLE1_GROUPS = {"precision and recall": ("Precision", "Recall"),
+                 "F1, specificity and support": ("F1-Score", "Specificity", "Support")}
+
+
+def table1_parts(ours: pd.DataFrame, reported: pd.DataFrame | None, name: str) -> list[tuple[pd.DataFrame, str]]:
+    """Table 1 as (table, caption) pairs: this run's alone where the paper has none for the model,
+    else paper, this run and the difference per metric, split by ``TABLE1_GROUPS`` (the support's
+    difference is left out: the two validation sets need not have the same size)."""
+    if reported is None:
+        return [(ours, f"{name}: per-class precision, recall, F1, specificity and support of this run")]
+    both = paper.side_by_side(ours, reported).drop(columns=[("Support", "difference")], errors="ignore")
+    parts = []
+    for i, (words, group) in enumerate(TABLE1_GROUPS.items(), 1):
+        parts.append((both[[c for c in both.columns if c[0] in group]],
+                      f"{name}, Table 1 ({i} of {len(TABLE1_GROUPS)}): {words}, the paper beside this run"))
+    return parts
+
+
+COMPARISON_PARTS = {"how well": ["model", "accuracy", "accuracy (paper)", "macro F1", "macro F1 (paper)",
+                                 "macro ROC-AUC", "macro ROC-AUC (paper)", "ECE", "Brier"],
+                    "what it costs": ["model", "parameters", "GFLOPs / image", "training time", "inference",
+                                      "validation images"]}
+
+
+def comparison_parts(table: pd.DataFrame) -> list[tuple[pd.DataFrame, str]]:
+    """``comparison`` as two (table, caption) pairs that each fit the page: how well, what it costs."""
+    shown = comparison(table)
+    return [(shown[columns], f"Each model against the paper: {what}") for what, columns in COMPARISON_PARTS.items()]
+
+
 def table2_percentages(confusion: pd.DataFrame) -> pd.DataFrame:
     """A confusion matrix as row percentages with the counts: ``93.1% (189)``."""
     totals = confusion.sum(axis=1).replace(0, 1)
-    return pd.DataFrame({column: [f"{100 * count / total:.1f}% ({count})"
+    return pd.DataFrame({column: [f"{formats.number(count / total, 'percent')} ({formats.number(count, 'count')})"
                                   for count, total in zip(confusion[column], totals)]
                          for column in confusion.columns}, index=confusion.index)
 
 
-def table2_side_by_side(ours: pd.DataFrame, reported: pd.DataFrame | None) -> pd.DataFrame:
-    """Table 2 as row percentages (counts in brackets): the paper's beside this run's, where the
-    paper has one; comparing shares, since the two validation sets need not have the same size."""
-    parts = {"this run": table2_percentages(ours)}
+def table2_parts(ours: pd.DataFrame, reported: pd.DataFrame | None, name: str) -> list[tuple[pd.DataFrame, str]]:
+    """Table 2 as row percentages (counts in brackets), as (table, caption) pairs: the paper's, where
+    it has one, then this run's, each a table of its own that fits the page; comparing shares, since
+    the two validation sets need not have the same size."""
+    parts = [(table2_percentages(ours), f"{name}, this run")]
     if reported is not None and list(reported.index) == list(ours.index):
-        parts = {"paper": table2_percentages(reported), **parts}
-    return pd.concat(parts, axis=1)
+        parts.insert(0, (table2_percentages(reported), f"{name}, the paper's Table 2"))
+    return [(table.rename_axis("true \\ predicted"), f"{caption}: row percentages (counts), the true class by row")
+            for table, caption in parts]
 
 
 def readings(table: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """``analysis.paper.readings_table`` with the readings this run departs from marked."""
     departed = set(departures.departures(cfg)["setting"])
     marked = table.copy()
-    marked["value"] = [f"{v} (departs from the paper)" if s in departed else str(v)
+    marked["value"] = [formats.setting(v, s) + (" (departs from the paper)" if s in departed else "")
                        for s, v in zip(table["setting"], table["value"])]
     return marked
 
@@ -89,9 +128,11 @@ def readings(table: pd.DataFrame, cfg: Config) -> pd.DataFrame:
 def departures_table(cfg: Config) -> pd.DataFrame:
     """Every setting of this run that differs from the paper's protocol, for the index."""
     found = departures.departures(cfg)
-    return pd.DataFrame({"setting": found["setting"], "paper": found["paper"].astype(str),
-                         "this run": found["run"].astype(str),
-                         "affects": [", ".join(p) if p else "" for p in found["pages"]],
+    return pd.DataFrame({"setting": found["setting"],
+                         "paper": [formats.setting(v, s) for s, v in zip(found["setting"], found["paper"])],
+                         "this run": [formats.setting(v, s) for s, v in zip(found["setting"], found["run"])],
+                         "affects": [", ".join(p) if p else "no notebook: shown in the reports only"
+                                     for p in found["pages"]],
                          "comparability": ["shown only" if n else "departs from the protocol"
                                            for n in found["neutral"]]})
 
@@ -127,7 +168,34 @@ def sweep_paired(paired: pd.DataFrame) -> pd.DataFrame:
         rows.append({"first": formats.model_name(row.first), "second": formats.model_name(row.second),
                      "reading": row.reading, "difference": formats.number(row.mean_difference, "points"),
                      "interval": span, "runs": formats.number(row.n, "count"), "verdict": verdict,
-                     "sign test p": f"{row.sign_test_p:.2g}", "McNemar p per seed": row.mcnemar_p_per_seed})
+                     "sign test p": formats.number(row.sign_test_p, "p", "none"),
+                     "McNemar p per seed": formats.signed(str(row.mcnemar_p_per_seed))
+                     if isinstance(row.mcnemar_p_per_seed, str) and row.mcnemar_p_per_seed else "none"})
+    return pd.DataFrame(rows)
+
+
+def sweep_ablation(ablation: pd.DataFrame) -> pd.DataFrame:
+    """``analysis.sweeps.ablation_table`` for a reader: each reading's mean accuracy and its difference
+    to the profile's own reading in points, paired by seed, with the interval and the tests (or why
+    there is none)."""
+    rows = []
+    for row in ablation.itertuples():
+        own = bool(row.default)
+        if own:
+            difference = span = tests = "the profile's own reading: the baseline"
+        elif row.paired_n < stats.MIN_RUNS:
+            difference = formats.number(row.difference_to_default, "points", "no run pairs with it")
+            span, tests = TOO_FEW_RUNS, f"too few paired runs ({formats.number(row.paired_n, 'count')})"
+        else:
+            low, high = stats.clip_interval(row.ci_low, row.ci_high, stats.DIFFERENCE_BOUNDS)
+            span = formats.interval(low, high, "points")
+            difference = formats.number(row.difference_to_default, "points")
+            tests = (f"paired t p = {formats.number(row.paired_t_p, 'p', 'none')}; "
+                     f"sign test p = {formats.number(row.sign_test_p, 'p', 'none')}")
+        rows.append({"model": formats.model_name(row.model), "reading": row.reading,
+                     "mean accuracy": formats.number(row.mean, "percent"), "runs": formats.number(row.n, "count"),
+                     "difference to the profile's reading": difference, "interval": span,
+                     "seed pairs": formats.number(row.paired_n, "count"), "tests": tests})
     return pd.DataFrame(rows)
 
 

@@ -116,7 +116,7 @@ def gradcam_overlays(model, images: list[Image.Image], tensors, targets: list[in
 def gradcam_examples(cfg: Config, model_name: str, predictions: pd.DataFrame, correct: int = 1, incorrect: int = 1):
     """Figure 3's material: per class, correct and incorrect validation examples (where they exist)
     with the Grad-CAM overlay of the class the model predicted. Returns (overlays, rows, the
-    explained feature map's size)."""
+    explained feature map's size, the frames as the model saw them, for beside the overlays)."""
     cfg = models.for_model(cfg, model_name)  # the input the model was trained with
     rows = pick_examples_per_class(predictions, correct, incorrect, cfg.eval.seed)
     cached = load_cached(prepare.cache_dir(cfg), rows["path"])
@@ -125,4 +125,4 @@ def gradcam_examples(cfg: Config, model_name: str, predictions: pd.DataFrame, co
     tensors = torch.stack([preset(image) for image in cached])
     model = checkpoints.load_trained_model(cfg, model_name).float()  # Grad-CAM needs fp32 gradients, on the CPU
     overlays = gradcam_overlays(model, seen, tensors, rows["pred"].to_numpy(np.int64).tolist())
-    return overlays, rows, cam_map_size(model, min(tensors.shape[-2:]))
+    return overlays, rows, cam_map_size(model, min(tensors.shape[-2:])), seen
