@@ -31,7 +31,7 @@ given = $(if $(filter command line,$(origin $(1))),$(1)=$(if $(word 2,$($(1))),"
 export GO_ON := $(strip make $(MAKECMDGOALS) $(foreach v,PROFILE MODEL IMAGES NAME SWEEP RUN TARGET,$(call given,$(v))))$(if $(SET), SET="$(SET)")
 endif
 
-.PHONY: help setup lock data evaluate smoke reproduce report sweep cross-evaluate predict export test test-fast docs chromium \
+.PHONY: help setup lock data splits evaluate smoke reproduce report sweep cross-evaluate predict export test test-fast docs chromium \
 	screenshots lint lab bench gpu-check clean
 
 help: ## list the targets (the default)
@@ -53,6 +53,9 @@ lock: $(SETUP_STAMP) ## regenerate requirements.lock (exact versions, Linux x86-
 
 data: $(SETUP_STAMP) ## notebook 01: download, check, split and cache the dataset of PROFILE
 	@$(SUBMAKE) pipeline-data
+
+splits: $(SETUP_STAMP) ## the dataset of PROFILE's random and near-duplicate-grouped split files, with a README: reports/<profile>/splits/
+	$(KV) splits $(ARGS)
 
 reproduce: $(SETUP_STAMP) ## notebooks 01-05 and the audit (07) for every model of PROFILE, then the HTML report
 	@$(SUBMAKE) pipeline-all

@@ -198,6 +198,11 @@ class ReportFolder:
         """Every validation image of ``model`` with its prediction (the error browser)."""
         return self.root / f"browser-{model_folder(model)}.html"
 
+    @property
+    def splits(self) -> Path:
+        """``make splits``: the dataset's random and near-duplicate-grouped split files and their README."""
+        return self.root / "splits"
+
     def notebook_page(self, notebook: str) -> Path:
         """An executed notebook as a page (``notebook``: its stamp's name, e.g. ``04_evaluate-resnet50``)."""
         return self.html / f"{notebook}.html"

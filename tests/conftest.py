@@ -94,6 +94,7 @@ def smoke_chain(tmp_path_factory):
 # xdist's own order (by number of tests) the sweep started last and ran alone for 3 minutes.
 LONGEST_FIRST = ("chain",  # 230 s (436 s): notebooks 01-05, 07 and the report, then the tests that read them
                  "cluster",  # 210 s (395 s): a sweep on a two-node Ray cluster, run twice (mostly kernels starting)
+                 "leakage",  # the smoke-leakage sweep: 12 short runs (mostly kernels starting)
                  "interrupts",  # 130 s: `make evaluate` stopped at each step, then finished
                  "hyper")  # 40 s: the HyperKvasir-shaped study
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kvasir_utils import profiles
+from kvasir_utils import files, profiles
 from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.run import cli
 from tests.helpers import tmp_overrides
@@ -280,3 +280,19 @@ def test_a_pipeline_target_would_run_its_notebooks_in_order(target, tmp_path):
         assert steps == chain[:1]
     else:  # make's order within a model is fixed by the rules; between models it may interleave
         assert sorted(steps, key=chain.index) == chain and steps[0] == chain[0] and steps[-3:] == chain[-3:]
+
+
+def test_make_splits_writes_both_split_files_and_a_readme_with_their_hashes(tmp_path):
+    overrides = [*tmp_overrides(tmp_path), "data.synthetic.images_per_class=16", "data.expected_per_class=16",
+                 "split.near_duplicates.calibration_copies=16"]
+    done = run_make("splits", "PROFILE=smoke", f"SET={' '.join(overrides)}")
+    assert done.returncode == 0, done.stdout[-3000:]
+    folder = profiles.load_profile("smoke", overrides).report.splits
+    readme = (folder / "README.md").read_text()
+    for name in ("random.csv", "grouped.csv"):
+        split = (folder / name).read_text()
+        assert split.splitlines()[0] == "file,class,side" and len(split.splitlines()) == 1 + 8 * 16
+        assert files.sha256_file(folder / name) in readme
+    assert "make splits PROFILE=smoke" in readme and "| `grouped.csv` |" in readme
+    # the grouped split keeps every pair the detectors found on one side; the README says how many cross
+    assert re.search(r"\| `grouped.csv` \| [^|]+ \| 0 \|", readme)

@@ -117,9 +117,13 @@ def setting(value, name: str = "") -> str:
 
 
 MODEL_NAMES = {"resnet50": "ResNet50", "efficientnet_b0": "EfficientNet-B0", "resnet18": "ResNet18",
-               "mobilenet_v3_small": "MobileNetV3-small"}
+               "mobilenet_v3_small": "MobileNetV3-small",
+               "timm:efficientnet_b3.ra2_in1k": "EfficientNet-B3", "timm:convnext_tiny.fb_in22k_ft_in1k": "ConvNeXt-Tiny",
+               "timm:vit_small_patch14_dinov2.lvd142m": "DINOv2 ViT-S/14",
+               "timm:vit_base_patch14_dinov2.lvd142m": "DINOv2 ViT-B/14"}
 
 
 def model_name(model: str) -> str:
-    """A torchvision model's name as the paper writes it (``efficientnet_b0`` -> ``EfficientNet-B0``)."""
-    return MODEL_NAMES.get(model, model)
+    """A model's name as papers write it (``efficientnet_b0`` -> ``EfficientNet-B0``; the backbones
+    profile's timm models by their short names); any other, as given."""
+    return MODEL_NAMES.get(model, MODEL_NAMES.get(f"timm:{model.removeprefix('timm-')}", model))

@@ -199,7 +199,9 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
     audit_part = _audit_section(cfg)
     toc = [("verdict", "Did this run reproduce the paper?")]
     toc += [(m["id"], f"{m['name']}: Table 1, Table 2, ROC-AUC, Figures 1-3") for m in models]
-    toc += [("comparison", "ResNet50 against EfficientNet-B0")] if comparison else []
+    comparison_title = " against ".join(formats.model_name(m) for m in evaluations) if len(evaluations) == 2 \
+        else f"The {len(evaluations)} models side by side"
+    toc += [("comparison", comparison_title)] if comparison else []
     toc += [("audit", "Audit: what inflates the score")] if audit_part else []
     toc += [("model-cards", "Model cards: what each trained model is for and where it fails")] if cards else []
     toc += [("pages", "Every page and file"), ("appendix", "Appendix: settings, readings and provenance")]
@@ -213,12 +215,16 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
         "verdict_summary": _verdict_summary(claims, cfg), "level": f"{cfg.eval.confidence:.0%}",
         "variance_note": verdicts.variance_note(cfg, claims),
         "card": Markup(table_html(tables.card(claims), caption="The paper's claims")), "toc": toc,
-        "models": models, "comparison": comparison, "mcnemar": mcnemar, "audit": audit_part, "model_cards": cards,
+        "models": models, "comparison": comparison, "comparison_title": comparison_title, "mcnemar": mcnemar,
+        "audit": audit_part, "model_cards": cards,
         "pages": [(rel(page, root), title) for page, title in pages]
                  + [(rel(b, root), f"Error browser: {formats.model_name(b.stem.removeprefix('browser-'))}")
                     for b in browsers]
                  + [(rel(copy_into(p, cfg.report.notebook_copy(p.name)), root), f"executed notebook {p.name}")
-                    for p in sorted(cfg.run.notebooks.glob("*.ipynb")) if not p.name.endswith(".failed.ipynb")],
+                    for p in sorted(cfg.run.notebooks.glob("*.ipynb")) if not p.name.endswith(".failed.ipynb")]
+                 + [(rel(p, root), f"split file {p.name} (make splits)" if p.suffix == ".csv" else
+                     "how the split files were made, with their SHA-256 (make splits)")
+                    for p in sorted(cfg.report.splits.glob("*")) if p.suffix in (".csv", ".md")],
         "tables": [(t.stem, rel(t, root), rel(t.with_suffix(".tex"), root))
                    for t in sorted(cfg.report.tables.glob("*.csv"))],
         "tensorboard": f"tensorboard --logdir {cfg.run_dir}",

@@ -7,6 +7,7 @@
     python -m kvasir_utils cross-evaluate --profile paper --target hyperkvasir
     python -m kvasir_utils predict --profile smoke --model resnet50 --images path/to/folder
     python -m kvasir_utils export --profile smoke --model resnet50
+    python -m kvasir_utils splits --profile smoke
     python -m kvasir_utils bench --scale small
     python -m kvasir_utils gpu-check --scale small --cpu --parts epoch
 
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--name", default=None, help="folder under reports/<profile>/predict/ (default: the images')")
     add("export", "write a trained model as ONNX with preprocessing.json, checked against PyTorch").add_argument(
         "--model", required=True)
+    add("splits", "write the dataset's random and near-duplicate-grouped split files with a README")
     sweep_cmd = add("sweep", "run a sweep's members on Ray, then aggregate them (notebook 06)", profile=False)
     sweep_cmd.add_argument("sweep", help="sweep name (configs/sweeps/<name>.yaml) or path to a sweep file")
     cross_cmd = add("cross-evaluate", "score the trained models of --profile on the dataset of --target")
@@ -187,6 +189,10 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
         print(export_model(profiles.load_profile(args.profile, args.overrides), args.model).describe())
     elif args.command == "sweep":
         return run_sweep_command(args.sweep, args.overrides)
+    elif args.command == "splits":
+        from kvasir_utils.run.splits import write_splits
+
+        print(f"wrote {write_splits(profiles.load_profile(args.profile, args.overrides))}")
     elif args.command == "docs":
         print(f"wrote {write_readings_doc()}")
     elif args.command == "cross-evaluate":

@@ -10,6 +10,8 @@ when a timm model is named.
 
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 import torch
 import torchvision
@@ -222,8 +224,7 @@ def check_readings(model_names: list[str], readings: dict[str, str], weights: st
     problems = []
     for name in model_names:
         try:
-            with torch.device("meta"):
-                model = build_model(name, 2)
+            model = _meta_model(name)
         except KvasirError as exc:
             problems.append(f"train.models: {exc}")
             continue
@@ -266,9 +267,16 @@ def check_profile(cfg: Config) -> None:
         raise KvasirError("the profile does not fit its models:\n  " + "\n  ".join(problems))
 
 
-def _build_on_meta(name: str) -> None:
+@functools.lru_cache(maxsize=32)
+def _meta_model(name: str) -> nn.Module:
+    """``name``'s architecture on the meta device (no memory, no weights), built once: a sweep checks
+    the same few models for every member. Only read, never trained."""
     with torch.device("meta"):
-        build_model(name, 2)
+        return build_model(name, 2)
+
+
+def _build_on_meta(name: str) -> None:
+    _meta_model(name)
 
 
 def _problems(what: str, check, *args) -> list[str]:
