@@ -37,7 +37,7 @@ DOT = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAI
 
 @pytest.mark.parametrize("planted, found", [
     (f'<img src="{DOT}">', True),  # an image without alt: axe's image-alt, critical
-    (f'<img src="{DOT}" alt="a dot">', False)])
+    (f'<img src="{DOT}" alt="a dot">', False)], ids=["an image without alt", "the same with alt"])
 def test_axe_finds_a_planted_violation_and_only_that(tmp_path, driver, planted, found):
     page = tmp_path / "planted.html"
     page.write_text(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>planted</title></head>'
