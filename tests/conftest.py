@@ -1,5 +1,5 @@
-"""Fixtures: a small generated archive, a tiny prepared dataset, a local HTTP server (helpers.py has
-the functions they share with the tests)."""
+"""Fixtures: a small generated archive, a tiny prepared dataset, a local HTTP server, the smoke
+study's chain and a headless chromium (helpers.py has the functions they share with the tests)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,14 @@ def smoke_chain(tmp_path_factory):
     assert cli.main(["report", "--profile", "smoke", *[a for o in overrides for a in ("--set", o)]]) == 0
     return cfg
 
+
+@pytest.fixture(scope="module")
+def driver():
+    """A headless chromium for one test module (``tools.chromium.open_browser``)."""
+    from tools import chromium
+
+    with chromium.open_browser() as opened:
+        yield opened
 
 
 # The groups that take longest, handed out first (seconds on 2 cores from `pytest --durations`: an

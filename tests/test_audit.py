@@ -219,6 +219,16 @@ def test_groups_follow_chains_and_twins_are_counted_per_class():
     assert table.loc["x"].tolist() == [2, 1, 0.5] and table.loc["y"].tolist() == [3, 0, 0.0]
 
 
+
+def test_each_validation_image_names_its_closest_training_twin_and_their_distance():
+    split = pd.DataFrame({"path": list("abcde"), "label": list("xxxxy"),
+                          "split": ["train", "train", "val", "val", "val"]})
+    pairs = pd.DataFrame({"i": [0, 1, 2, 3], "j": [2, 2, 4, 4], "distance": [5, 2, 1, 0]})  # c: a at 5, b at 2
+    flagged = audit.validation_images(split, pairs, pd.Series([False, True, False, True, False]))
+    assert flagged["path"].tolist() == ["c", "d", "e"] and flagged["has_box"].tolist() == [False, True, False]
+    assert flagged["twin"].tolist() == ["b", "", ""]  # d and e are near-duplicates, but both in validation
+    assert flagged["twin_distance"].iloc[0] == 2 and flagged["twin_distance"].iloc[1:].isna().all()
+
 Y = np.array([0, 1, 1, 0])
 P = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])
 

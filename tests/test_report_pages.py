@@ -17,12 +17,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chain"),
               pytest.mark.skipif(not chromium.chromium_found(), reason="chromium is not installed: make chromium")]
 
 
-@pytest.fixture(scope="module")
-def driver():
-    with chromium.open_browser() as opened:
-        yield opened
-
-
 def _pages(report: Path) -> list[Path]:
     return [report / "index.html", *sorted((report / "html").glob("*.html")), *sorted(report.glob("browser-*.html")),
             *sorted(report.glob("models/*/model_card.html"))]

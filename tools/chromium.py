@@ -1,6 +1,7 @@
 """The reports in a real browser: Debian's chromium, headless, driven by selenium (a development
 dependency; `make chromium` installs chromium). `make screenshots` writes PNGs of a report's pages
-and the browser tests check every page with ``page_problems``. Development tooling: not part of the
+and the browser tests check every page with ``page_problems`` and with axe-core
+(``accessibility_violations``). Development tooling: not part of the
 shipped package (pyproject.toml ships kvasir_utils only).
 
     python -m tools.chromium reports/smoke docs/images
@@ -97,6 +98,29 @@ def page_problems(driver, page: Path, widths=(1280, 800)) -> list[str]:
         if parsed.scheme == "file" and not Path(unquote(parsed.path)).exists():
             problems.append(f"link to a missing file: {unquote(parsed.path)}")
     return problems
+
+
+# Of axe-core's impacts (minor, moderate, serious, critical), those no page of the study may have.
+SERIOUS = ("serious", "critical")
+AXE_RUN_JS = """
+const done = arguments[arguments.length - 1];
+axe.run(document, {resultTypes: ["violations"]}).then(done, error => done({error: String(error)}));
+"""
+
+
+def accessibility_violations(driver, impacts=SERIOUS) -> list[str]:
+    """What axe-core finds on the page open in ``driver`` with one of ``impacts``, one line each:
+    ``rule (impact): what it checks: the elements``. axe is the ``axe.min.js`` that the development
+    dependency axe-core-python ships (offline; nothing else of that package is used)."""
+    from axe_core_python.base import AXE_SCRIPT
+
+    driver.set_script_timeout(120)
+    driver.execute_script(AXE_SCRIPT)
+    results = driver.execute_async_script(AXE_RUN_JS)
+    if "error" in results:
+        raise KvasirError(f"axe-core failed on {driver.current_url}: {results['error']}")
+    return [f"{v['id']} ({v['impact']}): {v['help']}: " + ", ".join(" ".join(n["target"]) for n in v["nodes"][:5])
+            for v in results["violations"] if v["impact"] in impacts]
 
 
 def screenshots(report: Path, dest: Path) -> list[Path]:

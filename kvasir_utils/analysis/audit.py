@@ -118,22 +118,28 @@ def accuracy_by_twin(predictions: pd.DataFrame, twinned_paths: set[str]) -> pd.D
     return pd.DataFrame(rows).T.astype({"images": int})
 
 
-def twin_paths(split: pd.DataFrame, pairs: pd.DataFrame) -> pd.Series:
-    """For each validation row of ``split``, the path of a training image it nearly duplicates ("" if none)."""
+def nearest_train_twins(split: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """For each row of ``split``: the closest training image that a validation row nearly duplicates
+    (``twin``, "" if none) and the Hamming distance of their hashes in bits (``twin_distance``, NA if none)."""
     side, paths = split["split"].to_numpy(), split["path"].to_numpy()
-    twins = pd.Series("", index=split.index, name="twin")
-    for i, j in zip(pairs["i"], pairs["j"]):
-        for val, train in ((i, j), (j, i)):
-            if side[val] == "val" and side[train] == "train" and not twins.iat[val]:
-                twins.iat[val] = paths[train]
+    columns = ["i", "j", "distance"]
+    both = pd.concat([pairs[columns], pairs.rename(columns={"i": "j", "j": "i"})[columns]])  # each way round
+    crossing = both[(side[both["i"].to_numpy()] == "val") & (side[both["j"].to_numpy()] == "train")]
+    closest = crossing.sort_values(["i", "distance"], kind="stable").drop_duplicates("i")
+    twins = pd.DataFrame({"twin": "", "twin_distance": pd.array([pd.NA] * len(split), dtype="Int64")},
+                         index=split.index)
+    twins.iloc[closest["i"].to_numpy(), 0] = paths[closest["j"].to_numpy()]
+    twins.iloc[closest["i"].to_numpy(), 1] = closest["distance"].to_numpy()
     return twins
 
 
 def validation_images(split: pd.DataFrame, pairs: pd.DataFrame, has_box: pd.Series) -> pd.DataFrame:
-    """Per validation image: ``path``, ``label``, ``has_box`` (the guide box) and ``twin`` (a training
-    image it nearly duplicates, "" if none): what the error browser shows beside each prediction."""
-    frame = split.assign(has_box=has_box.to_numpy(), twin=twin_paths(split, pairs))
-    return frame.loc[frame["split"] == "val", ["path", "label", "has_box", "twin"]].reset_index(drop=True)
+    """Per validation image: ``path``, ``label``, ``has_box`` (the guide box), ``twin`` (the closest
+    training image it nearly duplicates, "" if none) and ``twin_distance`` (their hashes' Hamming
+    distance in bits): what the error browser shows beside each prediction."""
+    frame = pd.concat([split.assign(has_box=has_box.to_numpy()), nearest_train_twins(split, pairs)], axis=1)
+    return frame.loc[frame["split"] == "val", ["path", "label", "has_box", "twin", "twin_distance"]].reset_index(
+        drop=True)
 
 
 def audit_headline(records: dict[str, dict], masked: dict[str, pd.DataFrame], twinned: set[str],

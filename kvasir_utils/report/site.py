@@ -267,29 +267,52 @@ def _environments(evaluations: dict) -> pd.DataFrame:
 
 
 # -- the error browser --------------------------------------------------------------------
-def render_error_browser(cfg: Config, model: str, predictions: pd.DataFrame) -> Path:
-    """Every validation image of ``model`` as a row: thumbnail, true and predicted class, confidence,
-    right or wrong, the guide box, a near-duplicate in training (from notebook 07, when it ran)."""
-    root = cfg.report_dir
-    flags_path = cfg.report.table(Table.VALIDATION_IMAGES)
-    flags = pd.read_csv(flags_path, keep_default_na=False).set_index("path") if flags_path.exists() else None
-    classes = list(cfg.classes)
+# Its sortable columns: (row data key, header, the order of a first press).
+BROWSER_COLUMNS = (("true", "true class", "ascending"), ("pred", "predicted", "ascending"),
+                   ("confidence", "confidence", "descending"), ("right", "right?", "ascending"),
+                   ("box", "guide box", "descending"))
+
+
+def _read_flags(cfg: Config) -> pd.DataFrame | None:
+    """Notebook 07's flags per validation image (None before it ran), by path."""
+    path = cfg.report.table(Table.VALIDATION_IMAGES)
+    return pd.read_csv(path, keep_default_na=False).set_index("path") if path.exists() else None
+
+
+def _twin_distance(flag) -> str:
+    """The Hamming distance to the image's near-duplicate in training, in words ("" when not recorded:
+    notebook 07 ran before it kept the distance)."""
+    distance = flag.get("twin_distance", "")
+    return f"{formats.number(int(distance), 'count')} bits" if distance != "" else ""
+
+
+def browser_rows(cfg: Config, predictions: pd.DataFrame, flags: pd.DataFrame | None) -> list[dict]:
+    """What the error browser shows of each validation image (``flags``: ``_read_flags``)."""
+    root, classes = cfg.report_dir, list(cfg.classes)
     rows = []
     for row in predictions.itertuples():
         flag = flags.loc[row.path] if flags is not None and row.path in flags.index else None
         twin = flag["twin"] if flag is not None else ""
+        box = ("yes" if str(flag["has_box"]) == "True" else "no") if flag is not None else ""
         rows.append({"path": row.path, "thumb": rel(root / "thumbs" / cached_name(row.path), root),
                      "true": classes[row.true], "pred": classes[row.pred], "confidence": f"{row.confidence:.4f}",
-                     "confidence_text": f"{row.confidence:.1%}", "right": "yes" if row.true == row.pred else "no",
-                     "box": "yes" if flag is not None and str(flag["has_box"]) == "True" else "no",
-                     "box_text": ("yes" if str(flag["has_box"]) == "True" else "no") if flag is not None else "",
+                     "confidence_text": formats.number(row.confidence, "percent"),
+                     "right": "yes" if row.true == row.pred else "no", "box": box or "no", "box_text": box,
                      "twin": twin, "twin_flag": "yes" if twin else "no",
-                     "twin_thumb": rel(root / "thumbs" / cached_name(twin), root) if twin else ""})
-    dest = cfg.report.error_browser(model)
-    return write_page("browser.html.j2", dest, title=f"{formats.model_name(model)}: every validation image",
-                       root="", banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.", page="browser")),
-                       heading=f"{formats.model_name(model)}: every validation image", classes=classes,
-                       rows=rows, audited=flags is not None)
+                     "twin_thumb": rel(root / "thumbs" / cached_name(twin), root) if twin else "",
+                     "twin_distance_text": _twin_distance(flag) if twin else ""})
+    return rows
+
+
+def render_error_browser(cfg: Config, model: str, predictions: pd.DataFrame) -> Path:
+    """Every validation image of ``model`` as a row: thumbnail (a press enlarges it), true and
+    predicted class, confidence, right or wrong, the guide box, a near-duplicate in training with its
+    distance, shown side by side (from notebook 07, when it ran)."""
+    heading, flags = f"{formats.model_name(model)}: every validation image", _read_flags(cfg)
+    return write_page("browser.html.j2", cfg.report.error_browser(model), title=heading, root="",
+                      banner=Markup(banner_html(cfg, f"Profile '{cfg.profile}'.", page="browser")),
+                      heading=heading, classes=list(cfg.classes), columns=BROWSER_COLUMNS,
+                      rows=browser_rows(cfg, predictions, flags), audited=flags is not None)
 
 
 # -- a sweep's report ---------------------------------------------------------------------
