@@ -82,19 +82,23 @@ def test_cross_evaluate_counts_the_shared_frames_and_scores_with_and_without_the
     printed = capsys.readouterr().out
     tables = smoke_chain.report_dir / "cross" / "smoke-hyperkvasir" / "tables"
     summary = pd.read_csv(tables / "summary.csv", index_col=0)
-    # expected overlap: the tree's copies of a smoke frame in training, or of a frame whose planted copy is there
+    # expected overlap: the tree's copies of a smoke frame in training (shifted by a few pixels: the hash
+    # finds each); a tree frame whose smoke frame is in validation but has a planted copy in training may
+    # be found too (a rotated or cropped copy is often beyond the hash's reach)
     split = pd.read_csv(smoke_chain.run.split).set_index("path")["split"]
     tree = synthetic_hyperkvasir.plan(40, seed=0)
     plan = tree.dropna(subset=["shared_with"])
     traps = synthetic.planted_traps(synthetic_hyperkvasir.KVASIR_CLASSES, 40, seed=0)
-    twins = {o: [o, *traps.loc[traps["duplicate_of"] == o, "path"]] for o in plan["shared_with"]}
-    planted = {path for path, o in zip(plan["path"], plan["shared_with"]) if (split[twins[o]] == "train").any()}
+    copies = {o: list(traps.loc[traps["duplicate_of"] == o, "path"]) for o in plan["shared_with"]}
+    planted = {path for path, o in zip(plan["path"], plan["shared_with"]) if split[o] == "train"}
+    maybe = {path for path, o in zip(plan["path"], plan["shared_with"])
+             if split[o] != "train" and (split[copies[o]] == "train").any()}
     assert 0 < len(planted) < len(plan)
     flagged = pd.read_csv(smoke_chain.run_dir / "cross" / "smoke-hyperkvasir" / "resnet50" / "predictions.csv")
     flagged = set(flagged.loc[flagged["overlap"], "path"])
     # every planted copy is found; a generated frame may also be a near-duplicate by chance (same cue,
     # similar layout): each such extra must really be within the distance of a training frame
-    assert planted <= flagged and len(flagged - planted) <= 2, (planted - flagged, flagged - planted)
+    assert planted <= flagged and len(flagged - planted - maybe) <= 2, (planted - flagged, flagged - planted)
     if extras := sorted(flagged - planted):
         target = profiles.load_profile("smoke-hyperkvasir", overrides)
         train = prepare.image_hashes(smoke_chain, split.index[split == "train"])

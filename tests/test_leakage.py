@@ -72,8 +72,10 @@ def test_a_sweep_takes_named_readings_and_refuses_a_grid_beside_them(tmp_path):
     vit = next(m for m in sweep.members if m.model.startswith("timm:"))
     assert vit.cfg.train.readings_by_model == {"timm:test_vit.r160_in1k": {"stage2": "lora"}}
     bad = tmp_path / "bad.yaml"
-    bad.write_text("base: smoke\ngrid: {train.stage2.lr: [0.1]}\nreadings: {random: {split.seed: 3}}\n")
-    with pytest.raises(ConfigError, match="'split.seed' is set by the sweep itself.*give either `grid:` or `readings:`, not both"):
+    bad.write_text("base: smoke\ngrid: {train.stage2.lr: [0.1]}\n"
+                   "readings: {random: {split.seed: 3}}\n")
+    refused = "reading key 'split.seed' is set by the sweep itself.*give either `grid:` or `readings:`, not both"
+    with pytest.raises(ConfigError, match=refused):
         sweep_spec.load_sweep(str(bad))
 
 
@@ -104,7 +106,9 @@ def test_make_sweep_smoke_leakage_writes_its_page_and_the_pairs_across_each_spli
     for member in sweep.members:
         run = member.cfg.run
         found = duplicates.NearDuplicates.read(*run.near_duplicates)
-        assert set(found.detectors) == {"phash", "features"} and found.detectors["features"]["used"] is False
+        assert set(found.detectors) == {"phash", "features"}
+        if not found.detectors["features"]["used"]:  # random weights: calibration usually leaves them out
+            assert "random weights" in found.detectors["features"]["why"]
         split = pd.read_csv(run.split)
         across = found.across(split)
         row = table[(table["model"] == member.model) & (table["split"] == member.reading)]

@@ -55,9 +55,10 @@ def twin_table(split: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
 def detector_table(detectors: dict) -> pd.DataFrame:
     """Per near-duplicate detector (``near_duplicates.json``): what counts as a pair, and how it did
     on the copies planted to calibrate it (found share; false alarms among other pairs of frames)."""
-    rows = {name: {"threshold": record["threshold"], "unit": record["unit"],
+    rows = {name: {"pair_when": f"{record['unit']} {record['threshold']:.4g}",
                    "planted_copies_found": record["recall"],
-                   "false_alarms": record.get("false_alarm_rate", np.nan)}
+                   "false_alarms": record.get("false_alarm_rate", np.nan),
+                   "used": "yes" if record.get("used", True) else "no: " + record["why"]}
             for name, record in detectors.items()}
     return pd.DataFrame(rows).T.rename_axis("detector")
 

@@ -157,7 +157,7 @@ def sweep_command(cfg: Config) -> str:
     sweep file over seeds of this profile (``configs/sweeps/``), or of one to write."""
     for path in sorted((CONFIG_DIR / "sweeps").glob("*.yaml")):
         spec = profiles.read_yaml(path, "sweep")
-        if spec.get("base") == cfg.profile and not spec.get("grid"):
+        if spec.get("base") == cfg.profile and not spec.get("grid") and not spec.get("readings"):
             return f"make sweep SWEEP={path.stem}"
     return f"make sweep SWEEP=<a sweep file over seeds with base: {cfg.profile}>"
 
@@ -209,5 +209,6 @@ def claims_table(cfg: Config, evaluations: dict, sweep: dict | None = None,
 
 
 def write_sweep_record(folder: Path, name: str, base_profile: str, grid: dict) -> None:
-    """What the index page needs to know about a sweep (``sweep.json`` beside its tables)."""
+    """What the index page needs to know about a sweep (``sweep.json`` beside its tables); ``grid``
+    is what it varies besides the seed (a grid, or named readings): empty for a sweep over seeds only."""
     write_json_atomic(folder / "sweep.json", {"name": name, "base_profile": base_profile, "grid": grid})

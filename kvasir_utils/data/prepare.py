@@ -205,7 +205,7 @@ def prepare_split(cfg: Config, prepared: PreparedData, near_duplicates: duplicat
                                   "as notebook 01 does")
             groups = near_duplicates.groups(usable["path"].tolist())
             grouped_by = {name: {"threshold": record["threshold"], "unit": record["unit"]}
-                          for name, record in near_duplicates.detectors.items()}
+                          for name, record in near_duplicates.detectors.items() if record.get("used", True)}
         run_split = make_split(usable, cfg.split.val_fraction, cfg.split.seed, groups, cfg.split.validation_fold)
     write_run_split(cfg, run_split)
     record = archive_record(prepared)

@@ -13,12 +13,13 @@ import pandas as pd
 # Which quantities are shares of images (shown as percentages); F1, AUC and calibration are scores.
 SHARES = {"accuracy", "train_acc", "val_acc", "masked_accuracy", "accuracy_with_twin", "accuracy_without_twin",
           "twin_share", "rate", "accuracy_paper", "accuracy_ci_low", "accuracy_ci_high", "precision", "recall",
-          "specificity", "box_share", "Precision", "Recall", "Specificity"}
+          "specificity", "box_share", "Precision", "Recall", "Specificity", "planted_copies_found", "false_alarms"}
 # differences of shares
 CHANGES = {"change", "masked_change", "twin_gap", "beats", "mean_difference", "difference_to_default"}
 COUNTS = {"images", "n", "Support", "support", "with_box", "val_images", "with_train_twin", "epoch",
           "paired_n", "twin_images", "runs", "other_region",
-          "epoch (both stages)", "epoch of the stage", "train", "val", "total", "parameters", "trainable"}
+          "epoch (both stages)", "epoch of the stage", "train", "val", "total", "parameters", "trainable", "pairs",
+          "across_the_split"}
 SECONDS = {"seconds", "train_seconds"}
 P_VALUES = {"p_value", "paired_t_p", "sign_test_p"}
 TEXT = {"default", "seeds", "mcnemar_p_per_seed", "status", "member", "reading"}
@@ -118,7 +119,8 @@ def setting(value, name: str = "") -> str:
 
 MODEL_NAMES = {"resnet50": "ResNet50", "efficientnet_b0": "EfficientNet-B0", "resnet18": "ResNet18",
                "mobilenet_v3_small": "MobileNetV3-small",
-               "timm:efficientnet_b3.ra2_in1k": "EfficientNet-B3", "timm:convnext_tiny.fb_in22k_ft_in1k": "ConvNeXt-Tiny",
+               "timm:efficientnet_b3.ra2_in1k": "EfficientNet-B3",
+               "timm:convnext_tiny.fb_in22k_ft_in1k": "ConvNeXt-Tiny",
                "timm:vit_small_patch14_dinov2.lvd142m": "DINOv2 ViT-S/14",
                "timm:vit_base_patch14_dinov2.lvd142m": "DINOv2 ViT-B/14"}
 

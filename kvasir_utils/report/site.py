@@ -328,7 +328,7 @@ def render_sweep_report(sweep, results: pd.DataFrame, executed: Path | None) -> 
     finished) the tables and figures of an earlier aggregation are removed, so none outlives its runs."""
     root = sweep.report_dir
     copy_stylesheet(root)
-    verdicts.write_sweep_record(root, sweep.name, sweep.base.profile, sweep.spec.grid)
+    verdicts.write_sweep_record(root, sweep.name, sweep.base.profile, sweep.spec.grid or sweep.spec.readings)
     if executed is None:
         for folder in ("tables", "figures", "html"):
             shutil.rmtree(root / folder, ignore_errors=True)
@@ -349,13 +349,17 @@ def _csv_table(path: Path, shape, empty: str, caption: str) -> Markup:
 def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
     root, report = sweep.report_dir, ReportFolder(sweep.report_dir)
     finished = int((results["status"] == "finished").sum())
-    grid = ", ".join(f"{k} in {v}" for k, v in sweep.spec.grid.items()) or "none"
+    grid = ", ".join(f"{k} in {v}" for k, v in sweep.spec.grid.items()) or ", ".join(
+        f"{name} ({', '.join(f'{k}={v}' for k, v in settings.items())})"
+        for name, settings in sweep.spec.readings.items()
+    ) or "none"
     members = []
     for member, row in zip(sweep.members, results.itertuples()):
         members.append({"name": member.name, "status": row.status, "error": row.error,
                         "href": rel(member.report_index, root) if member.report_index.exists() else None})
     intro = (f"Profile {sweep.base.profile}; models {', '.join(dict.fromkeys(results['model']))}; seeds "
-             f"{sweep.spec.seeds} (varying {sweep.spec.seed_setting}); grid: {grid}. {finished} of {len(results)} runs "
+             f"{sweep.spec.seeds} (varying {sweep.spec.seed_setting}); readings: {grid}. {finished} of "
+             f"{len(results)} runs "
              f"finished; every number below is over the finished runs, with a {sweep.base.eval.confidence:.0%} "
              f"Student-t interval across runs, kept inside the metric's bounds; fewer than {stats.MIN_RUNS} runs "
              "give no interval.")

@@ -135,9 +135,10 @@ OWN_KEYS = {"train.models", "train.seed", "split.seed", "split.validation_fold"}
 def _check_spec(sweep_name: str, spec: SweepFile, overrides: list[str]) -> None:
     """Refuse what would silently mislabel runs: grid keys the sweep sets itself, empty value
     lists, negative seeds, and overrides of the model or the varying seed."""
-    keys = [*spec.grid, *(key for reading in spec.readings.values() for key in reading)]
-    problems = [f"grid or reading key {key!r} is set by the sweep itself (use `models:`, `seeds:` and `seed_setting:`)"
-                for key in dict.fromkeys(keys) if key in OWN_KEYS or key.startswith("paths.")]
+    keys = {key: "grid" for key in spec.grid}
+    keys |= {key: "reading" for reading in spec.readings.values() for key in reading}
+    problems = [f"{kind} key {key!r} is set by the sweep itself (use `models:`, `seeds:` and `seed_setting:`)"
+                for key, kind in keys.items() if key in OWN_KEYS or key.startswith("paths.")]
     problems += [f"grid key {key!r} has no values" for key, values in spec.grid.items() if not values]
     problems += ["give either `grid:` or `readings:`, not both"] if spec.grid and spec.readings else []
     problems += [f"reading {name!r} must be a folder-safe name (letters, digits, - and _)"
