@@ -32,7 +32,7 @@ export GO_ON := $(strip make $(MAKECMDGOALS) $(foreach v,PROFILE MODEL IMAGES NA
 endif
 
 .PHONY: help setup lock data splits evaluate smoke reproduce report sweep cross-evaluate predict export test test-fast docs chromium \
-	screenshots lint lab bench gpu-check clean
+	screenshots lint lab bench gpu-check clean test-long
 
 help: ## list the targets (the default)
 	@echo "usage: make TARGET [PROFILE=paper|smoke|path/to.yaml] [SET=\"key=value ...\"] [SWEEP=name|path.yaml]"
@@ -81,11 +81,14 @@ predict: $(SETUP_STAMP) ## predict IMAGES=folder/ with a trained MODEL of PROFIL
 export: $(SETUP_STAMP) ## write MODEL of PROFILE as ONNX with preprocessing.json, after a parity check against PyTorch
 	$(KV) export $(ARGS) --model '$(MODEL)'
 
-test: $(SETUP_STAMP) chromium ## all tests: notebook runs, a Ray cluster, a browser (no network)
-	$(PY) -m pytest
+test: $(SETUP_STAMP) chromium ## all tests but the long studies: notebook runs, a Ray cluster, a browser (no network)
+	$(PY) -m pytest -m "not long"
+
+test-long: $(SETUP_STAMP) ## the long studies: make smoke PROFILE=smoke-backbones and make sweep SWEEP=smoke-leakage (about 20 minutes)
+	$(PY) -m pytest -m long
 
 test-fast: $(SETUP_STAMP) ## the tests without the end-to-end runs (notebooks, bench, gpu-check, a compile): under 2 minutes
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not long"
 
 docs: $(SETUP_STAMP) ## remake the tables in docs/ that come from the code (the paper's readings)
 	$(KV) docs

@@ -101,3 +101,19 @@ def metrics_record(**values) -> dict:
     record = {name: blank.get(getattr(field.annotation, "__name__", ""), {})
               for name, field in Metrics.model_fields.items()}
     return Metrics.model_validate({**record, **values}).model_dump()
+
+
+def lora_count(cfg, name: str) -> int:
+    """The parameters a LoRA stage trains, from the model itself: rank x (in + out) over the target
+    layers (train.lora.target_modules), plus the new head."""
+    import torch
+
+    from kvasir_utils.train import models
+
+    with torch.device("meta"):
+        model = models.build_model(name, len(cfg.classes), image_size=cfg.transforms.image_size)
+    rank, targets = cfg.train.lora.rank, set(cfg.train.lora.target_modules)
+    adapters = sum(rank * (m.in_features + m.out_features) for n, m in model.named_modules()
+                   if n.rsplit(".", 1)[-1] in targets)
+    head = model.get_submodule(models.head_name(model))
+    return adapters + sum(p.numel() for p in head.parameters())

@@ -37,6 +37,8 @@ def test_make_bench_writes_every_figure_it_promises(tmp_path):
     assert min(results["loader_images_per_s"].values()) > 0 and min(results["decode_images_per_s"].values()) > 0
     assert set(results["train_step_images_per_s"][model]) == {"auto", "fp32"}
     assert results["pipeline_vs_model_only"] > 0 and f"{model}_auto_vs_fp32" in results
+    low, high = results[f"{model}_auto_vs_fp32_spread"]
+    assert low <= results[f"{model}_auto_vs_fp32"] <= high
     bound = results["compute_bound"]
     assert bound["peak_gflops"] > 0 and 0 < bound["protocol_floor_minutes"] < results["protocol_minutes"]
     assert results["machine"]["cpu_count"] >= 1  # where it was measured
@@ -88,3 +90,27 @@ def test_the_compute_floor_counts_every_forward_pass_at_the_peak():
     assert bound["protocol_floor_minutes"] == pytest.approx((forwards["resnet50"] * r + forwards["efficientnet_b0"] * e)
                                                             / 400 / 60)
     assert bound["stage_fraction_of_peak"]["resnet50 stage1"] == pytest.approx(40 * r / 400)
+
+
+def test_a_paired_figure_of_two_identical_settings_reads_one():
+    # The same model and runtime as A and as B: alternated over rounds after a warm-up, their median
+    # ratio is 1.00 within a few percent (a bench that favoured the first or the warmer read 0.7 here).
+    import torch
+
+    from kvasir_utils.bench import timing
+    from kvasir_utils.train import hardware
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core each, whatever the other test worker does
+    try:
+        runtime = hardware.use_runtime(load_profile("paper", ["runtime.compile=off", "runtime.precision=fp32"]).runtime)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                    torch.nn.Flatten(), torch.nn.Linear(16, 8))
+        batch, targets = torch.randn(16, 3, 48, 48), torch.randint(0, 8, (16,))
+        step = timing.step_function(model, runtime)
+        pair = timing.paired_ratio(step, step, batch, targets, runtime.device, rounds=9, steps=10)
+    finally:
+        torch.set_num_threads(threads)
+    assert pair["rounds"] == 9 and pair["low"] <= pair["ratio"] <= pair["high"]
+    assert pair["ratio"] == pytest.approx(1.0, abs=0.05), pair

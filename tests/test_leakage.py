@@ -16,7 +16,7 @@ from kvasir_utils.analysis import leakage, stats
 from kvasir_utils.config import ConfigError
 from kvasir_utils.data import duplicates, synthetic
 from kvasir_utils.run import sweep_spec
-from tests.helpers import tmp_overrides
+from tests.helpers import lora_count, tmp_overrides
 
 
 def _results(accuracy: dict) -> pd.DataFrame:
@@ -79,7 +79,7 @@ def test_a_sweep_takes_named_readings_and_refuses_a_grid_beside_them(tmp_path):
         sweep_spec.load_sweep(str(bad))
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.xdist_group("leakage")  # one of the longest: handed out first (conftest.LONGEST_FIRST)
 def test_make_sweep_smoke_leakage_writes_its_page_and_the_pairs_across_each_split(tmp_path):
     sets = [a for o in tmp_overrides(tmp_path) for a in ("--set", o)]
@@ -121,19 +121,5 @@ def test_make_sweep_smoke_leakage_writes_its_page_and_the_pairs_across_each_spli
         assert np.isfinite(row["pairs_across_split"]).all()
         metrics = artefacts.read_metrics(run.metrics(member.model))
         if member.model.startswith("timm:"):  # LoRA in stage 2: rank x (in + out) on each qkv, plus the head
-            assert metrics["trainable_parameters"]["stage2"] == _lora_count(member.cfg, member.model)
+            assert metrics["trainable_parameters"]["stage2"] == lora_count(member.cfg, member.model)
 
-
-def _lora_count(cfg, name: str) -> int:
-    """rank x (in + out) over the target layers, plus the head, computed from the model itself."""
-    import torch
-
-    from kvasir_utils.train import models
-
-    with torch.device("meta"):
-        model = models.build_model(name, len(cfg.classes), image_size=cfg.transforms.image_size)
-    rank, targets = cfg.train.lora.rank, set(cfg.train.lora.target_modules)
-    adapters = sum(rank * (m.in_features + m.out_features) for n, m in model.named_modules()
-                   if n.rsplit(".", 1)[-1] in targets)
-    head = model.get_submodule(models.head_name(model))
-    return adapters + sum(p.numel() for p in head.parameters())

@@ -32,6 +32,7 @@ DRY_RUN_ONLY = {
     "lock": "needs PyPI (the tests are offline)",
     "test": "runs this suite itself",
     "test-fast": "runs this suite itself",
+    "test-long": "runs this suite's long tier itself",
     "lab": "starts a JupyterLab server that runs until stopped",
     "data": "a notebook run; make evaluate (tests/test_interrupts.py) runs the same rule",
     "reproduce": "the whole study (minutes); tests/conftest.py's smoke chain runs its notebooks",

@@ -35,7 +35,7 @@ import torch
 
 from kvasir_utils.analysis.runs import HISTORY_COLUMNS
 from kvasir_utils.artefacts import STAGES
-from kvasir_utils.bench.timing import step_throughput
+from kvasir_utils.bench.timing import paired_ratio, step_function, step_throughput
 from kvasir_utils.config import PROJECT_ROOT, Config, cached_name
 from kvasir_utils.data import prepare, synthetic
 from kvasir_utils.data.cache import build_cache
@@ -63,13 +63,14 @@ class Scale:
     stage_images: int
     matmul_size: int = 2048
     settings: tuple[str, ...] = ()
+    rounds: int = 5  # paired A/B figures: rounds that alternate the two settings (timing.paired_ratio)
 
 
 SCALES = {
     "paper": Scale(images_per_class=16, steps=4, stage_images=40),
     # every part on the least that runs it: one small model at 32 px, uncompiled (compiling alone takes
     # minutes), 6 images a class for the stages (the stratified split needs one validation image a class)
-    "small": Scale(images_per_class=4, steps=2, stage_images=6, matmul_size=256,
+    "small": Scale(images_per_class=4, steps=2, stage_images=6, matmul_size=256, rounds=3,
                    settings=("train.models=[mobilenet_v3_small]", "transforms.image_size=32", "cache.short_side=40",
                              "train.batch_size=8", "runtime.compile=off", "runtime.workers=0")),
 }
@@ -145,14 +146,18 @@ def run(scale: Scale, out: Path = OUT, baseline: bool = False) -> dict:
         targets = torch.randint(0, len(classes), (batch_size,))
         throughput = {}
         for name in cfg.train.models:
-            throughput[name] = {}
-            for label, rt in (("auto", runtime), ("fp32", fp32)):
-                model = models.build_model(name, len(classes))
-                throughput[name][label] = step_throughput(model, rt, batch, targets, steps)
-            ratio = throughput[name]["auto"] / throughput[name]["fp32"]
-            results[f"{name}_auto_vs_fp32"] = ratio
-            print(f"(b) {name} train step (all layers): auto {throughput[name]['auto']:.1f} img/s, "
-                  f"fp32 {throughput[name]['fp32']:.1f} img/s -> {ratio:.2f}x")
+            # paired: the two settings alternate over rounds after a warm-up (timing.paired_ratio)
+            pair = paired_ratio(step_function(models.build_model(name, len(classes)), runtime),
+                                step_function(models.build_model(name, len(classes)), fp32), batch, targets,
+                                runtime.device, rounds=scale.rounds, steps=max(1, steps // scale.rounds))
+            throughput[name] = {"auto": pair["a_images_per_s"], "fp32": pair["b_images_per_s"]}
+            results[f"{name}_auto_vs_fp32"] = pair["ratio"]
+            results[f"{name}_auto_vs_fp32_spread"] = [pair["low"], pair["high"]]
+            same = " (the same runtime here: this ratio is the bench's own noise)" \
+                if runtime.describe() == fp32.describe() else ""
+            print(f"(b) {name} train step (all layers), auto against fp32 alternated over {pair['rounds']} rounds: "
+                  f"auto {pair['a_images_per_s']:.1f} img/s, fp32 {pair['b_images_per_s']:.1f} img/s -> median "
+                  f"{pair['ratio']:.2f}x (rounds {pair['low']:.2f}-{pair['high']:.2f}){same}")
         results["train_step_images_per_s"] = throughput
 
         # (c) the same model, measured back to back: in-memory batches, then the real loader

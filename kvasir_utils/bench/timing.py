@@ -1,10 +1,13 @@
 """One step timer for ``make bench`` and ``make gpu-check``: images per second of training (or
-inference) steps, the first an untimed warm-up, the device synchronised around the timed part.
+inference) steps, the first an untimed warm-up, the device synchronised around the timed part; and
+paired A/B figures that alternate the two settings over rounds, so that neither is favoured by
+coming first, by a warm-up or by a change of load on a shared machine.
 """
 
 from __future__ import annotations
 
 import itertools
+import statistics
 import time
 
 import torch
@@ -41,11 +44,16 @@ def step_throughput(model, runtime: hardware.Runtime, batch: torch.Tensor, targe
                     loader=None, train: bool = True) -> float:
     """Images per second of training steps (or inference when ``train`` is false) on ``batch`` held
     in memory, or on batches from ``loader`` when given."""
+    source = loader if loader is not None else itertools.repeat((batch, targets))
+    return images_per_second(step_function(model, runtime, train), source, steps, runtime.device)
+
+
+def step_function(model, runtime: hardware.Runtime, train: bool = True):
+    """One training (or inference) step of ``model`` under ``runtime``, as ``step(images, labels)``."""
     model = hardware.prepare_model(model, runtime)
     models.set_train_mode(model) if train else model.eval()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4) if train else None
     criterion = nn.CrossEntropyLoss()
-    source = loader if loader is not None else itertools.repeat((batch, targets))
 
     def step(images, labels):
         images, labels = hardware.to_device(images, runtime), labels.to(runtime.device)
@@ -55,4 +63,33 @@ def step_throughput(model, runtime: hardware.Runtime, batch: torch.Tensor, targe
             with torch.inference_mode(), runtime.autocast():
                 model(images)
 
-    return images_per_second(step, source, steps, runtime.device)
+    return step
+
+
+def _timed(step, batch, targets, steps: int, device: torch.device) -> float:
+    hardware.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(batch, targets)
+    hardware.synchronize(device)
+    return steps * len(targets) / (time.perf_counter() - start)
+
+
+def paired_ratio(step_a, step_b, batch: torch.Tensor, targets: torch.Tensor, device: torch.device,
+                 rounds: int = 7, steps: int = 2, warmup: int = 2) -> dict:
+    """A's images per second over B's, paired: both warmed up (``warmup`` steps each), then
+    ``rounds`` rounds of ``steps`` steps of each, in the order A B, B A, A B, ... (so neither always
+    runs first); the median of the rounds' ratios and their spread (lowest, highest). Two identical
+    settings read 1.00 within the machine's noise."""
+    for step in (step_a, step_b):
+        for _ in range(warmup):
+            step(batch, targets)
+    ratios, rates = [], {"a": [], "b": []}
+    for index in range(rounds):
+        order = (("a", step_a), ("b", step_b)) if index % 2 == 0 else (("b", step_b), ("a", step_a))
+        found = {name: _timed(step, batch, targets, steps, device) for name, step in order}
+        rates["a"].append(found["a"])
+        rates["b"].append(found["b"])
+        ratios.append(found["a"] / found["b"])
+    return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios), "rounds": rounds,
+            "a_images_per_s": statistics.median(rates["a"]), "b_images_per_s": statistics.median(rates["b"])}

@@ -223,10 +223,11 @@ class NearDuplicates:
 
     def index_pairs(self, paths: list[str]) -> pd.DataFrame:
         """The pairs among ``paths`` as positions in it (``i``, ``j``, as ``near_duplicate_pairs`` gives
-        them) with the detector that found each (``found_by``)."""
+        them, with their hashes' Hamming ``distance``) and the detector that found each (``found_by``)."""
         index = {path: k for k, path in enumerate(paths)}
         known = self.pairs[self.pairs["path_a"].isin(index) & self.pairs["path_b"].isin(index)]
         return pd.DataFrame({"i": known["path_a"].map(index).astype(int), "j": known["path_b"].map(index).astype(int),
+                             "distance": known["phash_distance"].astype(int),
                              "found_by": known["found_by"]}).reset_index(drop=True)
 
     def groups(self, paths: list[str]) -> np.ndarray:
