@@ -354,6 +354,9 @@ class Metrics(BaseModel):
     provenance: dict[str, Any]
     environment: dict[str, Any]
     generated_data: bool
+    # what this model was trained with where the profile leaves it to the model or names it per model:
+    # {"transforms": {image_size, mean, std}, "trainable": {stage1, stage2}} (empty in older files)
+    model_settings: dict[str, Any] = {}
 
 
 def metrics_json(record: dict) -> str:

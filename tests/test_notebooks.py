@@ -92,8 +92,12 @@ def test_the_smoke_models_learn_well_above_chance(smoke_chain):
     for model in smoke_chain.train.models:
         predictions = pd.read_csv(smoke_chain.run.predictions(model))  # metrics.json's accuracy (test above)
         right = (predictions["true"] == predictions["pred"]).sum()
-        # the validation set is balanced (stratified): a model that learned nothing is right on 1 in 8
-        assert right >= fewest_right_beyond_chance(len(predictions), 1 / 8), (model, right, len(predictions))
+        # the validation set is balanced (stratified): a model that learned nothing is right on 1 in 8, and
+        # reaches 20 of 64 with a chance under 1e-4. EfficientNet-B0 at 32 px, from random weights in 3 + 3
+        # epochs, has been right on 22 to 26 of 64 (its stage 1 predicts one class), so a stricter bar
+        # (1e-6: 24) would test the CPU's rounding rather than whether it learned.
+        assert right >= fewest_right_beyond_chance(len(predictions), 1 / 8, p_value=1e-4), (model, right,
+                                                                                               len(predictions))
 
 
 def test_a_failing_notebook_exits_non_zero_with_the_reason_and_leaves_no_stamp(tmp_path):

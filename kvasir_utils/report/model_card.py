@@ -73,7 +73,20 @@ def read_inputs(cfg: Config, model: str) -> CardInputs:
     if (flags := found.get(Table.VALIDATION_IMAGES)) is not None:  # notebook 07's near-duplicate flags
         found[Table.of_model(model, "accuracy_by_near_duplicate")] = audit.accuracy_by_twin(
             predictions, set(flags.loc[flags["twin"] != "", "path"]))
-    return CardInputs(run_settings(cfg), model, artefacts.read_metrics(cfg.run.metrics(model)), predictions, found)
+    record = artefacts.read_metrics(cfg.run.metrics(model))
+    return CardInputs(model_settings(run_settings(cfg), record), model, record, predictions, found)
+
+
+def model_settings(cfg: Config, record: dict) -> Config:
+    """The run's settings as this model was trained with them: its own input size and normalisation
+    (where the profile leaves them null) and its own stage readings, as metrics.json recorded them."""
+    own = record.get("model_settings") or {}
+    if not own:
+        return cfg
+    train = cfg.train.model_copy(update={stage: cfg.stage_config(stage).model_copy(update={"trainable": reading})
+                                         for stage, reading in own.get("trainable", {}).items()})
+    return cfg.model_copy(update={"transforms": cfg.transforms.model_copy(update=own.get("transforms", {})),
+                                  "train": train})
 
 
 def _checkpoint(cfg: Config, model: str) -> Path:

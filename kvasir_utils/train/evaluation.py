@@ -50,6 +50,8 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
         "provenance": provenance(cfg, model_name),
         "environment": environment(),
         "generated_data": cfg.generated_data,
+        "model_settings": {"transforms": {key: getattr(cfg.transforms, key) for key in ("image_size", "mean", "std")},
+                           "trainable": {stage: cfg.stage_config(stage).trainable for stage in artefacts.STAGES}},
     }
     write_csv_atomic(predictions, cfg.run.predictions(model_name))
     write_text_atomic(cfg.run.metrics(model_name), artefacts.metrics_json(record))
