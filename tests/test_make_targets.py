@@ -233,8 +233,9 @@ def _commands(output: str) -> list[list[str]]:
     ("setup", ["-W", "pyproject.toml"], ["pip install --quiet --disable-pip-version-check -r requirements.lock",
                                          "touch .venv/.installed"]),
     ("lock", [], ["pip-compile", "--output-file requirements.lock pyproject.toml"]),
-    ("test", [], [".venv/bin/python -m pytest\n"]),
-    ("test-fast", [], ['.venv/bin/python -m pytest -m "not slow"']),
+    ("test", [], ['.venv/bin/python -m pytest -m "not long"']),
+    ("test-fast", [], ['.venv/bin/python -m pytest -m "not slow and not long"']),
+    ("test-long", [], [".venv/bin/python -m pytest -m long"]),
     ("lab", [], [".venv/bin/jupyter lab notebooks"]),
     ("screenshots", ["PROFILE=smoke"], [".venv/bin/python -m tools.chromium reports/smoke docs/images"]),
 ])
