@@ -7,6 +7,7 @@ import re
 import pandas as pd
 import pytest
 
+from kvasir_utils import profiles
 from kvasir_utils.analysis import factors
 from kvasir_utils.report import formats, model_card
 
@@ -61,3 +62,13 @@ def test_the_regions_of_the_gi_tract_are_counted_from_predictions_csv(cards, smo
             assert re.search(rf"\| region +\| {name} +\| +{len(part)} +\| +{shown} +\|", text), (model, name)
         region = pd.read_csv(smoke_chain.report.table(f"{model}_accuracy_by_region"), index_col=0)
         assert region["images"].sum() == 64
+
+
+def test_a_card_describes_the_model_as_it_was_trained_not_the_profiles_nulls():
+    cfg = profiles.load_profile("backbones")  # image_size 224 for all; mean and std each model's own (null here)
+    assert cfg.transforms.mean is None and cfg.train.stage2.trainable == "last_tensors:10"
+    record = {"model_settings": {"transforms": {"image_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+                                 "trainable": {"stage1": "head", "stage2": "lora"}}}
+    own = model_card.model_settings(cfg, record)
+    assert own.transforms.mean == [0.5, 0.5, 0.5] and own.train.stage2.trainable == "lora"
+    assert model_card.model_settings(cfg, {}) is cfg  # a metrics.json from before the record: the run's settings
