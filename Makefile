@@ -106,8 +106,8 @@ lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored wit
 	$(PY) -m ruff check kvasir_utils tests tools notebooks
 	$(VENV)/bin/nbstripout --verify notebooks/*.ipynb
 
-lab: $(SETUP_STAMP) ## open the notebooks in JupyterLab
-	$(VENV)/bin/jupyter lab notebooks
+lab: $(SETUP_STAMP) ## open the notebooks in JupyterLab on PROFILE: Run all works on that profile's run (make lab PROFILE=smoke)
+	$(KV) lab $(ARGS)
 
 bench: $(SETUP_STAMP) ## measure the stages and project the paper protocol here (BENCH=--baseline: before/after; BENCH="--scale small": a quick try); writes reports/bench/bench.json
 	$(KV) bench $(BENCH)

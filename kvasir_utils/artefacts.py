@@ -37,6 +37,7 @@ STAGES = ("stage1", "stage2")
 SETTINGS = "config.yaml"  # the resolved settings of the run (profile + SET), saved by notebook 01
 DATASET = "dataset.json"  # the dataset the split was made from: its source and classes
 SPLIT = "split.csv"
+LAB_SESSION = ".lab-session.json"  # beside the notebooks: the profile `make lab PROFILE=...` opened them with
 NEAR_DUPLICATES = "near_duplicates.csv"  # the dataset's near-duplicate pairs, by detector (notebook 01)
 NEAR_DUPLICATE_DETECTORS = "near_duplicates.json"  # each detector's threshold and how it did on planted copies
 CHECKPOINT = "checkpoint.pt"

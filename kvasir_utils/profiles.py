@@ -11,13 +11,15 @@ model's layers are checked by ``train.models.check_readings``.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import yaml
 
+from kvasir_utils.artefacts import LAB_SESSION
 from kvasir_utils.config import CONFIG_DIR, Config, ConfigError, validate_config
-from kvasir_utils.files import write_text_atomic
+from kvasir_utils.files import write_json_atomic, write_text_atomic
 
 PROTOCOL = CONFIG_DIR / "paper.yaml"
 # data.size, data.sha256 and data.mirrors describe the archive at the profile's data.url.
@@ -145,3 +147,24 @@ def masked_profile(cfg: Config) -> str | None:
 def save_config(cfg: Config, path: Path) -> Path:
     """Write the resolved config as YAML, atomically."""
     return write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def notebook_profile(profile: str | None, overrides: list[str], folder: Path | None = None) -> tuple[str, list[str]]:
+    """The profile and overrides a notebook runs with: those papermill passes (``PROFILE``); for a
+    notebook run by hand in JupyterLab (``PROFILE = None``), those ``make lab PROFILE=... SET=...``
+    opened it with (``artefacts.LAB_SESSION`` in the notebook's folder, the kernel's working folder),
+    then the notebook's own ``OVERRIDES``; else the paper's protocol."""
+    if profile is not None:
+        return profile, list(overrides)
+    session = Path(folder or Path.cwd()) / LAB_SESSION
+    if not session.exists():
+        return "paper", list(overrides)
+    found = json.loads(session.read_text())
+    return found["profile"], [*found["overrides"], *overrides]
+
+
+def write_lab_session(profile: str, overrides: list[str], folder: Path) -> Path:
+    """``make lab``: the profile (checked here) that notebooks run by hand in ``folder`` take."""
+    load_profile(profile, overrides)
+    return write_json_atomic(Path(folder) / LAB_SESSION,
+                             {"profile": profile_reference(profile), "overrides": list(overrides)})

@@ -236,7 +236,7 @@ def _commands(output: str) -> list[list[str]]:
     ("test", [], ['.venv/bin/python -m pytest -m "not long"']),
     ("test-fast", [], ['.venv/bin/python -m pytest -m "not slow and not long"']),
     ("test-long", [], [".venv/bin/python -m pytest -m long"]),
-    ("lab", [], [".venv/bin/jupyter lab notebooks"]),
+    ("lab", ["PROFILE=smoke"], [".venv/bin/python -m kvasir_utils lab --profile 'smoke'"]),
     ("screenshots", ["PROFILE=smoke"], [".venv/bin/python -m tools.chromium reports/smoke docs/images"]),
 ])
 def test_a_target_that_cannot_run_here_would_run_its_command(target, variables, expected):

@@ -8,6 +8,7 @@
     python -m kvasir_utils predict --profile smoke --model resnet50 --images path/to/folder
     python -m kvasir_utils export --profile smoke --model resnet50
     python -m kvasir_utils splits --profile smoke
+    python -m kvasir_utils lab --profile smoke
     python -m kvasir_utils bench --scale small
     python -m kvasir_utils gpu-check --scale small --cpu --parts epoch
 
@@ -81,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     add("export", "write a trained model as ONNX with preprocessing.json, checked against PyTorch").add_argument(
         "--model", required=True)
     add("splits", "write the dataset's random and near-duplicate-grouped split files with a README")
+    lab = add("lab", "open the notebooks in JupyterLab on --profile: a notebook run by hand (Run all) takes it")
+    lab.add_argument("--session-only", action="store_true", help="write the session file, do not start JupyterLab")
     sweep_cmd = add("sweep", "run a sweep's members on Ray, then aggregate them (notebook 06)", profile=False)
     sweep_cmd.add_argument("sweep", help="sweep name (configs/sweeps/<name>.yaml) or path to a sweep file")
     cross_cmd = add("cross-evaluate", "score the trained models of --profile on the dataset of --target")
@@ -189,6 +192,8 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
         print(export_model(profiles.load_profile(args.profile, args.overrides), args.model).describe())
     elif args.command == "sweep":
         return run_sweep_command(args.sweep, args.overrides)
+    elif args.command == "lab":
+        return open_lab(args.profile, args.overrides, args.session_only)
     elif args.command == "splits":
         from kvasir_utils.run.splits import write_splits
 
@@ -202,6 +207,23 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
     elif args.command in ("bench", "gpu-check"):
         _run_bench(args)
     return 0
+
+
+def open_lab(profile: str, overrides: list[str], session_only: bool = False) -> int:
+    """``make lab``: notebooks run by hand take ``profile`` (``profiles.notebook_profile``); say
+    whether its run is there to look at, then start JupyterLab on the notebooks."""
+    import subprocess
+
+    folder = PROJECT_ROOT / "notebooks"
+    print(f"wrote {profiles.write_lab_session(profile, overrides, folder)}: a notebook run by hand takes "
+          f"profile {profile}" + (f" with {' '.join(overrides)}" if overrides else ""))
+    cfg = profiles.load_profile(profile, overrides)
+    if not cfg.run.split.exists():
+        print(f"profile {profile} has no run yet ({cfg.run_dir}): run it first (make smoke, or make reproduce "
+              f"PROFILE={profile}), or run the notebooks in order from 01")
+    if session_only:
+        return 0
+    return subprocess.call([str(Path(sys.executable).parent / "jupyter"), "lab", str(folder)])
 
 
 def _run_bench(args) -> None:
