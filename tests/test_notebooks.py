@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from kvasir_utils import artefacts, profiles
-from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.data import prepare, synthetic
 from kvasir_utils.run import notebooks
 from tests.helpers import fewest_right_beyond_chance, tmp_overrides
@@ -165,22 +164,3 @@ def test_every_result_says_which_code_environment_and_data_made_it(smoke_chain):
     index = (smoke_chain.report_dir / "index.html").read_text()
     assert "compare it with yours" in index and "Pogorelov" in index and "research and educational" in index
 
-
-def test_a_notebook_run_by_hand_takes_the_profile_make_lab_opened_it_with(smoke_chain, tmp_path):
-    # What JupyterLab's "Run all" does after `make lab PROFILE=smoke`: the notebook as stored (PROFILE =
-    # None, no papermill parameters) in a kernel whose working folder holds the session file.
-    import nbclient
-
-    profiles.write_lab_session("smoke", smoke_chain.overrides, tmp_path)
-    assert profiles.notebook_profile(None, [], tmp_path) == ("smoke", smoke_chain.overrides)
-    assert profiles.notebook_profile(None, [], tmp_path / "elsewhere") == ("paper", [])  # no session: the paper's
-    assert profiles.notebook_profile("smoke", ["a=1"], tmp_path) == ("smoke", ["a=1"])  # papermill's wins
-    notebook = nbformat.read(PROJECT_ROOT / "notebooks" / "04_evaluate.ipynb", as_version=4)
-    assert "PROFILE = None" in notebook.cells[1].source
-    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o["output_type"] == "error"]
-    assert errors == [] and any(cell.get("outputs") for cell in notebook.cells)
-    shown = "".join(str(o.get("data", {}).get("text/markdown", "")) for cell in notebook.cells
-                    for o in cell.get("outputs", []))
-    assert "smoke" in shown and (tmp_path / artefacts.LAB_SESSION).exists()
