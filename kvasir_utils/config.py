@@ -75,7 +75,7 @@ class NearDuplicatesConfig(Section):
     features_model: str  # whose pooled features the features detector compares (a train.models name)
     features_threshold: float | None = Field(ge=-1, le=1)  # cosine similarity; None: calibrated on planted copies
     calibration_copies: int = Field(ge=2)  # frames copied video-like to calibrate (and to measure) the detectors
-    max_false_alarms: float = Field(ge=0, le=1)  # features detector unused above this share of other pairs matched
+    max_false_partners: float = Field(ge=0)  # features detector unused above this many false partners a frame
 
 
 class SplitConfig(Section):

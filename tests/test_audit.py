@@ -296,3 +296,57 @@ def test_gradcam_grid_puts_right_and_wrong_examples_of_each_class_in_their_row()
     fig = plots.gradcam_grid(overlays, rows, ["a", "b", "c"], "test")
     shown = np.array([bool(ax.images) for ax in fig.axes[:6]]).reshape(3, 2)  # the 7th: the colour bar
     assert shown.tolist() == [[True, True], [True, False], [False, True]]
+
+
+# -- the near-duplicate detectors' pieces, on numbers worked by hand ------------------------
+def test_similar_pairs_calibration_and_the_union_of_detectors_by_hand():
+    features = np.array([[1, 0], [1, 0.1], [0, 1], [-1, 0]], float)
+    pairs = duplicates.similar_pairs(features, 0.99)
+    assert list(zip(pairs["i"], pairs["j"])) == [(0, 1)]
+    assert pairs["similarity"].iloc[0] == pytest.approx(1 / np.hypot(1, 0.1))
+    assert duplicates.similar_pairs(features, 1.01).empty
+    # copies: row k of copies is a copy of row k of originals; the threshold is the copies' 5% quantile
+    originals, copies = np.eye(4), np.eye(4) + 0.1
+    found = duplicates.calibrate_threshold(originals, copies, recall=1.0)
+    assert found["threshold"] == pytest.approx(1.1 / np.sqrt(1.21 + 0.03)) and found["recall"] == 1.0
+    assert found["false_alarm_rate"] == 0.0  # the originals are orthogonal
+    given = duplicates.calibrate_threshold(originals, copies, threshold=0.999)
+    assert given["threshold"] == 0.999 and given["recall"] == 0.0  # measured at the threshold given
+    labels = np.array(["a", "a", "b", "b"])
+    assert duplicates.cross_class_rate(features, labels, 0.99) == 0.0  # (0, 1) is within class a
+    assert duplicates.cross_class_rate(features, np.array(["a", "b", "c", "d"]), 0.99) == pytest.approx(1 / 6)
+    joined = duplicates.joined_pairs({"phash": pd.DataFrame({"i": [0, 2], "j": [1, 3]}),
+                                      "features": pd.DataFrame({"i": [0, 1], "j": [1, 2]})})
+    assert dict(zip(zip(joined["i"], joined["j"]), joined["found_by"])) == {(0, 1): "both", (1, 2): "features",
+                                                                          (2, 3): "phash"}
+    alone = duplicates.joined_pairs({"phash": pd.DataFrame({"i": [0], "j": [1]})})
+    assert alone["found_by"].tolist() == ["phash"]  # one detector: never "both"
+
+
+@pytest.mark.parametrize("kind", duplicates.COPY_KINDS)
+def test_a_video_copy_keeps_the_frame_size_and_changes_it_a_little(kind):
+    rng = np.random.default_rng(0)
+    image = synthetic.make_image(rng, 0, (160, 128))
+    copy = duplicates.video_copy(image, kind, np.random.default_rng(1))
+    assert copy.size == image.size and copy.mode == "RGB"
+    change = np.abs(np.asarray(copy, float) - np.asarray(image, float)).mean()
+    assert 0 < change < 60, change
+    with pytest.raises(ValueError, match="unknown copy kind"):
+        duplicates.video_copy(image, "mirror", rng)
+
+
+def test_a_pairs_file_is_read_only_with_the_record_that_names_it(tmp_path):
+    found = duplicates.NearDuplicates.of(["a.jpg", "b.jpg", "c.jpg"], pd.DataFrame({"i": [0], "j": [1],
+                                         "found_by": ["phash"]}), np.array([0, 1, 2**40], np.uint64), None,
+                                         {"phash": {"threshold": 8, "unit": "bits", "recall": 1.0}})
+    pairs, record = tmp_path / "p.csv", tmp_path / "p.json"
+    found.write(pairs, record)
+    again = duplicates.NearDuplicates.read(pairs, record)
+    assert again.pairs[["path_a", "path_b", "phash_distance"]].values.tolist() == [["a.jpg", "b.jpg", 1]]
+    groups = again.groups(["c.jpg", "a.jpg", "b.jpg"])
+    assert groups[1] == groups[2] != groups[0]
+    split = pd.DataFrame({"path": ["a.jpg", "b.jpg", "c.jpg"], "split": ["train", "val", "val"]})
+    assert len(again.across(split)) == 1
+    pairs.write_text(pairs.read_text() + "x.jpg,y.jpg,phash,0,\n")  # another run's pairs, or one cut short
+    with pytest.raises(KvasirError, match="is not the file p.json describes"):
+        duplicates.NearDuplicates.read(pairs, record)

@@ -57,7 +57,7 @@ def detector_table(detectors: dict) -> pd.DataFrame:
     on the copies planted to calibrate it (found share; false alarms among other pairs of frames)."""
     rows = {name: {"pair_when": f"{record['unit']} {record['threshold']:.4g}",
                    "planted_copies_found": record["recall"],
-                   "false_alarms": record.get("false_alarm_rate", np.nan),
+                   "false_partners_a_frame": record.get("false_partners_per_image", np.nan),
                    "used": "yes" if record.get("used", True) else "no: " + record["why"]}
             for name, record in detectors.items()}
     return pd.DataFrame(rows).T.rename_axis("detector")
@@ -72,7 +72,8 @@ def detector_sentences(detectors: dict, counts: dict[str, int]) -> list[str]:
                 "pooled features of {model} (weights: {weights}) with cosine similarity at least {threshold:.4f}")
         found = f"It finds {record['recall']:.0%} of the video-like copies planted in this dataset to measure it"
         if name == "features":
-            found += f"; {record['false_alarm_rate']:.2%} of the pairs of other frames also pass its threshold"
+            found += (f"; {record['cross_class_false_alarm_rate']:.3%} of the pairs of frames of different classes "
+                      f"also pass its threshold, {record['false_partners_per_image']:.2f} false partners a frame")
         used = "" if record.get("used", True) else f" Not used for the pairs: {record['why']}."
         sentences.append(f"Detector {name}: {what.format(**record)}. {found}.{used}")
     sentences.append(f"Pairs found: {counts['total']} ({counts['phash alone']} by the hash alone, "

@@ -149,7 +149,7 @@ def run(scale: Scale, out: Path = OUT, baseline: bool = False) -> dict:
             # paired: the two settings alternate over rounds after a warm-up (timing.paired_ratio)
             pair = paired_ratio(step_function(models.build_model(name, len(classes)), runtime),
                                 step_function(models.build_model(name, len(classes)), fp32), batch, targets,
-                                runtime.device, rounds=scale.rounds, steps=max(1, steps // scale.rounds))
+                                runtime.device, rounds=scale.rounds, steps=steps)
             throughput[name] = {"auto": pair["a_images_per_s"], "fp32": pair["b_images_per_s"]}
             results[f"{name}_auto_vs_fp32"] = pair["ratio"]
             results[f"{name}_auto_vs_fp32_spread"] = [pair["low"], pair["high"]]

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.files import write_csv_atomic, write_json_atomic
+from kvasir_utils.files import sha256_file, write_csv_atomic, write_json_atomic
 
 # Hamming distance (of 64 phash bits) up to which two frames count as near-duplicates.
 NEAR_DUPLICATE_DISTANCE = 8
@@ -146,19 +146,36 @@ def similar_pairs(features: np.ndarray, threshold: float) -> pd.DataFrame:
     return pd.concat(found, ignore_index=True).astype({"i": int, "j": int})
 
 
-def calibrate_threshold(originals: np.ndarray, copies: np.ndarray, recall: float = COPY_RECALL) -> dict:
+def calibrate_threshold(originals: np.ndarray, copies: np.ndarray, recall: float = COPY_RECALL,
+                        threshold: float | None = None) -> dict:
     """The cosine similarity that ``recall`` of the planted copies reach with their originals (row k
-    of ``copies`` is a copy of row k of ``originals``), and what it costs: the share of pairs of
-    different originals at or above it (false alarms, counting any true duplicates among them)."""
+    of ``copies`` is a copy of row k of ``originals``), or the ``threshold`` given, and how it does
+    there: the share of copies found, and the share of pairs of different originals at or above it
+    (false alarms, counting any true duplicates among them)."""
     originals, copies = normalised(originals), normalised(copies)
     planted = np.sum(originals * copies, axis=1)
-    threshold = float(np.quantile(planted, 1 - recall, method="lower"))
+    if threshold is None:
+        threshold = float(np.quantile(planted, 1 - recall, method="lower"))
     others = originals @ originals.T
     others = others[np.triu_indices(len(originals), k=1)]
     return {"threshold": threshold, "copies": len(planted), "recall": float(np.mean(planted >= threshold)),
             "false_alarm_rate": float(np.mean(others >= threshold)) if len(others) else 0.0,
             "copy_similarity_min": float(planted.min()),
             "other_similarity_max": float(others.max()) if len(others) else None}
+
+
+def cross_class_rate(features: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    """The share of pairs of frames of different classes whose features' cosine similarity reaches
+    ``threshold``: false alarms for certain (a copy of a frame keeps its class), counted over every
+    such pair, a block of rows at a time. 0 where there is no such pair."""
+    unit, labels = normalised(features), np.asarray(labels)
+    hits = pairs = 0
+    for start in range(0, len(unit), _PAIR_BLOCK):
+        similar = unit[start:start + _PAIR_BLOCK] @ unit.T >= threshold
+        other = labels[start:start + _PAIR_BLOCK, None] != labels[None, :]
+        hits += int((similar & other).sum())
+        pairs += int(other.sum())
+    return hits / pairs if pairs else 0.0
 
 
 def hash_recall(originals: np.ndarray, copies: np.ndarray, max_distance: int = NEAR_DUPLICATE_DISTANCE) -> float:
@@ -209,8 +226,10 @@ class NearDuplicates:
         return cls(table[PAIR_COLUMNS], detectors)
 
     def write(self, pairs_path: Path, record_path: Path) -> None:
+        """The pairs, then the record naming the pairs file's SHA-256 (``read`` checks it, so a pairs
+        file from another run never passes for this one's)."""
         write_csv_atomic(self.pairs, pairs_path)
-        write_json_atomic(record_path, self.detectors)
+        write_json_atomic(record_path, {"pairs_sha256": sha256_file(pairs_path), "detectors": self.detectors})
 
     @classmethod
     def read(cls, pairs_path: Path, record_path: Path) -> NearDuplicates:
@@ -218,8 +237,12 @@ class NearDuplicates:
             if not Path(path).exists():
                 raise KvasirError(f"{path} does not exist: notebook 01 finds the near-duplicates "
                                   "(make data PROFILE=...)")
+        record = json.loads(Path(record_path).read_text())
+        if record.get("pairs_sha256") != sha256_file(pairs_path):
+            raise KvasirError(f"{pairs_path} is not the file {Path(record_path).name} describes (written by another "
+                              "run, or cut short): rerun notebook 01 (make data PROFILE=...)")
         pairs = pd.read_csv(pairs_path, dtype={"path_a": str, "path_b": str, "found_by": str})
-        return cls(pairs, json.loads(Path(record_path).read_text()))
+        return cls(pairs, record["detectors"])
 
     def index_pairs(self, paths: list[str]) -> pd.DataFrame:
         """The pairs among ``paths`` as positions in it (``i``, ``j``, as ``near_duplicate_pairs`` gives

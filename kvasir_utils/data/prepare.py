@@ -201,13 +201,20 @@ def prepare_split(cfg: Config, prepared: PreparedData, near_duplicates: duplicat
         if cfg.split.group_near_duplicates:
             if near_duplicates is None:
                 raise KvasirError("split.group_near_duplicates needs the near-duplicate pairs: pass "
-                                  "train.features.write_near_duplicates(cfg, prepared) to prepare_split, "
+                                  "train.features.near_duplicates_of(cfg, prepared) to prepare_split, "
                                   "as notebook 01 does")
-            groups = near_duplicates.groups(usable["path"].tolist())
             grouped_by = {name: {"threshold": record["threshold"], "unit": record["unit"]}
                           for name, record in near_duplicates.detectors.items() if record.get("used", True)}
+            if not grouped_by:
+                left_out = "; ".join(f"{n}: {r.get('why', '')}" for n, r in near_duplicates.detectors.items())
+                raise KvasirError(f"split.group_near_duplicates is true, but no near-duplicate detector could be used "
+                                  f"({left_out}). Add phash to split.near_duplicates.detectors, give the features "
+                                  "model pretrained weights, or set split.near_duplicates.features_threshold")
+            groups = near_duplicates.groups(usable["path"].tolist())
         run_split = make_split(usable, cfg.split.val_fraction, cfg.split.seed, groups, cfg.split.validation_fold)
     write_run_split(cfg, run_split)
+    if near_duplicates is not None:  # beside the split they describe, only once it is written
+        near_duplicates.write(*cfg.run.near_duplicates)
     record = archive_record(prepared)
     keys = ("kind", "archive", "source", "bytes", "sha256", "images")
     write_json_atomic(cfg.run.dataset_record, {"archive": {k: record[k] for k in keys if k in record},
@@ -216,11 +223,6 @@ def prepare_split(cfg: Config, prepared: PreparedData, near_duplicates: duplicat
                                                "grouped_by_near_duplicates": grouped_by})
     save_config(cfg, cfg.run.settings)
     return run_split
-
-
-def usable_paths(cfg: Config, prepared: PreparedData) -> list[str]:
-    """The images a split is made of (``data.on_unreadable`` applied), as cache paths."""
-    return usable_images(prepared.manifest, cfg.data.on_unreadable)["path"].tolist()
 
 
 def _file_names(frame: pd.DataFrame | None) -> list[str]:

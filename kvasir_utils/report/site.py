@@ -5,6 +5,7 @@ the sweep's index."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from urllib.parse import quote
@@ -350,7 +351,7 @@ def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
     root, report = sweep.report_dir, ReportFolder(sweep.report_dir)
     finished = int((results["status"] == "finished").sum())
     grid = ", ".join(f"{k} in {v}" for k, v in sweep.spec.grid.items()) or ", ".join(
-        f"{name} ({', '.join(f'{k}={v}' for k, v in settings.items())})"
+        f"{name} ({', '.join(f'{k}={json.dumps(v) if not isinstance(v, str) else v}' for k, v in settings.items())})"
         for name, settings in sweep.spec.readings.items()
     ) or "none"
     members = []

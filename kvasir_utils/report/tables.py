@@ -225,7 +225,7 @@ def leakage_survival(survival: pd.DataFrame) -> pd.DataFrame:
     paired by seed, in points (accuracy) or score (macro F1), and the share that survives."""
     rows = []
     for row in survival.itertuples():
-        kind = "points" if row.metric == "accuracy" else "score"
+        kind = "points" if row.metric == "accuracy" else "signed score"
         shown = "percent" if row.metric == "accuracy" else "score"
         rows.append({"model": formats.model_name(row.model), "split": row.split, "metric": row.metric,
                      "random split": formats.number(row.random_mean, shown),
@@ -233,5 +233,6 @@ def leakage_survival(survival: pd.DataFrame) -> pd.DataFrame:
                      "difference": formats.number(row.difference, kind),
                      "interval": TOO_FEW_RUNS if row.n < stats.MIN_RUNS
                      else formats.interval(row.ci_low, row.ci_high, kind),
-                     "paired runs": formats.number(row.n, "count"), "share that survives": f"{row.survives:.0%}"})
+                     "paired runs": formats.number(row.n, "count"),
+                     "share that survives": formats.number(row.survives, "percent", "no score to compare")})
     return pd.DataFrame(rows)

@@ -12,6 +12,7 @@ import pandas as pd
 from kvasir_utils.config import Config
 from kvasir_utils.data import prepare
 from kvasir_utils.data.split import make_split
+from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import atomic_folder, sha256_file, write_text_atomic
 from kvasir_utils.train import features
 
@@ -28,14 +29,22 @@ def split_file_table(split: pd.DataFrame) -> pd.DataFrame:
 def write_splits(cfg: Config) -> Path:
     """Prepare the dataset (notebook 01's data step), find its near-duplicates, and write both
     splits and their README, the folder whole or not at all. Returns the README."""
+    if cfg.split.source != "stratified" or cfg.split.validation_fold is not None:
+        raise KvasirError(f"make splits makes one stratified split, random and grouped; profile {cfg.profile} reads "
+                          "its split from a file or asks for one fold of k (split.source, split.validation_fold): "
+                          "run it with split.source=stratified and split.validation_fold=null")
     prepared = prepare.prepare_dataset(cfg)
-    found = features.write_near_duplicates(cfg, prepared)
+    found = features.near_duplicates_of(cfg, prepared)
     usable = prepare.usable_images(prepared.manifest, cfg.data.on_unreadable)
     paths = usable["path"].tolist()
+    if not any(record.get("used", True) for record in found.detectors.values()):
+        raise KvasirError("no near-duplicate detector could be used, so there is no grouped split to write: "
+                          + "; ".join(f"{n}: {r.get('why', '')}" for n, r in found.detectors.items()))
     splits = {"random": make_split(usable, cfg.split.val_fraction, cfg.split.seed),
               "grouped": make_split(usable, cfg.split.val_fraction, cfg.split.seed, found.groups(paths))}
     folder = cfg.report.splits
     with atomic_folder(folder) as partial:
+        found.write(partial / "near_duplicates.csv", partial / "near_duplicates.json")
         for name, split in splits.items():
             split_file_table(split).to_csv(partial / SPLIT_FILES[name], index=False)
         hashes = {name: sha256_file(partial / SPLIT_FILES[name]) for name in splits}
@@ -60,7 +69,8 @@ Made by `make splits PROFILE={cfg.profile}` from the dataset archive `{archive.g
 seed {cfg.split.seed}: the random split by scikit-learn's `train_test_split` stratified by class, the grouped one
 by its `StratifiedGroupKFold` with k = {round(1 / cfg.split.val_fraction)} folds, the first fold validation.
 Each file has one row per image: `file` (the image's file name), `class` (its class folder) and
-`side` (`train` or `val`).
+`side` (`train` or `val`). `near_duplicates.csv` lists the pairs the detectors found
+(`near_duplicates.json`: each detector's threshold and how it did on planted copies).
 
 Near-duplicate frames were found by {detectors}. Two frames joined by a chain of pairs form a group.
 

@@ -36,7 +36,8 @@ def member_results(sweep: Sweep) -> pd.DataFrame:
         elif row["status"] == "finished":
             found = artefacts.read_metrics(metrics_path)
             row |= {metric: found[metric] for metric in METRICS}
-            row |= {"trainable_parameters": max(found["trainable_parameters"].values(), default=float("nan")),
+            trained = found["trainable_parameters"].get(artefacts.final_stage(member.cfg.train.stage2.epochs))
+            row |= {"trainable_parameters": float("nan") if trained is None else trained,
                     "train_seconds": found["train_seconds"], "pairs_across_split": pairs_across_split(member.cfg)}
         rows.append(row)
     return pd.DataFrame(rows)

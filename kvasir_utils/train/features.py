@@ -17,8 +17,9 @@ from torch import nn
 
 from kvasir_utils.config import Config
 from kvasir_utils.data import duplicates
+from kvasir_utils.data.cache import usable_images
 from kvasir_utils.data.images import iter_cached, load_cached
-from kvasir_utils.data.prepare import PreparedData, cache_dir, usable_paths
+from kvasir_utils.data.prepare import PreparedData, cache_dir
 from kvasir_utils.train import models, presets
 
 BATCH = 64
@@ -63,16 +64,18 @@ def planted_copies(images: list[Image.Image], seed: int) -> list[Image.Image]:
     return [duplicates.video_copy(image, kinds[k % len(kinds)], rng) for k, image in enumerate(images)]
 
 
-def find_near_duplicates(cfg: Config, paths: list[str]) -> duplicates.NearDuplicates:
-    """The near-duplicate pairs among the cached images at ``paths`` by each detector of
-    ``split.near_duplicates.detectors``, with the threshold each used and how it did on copies of
-    ``calibration_copies`` of these images planted for the purpose (recall, false alarms)."""
+def find_near_duplicates(cfg: Config, paths: list[str], labels: list[str]) -> duplicates.NearDuplicates:
+    """The near-duplicate pairs among the cached images at ``paths`` (of classes ``labels``) by each
+    detector of ``split.near_duplicates.detectors``, with the threshold each used and how it did on
+    copies of ``calibration_copies`` of these images planted for the purpose. The features detector is
+    left out (and says why) where it would give each image more than ``max_false_partners`` false
+    partners, measured on every pair of frames of different classes (a copy keeps its class)."""
     settings = cfg.split.near_duplicates
     root = cache_dir(cfg)
-    rng = np.random.default_rng([cfg.split.seed, _CALIBRATION_STREAM])
+    rng = np.random.default_rng(_CALIBRATION_STREAM)  # the same frames whatever the split's seed
     sample = np.sort(rng.choice(len(paths), min(settings.calibration_copies, len(paths)), replace=False))
     originals = load_cached(root, [paths[i] for i in sample])
-    copies = planted_copies(originals, cfg.split.seed)
+    copies = planted_copies(originals, _CALIBRATION_STREAM)
     hashes = duplicates.perceptual_hashes(iter_cached(root, paths))
     detectors = {"phash": {"threshold": settings.phash_bits, "unit": "bits of 64, at most",
                            "recall": duplicates.hash_recall(hashes[sample], duplicates.perceptual_hashes(copies),
@@ -83,22 +86,24 @@ def find_near_duplicates(cfg: Config, paths: list[str]) -> duplicates.NearDuplic
     if "features" in settings.detectors:
         model, transform = feature_model(cfg)
         features = embed(model, transform, iter_cached(root, paths))
-        calibration = duplicates.calibrate_threshold(features[sample], embed(model, transform, copies))
-        threshold = calibration["threshold"] if settings.features_threshold is None else settings.features_threshold
-        record = {**calibration, "threshold": threshold, "calibrated": settings.features_threshold is None,
+        calibration = duplicates.calibrate_threshold(features[sample], embed(model, transform, copies),
+                                                     threshold=settings.features_threshold)
+        cross = duplicates.cross_class_rate(features, np.asarray(labels), calibration["threshold"])
+        record = {**calibration, "calibrated": settings.features_threshold is None,
+                  "cross_class_false_alarm_rate": cross, "false_partners_per_image": cross * (len(paths) - 1),
                   "model": settings.features_model, "weights": cfg.train.weights or "random (train.weights: null)",
                   "unit": "cosine similarity, at least", "used": True}
-        if calibration["false_alarm_rate"] > settings.max_false_alarms:
+        if record["false_partners_per_image"] > settings.max_false_partners:
             random_weights = cfg.train.weights is None and settings.features_model not in cfg.train.weights_files
             record |= {"used": False, "why": (
-                f"its false alarms ({calibration['false_alarm_rate']:.1%} of the pairs of other frames) are above "
-                f"split.near_duplicates.max_false_alarms ({settings.max_false_alarms:.1%}), so its features do not "
-                "tell a copy from another frame" + ("; with random weights they cannot: give the profile pretrained "
-                                                   "weights (train.weights or train.weights_files)"
-                                                   if random_weights else ""))}
+                f"at its threshold each frame would have {record['false_partners_per_image']:.2f} false partners "
+                f"(pairs with frames of other classes), above split.near_duplicates.max_false_partners "
+                f"({settings.max_false_partners:g}): its features do not tell a copy from another frame"
+                + ("; with random weights they cannot: give the profile pretrained weights (train.weights or "
+                   "train.weights_files)" if random_weights else "; raise the threshold (features_threshold)"))}
             print(f"Near-duplicates: the features detector is not used: {record['why']}.")
         else:
-            found["features"] = duplicates.similar_pairs(features, threshold)
+            found["features"] = duplicates.similar_pairs(features, calibration["threshold"])
         detectors["features"] = record
     if "phash" not in settings.detectors:
         detectors.pop("phash")
@@ -106,10 +111,8 @@ def find_near_duplicates(cfg: Config, paths: list[str]) -> duplicates.NearDuplic
     return duplicates.NearDuplicates.of(paths, pairs, hashes, features, detectors)
 
 
-
-def write_near_duplicates(cfg: Config, prepared: PreparedData) -> duplicates.NearDuplicates:
-    """Notebook 01's step: the near-duplicate pairs of the usable images, written beside the split
-    (``cfg.run.near_duplicates``) for the grouping, the audit and ``make splits``."""
-    found = find_near_duplicates(cfg, usable_paths(cfg, prepared))
-    found.write(*cfg.run.near_duplicates)
-    return found
+def near_duplicates_of(cfg: Config, prepared: PreparedData) -> duplicates.NearDuplicates:
+    """Notebook 01's step: the near-duplicate pairs of the usable images (``prepare_split`` writes
+    them beside the split, once the split is written)."""
+    usable = usable_images(prepared.manifest, cfg.data.on_unreadable)
+    return find_near_duplicates(cfg, usable["path"].tolist(), usable["label"].tolist())

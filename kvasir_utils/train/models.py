@@ -10,6 +10,7 @@ when a timm model is named.
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pandas as pd
@@ -257,6 +258,10 @@ def check_profile(cfg: Config) -> None:
     problems = [f"train.{setting} names {name!r}, which is no model: {exc}"
                 for setting in ("weights_files", "readings_by_model") for name in getattr(cfg.train, setting)
                 if name not in cfg.train.models for exc in _problems(name, _build_on_meta, name)]
+    if "features" in cfg.split.near_duplicates.detectors:  # notebook 01 builds it, after the download
+        problems += [f"split.near_duplicates.features_model: {exc}" for exc in
+                     _problems(cfg.split.near_duplicates.features_model, _build_on_meta,
+                               cfg.split.near_duplicates.features_model)]
     for name in cfg.train.models:
         size = model_transforms(cfg.transforms, name).image_size
         if size > cfg.cache.short_side:
@@ -267,10 +272,14 @@ def check_profile(cfg: Config) -> None:
         raise KvasirError("the profile does not fit its models:\n  " + "\n  ".join(problems))
 
 
-@functools.lru_cache(maxsize=32)
 def _meta_model(name: str) -> nn.Module:
-    """``name``'s architecture on the meta device (no memory, no weights), built once: a sweep checks
-    the same few models for every member. Only read, never trained."""
+    """``name``'s architecture on the meta device (no memory, no weights), built once (a sweep checks
+    the same few models for every member); each caller gets its own copy to change."""
+    return copy.deepcopy(_built_on_meta(name))
+
+
+@functools.lru_cache(maxsize=32)
+def _built_on_meta(name: str) -> nn.Module:
     with torch.device("meta"):
         return build_model(name, 2)
 
