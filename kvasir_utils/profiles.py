@@ -11,6 +11,8 @@ model's layers are checked by ``train.models.check_readings``.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 from pathlib import Path
@@ -27,9 +29,16 @@ SOURCE_DETAILS = {"size": None, "sha256": None, "mirrors": []}
 
 
 def read_yaml(path: Path, what: str = "profile") -> dict:
-    """A YAML file that must hold a mapping (a profile, a sweep file)."""
+    """A YAML file that must hold a mapping (a profile, a sweep file); parsed once per version of
+    the file (a sweep loads paper.yaml for each of its members), each caller given its own copy."""
+    text = Path(path).read_text()
+    return copy.deepcopy(_parsed(text, str(path), what))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str, path: str, what: str) -> dict:
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
     if not isinstance(loaded, dict):
@@ -95,7 +104,13 @@ def parse_override(text: str) -> tuple[list[str], object]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like dotted.key=value")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    return key.strip().split("."), copy.deepcopy(_value(value)) if value.strip() else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _value(text: str):
+    """An override's value as YAML reads it, parsed once per text (a sweep repeats them per member)."""
+    return yaml.safe_load(text)
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

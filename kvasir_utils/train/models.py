@@ -222,19 +222,28 @@ def check_readings(model_names: list[str], readings: dict[str, str], weights: st
     trainable reading and the weights name against it, so a reading a model does not have stops
     the run before anything is downloaded or trained. ``readings`` maps setting name to reading;
     a ``lora`` reading is checked on the model with ``lora_settings``' adapters."""
-    problems = []
-    for name in model_names:
-        try:
-            model = _meta_model(name)
-        except KvasirError as exc:
-            problems.append(f"train.models: {exc}")
-            continue
-        for setting, reading in readings.items():
-            problems += _problems(f"{setting} for {name}", _check_reading, name, model, reading, lora_settings)
-        if weights is not None and not is_timm(name):
-            problems += _problems(f"train.weights for {name}", weights_enum, name, weights)
+    lora_json = lora_settings.model_dump_json() if lora_settings is not None else None
+    problems = [problem for name in model_names
+                for problem in _model_problems(name, tuple(readings.items()), weights, lora_json)]
     if problems:
         raise KvasirError("the profile does not fit its models:\n  " + "\n  ".join(problems))
+
+
+@functools.lru_cache(maxsize=256)
+def _model_problems(name: str, readings: tuple, weights: str | None, lora_json: str | None) -> tuple[str, ...]:
+    """``check_readings`` for one model, remembered: a sweep checks the same few models and readings
+    for each of its members (90 for the leakage sweep)."""
+    lora_settings = LoraSettings.model_validate_json(lora_json) if lora_json is not None else None
+    try:
+        model = _meta_model(name)
+    except KvasirError as exc:
+        return (f"train.models: {exc}",)
+    problems = []
+    for setting, reading in readings:
+        problems += _problems(f"{setting} for {name}", _check_reading, name, model, reading, lora_settings)
+    if weights is not None and not is_timm(name):
+        problems += _problems(f"train.weights for {name}", weights_enum, name, weights)
+    return tuple(problems)
 
 
 def _check_reading(name: str, model: nn.Module, reading: str, lora_settings: LoraSettings | None) -> None:
@@ -285,7 +294,7 @@ def _built_on_meta(name: str) -> nn.Module:
 
 
 def _build_on_meta(name: str) -> None:
-    _meta_model(name)
+    _built_on_meta(name)  # only whether it builds: no copy needed
 
 
 def _problems(what: str, check, *args) -> list[str]:
