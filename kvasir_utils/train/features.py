@@ -77,7 +77,7 @@ def find_near_duplicates(cfg: Config, paths: list[str], labels: list[str]) -> du
     originals = load_cached(root, [paths[i] for i in sample])
     copies = planted_copies(originals, _CALIBRATION_STREAM)
     hashes = duplicates.perceptual_hashes(iter_cached(root, paths))
-    detectors = {"phash": {"threshold": settings.phash_bits, "unit": "bits of 64, at most",
+    detectors = {"phash": {"threshold": settings.phash_bits, "unit": "bits of 64, at most", "used": True,
                            "recall": duplicates.hash_recall(hashes[sample], duplicates.perceptual_hashes(copies),
                                                             settings.phash_bits)}}
     found = {"phash": duplicates.near_duplicate_pairs(hashes, settings.phash_bits)} \
