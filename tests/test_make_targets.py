@@ -18,6 +18,7 @@ import re
 import shlex
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from kvasir_utils import files, profiles
@@ -296,5 +297,14 @@ def test_make_splits_writes_both_split_files_and_a_readme_with_their_hashes(tmp_
         assert split.splitlines()[0] == "file,class,side" and len(split.splitlines()) == 1 + 8 * 16
         assert files.sha256_file(folder / name) in readme
     assert "make splits PROFILE=smoke" in readme and "| `grouped.csv` |" in readme
-    # the grouped split keeps every pair the detectors found on one side; the README says how many cross
-    assert re.search(r"\| `grouped.csv` \| [^|]+ \| 0 \|", readme)
+    # the grouped split keeps every pair the detectors found on one side, counted from the files themselves
+    from kvasir_utils.data import duplicates
+
+    found = duplicates.NearDuplicates.read(folder / "near_duplicates.csv", folder / "near_duplicates.json")
+    assert len(found.pairs) > 0
+    for name in ("grouped", "random"):  # the README's count of pairs across each split is the files' own
+        side = pd.read_csv(folder / f"{name}.csv").set_index("file")["side"]
+        across = sum(side[a.rsplit("/", 1)[-1]] != side[b.rsplit("/", 1)[-1]]
+                     for a, b in zip(found.pairs["path_a"], found.pairs["path_b"]))
+        assert re.search(rf"\| `{name}.csv` \| [^|]+ \| {across} \|", readme), (name, across)
+        assert across == 0 or name == "random"
