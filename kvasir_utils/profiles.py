@@ -183,3 +183,18 @@ def write_lab_session(profile: str, overrides: list[str], folder: Path) -> Path:
     load_profile(profile, overrides)
     return write_json_atomic(Path(folder) / LAB_SESSION,
                              {"profile": profile_reference(profile), "overrides": list(overrides)})
+
+
+def with_model_settings(cfg: Config, transforms: dict, trainable: dict) -> Config:
+    """``cfg`` with one model's own input (``transforms``: image_size, mean, std) and stage readings
+    (``trainable``: {stage: reading}) laid over it; ``cfg`` itself where nothing differs. Training
+    (``train.models.for_model``) and the model card (from metrics.json) both read settings this way."""
+    update = {}
+    transforms = {k: v for k, v in transforms.items() if getattr(cfg.transforms, k) != v}
+    if transforms:
+        update["transforms"] = cfg.transforms.model_copy(update=transforms)
+    trainable = {stage: r for stage, r in trainable.items() if cfg.stage_config(stage).trainable != r}
+    if trainable:
+        update["train"] = cfg.train.model_copy(update={
+            stage: cfg.stage_config(stage).model_copy(update={"trainable": r}) for stage, r in trainable.items()})
+    return cfg.model_copy(update=update) if update else cfg

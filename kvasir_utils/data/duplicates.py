@@ -132,11 +132,17 @@ def normalised(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
+def _similarity_blocks(features: np.ndarray):
+    """The cosine similarities of every row with every row, ``_PAIR_BLOCK`` rows at a time: (first row, block)."""
+    unit = normalised(features)
+    for start in range(0, len(unit), _PAIR_BLOCK):
+        yield start, unit[start:start + _PAIR_BLOCK] @ unit.T
+
+
 def similar_pairs(features: np.ndarray, threshold: float) -> pd.DataFrame:
     """Every pair ``i < j`` whose features' cosine similarity is at least ``threshold``, with it."""
-    unit, found = normalised(features), []
-    for start in range(0, len(unit), _PAIR_BLOCK):
-        similarity = unit[start:start + _PAIR_BLOCK] @ unit.T
+    found = []
+    for start, similarity in _similarity_blocks(features):
         i, j = np.nonzero(similarity >= threshold)
         keep = j > i + start
         found.append(pd.DataFrame({"i": i[keep] + start, "j": j[keep], "similarity": similarity[i[keep], j[keep]]}))
@@ -168,11 +174,10 @@ def cross_class_rate(features: np.ndarray, labels: np.ndarray, threshold: float)
     """The share of pairs of frames of different classes whose features' cosine similarity reaches
     ``threshold``: false alarms for certain (a copy of a frame keeps its class), counted over every
     such pair, a block of rows at a time. 0 where there is no such pair."""
-    unit, labels = normalised(features), np.asarray(labels)
-    hits = pairs = 0
-    for start in range(0, len(unit), _PAIR_BLOCK):
-        similar = unit[start:start + _PAIR_BLOCK] @ unit.T >= threshold
-        other = labels[start:start + _PAIR_BLOCK, None] != labels[None, :]
+    labels, hits, pairs = np.asarray(labels), 0, 0
+    for start, similarity in _similarity_blocks(features):
+        similar = similarity >= threshold
+        other = labels[start:start + len(similar), None] != labels[None, :]
         hits += int((similar & other).sum())
         pairs += int(other.sum())
     return hits / pairs if pairs else 0.0
@@ -219,8 +224,8 @@ class NearDuplicates:
         i, j = pairs["i"].to_numpy(int), pairs["j"].to_numpy(int)
         paths = np.asarray(paths, object)
         distance = np.bitwise_count(np.asarray(hashes, np.uint64)[i] ^ np.asarray(hashes, np.uint64)[j])
-        similarity = (np.sum(normalised(features)[i] * normalised(features)[j], axis=1) if features is not None
-                      else np.full(len(i), np.nan))
+        unit = normalised(features) if features is not None else None
+        similarity = np.sum(unit[i] * unit[j], axis=1) if unit is not None else np.full(len(i), np.nan)
         table = pd.DataFrame({"path_a": paths[i], "path_b": paths[j], "found_by": pairs["found_by"].to_numpy(),
                               "phash_distance": distance.astype(int), "similarity": similarity.round(4)})
         return cls(table[PAIR_COLUMNS], detectors)

@@ -81,12 +81,7 @@ def model_settings(cfg: Config, record: dict) -> Config:
     """The run's settings as this model was trained with them: its own input size and normalisation
     (where the profile leaves them null) and its own stage readings, as metrics.json recorded them."""
     own = record.get("model_settings") or {}
-    if not own:
-        return cfg
-    train = cfg.train.model_copy(update={stage: cfg.stage_config(stage).model_copy(update={"trainable": reading})
-                                         for stage, reading in own.get("trainable", {}).items()})
-    return cfg.model_copy(update={"transforms": cfg.transforms.model_copy(update=own.get("transforms", {})),
-                                  "train": train})
+    return profiles.with_model_settings(cfg, own.get("transforms", {}), own.get("trainable", {}))
 
 
 def _checkpoint(cfg: Config, model: str) -> Path:

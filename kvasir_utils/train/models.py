@@ -21,6 +21,7 @@ from torch import nn
 from kvasir_utils.artefacts import STAGES
 from kvasir_utils.config import Config, LoraSettings, TransformsConfig, WeightsFile
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.profiles import with_model_settings
 from kvasir_utils.train import lora
 from kvasir_utils.train.weights import (
     checked_file,
@@ -83,16 +84,9 @@ def for_model(cfg: Config, name: str) -> Config:
     where the profile leaves ``transforms`` null, and its own stage readings where
     ``train.readings_by_model`` gives them. What a stage's checkpoint records, so every later step
     reads concrete values back; ``cfg`` itself when nothing differs (the paper)."""
-    update = {}
-    transforms = model_transforms(cfg.transforms, name)
-    if transforms is not cfg.transforms:
-        update["transforms"] = transforms
-    own = {stage: reading for stage, reading in cfg.train.readings_by_model.get(name, {}).items()
-           if reading != cfg.stage_config(stage).trainable}
-    if own:
-        update["train"] = cfg.train.model_copy(update={
-            stage: cfg.stage_config(stage).model_copy(update={"trainable": reading}) for stage, reading in own.items()})
-    return cfg.model_copy(update=update) if update else cfg
+    own = model_transforms(cfg.transforms, name)
+    return with_model_settings(cfg, {key: getattr(own, key) for key in TORCHVISION_SETTINGS},
+                               cfg.train.readings_by_model.get(name, {}))
 
 
 def build_model(name: str, num_classes: int, weights: str | None = None, offline: bool = False, *,
