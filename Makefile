@@ -21,7 +21,9 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed
 ARGS = --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)') --go-on '$(GO_ON)'$(if $(FAILURE_FILE), --failure-file '$(FAILURE_FILE)')
 KV := $(PY) -m kvasir_utils
-SUBMAKE := $(MAKE) --no-print-directory PROFILE='$(PROFILE)' SET='$(SET)'
+# The pipeline's sub-make takes the environment as its caller made it (--old-file on the stamp): the
+# target that calls it already depends on the stamp, and GNU make does not pass a caller's -o on.
+SUBMAKE := $(MAKE) --no-print-directory --old-file=$(SETUP_STAMP) PROFILE='$(PROFILE)' SET='$(SET)'
 FAILURE_FILE ?=
 # What the user ran, for the line that tells how to go on after an interrupt or an error (passed to
 # the study as --go-on; exported so the sub-makes pass the same). A sweep member's runner names a
@@ -63,8 +65,8 @@ reproduce: $(SETUP_STAMP) ## notebooks 01-05 and the audit (07) for every model 
 evaluate: $(SETUP_STAMP) ## notebooks 01-04 for every model of PROFILE and the HTML report, without 05 (a sweep's runs)
 	@$(SUBMAKE) pipeline-evaluated
 
-smoke: ## the whole study on generated data, offline, in minutes (PROFILE=smoke by default; or smoke-hyperkvasir)
-	@$(MAKE) --no-print-directory reproduce PROFILE='$(if $(filter command line,$(origin PROFILE)),$(PROFILE),smoke)' SET='$(SET)'
+smoke: $(SETUP_STAMP) ## the whole study on generated data, offline, in minutes (PROFILE=smoke by default; or smoke-hyperkvasir)
+	@$(MAKE) --no-print-directory --old-file=$(SETUP_STAMP) reproduce PROFILE='$(if $(filter command line,$(origin PROFILE)),$(PROFILE),smoke)' SET='$(SET)'
 
 report: $(SETUP_STAMP) ## re-render the HTML reports of PROFILE from the executed notebooks
 	$(KV) report $(ARGS)

@@ -308,3 +308,16 @@ def test_make_splits_writes_both_split_files_and_a_readme_with_their_hashes(tmp_
                      for a, b in zip(found.pairs["path_a"], found.pairs["path_b"]))
         assert re.search(rf"\| `{name}.csv` \| [^|]+ \| {across} \|", readme), (name, across)
         assert across == 0 or name == "random"
+
+
+def test_every_sub_make_takes_the_environment_as_its_caller_made_it():
+    # GNU make does not pass a caller's -o on: a sub-make without --old-file on the setup stamp would
+    # reinstall the environment mid-run wherever pyproject.toml is newer than the stamp (a test's
+    # `make -o .venv/.installed smoke` once did). The targets that need the environment depend on the stamp.
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    calls = [line for line in makefile.splitlines() if line.startswith("\t") and "$(MAKE)" in line]
+    assert calls, "the Makefile has no sub-make call: this test has nothing to check"
+    for line in calls:
+        assert "--old-file=$(SETUP_STAMP)" in line, line
+    submake = next(line for line in makefile.splitlines() if line.startswith("SUBMAKE :="))
+    assert "--old-file=$(SETUP_STAMP)" in submake
