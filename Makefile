@@ -101,8 +101,9 @@ chromium: ## install Debian's chromium and chromium-driver for the browser tests
 		  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
 		  echo "warning: could not install chromium (needs root and apt); the browser tests will be skipped"; }
 
-screenshots: $(SETUP_STAMP) chromium ## PNGs of reports/PROFILE's index and one page of each kind, into docs/images/
+screenshots: $(SETUP_STAMP) chromium ## PNGs of reports/PROFILE's index, one page of each kind and JupyterLab running notebook 04, into docs/images/
 	$(PY) -m tools.chromium reports/$(PROFILE) docs/images
+	$(PY) -m tools.jupyterlab docs/images --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)')
 
 lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored without outputs
 	$(PY) -m ruff check kvasir_utils tests tools notebooks

@@ -238,7 +238,8 @@ def _commands(output: str) -> list[list[str]]:
     ("test-fast", [], ['.venv/bin/python -m pytest -m "not slow and not long"']),
     ("test-long", [], [".venv/bin/python -m pytest -m long"]),
     ("lab", ["PROFILE=smoke"], [".venv/bin/python -m kvasir_utils lab --profile 'smoke'"]),
-    ("screenshots", ["PROFILE=smoke"], [".venv/bin/python -m tools.chromium reports/smoke docs/images"]),
+    ("screenshots", ["PROFILE=smoke"], [".venv/bin/python -m tools.chromium reports/smoke docs/images",
+                                        ".venv/bin/python -m tools.jupyterlab docs/images --profile 'smoke'"]),
 ])
 def test_a_target_that_cannot_run_here_would_run_its_command(target, variables, expected):
     done = run_make(target, *variables, dry_run=True)
