@@ -93,6 +93,28 @@ def test_missing_weights_offline_name_the_file_and_folder(tmp_path, monkeypatch)
         models.build_model("resnet50", 8, weights="IMAGENET1K_V1", offline=True)
 
 
+def test_offline_every_weights_file_a_run_loads_is_checked_before_anything_runs(tmp_path, monkeypatch):
+    from kvasir_utils import profiles
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    settings = ["train.weights=IMAGENET1K_V1", "split.near_duplicates.features_model=resnet18"]
+    cfg = profiles.load_profile("smoke", settings)
+    assert weights.models_needing_weights(cfg) == ["resnet50", "efficientnet_b0", "resnet18"]
+    with pytest.raises(KvasirError, match=r"offline: the weights file resnet50-0676ba61\.pth is not in"):
+        weights.check_weights_offline(cfg)
+    for name in weights.models_needing_weights(cfg):  # present (the hash is checked where it is loaded)
+        path = weights.weights_file(name, "IMAGENET1K_V1")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    weights.check_weights_offline(cfg)
+    given = profiles.load_profile("smoke", [*settings, f"train.weights_files={{resnet18: {{file: {tmp_path}/r.pth}}}}"])
+    with pytest.raises(KvasirError, match=r"weights file of resnet18 in train.weights_files, .*r\.pth, does not exist"):
+        weights.check_weights_offline(given)
+    weights.check_weights_offline(profiles.load_profile("smoke", [*settings[:1], "runtime.offline=false",
+                                                                   f"train.weights_files={{resnet18: {{file: /x}}}}"]))
+    assert weights.models_needing_weights(profiles.load_profile("smoke")) == []  # random init: nothing to load
+
+
 def _hub_file(tmp_path, monkeypatch, state: dict, name: str = "resnet18") -> str:
     """A weights file in a temporary torch hub folder, named ``<name>-<its own hash prefix>.pth``
     the way torchvision names its files; the weights enum is pointed at it."""

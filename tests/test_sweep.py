@@ -65,8 +65,8 @@ def two_node_cluster(tmp_path, monkeypatch):
 def test_a_sweep_on_a_two_node_cluster_where_one_reading_fails_and_a_rerun_trains_nothing_again(
         tmp_path, two_node_cluster):
     # Two readings of train.weights on a real cluster of two raylets, one CPU each. The ImageNet weights
-    # are not on this machine and the smoke profile is offline, so that member fails at run time
-    # (notebook 01, whose features detector takes them), is retried once, and the other finishes and is
+    # are not on this machine and the smoke profile is offline, so that member fails at run time (in
+    # make's preflight, before any notebook starts), is retried once, and the other finishes and is
     # summarised. The second grid key's value has a colon, which make cannot take in a file name: the
     # members' folders replace it.
     # (Statistics over several runs are checked by hand below, on written files.)
@@ -87,8 +87,8 @@ def test_a_sweep_on_a_two_node_cluster_where_one_reading_fails_and_a_rerun_train
         assert record["node"]["hostname"] == socket.gethostname()
         if record["member"] in failed:
             assert record["status"] == "failed" and "resnet18-f37072fd.pth is not in" in record["error"]
-            # notebook 01 already needs them: its near-duplicate features detector takes the profile's weights
-            assert record["failed_step"] == "01_download_and_split" and record["exit_code"] == 2
+            # checked before anything runs: notebook 01's near-duplicate features detector would need them
+            assert record["failed_step"] == "makevars" and record["exit_code"] == 2
             assert record["attempts"] == 2  # retried once, as max_retries says
         else:
             assert record["status"] == "finished" and record["error"] == "" and record["attempts"] == 1

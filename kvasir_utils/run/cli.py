@@ -170,6 +170,10 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
         cfg = profiles.load_profile(args.profile, args.overrides)
         check_make_path(cfg.run_dir)
         check_make_path(cfg.report_dir)
+        if cfg.runtime.offline and (cfg.train.weights is not None or cfg.train.weights_files):  # only then torch
+            from kvasir_utils.train.weights import check_weights_offline
+
+            check_weights_offline(cfg)
         settings = write_settings_stamp(cfg)
         print(f"RUN_DIR := {cfg.run_dir}")
         print(f"REPORT_DIR := {cfg.report_dir}")

@@ -77,15 +77,17 @@ def check_weights_file(path: Path, url: str) -> None:
         )
 
 
+def _missing_file_remedy(path: Path, url: str) -> str:
+    return (f"the weights file {path.name} is not in {path.parent}. Download it from {url} on a machine "
+            f"with network and copy it into that folder (or set TORCH_HOME), or use the smoke profile "
+            f"(`make smoke`), which needs no weights.")
+
+
 def load_pretrained_state(name: str, weights: str, offline: bool) -> dict:
     """ImageNet weights through torch hub's cache; a missing or damaged file is a clear error."""
     enum = weights_enum(name, weights)
     path = weights_file(name, weights)
-    remedy = (
-        f"the weights file {path.name} is not in {path.parent}. Download it from {enum.url} on a machine "
-        f"with network and copy it into that folder (or set TORCH_HOME), or use the smoke profile "
-        f"(`make smoke`), which needs no weights."
-    )
+    remedy = _missing_file_remedy(path, enum.url)
     if path.exists():
         check_weights_file(path, enum.url)
     elif offline:
@@ -171,6 +173,33 @@ def hub_weights(name: str, offline: bool) -> Path:
         raise KvasirError(f"could not download the weights of {name} from the Hugging Face hub ({hub_id}: "
                           f"{type(exc).__name__}: {exc}); download {HUB_FILES[0]} on a machine with network "
                           f"and name it in train.weights_files") from exc
+
+
+def models_needing_weights(cfg: Config) -> list[str]:
+    """The models a run loads pretrained weights for: each of ``train.models`` and the near-duplicate
+    features detector's model, where the profile gives weights (``train.weights`` or a file)."""
+    near = cfg.split.near_duplicates
+    named = [*cfg.train.models, *([near.features_model] if "features" in near.detectors else [])]
+    return [name for name in dict.fromkeys(named) if cfg.train.weights is not None or name in cfg.train.weights_files]
+
+
+def check_weights_offline(cfg: Config) -> None:
+    """Before anything runs (``make``'s preflight): under ``runtime.offline``, every weights file the
+    run will load must be on this machine, or the run would stop at the first model that needs one
+    (notebook 01's features detector, after the whole dataset was cached). Only presence is checked
+    here; each file's hash is checked where it is loaded."""
+    if not cfg.runtime.offline:
+        return
+    for name in models_needing_weights(cfg):
+        given = cfg.train.weights_files.get(name)
+        if given is not None:
+            path = _resolve(given.file)
+            if not path.is_file():
+                checked_file(name, given)  # its error names the file and the remedy
+        elif is_timm(name):
+            hub_weights(name, offline=True)
+        elif not (path := weights_file(name, cfg.train.weights)).exists():
+            raise KvasirError(f"offline: {_missing_file_remedy(path, weights_enum(name, cfg.train.weights).url)}")
 
 
 def weights_origin(cfg: Config, name: str) -> dict | None:
