@@ -111,7 +111,7 @@ def test_offline_every_weights_file_a_run_loads_is_checked_before_anything_runs(
     with pytest.raises(KvasirError, match=r"weights file of resnet18 in train.weights_files, .*r\.pth, does not exist"):
         weights.check_weights_offline(given)
     weights.check_weights_offline(profiles.load_profile("smoke", [*settings[:1], "runtime.offline=false",
-                                                                   f"train.weights_files={{resnet18: {{file: /x}}}}"]))
+                                                                   "train.weights_files={resnet18: {file: /x}}"]))
     assert weights.models_needing_weights(profiles.load_profile("smoke")) == []  # random init: nothing to load
 
 
