@@ -66,21 +66,32 @@ def test_the_epochs_reading_finds_the_peak_the_rising_validation_loss_and_the_ga
     peak, loss, gap = readings.epochs_reading(history)
     assert peak == "Validation accuracy peaked at 80.0% in epoch 2 and ended at 60.0% in epoch 4."
     assert loss == ("Validation loss was lowest in epoch 2 (0.600) and rose to 0.900 by epoch 4, while training "
-                    "loss kept falling: the sign of overfitting.")
-    assert gap == (f"In the last epoch, training accuracy 80.0%, validation 60.0%: a gap of +20.0 points "
-                   f"(training minus validation).")
+                    "loss kept falling: the pattern of overfitting.")
+    assert gap == ("In the last epoch, training accuracy 80.0%, validation 60.0%: a gap of +20.0 points "
+                   "(training minus validation).")
 
 
 def test_the_epochs_reading_of_both_stages_says_fine_tuning_and_a_tie_takes_the_first_epoch():
     history = _history(val_acc=[0.5, 0.9, 0.9, 0.9], val_loss=[1.0, 0.8, 0.6, 0.5],
                        train_acc=[0.5, 0.6, 0.7, 0.95], stages=["stage1", "stage1", "stage2", "stage2"])
     peak, loss, gap = readings.epochs_reading(history)
-    assert peak == "Validation accuracy peaked at 90.0% in epoch 2 and ended at 90.0% in epoch 4 (fine-tuning)."
+    assert peak == "Validation accuracy reached its highest, 90.0%, in epoch 2 and held it to epoch 4 (fine-tuning)."
     assert loss == "Validation loss was lowest in the last epoch (0.500): it had not begun to rise."
     assert "a gap of +5.0 points" in gap
     below = _history(val_acc=[0.7, 0.8], val_loss=[1.0, 0.9], train_acc=[0.6, 0.7])
     assert f"a gap of {MINUS}10.0 points" in readings.epochs_reading(below)[-1]
-    assert readings.epochs_reading(below)[0] == "Validation accuracy peaked at 80.0% in epoch 2, the last."
+    assert readings.epochs_reading(below)[0] == "Validation accuracy reached its highest, 80.0%, in epoch 2, the last."
+
+
+def test_the_epochs_reading_says_when_accuracy_is_flat_or_held_and_a_tiny_rise_of_loss_is_no_rise():
+    flat = readings.epochs_reading(_history(val_acc=[0.125] * 3, val_loss=[2.1, 2.089, 2.093]))
+    assert flat[0] == "Validation accuracy stayed at 12.5% in all 3 epochs."
+    assert flat[1] == "Validation loss was lowest in epoch 2 (2.089) and ended within 1% of it (2.093): no clear rise."
+    held = readings.epochs_reading(_history(val_acc=[0.5, 0.7, 0.7], val_loss=[1.0, 0.9, 1.0],
+                                            train_loss=[1.0, 1.1, 1.2]))
+    assert held[0] == "Validation accuracy reached its highest, 70.0%, in epoch 2 and held it to epoch 3."
+    # training loss rose too: no word of overfitting
+    assert held[1] == "Validation loss was lowest in epoch 2 (0.900) and rose to 1.000 by epoch 3."
 
 
 def test_the_epochs_reading_of_one_epoch_or_none_claims_no_trend():
@@ -90,7 +101,7 @@ def test_the_epochs_reading_of_one_epoch_or_none_claims_no_trend():
     assert readings.epochs_reading(_history([], [], [], [])) == ["No epoch has finished."]
     history = _history(val_acc=[0.5, 0.8], val_loss=[1.0, 0.6])
     assert readings.stage_conclusions(history, "stage1") == (
-        "stage1 ended after 2 epochs at 80.0% validation accuracy (best 80.0%); what follows uses the weights of its "
+        "Stage 1 ended after 2 epochs at 80.0% validation accuracy (best 80.0%); what follows uses the weights of its "
         "last epoch, not of its best.")
 
 
@@ -196,6 +207,13 @@ def test_the_sweep_readings_give_intervals_only_from_enough_runs():
     assert ahead == (f"ResNet50 minus EfficientNet-B0 (a): {MINUS}10.0 points over 3 seeds, 95% interval "
                      f"[{MINUS}15.0 points, {MINUS}5.0 points]: EfficientNet-B0 is ahead.")
     assert tie.endswith("it contains zero: the runs cannot tell them apart.")
+    ablation = pd.DataFrame({"model": ["resnet50"] * 3, "reading": ["default", "a", "b"],
+                             "default": [True, False, False], "difference_to_default": [np.nan, -0.1, 0.01],
+                             "ci_low": [np.nan, -0.15, -0.02], "ci_high": [np.nan, -0.05, 0.04], "paired_n": [0, 3, 3]})
+    assert readings.ablation_reading(ablation, 0.95) == (
+        f"1 of 2 readings move accuracy beyond their 95% interval: ResNet50 with a, {MINUS}10.0 points.")
+    assert readings.ablation_reading(ablation.assign(paired_n=2), 0.95).endswith(": too few runs for an interval.")
+    assert readings.ablation_reading(ablation.iloc[:1], 0.95).startswith("This sweep varies no reading")
     results = pd.DataFrame({"member": ["a", "b"], "status": ["finished", "failed"]})
     assert readings.sweep_conclusions(results).startswith("1 of 2 runs finished; not finished: b (failed)")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kvasir_utils.analysis import audit, stats
+from kvasir_utils.analysis import stats
 from kvasir_utils.analysis.labels import display_name
 from kvasir_utils.analysis.metrics import AVERAGE_ROWS, MACRO_AVG
 from kvasir_utils.artefacts import STAGES
@@ -18,6 +18,7 @@ from kvasir_utils.report.formats import model_name, number
 from kvasir_utils.report.tables import TOO_FEW_RUNS
 
 HIGH_AUC = 0.99  # "near 1": the ROC-AUC reading counts the classes above it
+FLAT = 0.01  # a validation loss that ends within 1% of its lowest has not clearly risen
 UNSURE = 0.5  # a top-1 probability below it: the model gives its own answer less than even odds
 
 
@@ -133,30 +134,40 @@ def epochs_reading(history: pd.DataFrame) -> list[str]:
                  f"{_pct(history['val_acc'].iloc[last])}: a gap of {number(gap, 'points')} (training minus validation)")
     if last == 0:
         return [f"One epoch, so no trend to read: {gap_words}."]
-    best = int(history["val_acc"].to_numpy().argmax())  # the first epoch that reached the highest
-    peak = f"Validation accuracy peaked at {_pct(history['val_acc'].iloc[best])} in {_epoch(history, best)}"
-    sentences = [f"{peak}, the last." if best == last else
-                 f"{peak} and ended at {_pct(history['val_acc'].iloc[last])} in {_epoch(history, last)}."]
-    lowest = int(history["val_loss"].to_numpy().argmin())
+    accuracy, loss = history["val_acc"], history["val_loss"]
+    best = int(accuracy.to_numpy().argmax())  # the first epoch that reached the highest
+    if accuracy.max() == accuracy.min():
+        sentences = [f"Validation accuracy stayed at {_pct(accuracy.max())} in all {len(history)} epochs."]
+    elif accuracy.iloc[last] == accuracy.max():
+        sentences = [f"Validation accuracy reached its highest, {_pct(accuracy.max())}, in {_epoch(history, best)}"
+                     + (", the last." if best == last else f" and held it to {_epoch(history, last)}.")]
+    else:
+        sentences = [f"Validation accuracy peaked at {_pct(accuracy.max())} in {_epoch(history, best)} and ended at "
+                     f"{_pct(accuracy.iloc[last])} in {_epoch(history, last)}."]
+    lowest = int(loss.to_numpy().argmin())
     if lowest == last:
-        sentences.append(f"Validation loss was lowest in the last epoch ({_score(history['val_loss'].iloc[last])}): "
+        sentences.append(f"Validation loss was lowest in the last epoch ({_score(loss.iloc[last])}): "
                          "it had not begun to rise.")
+    elif loss.iloc[last] - loss.iloc[lowest] < FLAT * abs(loss.iloc[lowest]):
+        sentences.append(f"Validation loss was lowest in {_epoch(history, lowest)} ({_score(loss.iloc[lowest])}) and "
+                         f"ended within {FLAT:.0%} of it ({_score(loss.iloc[last])}): no clear rise.")
     else:
         kept_falling = history["train_loss"].iloc[last] < history["train_loss"].iloc[lowest]
         sentences.append(
-            f"Validation loss was lowest in {_epoch(history, lowest)} ({_score(history['val_loss'].iloc[lowest])}) "
-            f"and rose to {_score(history['val_loss'].iloc[last])} by {_epoch(history, last)}"
-            + (", while training loss kept falling: the sign of overfitting." if kept_falling else "."))
+            f"Validation loss was lowest in {_epoch(history, lowest)} ({_score(loss.iloc[lowest])}) "
+            f"and rose to {_score(loss.iloc[last])} by {_epoch(history, last)}"
+            + (", while training loss kept falling: the pattern of overfitting." if kept_falling else "."))
     sentences.append(f"In the last epoch, {gap_words}.")
     return sentences
 
 
 def stage_conclusions(history: pd.DataFrame, stage: str) -> str:
     """Notebooks 02 and 03's close: how the stage ended, and what the next step starts from."""
+    name = f"Stage {STAGES.index(stage) + 1}"
     if history.empty:
-        return f"{stage} has no finished epoch."
+        return f"{name} has no finished epoch."
     last = history.sort_values("global_epoch").iloc[-1]
-    return (f"{stage} ended after {len(history)} epoch{'' if len(history) == 1 else 's'} at "
+    return (f"{name} ended after {len(history)} epoch{'' if len(history) == 1 else 's'} at "
             f"{_pct(last['val_acc'])} validation accuracy (best {_pct(history['val_acc'].max())}); what follows "
             "uses the weights of its last epoch, not of its best.")
 
@@ -368,6 +379,24 @@ def paired_reading(paired: pd.DataFrame, confidence: float) -> list[str]:
     return sentences
 
 
+def ablation_reading(ablation: pd.DataFrame, confidence: float) -> str:
+    """``sweeps.ablation_table``: the readings whose paired interval against the profile's own
+    reading excludes zero, or that none does."""
+    others = ablation[~ablation["default"].astype(bool)]
+    if others.empty:
+        return "This sweep varies no reading of the paper: every run uses the profile's own."
+    judged = others[(others["paired_n"] >= stats.MIN_RUNS) & others["ci_low"].notna()]
+    if judged.empty:
+        return f"No reading has {stats.MIN_RUNS} seeds paired with the profile's own: {TOO_FEW_RUNS}."
+    moved = judged[(judged["ci_low"] > 0) | (judged["ci_high"] < 0)]
+    if moved.empty:
+        return (f"No reading moves accuracy beyond its {confidence:.0%} interval ({len(judged)} judged): these runs "
+                "cannot tell the readings apart.")
+    return (f"{len(moved)} of {len(judged)} readings move accuracy beyond their {confidence:.0%} interval: "
+            + "; ".join(f"{model_name(row.model)} with {row.reading}, {number(row.difference_to_default, 'points')}"
+                        for row in moved.itertuples()) + ".")
+
+
 def sweep_conclusions(results: pd.DataFrame) -> str:
     """Notebook 06's close: how many runs finished, and which did not."""
     finished = results["status"] == "finished"
@@ -415,14 +444,6 @@ def calibration_reading(table: pd.DataFrame, model: str, ece: float) -> str:
         else "as confident as it is right"
     return (f"{model_name(model)}: mean top-1 confidence {_pct(confidence)} against accuracy {_pct(accuracy)}, "
             f"{tendency} on average ({number(difference, 'points')}); ECE {_score(ece)}.")
-
-
-def audit_conclusions(headline: pd.DataFrame) -> str:
-    """Notebook 07's close: per model, the two numbers the verdict sets beside its accuracy."""
-    parts = [f"{model_name(model)} {number(row['masked_change'], 'points')} with the box masked "
-             f"({audit.MASKED_CHANGE}) and a near-duplicate gap of {number(row['twin_gap'], 'points', 'nothing')} "
-             f"({audit.NEAR_DUPLICATE_GAP})" for model, row in headline.iterrows()]
-    return ("Accuracy on this run moves by: " + "; ".join(parts) + ".") if parts else "No model was audited."
 
 
 # -- 08: new images -----------------------------------------------------------------------------
