@@ -455,7 +455,7 @@ def predictions_reading(predictions: pd.DataFrame) -> list[str]:
     called = predictions["predicted"].value_counts()
     top = _tied(called, called.max())
     unsure = int((predictions["probability"] < UNSURE).sum())
-    sentences = [f"{_count(len(predictions))} images; predicted most often as {_listed(display_name(c) for c in top)} "
+    sentences = [f"{_plural(len(predictions), 'image')}; predicted most often as {_listed(display_name(c) for c in top)} "
                  f"({_count(called.max())} {'each' if len(top) > 1 else 'of them'}).",
                  f"{_count(unsure)} ({_pct(unsure / len(predictions))}) have a top probability under {_pct(UNSURE)}: "
                  "the model gives its own answer less than even odds."]
