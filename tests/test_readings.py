@@ -1,11 +1,12 @@
-"""The run-time readings (report.readings) on small hand-made tables: each names the right class,
-epoch or count, and a class with no validation image, a tie or an all-correct run reads as what it is."""
+"""The run-time readings (report.readings, report.comparison_readings) on small hand-made tables:
+each names the right class, epoch or count, and a class with no validation image, a tie or an
+all-correct run reads as what it is."""
 
 import numpy as np
 import pandas as pd
 
 from kvasir_utils.analysis import metrics
-from kvasir_utils.report import readings
+from kvasir_utils.report import comparison_readings, readings
 from kvasir_utils.report.formats import MINUS
 
 CLASSES = ["dyed-lifted-polyps", "dyed-resection-margins", "polyps"]
@@ -178,16 +179,17 @@ def _comparison(accuracies, lows, highs, papers=(0.9263, 0.915)):
 
 
 def test_the_comparison_reading_names_the_leader_and_whether_the_intervals_overlap():
-    apart = readings.comparison_reading(_comparison([0.6, 0.8], [0.5, 0.75], [0.7, 0.85]), 0.95)
+    apart = comparison_readings.comparison_reading(_comparison([0.6, 0.8], [0.5, 0.75], [0.7, 0.85]), 0.95)
     assert apart == ["EfficientNet-B0 has the higher accuracy, 80.0% against ResNet50's 60.0% (+20.0 points).",
                      "Their 95% intervals do not overlap: the difference is larger than the resampling noise of these "
                      "validation images."]
-    close = readings.comparison_reading(_comparison([0.6, 0.6], [0.5, 0.5], [0.7, 0.7]), 0.95)
+    close = comparison_readings.comparison_reading(_comparison([0.6, 0.6], [0.5, 0.5], [0.7, 0.7]), 0.95)
     assert close[0] == "ResNet50 and EfficientNet-B0 have the same accuracy, 60.0%." and "overlap:" in close[1]
-    assert readings.comparison_reading(_comparison([0.6, 0.8], [0.5, 0.7], [0.7, 0.9]).iloc[:1], 0.95)[0].startswith(
-        "Only ResNet50 is evaluated")
+    alone = _comparison([0.6, 0.8], [0.5, 0.7], [0.7, 0.9]).iloc[:1]
+    assert comparison_readings.comparison_reading(alone, 0.95)[0].startswith("Only ResNet50 is evaluated")
+    assert comparison_readings.comparison_reading(alone.iloc[:0], 0.95)[0].startswith("No model is evaluated yet")
     tests = pd.DataFrame({"first": ["resnet50"], "second": ["efficientnet_b0"], "p_value": [0.01]})
-    assert readings.comparison_conclusions(_comparison([0.6, 0.8], [0.5, 0.7], [0.7, 0.9]), tests) == (
+    assert comparison_readings.comparison_conclusions(_comparison([0.6, 0.8], [0.5, 0.7], [0.7, 0.9]), tests) == (
         f"On this run, ResNet50 minus EfficientNet-B0 is {MINUS}20.0 points of accuracy (the paper: +1.1 points). "
         "McNemar's p = 0.01: the two differ by more than chance on these images.")
 
@@ -196,26 +198,27 @@ def test_the_sweep_readings_give_intervals_only_from_enough_runs():
     summary = pd.DataFrame({"model": ["resnet50", "efficientnet_b0"], "reading": ["default", "default"],
                             "metric": ["accuracy"] * 2, "mean": [0.6, 0.7], "sd": [0.02, 0.05],
                             "ci_low": [0.55, np.nan], "ci_high": [0.65, np.nan], "n": [3, 2]})
-    top, spread, few = readings.sweep_reading(summary, 0.95)
+    top, spread, few = comparison_readings.sweep_reading(summary, 0.95)
     assert top == "Highest mean accuracy: EfficientNet-B0, 70.0% over 2 runs (too few runs for an interval)."
     assert spread.startswith("From run to run accuracy varies with a standard deviation of 2.0% to 5.0%")
     assert few == "1 of 2 groups have fewer than 3 runs: too few runs for an interval."
     paired = pd.DataFrame({"first": ["resnet50", "resnet50"], "second": ["efficientnet_b0"] * 2,
                            "reading": ["a", "b"], "mean_difference": [-0.1, 0.01], "ci_low": [-0.15, -0.02],
                            "ci_high": [-0.05, 0.04], "n": [3, 3]})
-    ahead, tie = readings.paired_reading(paired, 0.95)
+    ahead, tie = comparison_readings.paired_reading(paired, 0.95)
     assert ahead == (f"ResNet50 minus EfficientNet-B0 (a): {MINUS}10.0 points over 3 seeds, 95% interval "
                      f"[{MINUS}15.0 points, {MINUS}5.0 points]: EfficientNet-B0 is ahead.")
     assert tie.endswith("it contains zero: the runs cannot tell them apart.")
     ablation = pd.DataFrame({"model": ["resnet50"] * 3, "reading": ["default", "a", "b"],
                              "default": [True, False, False], "difference_to_default": [np.nan, -0.1, 0.01],
                              "ci_low": [np.nan, -0.15, -0.02], "ci_high": [np.nan, -0.05, 0.04], "paired_n": [0, 3, 3]})
-    assert readings.ablation_reading(ablation, 0.95) == (
+    assert comparison_readings.ablation_reading(ablation, 0.95) == (
         f"1 of 2 readings move accuracy beyond their 95% interval: ResNet50 with a, {MINUS}10.0 points.")
-    assert readings.ablation_reading(ablation.assign(paired_n=2), 0.95).endswith(": too few runs for an interval.")
-    assert readings.ablation_reading(ablation.iloc[:1], 0.95).startswith("This sweep varies no reading")
+    few = comparison_readings.ablation_reading(ablation.assign(paired_n=2), 0.95)
+    assert few.endswith(": too few runs for an interval.")
+    assert comparison_readings.ablation_reading(ablation.iloc[:1], 0.95).startswith("This sweep varies no reading")
     results = pd.DataFrame({"member": ["a", "b"], "status": ["finished", "failed"]})
-    assert readings.sweep_conclusions(results).startswith("1 of 2 runs finished; not finished: b (failed)")
+    assert comparison_readings.sweep_conclusions(results).startswith("1 of 2 runs finished; not finished: b (failed)")
 
 
 # -- 07, 08 -------------------------------------------------------------------------------------
