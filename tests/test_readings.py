@@ -208,7 +208,7 @@ def test_the_sweep_readings_give_intervals_only_from_enough_runs():
     ahead, tie = comparison_readings.paired_reading(paired, 0.95)
     assert ahead == (f"ResNet50 minus EfficientNet-B0 (a): {MINUS}10.0 points over 3 seeds, 95% interval "
                      f"[{MINUS}15.0 points, {MINUS}5.0 points]: EfficientNet-B0 is ahead.")
-    assert tie.endswith("it contains zero: the runs cannot tell them apart.")
+    assert tie.endswith("[−2.0 points, +4.0 points], which contains zero: the runs cannot tell them apart.")
     ablation = pd.DataFrame({"model": ["resnet50"] * 3, "reading": ["default", "a", "b"],
                              "default": [True, False, False], "difference_to_default": [np.nan, -0.1, 0.01],
                              "ci_low": [np.nan, -0.15, -0.02], "ci_high": [np.nan, -0.05, 0.04], "paired_n": [0, 3, 3]})

@@ -110,9 +110,9 @@ def paired_reading(paired: pd.DataFrame, confidence: float) -> list[str]:
             sentences.append(f"{head}; {TOO_FEW_RUNS}.")
             continue
         span = f"{confidence:.0%} interval [{number(row.ci_low, 'points')}, {number(row.ci_high, 'points')}]"
-        verdict = (f"{a if row.ci_low > 0 else b} is ahead" if row.ci_low > 0 or row.ci_high < 0
-                   else "it contains zero: the runs cannot tell them apart")
-        sentences.append(f"{head}, {span}: {verdict}.")
+        verdict = (f": {a if row.ci_low > 0 else b} is ahead" if row.ci_low > 0 or row.ci_high < 0
+                   else ", which contains zero: the runs cannot tell them apart")
+        sentences.append(f"{head}, {span}{verdict}.")
     if len(paired) > 3:
         sentences.append(f"{len(paired) - 3} more pairs in the table.")
     return sentences
