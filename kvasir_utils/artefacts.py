@@ -272,7 +272,7 @@ class Figure:
     SWEEP_ACCURACY = "accuracy_per_run"  # 06
     # per model: "{model}_<kind>", the kinds in the order the model's page shows them
     MODEL_KINDS = ("figure1_predictions", "figure2_curves", "figure3_gradcam", "confusion", "roc", "f1_vs_paper",
-                   "reliability")
+                   "reliability", "stage1_curves", "stage2_curves")  # the last two: notebooks 02 and 03's
 
     @staticmethod
     def of_model(model: str, kind: str) -> str:

@@ -3,12 +3,16 @@ needed): the departures table has no empty cell, no page shows a Python ``None``
 the paper lacks is labelled "(paper)", no link leaves the report folder (it works copied or shared),
 no figure keeps nbconvert's default alt text, and every table has a caption and row headers."""
 
+import json
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import pandas as pd
 import pytest
 
-from kvasir_utils.analysis import paper
+from kvasir_utils.analysis import metrics, paper
+from kvasir_utils.artefacts import Figure, Table
 from kvasir_utils.report import formats
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chain")]
@@ -105,3 +109,41 @@ def test_every_table_has_a_caption_row_headers_and_numbers_in_one_style(pages, s
     assert headers == {}  # words, not snake_case machine names
     claims = next(t for t in index.find_all("table") if t.caption and t.caption.text == "The paper's claims")
     assert [th.get_text() for th in claims.find_all("th", scope="row")][:1] == ["ResNet50 accuracy"]
+
+
+def test_the_notebook_pages_show_this_runs_readings_and_conclusions(pages, smoke_chain):
+    """The sentences generated at run time (report.readings) reach the rendered notebook pages and
+    name this run's facts: the Table 1 reading a class of Table 1 with its F1, the confusion reading
+    Table 2's off-diagonal count, the closing cells metrics.json's numbers and each stage's epochs."""
+    report = smoke_chain.report
+    text = {page.name: soup.get_text(" ", strip=True) for page, soup in pages.items()}
+    for model in smoke_chain.train.models:
+        name, page = formats.model_name(model), text[f"04_evaluate-{model}.html"]
+        table1 = pd.read_csv(report.table(Table.of_model(model, "table1")), index_col=0)
+        f1 = table1["F1-Score"].drop(list(metrics.AVERAGE_ROWS))
+        if f1.nunique() > 1:
+            found = re.search(r"Best F1: (.+?) \((\d\.\d{3})\); weakest: (.+?) \((\d\.\d{3})\)", page)
+            assert found, page[:300]
+            for names, value in ((found[1], found[2]), (found[3], found[4])):
+                for shown in re.split(r", | and ", names):
+                    assert f"{f1[shown]:.3f}" == value, (shown, value)  # a class of Table 1, with its F1
+            assert found[2] == f"{f1.max():.3f}" and found[4] == f"{f1.min():.3f}"
+        confusion = pd.read_csv(report.table(Table.of_model(model, "table2")), index_col=0).to_numpy()
+        wrong = confusion.sum() - confusion.trace()
+        assert (f"{wrong} of {confusion.sum()} validation images" in page if wrong else "no confusion at all" in page)
+        record = json.loads(smoke_chain.run.metrics(model).read_text())
+        assert (f"{name} on this run's {record['images']} validation images: accuracy "
+                f"{formats.number(record['accuracy'], 'percent')}") in page
+        assert "Conclusions" in page and "notebook 05" in page.lower()
+        for stage, number in (("stage1", 1), ("stage2", 2)):
+            epochs = smoke_chain.stage_config(stage).epochs
+            prefix = "02_train" if stage == "stage1" else "03_finetune"
+            assert f"Stage {number} ended after {epochs} epochs" in text[f"{prefix}-{model}.html"]
+            curves = report.figure(Figure.of_model(model, f"{stage}_curves"))
+            assert curves.stat().st_size > 1000  # saved, not only shown
+    assert "minus" in text["05_compare.html"] and "make sweep" in text["05_compare.html"]
+    assert "Validation images per class" in text["01_download_and_split.html"] or \
+        "Every class has" in text["01_download_and_split.html"]
+    audit = text["07_audit.html"]
+    assert all(f"{formats.model_name(m)}: mean top-1 confidence" in audit for m in smoke_chain.train.models)
+    assert "index page" in audit

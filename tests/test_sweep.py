@@ -16,6 +16,7 @@ import yaml
 
 from kvasir_utils.analysis import sweeps
 from kvasir_utils.config import ConfigError
+from kvasir_utils.report import comparison_readings
 from kvasir_utils.run import notebooks, sweep_aggregate, sweep_execute, sweep_spec
 from tests.helpers import TINY, metrics_record, tmp_overrides
 
@@ -246,6 +247,15 @@ def test_aggregation_by_hand_paired_by_seed_against_the_default_reading(tmp_path
     assert lower["difference_to_default"] == pytest.approx(-(0.10 + 0.07 + 0.10) / 3) and lower["paired_n"] == 3
     assert lower["ci_low"] < lower["difference_to_default"] < lower["ci_high"] < 0
     assert np.isnan(ablation.loc[("resnet18", "train.stage2.lr=1e-3"), "difference_to_default"])
+    # notebook 06's readings of the same tables name the same facts
+    top = comparison_readings.sweep_reading(summary.reset_index(), 0.95)[0]
+    assert top.startswith("Highest mean accuracy: ResNet18 (train.stage2.lr=1e-3), 82.0% over 3 runs (95% interval [")
+    assert comparison_readings.paired_reading(sweeps.paired_table(results), 0.95)[0].startswith(
+        "ResNet18 minus MobileNetV3-small: +2.7 points over 3 seeds, 95% interval [")
+    assert comparison_readings.ablation_reading(sweeps.ablation_table(results), 0.95) == (
+        "1 of 1 readings move accuracy beyond their 95% interval: ResNet18 with train.stage2.lr=0.01, "
+        "\u22129.0 points.")
+    assert comparison_readings.sweep_conclusions(results).startswith("9 of 12 runs finished; not finished: ")
 
 
 def test_a_finished_run_counts_as_not_done_once_its_resolved_settings_change(tmp_path):

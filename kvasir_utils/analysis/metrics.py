@@ -20,6 +20,8 @@ from kvasir_utils.analysis.labels import abbreviations, display_name
 from kvasir_utils.errors import KvasirError
 
 TABLE1_COLUMNS = ["Precision", "Recall", "F1-Score", "Specificity", "Support"]
+MACRO_AVG, WEIGHTED_AVG = "Macro Avg", "Weighted Avg"  # Table 1's last rows (and ROC-AUC's macro), as the paper's
+AVERAGE_ROWS = (MACRO_AVG, WEIGHTED_AVG)
 
 
 def specificity(cm: np.ndarray) -> np.ndarray:
@@ -32,7 +34,7 @@ def specificity(cm: np.ndarray) -> np.ndarray:
 
 def classification_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame:
     """The paper's Table 1: per class precision, recall, F1, specificity, support, then
-    ``Macro Avg`` and ``Weighted Avg`` (weighted specificity left empty, as in the paper)."""
+    ``Macro Avg`` and ``Weighted Avg`` (``AVERAGE_ROWS``; weighted specificity left empty, as in the paper)."""
     labels = np.arange(len(class_names))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
@@ -45,8 +47,8 @@ def classification_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame
     weights = support / support.sum()
     macro = table[TABLE1_COLUMNS[:4]].mean()
     weighted = table[TABLE1_COLUMNS[:3]].mul(weights, axis=0).sum()
-    table.loc["Macro Avg"] = [*macro, support.sum()]
-    table.loc["Weighted Avg"] = [*weighted, np.nan, support.sum()]
+    table.loc[MACRO_AVG] = [*macro, support.sum()]
+    table.loc[WEIGHTED_AVG] = [*weighted, np.nan, support.sum()]
     table["Support"] = table["Support"].astype(int)
     return table
 
@@ -66,7 +68,7 @@ def flag_small_support(table: pd.DataFrame, min_support: int) -> pd.DataFrame:
     """A per-class table (Table 1, with ``Support``) with a ``Note`` column that flags each class with
     fewer than ``min_support`` images (``eval.min_support``): its numbers move by a large step with
     each image, so they are not to be read to two decimals. Average rows are not flagged."""
-    averages = table.index.isin(["Macro Avg", "Weighted Avg"])
+    averages = table.index.isin(AVERAGE_ROWS)
     small = (table["Support"] < min_support) & ~averages
     return table.assign(Note=np.where(small, SMALL_SUPPORT_NOTE.format(min_support), ""))
 
@@ -117,7 +119,7 @@ def roc_auc_table(y_true, probs: np.ndarray, class_names: list[str]) -> pd.Serie
         values[display_name(name)] = roc_auc_score(positives, probs[:, i]) if 0 < positives.sum() < len(y_true) \
             else np.nan
     auc = pd.Series(values, name="ROC-AUC")
-    auc["Macro Avg"] = auc.mean()
+    auc[MACRO_AVG] = auc.mean()
     return auc
 
 
@@ -137,7 +139,7 @@ def summary(y_true, probs: np.ndarray, class_names: list[str]) -> dict:
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=range(len(class_names)), zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", labels=range(len(class_names)),
                                       zero_division=0)),
-        "macro_auc": float(auc["Macro Avg"]),
+        "macro_auc": float(auc[MACRO_AVG]),
         "images": int(len(y_true)),
     }
 

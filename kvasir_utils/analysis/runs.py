@@ -22,10 +22,10 @@ SCALAR_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss",
                "accuracy/train": "train_acc", "accuracy/val": "val_acc"}
 
 
-def read_history(cfg: Config, model_name: str) -> pd.DataFrame:
-    """Both stages' histories, one row per epoch, with a ``stage`` column."""
+def read_history(cfg: Config, model_name: str, stages: tuple[str, ...] = STAGES) -> pd.DataFrame:
+    """The ``stages``' histories (both by default), one row per epoch, with a ``stage`` column."""
     frames = []
-    for stage in STAGES:
+    for stage in stages:
         path = cfg.run.history(model_name, stage)
         if path.exists():
             frames.append(pd.read_csv(path).assign(stage=stage))

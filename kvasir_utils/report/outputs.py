@@ -221,6 +221,10 @@ CAPTIONS = {
                                    "validation predictions, each with its true class, predicted class and confidence.",
     "{model}_figure2_curves": "Figure 2{paper}: {name}'s training and validation loss and accuracy per epoch, "
                               "numbered across both stages; the dotted line marks where fine-tuning (stage 2) begins.",
+    "{model}_stage1_curves": "{name}'s training and validation loss and accuracy per epoch of stage 1, as "
+                             "history.csv records them.",
+    "{model}_stage2_curves": "{name}'s training and validation loss and accuracy per epoch, numbered across both "
+                             "stages; the dotted line marks where fine-tuning (stage 2) begins.",
     "{model}_figure3_gradcam": "Figure 3: where {name} looks: each validation example of a class as the model saw it "
                                "(left) beside the Grad-CAM of the predicted class laid over it (right), a correct (✓) "
                                "and an incorrect (✗) one per class (viridis: yellow is most weight); an empty cell "

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from kvasir_utils.analysis import metrics
 from kvasir_utils.analysis.labels import display_name
 from kvasir_utils.analysis.runs import SCALAR_TAGS
 
@@ -262,7 +263,7 @@ def sweep_runs_figure(results: pd.DataFrame, paper_values: dict[str, float], met
 
 def f1_vs_paper(table1: pd.DataFrame, reported: pd.DataFrame | None, title: str = ""):
     """Per-class F1 of this run beside the paper's Table 1 (where the paper reports one)."""
-    classes = [c for c in table1.index if c not in ("Macro Avg", "Weighted Avg")]
+    classes = [c for c in table1.index if c not in metrics.AVERAGE_ROWS]
     y = np.arange(len(classes))
     fig, ax = plt.subplots(figsize=(7, 0.42 * len(classes) + 1.4))
     ax.barh(y - 0.2, table1.loc[classes, "F1-Score"], height=0.38, color="#4C72B0", label="this run")
