@@ -146,4 +146,8 @@ def test_the_notebook_pages_show_this_runs_readings_and_conclusions(pages, smoke
         "Every class has" in text["01_download_and_split.html"]
     audit = text["07_audit.html"]
     assert all(f"{formats.model_name(m)}: mean top-1 confidence" in audit for m in smoke_chain.train.models)
+    # the audit's findings name each model as the pages do, on the notebook page and on the index
+    index = (smoke_chain.report_dir / "index.html").read_text()
+    for page in (audit, index):
+        assert all(f"{formats.model_name(m)}: masking the box at test time" in page for m in smoke_chain.train.models)
     assert "index page" in audit

@@ -103,6 +103,8 @@ def test_a_sweep_on_a_two_node_cluster_where_one_reading_fails_and_a_rerun_train
     assert row["mean"] == pytest.approx(runs.loc[runs["status"] == "finished", "accuracy"].mean(), abs=1e-5)
     index = (reports / "index.html").read_text()
     assert "1 of 2 runs finished" in index and index.count("mean nothing about Kvasir") == 1
+    assert "seeds 1 (varying" in index  # values as a profile writes them, no Python lists
+    assert "readings: train.stage2.trainable = last_tensors:4; train.weights = null or IMAGENET1K_V1." in index
     for record in records.values():
         member_report = f"members/{record['member'].replace(':', '_')}/smoke/index.html"
         assert (member_report in index) == (record["status"] == "finished")

@@ -184,11 +184,11 @@ def interval_words(low: float, high: float, effect: str, none: str) -> str:
 
 def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame, confidence: float = 0.95) -> list[str]:
     """The audit's findings in plain words, each difference with its interval, and last the signs
-    they take (``SIGNS``)."""
+    they take (``SIGNS``); each model by ``headline``'s index (the pages pass display names)."""
     with_box = box_rates[box_rates["rate"] > 0]
     sentences = [
         f"The teal position-guide box appears in {len(with_box)} of {len(box_rates)} classes "
-        f"(from {with_box['rate'].min():.0%} to {with_box['rate'].max():.0%} of their frames) and never in the others, "
+        f"(from {with_box['rate'].min():.1%} to {with_box['rate'].max():.1%} of their frames) and never in the others, "
         "so a network can learn 'box means lower-GI class' without looking at tissue."
         if len(with_box) else "No frame carries the position-guide box.",
     ]

@@ -177,7 +177,8 @@ def _audit_section(cfg: Config) -> dict | None:
                       "accuracy_without_twin", "twin_gap", "ece", "brier"]].rename(index=formats.model_name)
     figures = [_figure(report.figure(Figure.GUIDE_BOX_RATES), root)]
     figures += [_figure(report.figure(Figure.of_model(model, "reliability")), root) for model in headline.index]
-    return {"sentences": audit.audit_sentences(headline, box_rates, cfg.eval.confidence),
+    sentences = audit.audit_sentences(headline.rename(index=formats.model_name), box_rates, cfg.eval.confidence)
+    return {"sentences": sentences,
             "table": Markup(table_html(shown, caption="The audit in numbers")), "figures": figures}
 
 
@@ -350,7 +351,10 @@ def _csv_table(path: Path, shape, empty: str, caption: str) -> Markup:
 def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
     root, report = sweep.report_dir, ReportFolder(sweep.report_dir)
     finished = int((results["status"] == "finished").sum())
-    grid = ", ".join(f"{k} in {v}" for k, v in sweep.spec.grid.items()) or ", ".join(
+    def shown(value) -> str:  # a setting's value as a profile writes it (null, true, a list without brackets)
+        return value if isinstance(value, str) else json.dumps(value)
+
+    grid = "; ".join(f"{k} = {' or '.join(map(shown, v))}" for k, v in sweep.spec.grid.items()) or ", ".join(
         f"{name} ({', '.join(f'{k}={json.dumps(v) if not isinstance(v, str) else v}' for k, v in settings.items())})"
         for name, settings in sweep.spec.readings.items()
     ) or "none"
@@ -358,8 +362,10 @@ def sweep_context(sweep, results: pd.DataFrame, page: Path | None) -> dict:
     for member, row in zip(sweep.members, results.itertuples()):
         members.append({"name": member.name, "status": row.status, "error": row.error,
                         "href": rel(member.report_index, root) if member.report_index.exists() else None})
-    intro = (f"Profile {sweep.base.profile}; models {', '.join(dict.fromkeys(results['model']))}; seeds "
-             f"{sweep.spec.seeds} (varying {sweep.spec.seed_setting}); readings: {grid}. {finished} of "
+    models = ", ".join(formats.model_name(m) for m in dict.fromkeys(results["model"]))
+    intro = (f"Profile {sweep.base.profile}; models {models}; seeds "
+             f"{', '.join(map(str, sweep.spec.seeds))} (varying {sweep.spec.seed_setting}); readings: {grid}. "
+             f"{finished} of "
              f"{len(results)} runs "
              f"finished; every number below is over the finished runs, with a {sweep.base.eval.confidence:.0%} "
              f"Student-t interval across runs, kept inside the metric's bounds; fewer than {stats.MIN_RUNS} runs "
