@@ -120,3 +120,67 @@ def test_a_paired_figure_of_two_identical_settings_reads_one():
         torch.set_num_threads(threads)
     assert pair["rounds"] == 61 and pair["low"] <= pair["ratio"] <= pair["high"]
     assert pair["ratio"] == pytest.approx(1.0, abs=0.05), pair
+
+
+def _bench_for(cfg, factor: float) -> dict:
+    """bench.json's measured figures made so that each stage's projection is its history's seconds
+    divided by ``factor`` (so a real run reads ``factor`` times the projection), the data stage and
+    the evaluation at one image a second."""
+    import math
+
+    import pandas as pd
+
+    images = cfg.data.expected_per_class * len(cfg.data.classes)
+    val = math.ceil(images * cfg.split.val_fraction)
+    stages = []
+    for model in cfg.train.models:
+        for stage in STAGES:
+            seconds = pd.read_csv(cfg.run.history(model, stage))["seconds"].sum()
+            rate = factor * cfg.stage_config(stage).epochs * images / seconds  # train + val images an epoch
+            stages.append({"model": model, "stage": stage, "train_seconds": [1.0, 1.0], "val_seconds": [1.0, 1.0],
+                           "measured_images_per_s": rate, "val_images_per_s": rate, "first_val_images_per_s": 1.0})
+    return {"measured": {"data_stage_seconds_per_image": 1.0, "stages": stages}}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("chain")
+def test_the_check_puts_the_projection_beside_the_runs_epochs_and_notebooks(smoke_chain, tmp_path):
+    from kvasir_utils.bench import check
+
+    frame = check.compare(smoke_chain, _bench_for(smoke_chain, 1.1))
+    assert list(frame["part"]) == ["data stage", *[f"{m} {s}" for m in smoke_chain.train.models for s in STAGES],
+                                   *[f"{m} evaluation" for m in smoke_chain.train.models]]
+    stages = frame[frame["epochs_s"].notna()]
+    assert stages["epochs_vs_projected"].to_numpy() == pytest.approx(1.1)
+    assert (stages["notebook_s"] > stages["epochs_s"]).all()  # a notebook also starts, builds and saves
+    summary = check.summarise(frame)
+    assert summary["stages_epochs_vs_projected"] == pytest.approx(1.1) and summary["agrees"]
+    assert summary["parts_beyond_agreement"] == []
+    slow = check.summarise(check.compare(smoke_chain, _bench_for(smoke_chain, 1.3)))
+    assert not slow["agrees"] and len(slow["parts_beyond_agreement"]) == 2 * len(smoke_chain.train.models)
+    assert any(line.startswith("why:") for line in check.explain(slow))
+
+
+def test_the_check_refuses_bench_figures_it_cannot_compare(tmp_path):
+    from kvasir_utils.bench import check
+    from kvasir_utils.provenance import environment
+
+    path = tmp_path / "bench.json"
+    with pytest.raises(KvasirError, match="run `make bench` first"):
+        check.read_bench(path)
+    path.write_text(json.dumps({"scale": {"settings": list(projection.SCALES["small"].settings)},
+                                "machine": environment()}))
+    with pytest.raises(KvasirError, match="reduced scale .* run `make bench` \\(paper scale\\) first"):
+        check.read_bench(path)
+    path.write_text(json.dumps({"scale": {"settings": []}, "machine": {**environment(), "cpu": "another CPU"}}))
+    with pytest.raises(KvasirError, match="measured on another CPU \\(another CPU; this is"):
+        check.read_bench(path)
+    path.write_text(json.dumps({"scale": {"settings": []}, "machine": environment(), "measured": {}}))
+    assert check.read_bench(path)["measured"] == {}
+
+
+def test_the_check_profile_is_the_papers_protocol_on_a_tenth_of_the_images():
+    paper, tenth = load_profile("paper"), load_profile("bench-check")
+    assert tenth.data.expected_per_class * 10 == paper.data.expected_per_class
+    assert tenth.science_dict()["train"] | {"weights": None} == paper.science_dict()["train"] | {"weights": None}
+    assert tenth.transforms == paper.transforms and tenth.split == paper.split and tenth.runtime.compile == "on"

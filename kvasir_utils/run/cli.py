@@ -109,7 +109,13 @@ def _add_bench_commands(sub) -> None:
     bench.add_argument("--stage-images", type=int, default=None,
                        help="generated images per class for the measured stages, 80%% of them train "
                        "(default: the scale's)")
-    bench.add_argument("--out", type=Path, default=None, help="the JSON file (default: reports/bench/bench.json)")
+    bench.add_argument("--out", type=Path, default=None, help="the JSON file (default: reports/bench/bench.json; "
+                       "with --check, reports/bench/check.json)")
+    bench.add_argument("--check", metavar="PROFILE", default=None,
+                       help="measure nothing: put bench.json's projection beside PROFILE's finished run (make evaluate "
+                       "PROFILE=bench-check: the protocol on a tenth of the images) and write check.json")
+    bench.add_argument("--bench", type=Path, default=None, help="with --check: the bench results to compare "
+                       "(default: reports/bench/bench.json)")
     gpu = sub.add_parser("gpu-check", help="on a GPU: paper-scale epoch, whole protocol, concurrent runs: "
                          "gpu_check.json")
     gpu.add_argument("--scale", default="paper", help="paper (default), or small: a few small images")
@@ -232,7 +238,11 @@ def open_lab(profile: str, overrides: list[str], session_only: bool = False) -> 
 
 def _run_bench(args) -> None:
     # imported here: torch costs every other command seconds to import; each prints "wrote <file>"
-    if args.command == "bench":
+    if args.command == "bench" and args.check:
+        from kvasir_utils.bench import check
+
+        check.run(profiles.load_profile(args.check, []), args.bench or check.OUT, args.out or check.CHECK_OUT)
+    elif args.command == "bench":
         from kvasir_utils.bench import projection
 
         scale = projection.scale_named(args.scale, images_per_class=args.images_per_class, steps=args.steps,

@@ -1,0 +1,134 @@
+"""``make bench BENCH="--check PROFILE"``: the bench's projection beside a real run of the notebooks.
+
+``make bench`` projects the protocol from two short epochs a stage. This puts that projection,
+made for the sizes of PROFILE's finished run (``make evaluate PROFILE=bench-check``: the paper's
+protocol, every epoch, on a tenth of Kvasir's size in generated full-size frames), beside what the
+run took on the same machine:
+  - each stage: its epochs' seconds from ``history.csv`` (training and the validation pass, what
+    the projection models) and the whole notebook's wall time (start-up, model building, saving);
+  - the data stage against notebook 01, the evaluation against notebook 04 (wall times; both do
+    more than the projection counts: the near-duplicate detectors, Grad-CAM, the bootstrap).
+The stages' epochs must agree within ``AGREEMENT`` (15%); the notebook totals are shown with what
+the projection leaves out, so a gap there is explained rather than hidden. Writes
+``reports/bench/check.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from kvasir_utils.artefacts import STAGES
+from kvasir_utils.bench.projection import OUT, project_protocol
+from kvasir_utils.config import Config
+from kvasir_utils.errors import KvasirError
+from kvasir_utils.files import write_json_atomic
+from kvasir_utils.provenance import environment
+
+AGREEMENT = 0.15  # the issue's bound on |measured / projected - 1| for the stages' epochs
+CHECK_OUT = OUT.with_name("check.json")
+STAGE_NOTEBOOKS = {"stage1": "02_train", "stage2": "03_finetune"}
+
+
+def read_bench(path: Path) -> dict:
+    """A paper-scale ``bench.json`` measured on this CPU; anything else is an error with the remedy."""
+    if not path.exists():
+        raise KvasirError(f"no bench results at {path}: run `make bench` first (it writes them)")
+    bench = json.loads(path.read_text())
+    if bench.get("scale", {}).get("settings"):
+        raise KvasirError(f"{path} was measured at a reduced scale ({' '.join(bench['scale']['settings'])}), whose "
+                          "figures are not the protocol's: run `make bench` (paper scale) first")
+    here, there = environment()["cpu"], bench.get("machine", {}).get("cpu")
+    if here != there:
+        raise KvasirError(f"{path} was measured on another CPU ({there}; this is {here}): run `make bench` here first")
+    return bench
+
+
+def notebook_seconds(path: Path) -> float:
+    """An executed notebook's wall time as papermill recorded it."""
+    if not path.exists():
+        raise KvasirError(f"{path} is missing: the run is not finished (`make evaluate PROFILE=<profile>` runs it)")
+    return float(json.loads(path.read_text())["metadata"]["papermill"]["duration"])
+
+
+def compare(cfg: Config, bench: dict) -> pd.DataFrame:
+    """One row per part of the run: projected seconds, the measured epochs' seconds (stages only)
+    and the notebook's wall time, with their ratios to the projection."""
+    measured = bench["measured"]
+    projection = project_protocol(cfg, measured)
+    images = cfg.data.expected_per_class * len(cfg.data.classes)
+    val = math.ceil(images * cfg.split.val_fraction)
+    notebooks = cfg.run.notebooks
+    rows = [{"part": "data stage", "notebook": "01_download_and_split",
+             "projected_s": images * measured["data_stage_seconds_per_image"], "epochs_s": None,
+             "notebook_s": notebook_seconds(notebooks / "01_download_and_split.ipynb")}]
+    for row in projection["stages"]:
+        model, stage = row["model"], row["stage"]
+        history = pd.read_csv(cfg.run.history(model, stage))
+        if len(history) != cfg.stage_config(stage).epochs:
+            raise KvasirError(f"{cfg.run.history(model, stage)} has {len(history)} epochs where the profile trains "
+                              f"{cfg.stage_config(stage).epochs}: finish the run first")
+        name = f"{STAGE_NOTEBOOKS[stage]}-{model}"
+        rows.append({"part": f"{model} {stage}", "notebook": name, "projected_s": row["seconds"],
+                     "epochs_s": float(history["seconds"].sum()),
+                     "notebook_s": notebook_seconds(notebooks / f"{name}.ipynb")})
+    for model in cfg.train.models:
+        first = next(r for r in projection["stages"] if r["model"] == model and r["stage"] == STAGES[0])
+        name = f"04_evaluate-{model}"
+        rows.append({"part": f"{model} evaluation", "notebook": name,
+                     "projected_s": val / first.get("first_val_images_per_s", first["val_images_per_s"]),
+                     "epochs_s": None, "notebook_s": notebook_seconds(notebooks / f"{name}.ipynb")})
+    frame = pd.DataFrame(rows)
+    frame["epochs_vs_projected"] = frame["epochs_s"] / frame["projected_s"]
+    frame["notebook_vs_projected"] = frame["notebook_s"] / frame["projected_s"]
+    return frame
+
+
+def summarise(frame: pd.DataFrame) -> dict:
+    """The stages' epochs against their projection (the check), and the whole run's notebooks
+    against the whole projection, with the parts the projection leaves out."""
+    stages = frame[frame["epochs_s"].notna()]
+    ratio = float(stages["epochs_s"].sum() / stages["projected_s"].sum())
+    whole = float(frame["notebook_s"].sum() / frame["projected_s"].sum())
+    outside = float((stages["notebook_s"] - stages["epochs_s"]).sum())
+    return {"stages_epochs_vs_projected": ratio, "agrees": abs(ratio - 1) <= AGREEMENT,
+            "notebooks_vs_projected": whole, "stage_notebooks_outside_epochs_s": outside,
+            "parts_beyond_agreement": [p for p, r in zip(stages["part"], stages["epochs_vs_projected"])
+                                       if abs(r - 1) > AGREEMENT]}
+
+
+def explain(summary: dict) -> list[str]:
+    """The check in words, with why where it does not hold."""
+    ratio = summary["stages_epochs_vs_projected"]
+    lines = [f"the stages' epochs took {ratio:.2f}x the projection "
+             + (f"(within {AGREEMENT:.0%}: the bench's rates hold for a real run)" if summary["agrees"] else
+                f"(beyond {AGREEMENT:.0%})")]
+    if not summary["agrees"]:
+        lines.append("why: the bench times two epochs of a slice of images a stage; a run's first epoch also "
+                     "compiles and a run under other load drifts (this machine's speed varies between runs); "
+                     "rerun `make bench` and the check beside each other on a quiet machine")
+    if summary["parts_beyond_agreement"]:
+        lines.append(f"stages beyond {AGREEMENT:.0%}: {', '.join(summary['parts_beyond_agreement'])}")
+    lines.append(f"the whole run's notebooks took {summary['notebooks_vs_projected']:.2f}x the projection: the "
+                 "projection leaves out notebook start-up and model building "
+                 f"({summary['stage_notebooks_outside_epochs_s']:.0f} s in the stage notebooks here), notebook 01's "
+                 "near-duplicate detectors and notebook 04's Grad-CAM, bootstrap and figures")
+    return lines
+
+
+def run(cfg: Config, bench_path: Path = OUT, out: Path = CHECK_OUT) -> dict:
+    """Compare, print and write ``out``."""
+    frame = compare(cfg, read_bench(bench_path))
+    summary = summarise(frame)
+    print(frame.round(2).to_string(index=False))
+    for line in explain(summary):
+        print(line)
+    results = {"profile": cfg.profile, "bench": str(bench_path), "machine": environment(),
+               "parts": frame.astype(object).where(frame.notna(), None).to_dict(orient="records"), **summary,
+               "explanation": explain(summary)}
+    write_json_atomic(out, results)
+    print(f"wrote {out}")
+    return results
