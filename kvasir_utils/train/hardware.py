@@ -1,6 +1,7 @@
-"""How a stage runs on this machine: device, precision, loader workers, determinism, ``torch.compile``
-and where the augmentations run. None of it changes what is computed beyond float rounding (the
-device augmentation backend draws other random numbers from the same distributions).
+"""How a stage runs on this machine: device, precision and memory format (chosen by ``train.probe``
+where left auto), loader workers, determinism, ``torch.compile`` and where the augmentations run.
+None of it changes what is computed beyond float rounding (the device augmentation backend draws
+other random numbers from the same distributions).
 """
 
 from __future__ import annotations
