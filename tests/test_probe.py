@@ -41,18 +41,20 @@ def test_the_probe_measures_once_chooses_and_the_record_says_so(tmp_path):
     kept = json.loads(path.read_text())
     assert len(kept) == (2 if native else 1)
     assert all("resnet18, 32 px, batch 4 | cpu | " in key and torch.__version__ in key for key in kept)
-    # a second call measures nothing: it reads the file (here planted with other figures)
-    for figure in kept.values():
-        figure["ratio"] = 1.5
+    # a second call measures nothing: it reads the file (here planted with another memory-format figure)
+    key = next(key for key in kept if key.startswith(f"channels_last vs contiguous, {chosen.precision} |"))
+    kept[key]["ratio"] = 1.5
     path.write_text(json.dumps(kept))
     again = probe.choose(runtime, model, "resnet18", cfg)
     assert again.channels_last and again.probe["memory_format"] == {"chose": "channels_last", "ratio": 1.5}
-    assert again.precision == ("bf16" if native else "fp32")
-    assert json.loads(path.read_text()) == kept
+    assert again.precision == chosen.precision and again.probe["precision"] == precision
+    assert json.loads(path.read_text()) == kept  # nothing measured, nothing added
     record = again.record()
     assert record["channels_last"] and record["probe"] == again.probe
     assert "channels_last 1.50x contiguous" in describe_runtime(record)
-    assert ("bf16 1.50x fp32" if native else "fp32, no native bf16") in describe_runtime(record)
+    measured = precision["ratio"] or 0.0
+    said = {"bf16": f"bf16 {measured:.2f}x fp32", "fp32": f"fp32, as bf16 measured {measured:.2f}x"}
+    assert (said[chosen.precision] if native else "fp32, no native bf16") in describe_runtime(record)
 
 
 def test_a_setting_given_explicitly_is_never_probed(tmp_path):
