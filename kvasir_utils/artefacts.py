@@ -48,6 +48,7 @@ METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 SKIPPED = "skipped.csv"  # a prediction's files that could not be read
 PREDICT_RECORD = "predict.json"  # what a prediction was made with
+RUNTIME_PROBE = "runtime-probe.json"  # under paths.data: this machine's runtime measurements (train.probe)
 
 PROBABILITY_PREFIX = "p_"
 

@@ -53,8 +53,6 @@ class SyntheticConfig(Section):
     layout: Literal["kvasir-v2", "hyper-kvasir"] = "kvasir-v2"
 
 
-
-
 class DataConfig(Section):
     name: str = Field(min_length=1)
     dataset: Literal[DATASETS]
@@ -175,6 +173,7 @@ class RuntimeConfig(Section):
 
     device: Literal["auto", "cpu", "cuda", "mps"]
     precision: Literal["auto", "bf16", "fp32"]
+    memory_format: Literal["auto", "contiguous", "channels_last"]
     deterministic: Literal["auto", "on", "off"]
     workers: int | Literal["auto"]
     compile: Literal["auto", "on", "off"]

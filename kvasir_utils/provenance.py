@@ -98,13 +98,31 @@ def provenance(cfg: Config, model_name: str | None = None) -> dict:
     return record
 
 
+PROBE_ALTERNATIVES = {"precision": ("bf16", "fp32"), "memory_format": ("channels_last", "contiguous")}
+
+
 def describe_runtime(record: dict) -> str:
     """A runtime as checkpoints and metrics.json record it (``train.hardware.Runtime.record``), in words."""
     layout = " + channels_last" if record["channels_last"] else ""
     layout += " + torch.compile" if record["compile"] == "on" else ""
     layout += " + augmentation on the device" if record["augment"] == "device" else ""
-    return (f"{record['device_name']}, {record['precision']}{layout}, {record['workers']} loader workers, "
+    chosen = describe_probe(record.get("probe") or {})
+    return (f"{record['device_name']}, {record['precision']}{layout}{chosen}, {record['workers']} loader workers, "
             f"deterministic algorithms {record['deterministic']}")
+
+
+def describe_probe(probe: dict) -> str:
+    """What the runtime probe (``train.probe``) chose and measured, in words; empty where nothing was probed."""
+    said = []
+    for setting, found in probe.items():
+        alternative, reference = PROBE_ALTERNATIVES[setting]
+        if found["ratio"] is None:
+            said.append(f"{found['chose']}, no native bf16")
+        elif found["chose"] == alternative:
+            said.append(f"{alternative} {found['ratio']:.2f}x {reference}")
+        else:
+            said.append(f"{reference}, as {alternative} measured {found['ratio']:.2f}x")
+    return f" (chosen by a probe of the training step: {'; '.join(said)})" if said else ""
 
 
 def describe_commit(version: dict) -> str:

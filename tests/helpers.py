@@ -62,7 +62,8 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
 
 TINY = ["data.synthetic.images_per_class=16", "data.expected_per_class=16", "cache.short_side=40",
-        "transforms.image_size=32", "train.batch_size=16", "runtime.precision=fp32", "split.val_fraction=0.25"]
+        "transforms.image_size=32", "train.batch_size=16", "runtime.precision=fp32", "runtime.memory_format=contiguous",
+        "split.val_fraction=0.25"]
 
 
 def prepare_tiny_dataset(root: Path, extra: list[str] = ()):

@@ -103,6 +103,7 @@ def test_a_paired_figure_of_two_identical_settings_reads_one():
 
     from kvasir_utils.bench import timing
     from kvasir_utils.train import hardware
+    from kvasir_utils.train.paired import paired_ratio
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core each, whatever the other test worker does
@@ -114,8 +115,7 @@ def test_a_paired_figure_of_two_identical_settings_reads_one():
         batch, targets = torch.randn(16, 3, 48, 48), torch.randint(0, 8, (16,))
         step = timing.step_function(model, runtime)
         # many short rounds (5 steps of a few ms each): A and B see the same load, round by round
-        pair = timing.paired_ratio(step, step, batch, targets, runtime.device, rounds=61, steps=5,
-                                   clock=time.process_time)
+        pair = paired_ratio(step, step, batch, targets, rounds=61, steps=5, clock=time.process_time)
     finally:
         torch.set_num_threads(threads)
     assert pair["rounds"] == 61 and pair["low"] <= pair["ratio"] <= pair["high"]

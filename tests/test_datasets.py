@@ -308,7 +308,8 @@ def test_the_study_runs_on_the_hyperkvasir_shaped_tree_and_every_table_has_its_2
 
     overrides = [*tmp_overrides(hyper_root), *SMALL, "data.synthetic.images_per_class=8",
                  f"paths.runs={hyper_root / 'runs-e2e'}", "train.models=[resnet18]", "train.stage1.epochs=1",
-                 "train.stage2.epochs=1", "runtime.precision=fp32", "eval.bootstrap_samples=20",
+                 "train.stage2.epochs=1", "runtime.precision=fp32", "runtime.memory_format=contiguous",
+                 "eval.bootstrap_samples=20",
                  "eval.figure1_correct=2", "eval.figure1_incorrect=2"]
     cfg = profiles.load_profile(HYPER, overrides)
     notebooks.run_notebook("01_download_and_split", HYPER, overrides)

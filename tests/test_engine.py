@@ -1,3 +1,4 @@
+import copy
 import shutil
 
 import numpy as np
@@ -206,19 +207,24 @@ def test_runtime_deterministic_sets_torchs_switches(mode, deterministic, warn_on
         hardware.use_runtime(paper_settings("runtime", deterministic="auto"))
 
 
-def test_bf16_gives_the_predictions_of_fp32_on_a_trained_model(tiny_data, runs):
+def test_every_runtime_choice_gives_the_predictions_of_fp32_contiguous_on_a_trained_model(tiny_data, runs):
+    # what the runtime probe may choose (train.probe): each against the reference, fp32 contiguous
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=3", "train.stage1.lr=2e-3"])
     model, _ = _train(cfg)
     loader = stages.make_loaders(cfg, hardware.resolve_runtime(cfg.runtime))["val"]
-    fp32 = loop.predict(model, loader, hardware.resolve_runtime(paper_settings("runtime", precision="fp32")))[0]
-    bf16_runtime = hardware.resolve_runtime(paper_settings("runtime", precision="bf16"))
-    bf16 = loop.predict(hardware.prepare_model(model, bf16_runtime), loader, bf16_runtime)[0]
-    assert bf16_runtime.channels_last and bf16.dtype == fp32.dtype == np.float32
-    assert np.abs(bf16 - fp32).max() < 0.05
-    # so no image whose two top fp32 probabilities are more than twice that apart can change its class
+    reference = hardware.resolve_runtime(paper_settings("runtime", precision="fp32", memory_format="contiguous"))
+    fp32 = loop.predict(hardware.prepare_model(model, reference), loader, reference)[0]
+    # so no image whose two top fp32 probabilities are more than twice the tolerance apart can change its class
     top2 = np.sort(fp32, axis=1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 0.1
-    assert clear.sum() >= len(fp32) // 2 and (bf16.argmax(1) == fp32.argmax(1))[clear].all()
+    assert clear.sum() >= len(fp32) // 2
+    for precision, layout in [("fp32", "channels_last"), ("bf16", "contiguous"), ("bf16", "channels_last")]:
+        runtime = hardware.resolve_runtime(paper_settings("runtime", precision=precision, memory_format=layout))
+        assert runtime.channels_last == (layout == "channels_last") and runtime.pending == ()
+        found = loop.predict(hardware.prepare_model(copy.deepcopy(model), runtime), loader, runtime)[0]
+        assert found.dtype == fp32.dtype == np.float32
+        assert np.abs(found - fp32).max() < (1e-4 if precision == "fp32" else 0.05), (precision, layout)
+        assert (found.argmax(1) == fp32.argmax(1))[clear].all(), (precision, layout)
 
 
 def test_trainable_table_counts_parameters():

@@ -64,7 +64,7 @@ def study(tmp_path_factory):
         "transforms": {"image_size": 32},
         "train": {"models": [MODEL], "batch_size": 16, "stage1": {"epochs": 3}, "stage2": {"epochs": 2}},
         "eval": {"bootstrap_samples": 20, "figure1_correct": 2, "figure1_incorrect": 2},
-        "runtime": {"precision": "fp32"},
+        "runtime": {"precision": "fp32", "memory_format": "contiguous"},
     }))
     return {"root": root, "profile": profile}
 

@@ -35,7 +35,7 @@ import torch
 
 from kvasir_utils.analysis.runs import HISTORY_COLUMNS
 from kvasir_utils.artefacts import STAGES
-from kvasir_utils.bench.timing import paired_ratio, step_function, step_throughput
+from kvasir_utils.bench.timing import step_function, step_throughput
 from kvasir_utils.config import PROJECT_ROOT, Config, cached_name
 from kvasir_utils.data import prepare, synthetic
 from kvasir_utils.data.cache import build_cache
@@ -48,6 +48,7 @@ from kvasir_utils.files import write_json_atomic
 from kvasir_utils.profiles import load_profile
 from kvasir_utils.provenance import environment
 from kvasir_utils.train import frozen, hardware, models, presets, stages
+from kvasir_utils.train.paired import paired_ratio
 
 OUT = PROJECT_ROOT / "reports" / "bench" / "bench.json"
 
@@ -63,7 +64,7 @@ class Scale:
     stage_images: int
     matmul_size: int = 2048
     settings: tuple[str, ...] = ()
-    rounds: int = 5  # paired A/B figures: rounds that alternate the two settings (timing.paired_ratio)
+    rounds: int = 5  # paired A/B figures: rounds that alternate the two settings (train.paired.paired_ratio)
 
 
 SCALES = {
@@ -146,10 +147,10 @@ def run(scale: Scale, out: Path = OUT, baseline: bool = False) -> dict:
         targets = torch.randint(0, len(classes), (batch_size,))
         throughput = {}
         for name in cfg.train.models:
-            # paired: the two settings alternate over rounds after a warm-up (timing.paired_ratio)
+            # paired: the two settings alternate over rounds after a warm-up (train.paired)
             pair = paired_ratio(step_function(models.build_model(name, len(classes)), runtime),
                                 step_function(models.build_model(name, len(classes)), fp32), batch, targets,
-                                runtime.device, rounds=scale.rounds, steps=steps)
+                                lambda: hardware.synchronize(runtime.device), rounds=scale.rounds, steps=steps)
             throughput[name] = {"auto": pair["a_images_per_s"], "fp32": pair["b_images_per_s"]}
             results[f"{name}_auto_vs_fp32"] = pair["ratio"]
             results[f"{name}_auto_vs_fp32_spread"] = [pair["low"], pair["high"]]

@@ -1,13 +1,12 @@
 """One step timer for ``make bench`` and ``make gpu-check``: images per second of training (or
-inference) steps, the first an untimed warm-up, the device synchronised around the timed part; and
-paired A/B figures that alternate the two settings over rounds, so that neither is favoured by
-coming first, by a warm-up or by a change of load on a shared machine.
+inference) steps, the first an untimed warm-up, the device synchronised around the timed part. Paired
+A/B figures (the two settings alternated over rounds) are ``train.paired.paired_ratio``, which the
+runtime probe shares.
 """
 
 from __future__ import annotations
 
 import itertools
-import statistics
 import time
 
 import torch
@@ -64,33 +63,3 @@ def step_function(model, runtime: hardware.Runtime, train: bool = True):
                 model(images)
 
     return step
-
-
-def _timed(step, batch, targets, steps: int, device: torch.device, clock) -> float:
-    hardware.synchronize(device)
-    start = clock()
-    for _ in range(steps):
-        step(batch, targets)
-    hardware.synchronize(device)
-    return steps * len(targets) / (clock() - start)
-
-
-def paired_ratio(step_a, step_b, batch: torch.Tensor, targets: torch.Tensor, device: torch.device,
-                 rounds: int = 7, steps: int = 2, warmup: int = 2, clock=time.perf_counter) -> dict:
-    """A's images per second over B's, paired: both warmed up (``warmup`` steps each), then
-    ``rounds`` rounds of ``steps`` steps of each, in the order A B, B A, A B, ... (so neither always
-    runs first); the median of the rounds' ratios and their spread (lowest, highest). Two identical
-    settings read 1.00 within the machine's noise. ``clock``: wall time (what the bench reports), or
-    the processor time of this process (``time.process_time``), which other processes' load moves less."""
-    for step in (step_a, step_b):
-        for _ in range(warmup):
-            step(batch, targets)
-    ratios, rates = [], {"a": [], "b": []}
-    for index in range(rounds):
-        order = (("a", step_a), ("b", step_b)) if index % 2 == 0 else (("b", step_b), ("a", step_a))
-        found = {name: _timed(step, batch, targets, steps, device, clock) for name, step in order}
-        rates["a"].append(found["a"])
-        rates["b"].append(found["b"])
-        ratios.append(found["a"] / found["b"])
-    return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios), "rounds": rounds,
-            "a_images_per_s": statistics.median(rates["a"]), "b_images_per_s": statistics.median(rates["b"])}

@@ -19,14 +19,16 @@ from kvasir_utils.data.split import read_split
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_csv_atomic, write_text_atomic
 from kvasir_utils.provenance import environment, provenance
-from kvasir_utils.train import checkpoints, hardware, loop, models, presets, stages
+from kvasir_utils.train import checkpoints, hardware, loop, models, presets, probe, stages
 
 
 def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime) -> tuple[pd.DataFrame, dict]:
     """Predict the validation set once with the trained model (after checking it was trained on
     today's split and cache); write ``predictions.csv`` and ``metrics.json``."""
     cfg = models.for_model(cfg, model_name)  # a profile that leaves the input to the model: the model's own
-    model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
+    model = checkpoints.load_trained_model(cfg, model_name)
+    runtime = probe.choose(runtime, model, model_name, cfg)  # the stages' choice, kept by their probe
+    model = hardware.prepare_model(model, runtime)
     split = read_split(cfg.run.split, cfg.classes)
     val = split[split["split"] == "val"].reset_index(drop=True)
     loader = stages.make_loaders(cfg, runtime, split)["val"]

@@ -1,6 +1,7 @@
-"""How a stage runs on this machine: device, precision, loader workers, determinism, ``torch.compile``
-and where the augmentations run. None of it changes what is computed beyond float rounding (the
-device augmentation backend draws other random numbers from the same distributions).
+"""How a stage runs on this machine: device, precision and memory format (chosen by ``train.probe``
+where left auto), loader workers, determinism, ``torch.compile`` and where the augmentations run.
+None of it changes what is computed beyond float rounding (the device augmentation backend draws
+other random numbers from the same distributions).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +30,13 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (elsewhere bf16 is emulated, and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 @dataclass
 class Runtime:
     device: torch.device
@@ -37,10 +45,13 @@ class Runtime:
     deterministic: str = "auto"  # runtime.deterministic as applied
     compile: str = "off"  # runtime.compile: "on" or "off" once a stage has decided (see compile_for)
     augment: str = "pil"  # transforms.backend as resolved for this device (see augment_backend)
-
-    @property
-    def channels_last(self) -> bool:
-        return self.precision == "bf16"
+    channels_last: bool = False  # runtime.memory_format; contiguous (False) is the reference
+    # the settings given as auto that a probe of the model still has to choose (train.probe.choose);
+    # until then they hold the rule used where no model is probed (resolve_runtime)
+    pending: tuple[str, ...] = ()
+    # what the probe chose and measured, per setting: {"memory_format": {"chose": "channels_last",
+    # "ratio": 1.4}}, ratio = the alternative's training steps per second over the reference's
+    probe: dict = field(default_factory=dict)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -60,15 +71,16 @@ class Runtime:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
         return {"device": self.device.type, "device_name": name, "precision": self.precision,
                 "channels_last": self.channels_last, "compile": self.compile, "augment": self.augment,
-                "workers": self.workers, "deterministic": self.deterministic}
+                "workers": self.workers, "deterministic": self.deterministic, "probe": self.probe}
 
     def describe(self) -> str:
         return describe_runtime(self.record())
 
 
 # What changes a stage's numbers (beyond the settings): a stage resumed under other values of these
-# goes on, but not exactly as an uninterrupted run would have.
-NUMERIC_FIELDS = ("device", "precision", "compile", "augment")
+# goes on, but not exactly as an uninterrupted run would have. The memory format is one: convolutions
+# in channels_last take other kernels, with other rounding. The probe's figures are not.
+NUMERIC_FIELDS = ("device", "precision", "channels_last", "compile", "augment")
 
 
 def apply_determinism(runtime: Runtime) -> Runtime:
@@ -88,8 +100,10 @@ def apply_determinism(runtime: Runtime) -> Runtime:
 
 
 def resolve_runtime(rt: RuntimeConfig) -> Runtime:
-    """Turn ``auto`` settings into this machine's device, precision and loader workers (changing
-    nothing: ``apply_determinism`` sets torch's switches for the result)."""
+    """Turn ``auto`` settings into this machine's device and loader workers (changing nothing:
+    ``apply_determinism`` sets torch's switches for the result). Precision and memory format given
+    as ``auto`` stay ``pending`` for a probe of the model (``train.probe.choose``); until one runs
+    they are bf16 with channels_last where the device has native bf16, else fp32 contiguous."""
     if rt.device == "auto":
         kind = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     else:
@@ -97,11 +111,9 @@ def resolve_runtime(rt: RuntimeConfig) -> Runtime:
         if kind == "cuda" and not torch.cuda.is_available():
             raise KvasirError("runtime.device=cuda but no CUDA GPU is visible; use runtime.device=auto")
     device = torch.device(kind)
-    if rt.precision == "auto":
-        native = (kind == "cuda" and torch.cuda.is_bf16_supported()) or (kind == "cpu" and cpu_has_native_bf16())
-        precision = "bf16" if native else "fp32"
-    else:
-        precision = rt.precision
+    precision = ("bf16" if native_bf16(device) else "fp32") if rt.precision == "auto" else rt.precision
+    memory_format = {"auto": precision == "bf16", "channels_last": True, "contiguous": False}[rt.memory_format]
+    pending = tuple(name for name in ("precision", "memory_format") if getattr(rt, name) == "auto")
     cores = os.cpu_count() or 1
     if rt.workers != "auto":
         workers = rt.workers
@@ -112,7 +124,8 @@ def resolve_runtime(rt: RuntimeConfig) -> Runtime:
         # On a GPU the loader is the bottleneck (measured on an H100: 8 workers fed ~550 img/s while
         # ResNet50's steps ran at ~2,600 img/s), so use every core but one.
         workers = max(1, min(cores - 1, 16))
-    return Runtime(device, precision, workers, rt.deterministic, rt.compile)
+    return Runtime(device, precision, workers, rt.deterministic, rt.compile, channels_last=memory_format,
+                   pending=pending)
 
 
 def use_runtime(rt: RuntimeConfig) -> Runtime:

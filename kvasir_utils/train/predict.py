@@ -38,7 +38,7 @@ from kvasir_utils.data.images import iter_cached
 from kvasir_utils.data.split import read_split
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.profiles import with_protocol
-from kvasir_utils.train import checkpoints, explain, hardware, loop, models, presets
+from kvasir_utils.train import checkpoints, explain, hardware, loop, models, presets, probe
 
 # predictions.csv of a prediction, besides one ``p_<class>`` column per class
 COLUMNS = ["file", "predicted", "probability", "guide_box", "train_near_duplicate", "train_near_duplicate_distance"]
@@ -130,10 +130,12 @@ class Predictor:
     @classmethod
     def from_run(cls, run_folder: Path, model_name: str, runtime: hardware.Runtime | None = None) -> Predictor:
         """Load ``model_name``'s finished checkpoint from ``run_folder`` (``runs/<profile>``), on
-        ``runtime`` or on the device and precision its settings resolve to on this machine."""
+        ``runtime`` or on the device and precision its settings resolve to on this machine (what a probe
+        left to choose, chosen as for the evaluation: ``train.probe``)."""
         checkpoint, cfg, path = load_finished(Path(run_folder), model_name)
         runtime = hardware.apply_determinism(runtime or hardware.resolve_runtime(cfg.runtime))
         model = models.restore(cfg, model_name, checkpoint.stage, checkpoint.model)
+        runtime = probe.choose(runtime, model, model_name, cfg)  # as the evaluation chose (the probe's file)
         return cls(cfg, model_name, hardware.prepare_model(model, runtime).eval(), runtime, path, Path(run_folder))
 
     @property

@@ -19,7 +19,7 @@ from kvasir_utils.data import prepare
 from kvasir_utils.data.dataset import make_loader, split_datasets
 from kvasir_utils.data.split import read_split
 from kvasir_utils.files import write_csv_atomic, write_json_atomic
-from kvasir_utils.train import models, presets, weights
+from kvasir_utils.train import models, presets, probe, weights
 from kvasir_utils.train.augment import pad_collate, to_uint8_tensor
 from kvasir_utils.train.checkpoints import (
     check_checkpoint,
@@ -118,7 +118,7 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     Stage 2 starts from stage 1's final weights. Returns the stage's history.
     """
     trainable = models.set_trainable(model, cfg.stage_config(stage).trainable)
-    runtime = stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset))
+    runtime = probe.choose(stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset)), model, model_name, cfg)
     inputs = stage_inputs(cfg, model_name, stage)
     state = set_up_stage(model, cfg, model_name, stage, trainable,
                          resume_stage(cfg, model_name, stage, inputs, runtime), runtime)
@@ -216,6 +216,7 @@ class StageRun:
     def describe(self) -> str:
         split = read_split(self.cfg.run.split, self.cfg.classes)
         runtime = stage_runtime(self.cfg, self.runtime, self.stage, int((split["split"] == "train").sum()))
+        runtime = probe.choose(runtime, self.model, self.model_name, self.cfg)
         return (f"{self.model_name}, {self.stage} (trainable: {self.cfg.stage_config(self.stage).trainable}) "
                 f"on {runtime.describe()}")
 

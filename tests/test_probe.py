@@ -1,0 +1,73 @@
+"""The runtime probe (train.probe): precision and memory format chosen by measuring the model's own
+training step, once per machine and model, and never where the setting is given."""
+
+import json
+
+import torch
+
+from kvasir_utils.profiles import load_profile
+from kvasir_utils.provenance import describe_runtime
+from kvasir_utils.train import hardware, models, probe
+from tests.helpers import tmp_overrides
+
+# the smallest stage worth probing: resnet18, 32 px, batch 4, only the head trained
+SMALL = ["transforms.image_size=32", "train.batch_size=4"]
+
+
+def _stage_model():
+    torch.manual_seed(0)
+    model = models.build_model("resnet18", 8)
+    models.set_trainable(model, "head")
+    return model
+
+
+def test_the_probe_measures_once_chooses_and_the_record_says_so(tmp_path):
+    cfg = load_profile("smoke", [*tmp_overrides(tmp_path), *SMALL, "runtime.device=cpu", "runtime.precision=auto",
+                                 "runtime.memory_format=auto"])
+    runtime, model = hardware.resolve_runtime(cfg.runtime), _stage_model()
+    assert runtime.pending == ("precision", "memory_format")
+    weights, rng = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
+    chosen = probe.choose(runtime, model, "resnet18", cfg)
+    # the model and torch's random state are as they were: the probe trains copies
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+    native = hardware.native_bf16(runtime.device)
+    assert chosen.pending == () and set(chosen.probe) == {"precision", "memory_format"}
+    precision, layout = chosen.probe["precision"], chosen.probe["memory_format"]
+    assert (precision["ratio"] is not None) == native  # bf16 is measured only where it is native
+    assert chosen.precision == ("bf16" if native and precision["ratio"] >= probe.MIN_GAIN else "fp32")
+    assert chosen.channels_last == (layout["ratio"] >= probe.MIN_GAIN) and layout["ratio"] > 0
+    path = probe.probe_file(cfg)
+    kept = json.loads(path.read_text())
+    assert len(kept) == (2 if native else 1)
+    assert all("resnet18, 32 px, batch 4 | cpu | " in key and torch.__version__ in key for key in kept)
+    # a second call measures nothing: it reads the file (here planted with another memory-format figure)
+    key = next(key for key in kept if key.startswith(f"channels_last vs contiguous, {chosen.precision} |"))
+    kept[key]["ratio"] = 1.5
+    path.write_text(json.dumps(kept))
+    again = probe.choose(runtime, model, "resnet18", cfg)
+    assert again.channels_last and again.probe["memory_format"] == {"chose": "channels_last", "ratio": 1.5}
+    assert again.precision == chosen.precision and again.probe["precision"] == precision
+    assert json.loads(path.read_text()) == kept  # nothing measured, nothing added
+    record = again.record()
+    assert record["channels_last"] and record["probe"] == again.probe
+    assert "channels_last 1.50x contiguous" in describe_runtime(record)
+    measured = precision["ratio"] or 0.0
+    said = {"bf16": f"bf16 {measured:.2f}x fp32", "fp32": f"fp32, as bf16 measured {measured:.2f}x"}
+    assert (said[chosen.precision] if native else "fp32, no native bf16") in describe_runtime(record)
+
+
+def test_a_setting_given_explicitly_is_never_probed(tmp_path):
+    cfg = load_profile("smoke", [*tmp_overrides(tmp_path), *SMALL, "runtime.device=cpu", "runtime.precision=fp32",
+                                 "runtime.memory_format=channels_last"])
+    runtime = hardware.resolve_runtime(cfg.runtime)
+    assert runtime.pending == () and runtime.channels_last and runtime.precision == "fp32"
+    assert probe.choose(runtime, _stage_model(), "resnet18", cfg) is runtime
+    assert not probe.probe_file(cfg).exists()
+    assert "chosen by" not in runtime.describe() and runtime.record()["probe"] == {}
+
+
+def test_a_record_from_before_the_probe_is_still_described():
+    record = hardware.resolve_runtime(load_profile("paper", ["runtime.device=cpu"]).runtime).record()
+    del record["probe"]  # checkpoints and metrics.json written before the probe existed
+    assert describe_runtime(record).startswith("cpu, ")
