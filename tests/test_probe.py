@@ -35,15 +35,16 @@ def test_the_probe_measures_once_chooses_and_the_record_says_so(tmp_path):
     assert chosen.pending == () and set(chosen.probe) == {"precision", "memory_format"}
     precision, layout = chosen.probe["precision"], chosen.probe["memory_format"]
     assert (precision["ratio"] is not None) == native  # bf16 is measured only where it is native
-    assert chosen.precision == ("bf16" if native and precision["ratio"] >= probe.MIN_GAIN else "fp32")
-    assert chosen.channels_last == (layout["ratio"] >= probe.MIN_GAIN) and layout["ratio"] > 0
     path = probe.probe_file(cfg)
     kept = json.loads(path.read_text())
     assert len(kept) == (2 if native else 1)
     assert all("resnet18, 32 px, batch 4 | cpu | " in key and torch.__version__ in key for key in kept)
+    pairs = {key.split(",")[0]: pair for key, pair in kept.items()}
+    assert chosen.precision == ("bf16" if native and probe.pays(pairs["bf16 vs fp32"]) else "fp32")
+    assert chosen.channels_last == probe.pays(pairs["channels_last vs contiguous"]) and layout["ratio"] > 0
     # a second call measures nothing: it reads the file (here planted with another memory-format figure)
     key = next(key for key in kept if key.startswith(f"channels_last vs contiguous, {chosen.precision} |"))
-    kept[key]["ratio"] = 1.5
+    kept[key] |= {"ratio": 1.5, "low": 1.2}
     path.write_text(json.dumps(kept))
     again = probe.choose(runtime, model, "resnet18", cfg)
     assert again.channels_last and again.probe["memory_format"] == {"chose": "channels_last", "ratio": 1.5}
@@ -71,3 +72,17 @@ def test_a_record_from_before_the_probe_is_still_described():
     record = hardware.resolve_runtime(load_profile("paper", ["runtime.device=cpu"]).runtime).record()
     del record["probe"]  # checkpoints and metrics.json written before the probe existed
     assert describe_runtime(record).startswith("cpu, ")
+
+
+def test_a_choice_is_kept_only_where_every_round_found_it_faster():
+    assert probe.pays({"ratio": 1.30, "low": 1.02})
+    assert not probe.pays({"ratio": 1.30, "low": 0.95})  # one round slower: noise, not a gain
+    assert not probe.pays({"ratio": 1.04, "low": 1.01})  # under MIN_GAIN
+
+
+def test_the_probe_runs_at_a_small_batch_whatever_the_stages_batch(tmp_path):
+    cfg = load_profile("smoke", [*tmp_overrides(tmp_path), "transforms.image_size=32", "train.batch_size=32",
+                                 "runtime.device=cpu", "runtime.precision=fp32", "runtime.memory_format=auto"])
+    probe.choose(hardware.resolve_runtime(cfg.runtime), _stage_model(), "resnet18", cfg)
+    assert [key.split(" | ")[1] for key in json.loads(probe.probe_file(cfg).read_text())] == [
+        f"resnet18, 32 px, batch {probe.PROBE_BATCH}"]

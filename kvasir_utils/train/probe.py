@@ -1,7 +1,7 @@
 """Precision and memory format chosen for this machine by measurement: a short probe of the model's
 own training step (forward, backward and an Adam step on random images at the stage's image size and
-batch size, on its device), the alternative alternated with the reference over a few rounds after a
-warm-up (``train.paired``). What it measured is kept in one file per machine's data folder, so a
+a batch of at most ``PROBE_BATCH``, on its device), the alternative alternated with the reference
+over a few rounds after a warm-up (``train.paired``). What it measured is kept in one file per machine's data folder, so a
 second stage or run does not measure again. A setting given explicitly is never probed.
 
 Two questions, in this order: bf16 autocast against fp32 (only where the device has native bf16;
@@ -36,8 +36,16 @@ from kvasir_utils.train.paired import paired_ratio
 # than that is not worth it.
 MIN_GAIN = 1.05
 # Per question: one warm-up step of each, then five rounds of one step each (the median of five
-# ratios). ResNet50 at 224 px, batch 32: a few seconds a question on one fast core, more on 2 cores.
-ROUNDS, WARMUP = 5, 1
+# ratios), at a batch of at most PROBE_BATCH images: a kernel's speed per image barely changes above
+# it on a CPU, and the stage's batch of 32 at 224 px made a probe of ResNet50 take minutes on 2 cores.
+ROUNDS, WARMUP, PROBE_BATCH = 5, 1, 8
+
+
+def pays(pair: dict) -> bool:
+    """The alternative is kept where its median gain reaches MIN_GAIN and no round found it slower:
+    on a loaded machine two identical settings' single rounds read 0.72-1.40x, and a choice made on
+    noise would be cached; with every round faster, identical settings pass once in 32 probes."""
+    return pair["ratio"] >= MIN_GAIN and pair["low"] >= 1.0
 
 
 def probe_file(cfg: Config) -> Path:
@@ -100,33 +108,34 @@ def choose(runtime: Runtime, model: nn.Module, model_name: str, cfg: Config, pat
     cfg = models.for_model(cfg, model_name)  # the model's own image size where the profile leaves it
     path = path or probe_file(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sizes = f"{model_name}, {cfg.transforms.image_size} px, batch {cfg.train.batch_size}"
+    batch = min(cfg.train.batch_size, PROBE_BATCH)
+    sizes = f"{model_name}, {cfg.transforms.image_size} px, batch {batch}"
     with FileLock(f"{path}.lock"):
         known = read_probes(path)
         before = dict(known)
 
-        def ratio(alternative: Runtime, reference: Runtime, question: str) -> float:
+        def ratio(alternative: Runtime, reference: Runtime, question: str) -> dict:
             key = f"{question} | {sizes} | {runtime.device.type} | {machine(runtime.device)}"
             if key not in known:
-                known[key] = measure(model, alternative, reference, cfg.transforms.image_size, cfg.train.batch_size,
+                known[key] = measure(model, alternative, reference, cfg.transforms.image_size, batch,
                                      len(cfg.classes), cfg.train.frozen_batchnorm) | {
                     "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-            return known[key]["ratio"]
+            return known[key]
 
         chosen, found = runtime, {}
         if "precision" in runtime.pending:
             given = runtime.channels_last and "memory_format" not in runtime.pending
             fp32 = dataclasses.replace(runtime, precision="fp32", channels_last=given)
-            gain = ratio(dataclasses.replace(fp32, precision="bf16"), fp32, f"bf16 vs fp32, {layout(given)}") \
+            pair = ratio(dataclasses.replace(fp32, precision="bf16"), fp32, f"bf16 vs fp32, {layout(given)}") \
                 if native_bf16(runtime.device) else None  # emulated bf16 is slower: not measured
-            chosen = dataclasses.replace(chosen, precision="bf16" if gain and gain >= MIN_GAIN else "fp32")
-            found["precision"] = {"chose": chosen.precision, "ratio": gain}
+            chosen = dataclasses.replace(chosen, precision="bf16" if pair and pays(pair) else "fp32")
+            found["precision"] = {"chose": chosen.precision, "ratio": pair and pair["ratio"]}
         if "memory_format" in runtime.pending:
             contiguous = dataclasses.replace(chosen, channels_last=False)
-            gain = ratio(dataclasses.replace(contiguous, channels_last=True), contiguous,
+            pair = ratio(dataclasses.replace(contiguous, channels_last=True), contiguous,
                          f"channels_last vs contiguous, {chosen.precision}")
-            chosen = dataclasses.replace(contiguous, channels_last=gain >= MIN_GAIN)
-            found["memory_format"] = {"chose": layout(chosen.channels_last), "ratio": gain}
+            chosen = dataclasses.replace(contiguous, channels_last=pays(pair))
+            found["memory_format"] = {"chose": layout(chosen.channels_last), "ratio": pair["ratio"]}
         if known != before:
             write_json_atomic(path, known)
     return dataclasses.replace(chosen, pending=(), probe=found)
