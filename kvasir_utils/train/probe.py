@@ -1,8 +1,8 @@
 """Precision and memory format chosen for this machine by measurement: a short probe of the model's
 own training step (forward, backward and an Adam step on random images at the stage's image size and
 a batch of at most ``PROBE_BATCH``, on its device), the alternative alternated with the reference
-over a few rounds after a warm-up (``train.paired``). What it measured is kept in one file per machine's data folder, so a
-second stage or run does not measure again. A setting given explicitly is never probed.
+over a few rounds after a warm-up (``train.paired``). What it measured is kept in one file per
+machine's data folder, so a second stage or run does not measure again. A setting given explicitly is never probed.
 
 Two questions, in this order: bf16 autocast against fp32 (only where the device has native bf16;
 elsewhere bf16 is emulated and fp32 stays), both contiguous unless the memory format is given; then
