@@ -126,12 +126,9 @@ def _bench_for(cfg, factor: float) -> dict:
     """bench.json's measured figures made so that each stage's projection is its history's seconds
     divided by ``factor`` (so a real run reads ``factor`` times the projection), the data stage and
     the evaluation at one image a second."""
-    import math
-
     import pandas as pd
 
     images = cfg.data.expected_per_class * len(cfg.data.classes)
-    val = math.ceil(images * cfg.split.val_fraction)
     stages = []
     for model in cfg.train.models:
         for stage in STAGES:
