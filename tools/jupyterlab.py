@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -54,6 +55,10 @@ def open_lab(folder: Path, scratch: Path):
     port = free_port()
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(scratch / "config"), "JUPYTER_RUNTIME_DIR": str(scratch / "rt")}
     log_path = scratch / "server.log"
+    # no "notified about Jupyter news?" pop-up over the notebook (JupyterLab would ask the network)
+    news = scratch / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True, exist_ok=True)
+    news.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     with open(log_path, "w") as log:
         server = subprocess.Popen(
             [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -113,8 +118,10 @@ def run_all_and_save(driver, base_url: str, folder: Path, notebook: str = NOTEBO
     _menu(driver, "Run", "runmenu:run-all")
     until(lambda: all(p.strip("[]: ") and "*" not in p for p in prompts()) and status() == "idle", seconds,
           "every cell to run")
-    if screenshot is not None:
-        driver.execute_script("document.querySelector('.jp-WindowedPanel-outer, .jp-Notebook').scrollTop = 0")
+    if screenshot is not None:  # the first figure in view, with the prose before it
+        driver.execute_script("const img = document.querySelector('.jp-Notebook .jp-OutputArea-output img');"
+                              "if (img) img.scrollIntoView({block: 'center'});")
+        time.sleep(1)
         driver.save_screenshot(str(screenshot))
     _menu(driver, "File", "docmanager:save")
     return until(lambda: (nb := nbformat.read(path, as_version=4)).cells[2].get("outputs") and nb, 30,
