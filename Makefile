@@ -125,7 +125,7 @@ clean: ## delete the runs and reports of PROFILE (keeps data/ and .venv)
 ifneq ($(filter pipeline-%,$(MAKECMDGOALS)),)
 # One file per make process: concurrent runs (sweep members) with other settings must not share it.
 VARS_FILE := $(shell mktemp "$${TMPDIR:-/tmp}/kvasir-makevars.XXXXXX")
-_ := $(shell $(KV) makevars $(ARGS) > $(VARS_FILE) || : > $(VARS_FILE))
+_ := $(shell $(KV) makevars $(ARGS)$(if $(filter pipeline-clean,$(MAKECMDGOALS)), --no-weights-check) > $(VARS_FILE) || : > $(VARS_FILE))
 -include $(VARS_FILE)
 _ := $(shell rm -f $(VARS_FILE))
 ifndef RUN_DIR

@@ -198,3 +198,23 @@ def test_torchvision_models_keep_their_paths_and_readings_beside_timm():
 
     assert [model_folder(n) for n in ("resnet50", "efficientnet_b0")] == ["resnet50", "efficientnet_b0"]
     models.check_readings(["resnet50", "timm:test_vit"], {"a": "head", "b": "last_tensors:10"}, "IMAGENET1K_V1")
+
+
+def test_the_weights_check_runs_only_while_a_step_that_loads_them_is_to_run(tmp_path, monkeypatch):
+    from kvasir_utils import profiles
+    from kvasir_utils.run import cli, notebooks
+    from tests.helpers import tmp_overrides
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    settings = [*tmp_overrides(tmp_path), "train.weights=IMAGENET1K_V1"]
+    cfg = profiles.load_profile("smoke", settings)
+    assert cli.weights_still_needed(cfg) and not cli.weights_still_needed(profiles.load_profile("smoke"))
+    sets = [a for o in settings for a in ("--set", o)]
+    assert cli.main(["makevars", "--profile", "smoke", *sets]) == 1  # stops: the file is missing
+    assert cli.main(["makevars", "--profile", "smoke", "--no-weights-check", *sets]) == 0  # make clean
+    for name, model in [("01_download_and_split", None), *(("02_train", m) for m in cfg.train.models)]:
+        stamp = notebooks.executed_notebook_path(cfg, name, model)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text("{}")
+    assert not cli.weights_still_needed(cfg)  # trained: later steps load checkpoints only
+    assert cli.main(["makevars", "--profile", "smoke", *sets]) == 0

@@ -86,3 +86,20 @@ def test_the_probe_runs_at_a_small_batch_whatever_the_stages_batch(tmp_path):
     probe.choose(hardware.resolve_runtime(cfg.runtime), _stage_model(), "resnet18", cfg)
     assert [key.split(" | ")[1] for key in json.loads(probe.probe_file(cfg).read_text())] == [
         f"resnet18, 32 px, batch {probe.PROBE_BATCH}"]
+
+
+def test_a_trained_model_is_used_as_its_stages_chose_without_a_probe():
+    cpu = hardware.resolve_runtime(load_profile("paper", ["runtime.device=cpu"]).runtime)
+    assert cpu.pending == ("precision", "memory_format")
+    recorded = {"precision": "fp32", "channels_last": True, "probe": {"memory_format": {"chose": "channels_last",
+                                                                                     "ratio": 1.2}}}
+    used = probe.adopt(cpu, recorded)
+    assert (used.precision, used.channels_last, used.pending) == ("fp32", True, ())
+    assert used.probe == recorded["probe"]
+    bf16 = probe.adopt(cpu, {"precision": "bf16", "channels_last": False})
+    assert bf16.precision == ("bf16" if hardware.native_bf16(cpu.device) else "fp32")  # never emulated bf16
+    old = probe.adopt(cpu, {})  # a checkpoint from before the probe: resolve_runtime's rule
+    assert (old.precision, old.channels_last) == (cpu.precision, cpu.channels_last) and old.pending == ()
+    given = hardware.resolve_runtime(load_profile("paper", ["runtime.device=cpu", "runtime.precision=fp32",
+                                                            "runtime.memory_format=contiguous"]).runtime)
+    assert probe.adopt(given, recorded) is given  # a setting given is used as given

@@ -28,7 +28,14 @@ from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import folder_lock, write_text_atomic
 from kvasir_utils.run import signals
-from kvasir_utils.run.notebooks import NOTEBOOKS, check_make_path, record_failure, run_notebook, write_settings_stamp
+from kvasir_utils.run.notebooks import (
+    NOTEBOOKS,
+    check_make_path,
+    executed_notebook_path,
+    record_failure,
+    run_notebook,
+    write_settings_stamp,
+)
 
 
 def run_sweep_command(name: str, overrides: list[str]) -> int:
@@ -73,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("notebook", choices=NOTEBOOKS)
     run.add_argument("--model", default=None)
     add("report", "render the executed notebooks to HTML and write index.html")
-    add("makevars", "check the profile and print its folders and models as make variables")
+    add("makevars", "check the profile and print its folders and models as make variables").add_argument(
+        "--no-weights-check", action="store_true", help="skip the offline weights check (make clean)")
     add("docs", "write the tables of docs/ that are made from the code (the paper's readings)", profile=False)
     predict = add("predict", "predict a folder of images with a trained model: predictions.csv and an HTML gallery")
     predict.add_argument("--model", required=True)
@@ -176,8 +184,8 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
         cfg = profiles.load_profile(args.profile, args.overrides)
         check_make_path(cfg.run_dir)
         check_make_path(cfg.report_dir)
-        if cfg.runtime.offline and (cfg.train.weights is not None or cfg.train.weights_files):  # only then torch
-            from kvasir_utils.train.weights import check_weights_offline
+        if not args.no_weights_check and weights_still_needed(cfg):
+            from kvasir_utils.train.weights import check_weights_offline  # imports torch: only here
 
             check_weights_offline(cfg)
         settings = write_settings_stamp(cfg)
@@ -234,6 +242,17 @@ def open_lab(profile: str, overrides: list[str], session_only: bool = False) -> 
     if session_only:
         return 0
     return subprocess.call([str(Path(sys.executable).parent / "jupyter"), "lab", str(folder)])
+
+
+def weights_still_needed(cfg) -> bool:
+    """Whether a step that loads pretrained weights offline is still to run: notebook 01 (the
+    near-duplicate features detector) or a model's 02 (stage 1 starts from them). A finished run
+    re-rendered, or a later stage, loads checkpoints only."""
+    if not cfg.runtime.offline or (cfg.train.weights is None and not cfg.train.weights_files):
+        return False
+    stamps = [executed_notebook_path(cfg, "01_download_and_split"),
+              *(executed_notebook_path(cfg, "02_train", model) for model in cfg.train.models)]
+    return not all(stamp.exists() for stamp in stamps)
 
 
 def _run_bench(args) -> None:

@@ -113,5 +113,11 @@ def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> Checkpoint:
 
 def load_trained_model(cfg: Config, model_name: str) -> nn.Module:
     """The model as it ended training, after checking it was trained on today's split and cache."""
+    return load_trained(cfg, model_name)[0]
+
+
+def load_trained(cfg: Config, model_name: str) -> tuple[nn.Module, dict]:
+    """``load_trained_model`` and the runtime record its last stage trained under (precision and
+    memory format as the stages chose them: what evaluation and prediction take, ``probe.adopt``)."""
     checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg.train.stage2.epochs))
-    return models.restore(cfg, model_name, checkpoint.stage, checkpoint.model)
+    return models.restore(cfg, model_name, checkpoint.stage, checkpoint.model), checkpoint.runtime

@@ -54,8 +54,8 @@ def predict_target(source: Config, model_name: str, target: Config, images: pd.D
     """``images`` (mapped, with ``true``) with the model's ``pred``, ``confidence`` and every source
     class's probability, through the source run's evaluation preset."""
     source = models.for_model(source, model_name)  # a profile that leaves the input to the model: the model's own
-    model = checkpoints.load_trained_model(source, model_name)
-    runtime = probe.choose(runtime, model, model_name, source)  # as the source run's evaluation chose
+    model, trained_under = checkpoints.load_trained(source, model_name)
+    runtime = probe.adopt(runtime, trained_under)  # as the source run's stages chose
     model = hardware.prepare_model(model, runtime)
     frame = images.assign(label=images["source_label"])
     preset = presets.eval_preset(source.transforms)

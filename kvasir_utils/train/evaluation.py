@@ -26,8 +26,8 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
     """Predict the validation set once with the trained model (after checking it was trained on
     today's split and cache); write ``predictions.csv`` and ``metrics.json``."""
     cfg = models.for_model(cfg, model_name)  # a profile that leaves the input to the model: the model's own
-    model = checkpoints.load_trained_model(cfg, model_name)
-    runtime = probe.choose(runtime, model, model_name, cfg)  # the stages' choice, kept by their probe
+    model, trained_under = checkpoints.load_trained(cfg, model_name)
+    runtime = probe.adopt(runtime, trained_under)  # precision and memory format as the stages chose
     model = hardware.prepare_model(model, runtime)
     split = read_split(cfg.run.split, cfg.classes)
     val = split[split["split"] == "val"].reset_index(drop=True)
@@ -77,7 +77,9 @@ def masked_predictions(cfg: Config, model_name: str, runtime: hardware.Runtime,
     class predicted with the overlays masked at test time only (how much the model leans on them)."""
     cfg = models.for_model(cfg, model_name)
     predictions = pd.read_csv(cfg.run.predictions(model_name))
-    model = hardware.prepare_model(checkpoints.load_trained_model(cfg, model_name), runtime)
+    model, trained_under = checkpoints.load_trained(cfg, model_name)
+    runtime = probe.adopt(runtime, trained_under)  # as the unmasked predictions: only the box differs
+    model = hardware.prepare_model(model, runtime)
     if overlays.MASK_MODES.index(cfg.transforms.mask_overlays) > overlays.MASK_MODES.index(mode):
         mode = cfg.transforms.mask_overlays  # never unmask what the profile masks
     masked_cfg = cfg.transforms.model_copy(update={"mask_overlays": mode})

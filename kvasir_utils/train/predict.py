@@ -130,12 +130,12 @@ class Predictor:
     @classmethod
     def from_run(cls, run_folder: Path, model_name: str, runtime: hardware.Runtime | None = None) -> Predictor:
         """Load ``model_name``'s finished checkpoint from ``run_folder`` (``runs/<profile>``), on
-        ``runtime`` or on the device and precision its settings resolve to on this machine (what a probe
-        left to choose, chosen as for the evaluation: ``train.probe``)."""
+        ``runtime`` or on the device and precision its settings resolve to on this machine (what they
+        leave to a probe, taken from the checkpoint's record: ``train.probe.adopt``)."""
         checkpoint, cfg, path = load_finished(Path(run_folder), model_name)
         runtime = hardware.apply_determinism(runtime or hardware.resolve_runtime(cfg.runtime))
         model = models.restore(cfg, model_name, checkpoint.stage, checkpoint.model)
-        runtime = probe.choose(runtime, model, model_name, cfg)  # as the evaluation chose (the probe's file)
+        runtime = probe.adopt(runtime, checkpoint.runtime)  # as the stages chose, recorded in the checkpoint
         return cls(cfg, model_name, hardware.prepare_model(model, runtime).eval(), runtime, path, Path(run_folder))
 
     @property

@@ -139,3 +139,20 @@ def choose(runtime: Runtime, model: nn.Module, model_name: str, cfg: Config, pat
         if known != before:
             write_json_atomic(path, known)
     return dataclasses.replace(chosen, pending=(), probe=found)
+
+
+def adopt(runtime: Runtime, record: dict) -> Runtime:
+    """``runtime`` with the settings it left ``pending`` taken from the runtime record a model was
+    trained under (its checkpoint's): a trained model is evaluated and used as its stages chose, with
+    no probe of a training step and nothing written (the data folder may be read-only or elsewhere).
+    bf16 is taken only where this device has it natively; a record without the setting (a checkpoint
+    from before the probe) leaves resolve_runtime's rule."""
+    if not runtime.pending:
+        return runtime
+    chosen = runtime
+    recorded = record.get("precision")
+    if "precision" in runtime.pending and (recorded == "fp32" or (recorded == "bf16" and native_bf16(runtime.device))):
+        chosen = dataclasses.replace(chosen, precision=recorded)
+    if "memory_format" in runtime.pending and "channels_last" in record:
+        chosen = dataclasses.replace(chosen, channels_last=bool(record["channels_last"]))
+    return dataclasses.replace(chosen, pending=(), probe=record.get("probe") or {})

@@ -118,7 +118,11 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     Stage 2 starts from stage 1's final weights. Returns the stage's history.
     """
     trainable = models.set_trainable(model, cfg.stage_config(stage).trainable)
-    runtime = probe.choose(stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset)), model, model_name, cfg)
+    runtime = stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset))
+    own = cfg.run.checkpoint(model_name, stage)
+    if runtime.pending and own.exists():  # a stage goes on as it started: its own record, not a new probe
+        runtime = probe.adopt(runtime, load_checkpoint(own, cfg.profile).runtime)
+    runtime = probe.choose(runtime, model, model_name, cfg)
     inputs = stage_inputs(cfg, model_name, stage)
     state = set_up_stage(model, cfg, model_name, stage, trainable,
                          resume_stage(cfg, model_name, stage, inputs, runtime), runtime)
