@@ -250,3 +250,13 @@ def test_the_predictions_reading_counts_the_unsure_the_boxed_and_the_near_duplic
     assert unsure.startswith("2 (66.7%) have a top probability under 50.0%")
     assert caveat.startswith("With the guide box: 1 image; nearly duplicating a training image: 1 image.")
     assert readings.predictions_reading(predictions.iloc[:0]) == ["No image was predicted."]
+
+
+def test_a_peak_reached_again_after_a_drop_is_not_said_to_be_held():
+    history = pd.DataFrame({"epoch": [1, 2, 3], "global_epoch": [1, 2, 3], "stage": ["stage1"] * 3,
+                            "train_acc": [.9, .9, .95], "val_acc": [.9, .8, .9], "train_loss": [1, .8, .7],
+                            "val_loss": [1, .9, .8]})
+    first = readings.epochs_reading(history)[0]
+    assert "reached it again in epoch 3" in first and "held" not in first
+    held = readings.epochs_reading(history.assign(val_acc=[.8, .9, .9]))[0]
+    assert "held it to epoch 3" in held

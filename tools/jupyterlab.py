@@ -78,7 +78,10 @@ def open_lab(folder: Path, scratch: Path):
             yield f"http://127.0.0.1:{port}"
         finally:
             server.terminate()
-            server.wait(20)
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def lab_folder(folder: Path, profile: str, overrides: list[str], notebook: str = NOTEBOOK) -> Path:
@@ -123,9 +126,11 @@ def run_all_and_save(driver, base_url: str, folder: Path, notebook: str = NOTEBO
                               "if (img) img.scrollIntoView({block: 'center'});")
         time.sleep(1)
         driver.save_screenshot(str(screenshot))
+    saved_before = path.stat().st_mtime_ns
     _menu(driver, "File", "docmanager:save")
-    return until(lambda: (nb := nbformat.read(path, as_version=4)).cells[2].get("outputs") and nb, 30,
-                 "the notebook to be saved")
+    # this save, not an autosave from earlier in the run: a newer file in which every code cell ran
+    return until(lambda: path.stat().st_mtime_ns != saved_before and (nb := nbformat.read(path, as_version=4)) and all(
+        cell.execution_count for cell in nb.cells if cell.cell_type == "code") and nb, 30, "the notebook to be saved")
 
 
 def screenshot(profile: str, overrides: list[str], dest: Path) -> Path:

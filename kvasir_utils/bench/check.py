@@ -67,6 +67,9 @@ def compare(cfg: Config, bench: dict) -> pd.DataFrame:
              "notebook_s": notebook_seconds(notebooks / "01_download_and_split.ipynb")}]
     for row in projection["stages"]:
         model, stage = row["model"], row["stage"]
+        if not cfg.run.history(model, stage).exists():
+            raise KvasirError(f"{cfg.run.history(model, stage)} is missing: the run is not finished (`make evaluate "
+                              f"PROFILE={cfg.profile}` runs it)")
         history = pd.read_csv(cfg.run.history(model, stage))
         if len(history) != cfg.stage_config(stage).epochs:
             raise KvasirError(f"{cfg.run.history(model, stage)} has {len(history)} epochs where the profile trains "

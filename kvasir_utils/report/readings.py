@@ -75,8 +75,8 @@ def split_reading(counts: pd.DataFrame) -> list[str]:
     ``total`` row): the two sides' sizes, and how evenly the classes reach validation."""
     classes, total = counts.drop(index="total"), counts.loc["total"]
     whole = total["train"] + total["val"]
-    sentences = [f"{_count(total['train'])} images for training and {_count(total['val'])} for validation "
-                 f"({_pct(total['val'] / whole if whole else np.nan)} of {_count(whole)})."]
+    share = f" ({_pct(total['val'] / whole)} of {_count(whole)})" if whole else ""
+    sentences = [f"{_count(total['train'])} images for training and {_count(total['val'])} for validation{share}."]
     val = classes["val"]
     if val.min() == val.max():
         sentences.append(f"Every class has {_count(val.max())} validation images.")
@@ -142,7 +142,9 @@ def epochs_reading(history: pd.DataFrame) -> list[str]:
         sentences = [f"Validation accuracy stayed at {_pct(accuracy.max())} in all {len(history)} epochs."]
     elif accuracy.iloc[last] == accuracy.max():
         sentences = [f"Validation accuracy reached its highest, {_pct(accuracy.max())}, in {_epoch(history, best)}"
-                     + (", the last." if best == last else f" and held it to {_epoch(history, last)}.")]
+                     + (", the last." if best == last else
+                        f" and held it to {_epoch(history, last)}." if (accuracy.iloc[best:] == accuracy.max()).all()
+                        else f" and reached it again in {_epoch(history, last)}, the last.")]
     else:
         sentences = [f"Validation accuracy peaked at {_pct(accuracy.max())} in {_epoch(history, best)} and ended at "
                      f"{_pct(accuracy.iloc[last])} in {_epoch(history, last)}."]
