@@ -89,7 +89,7 @@ test: $(SETUP_STAMP) chromium ## all tests but the long studies: notebook runs, 
 test-long: $(SETUP_STAMP) ## the long studies: make smoke PROFILE=smoke-backbones and make sweep SWEEP=smoke-leakage (about 20 minutes)
 	$(PY) -m pytest -m long
 
-test-fast: $(SETUP_STAMP) ## the tests without the end-to-end runs (notebooks, bench, gpu-check, a compile): under 2 minutes
+test-fast: $(SETUP_STAMP) ## the tests without the end-to-end runs (notebooks, bench, gpu-check, a compile, repeated trainings): about 2 minutes
 	$(PY) -m pytest -m "not slow and not long"
 
 docs: $(SETUP_STAMP) ## remake the tables in docs/ that come from the code (the paper's readings)

@@ -29,6 +29,7 @@ def _prepare(root, queue):
     queue.put((os.getpid(), prepared.newly_cached, len(prepared.manifest), out.getvalue()))
 
 
+@pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
 def test_two_runs_preparing_the_same_dataset_at_once_prepare_it_once(tmp_path):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -70,6 +71,7 @@ def test_files_written_atomically_get_the_umask_mode_not_0600(tmp_path):
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
+@pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
 def test_a_new_split_is_refused_where_models_were_trained_on_the_old_one(tmp_path):
     cfg = prepare_tiny_dataset(tmp_path, ["train.models=[resnet18]", "train.stage1.epochs=1"])
     before = cfg.run.split.read_bytes()
@@ -119,6 +121,7 @@ def test_a_relative_profile_path_works_and_a_grouped_split_keeps_planted_duplica
     assert ("features" in record) == found.detectors["features"]["used"]
 
 
+@pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
 def test_a_reading_one_model_lacks_stops_make_before_anything_runs(tmp_path):
     result = _cli("makevars", "--profile", "smoke", "--set", "train.stage2.trainable=block:layer4.2",
                   *[a for o in tmp_overrides(tmp_path) for a in ("--set", o)])

@@ -34,6 +34,7 @@ def runs(tiny_data, tmp_path):
     return tmp_path / "runs"
 
 
+@pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
 def test_a_small_model_learns_the_generated_cues(tiny_data, runs):
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=6",
                                         "train.stage1.lr=2e-3"])
@@ -44,6 +45,7 @@ def test_a_small_model_learns_the_generated_cues(tiny_data, runs):
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
 
 
+@pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
 def test_same_seed_same_history_in_fp32(tiny_data, tmp_path):
     histories = []
     for name in ("a", "b"):
@@ -142,6 +144,7 @@ def test_a_finished_stage_is_not_reused_on_another_split(tiny_data, runs):
         checkpoints.load_trained_model(cfg, "resnet18")  # what notebook 04 calls before it evaluates
 
 
+@pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
 def test_stage2_is_not_reused_after_stage1_was_retrained(tiny_data, runs):
     settings = ["train.models=[resnet18]", "train.stage1.epochs=1", "train.stage2.epochs=1",
                 "train.stage2.trainable=head"]
@@ -236,6 +239,7 @@ def test_trainable_table_counts_parameters():
     assert table.loc["total", "parameters"] == models.count_parameters(model)
 
 
+@pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
 def test_an_interrupted_stage2_resumes_to_the_same_weights(tiny_data, tmp_path):
     settings = ["train.models=[resnet18]", "train.stage1.epochs=1", "train.stage1.trainable=head",
                 "train.stage2.epochs=2", "train.stage2.trainable=last_tensors:10"]

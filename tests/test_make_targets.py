@@ -174,6 +174,7 @@ def test_make_docs_leaves_the_readings_table_as_it_is_when_it_is_current():
     assert after == before, "docs/paper-readings.md is stale: run `make docs` and commit it"
 
 
+@pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
 def test_make_clean_deletes_the_runs_and_reports_of_the_profile_and_keeps_its_data(tmp_path):
     overrides = tmp_overrides(tmp_path)
     cfg = profiles.load_profile("smoke", overrides)
@@ -286,6 +287,7 @@ def test_a_pipeline_target_would_run_its_notebooks_in_order(target, tmp_path):
         assert sorted(steps, key=chain.index) == chain and steps[0] == chain[0] and steps[-3:] == chain[-3:]
 
 
+@pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
 def test_make_splits_writes_both_split_files_and_a_readme_with_their_hashes(tmp_path):
     overrides = [*tmp_overrides(tmp_path), "data.synthetic.images_per_class=16", "data.expected_per_class=16",
                  "split.near_duplicates.calibration_copies=16"]
