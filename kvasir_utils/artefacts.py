@@ -132,6 +132,10 @@ class RunFolder:
         """The executed notebooks: the Makefile's stamps."""
         return self.root / "notebooks"
 
+    def executed_notebook(self, name: str, model: str | None = None) -> Path:
+        """An executed notebook (a model's by its path-safe folder name): the Makefile's stamp."""
+        return self.notebooks / (f"{name}-{model_folder(model)}.ipynb" if model else f"{name}.ipynb")
+
     def stage_dir(self, model: str, stage: str) -> Path:
         return self.root / model_folder(model) / checked_stage(stage)
 

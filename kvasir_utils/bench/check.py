@@ -16,12 +16,10 @@ the projection leaves out, so a gap there is explained rather than hidden. Write
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from kvasir_utils.artefacts import STAGES
 from kvasir_utils.bench.projection import OUT, project_protocol
 from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
@@ -60,11 +58,9 @@ def compare(cfg: Config, bench: dict) -> pd.DataFrame:
     measured = bench["measured"]
     projection = project_protocol(cfg, measured)
     images = cfg.data.expected_per_class * len(cfg.data.classes)
-    val = math.ceil(images * cfg.split.val_fraction)
-    notebooks = cfg.run.notebooks
     rows = [{"part": "data stage", "notebook": "01_download_and_split",
              "projected_s": images * measured["data_stage_seconds_per_image"], "epochs_s": None,
-             "notebook_s": notebook_seconds(notebooks / "01_download_and_split.ipynb")}]
+             "notebook_s": notebook_seconds(cfg.run.executed_notebook("01_download_and_split"))}]
     for row in projection["stages"]:
         model, stage = row["model"], row["stage"]
         if not cfg.run.history(model, stage).exists():
@@ -74,16 +70,13 @@ def compare(cfg: Config, bench: dict) -> pd.DataFrame:
         if len(history) != cfg.stage_config(stage).epochs:
             raise KvasirError(f"{cfg.run.history(model, stage)} has {len(history)} epochs where the profile trains "
                               f"{cfg.stage_config(stage).epochs}: finish the run first")
-        name = f"{STAGE_NOTEBOOKS[stage]}-{model}"
-        rows.append({"part": f"{model} {stage}", "notebook": name, "projected_s": row["seconds"],
-                     "epochs_s": float(history["seconds"].sum()),
-                     "notebook_s": notebook_seconds(notebooks / f"{name}.ipynb")})
-    for model in cfg.train.models:
-        first = next(r for r in projection["stages"] if r["model"] == model and r["stage"] == STAGES[0])
-        name = f"04_evaluate-{model}"
-        rows.append({"part": f"{model} evaluation", "notebook": name,
-                     "projected_s": val / first.get("first_val_images_per_s", first["val_images_per_s"]),
-                     "epochs_s": None, "notebook_s": notebook_seconds(notebooks / f"{name}.ipynb")})
+        path = cfg.run.executed_notebook(STAGE_NOTEBOOKS[stage], model)
+        rows.append({"part": f"{model} {stage}", "notebook": path.stem, "projected_s": row["seconds"],
+                     "epochs_s": float(history["seconds"].sum()), "notebook_s": notebook_seconds(path)})
+    for model, seconds in projection["evaluation_seconds"].items():
+        path = cfg.run.executed_notebook("04_evaluate", model)
+        rows.append({"part": f"{model} evaluation", "notebook": path.stem, "projected_s": seconds,
+                     "epochs_s": None, "notebook_s": notebook_seconds(path)})
     frame = pd.DataFrame(rows)
     frame["epochs_vs_projected"] = frame["epochs_s"] / frame["projected_s"]
     frame["notebook_vs_projected"] = frame["notebook_s"] / frame["projected_s"]
@@ -131,12 +124,12 @@ def run(cfg: Config, bench_path: Path = OUT, out: Path = CHECK_OUT) -> dict:
     """Compare, print and write ``out``."""
     frame = compare(cfg, read_bench(bench_path))
     summary = summarise(frame, generated=cfg.data.synthetic is not None)
+    words = explain(summary)
     print(frame.round(2).to_string(index=False))
-    for line in explain(summary):
-        print(line)
+    print("\n".join(words))
     results = {"profile": cfg.profile, "bench": str(bench_path), "machine": environment(),
                "parts": frame.astype(object).where(frame.notna(), None).to_dict(orient="records"), **summary,
-               "explanation": explain(summary)}
+               "explanation": words}
     write_json_atomic(out, results)
     print(f"wrote {out}")
     return results

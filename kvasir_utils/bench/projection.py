@@ -285,14 +285,17 @@ def project_protocol(cfg: Config, measured: dict) -> dict:
         seconds = stage_seconds(row, epochs, train, val)
         rows.append({**row, "epochs": epochs, "seconds": seconds})
         total += seconds
+    evaluation = {}
     for name in cfg.train.models:  # notebook 04: one more full pass over the validation images
         first = next(r for r in rows if r["model"] == name)
-        total += val / first.get("first_val_images_per_s", first["val_images_per_s"])
+        evaluation[name] = val / first.get("first_val_images_per_s", first["val_images_per_s"])
+        total += evaluation[name]
     frame = pd.DataFrame(rows)[["model", "stage", "measured_images_per_s", "val_images_per_s", "epochs", "seconds"]]
     print(frame.round(1).to_string(index=False))
     print(f"projected paper protocol ({images:,} images, data stage, both stages of every model, evaluation): "
           f"{total / 60:.1f} minutes")
-    return {"stages": rows, "total_hours": total / 3600, "protocol_minutes": total / 60}
+    return {"stages": rows, "evaluation_seconds": evaluation, "total_hours": total / 3600,
+            "protocol_minutes": total / 60}
 
 
 def peak_gflops(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 10) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from kvasir_utils import config, profiles
-from kvasir_utils.artefacts import model_folder, model_named
+from kvasir_utils.artefacts import model_named
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import disk_full, folder_lock, is_disk_full, write_json_atomic, write_text_atomic
 from kvasir_utils.run import signals
@@ -31,7 +31,7 @@ def record_failure(path: Path | None, step: str, error: str, exit_code: int) -> 
 
 def executed_notebook_path(cfg: config.Config, name: str, model: str | None = None) -> Path:
     """Where the executed copy of a notebook goes; the Makefile uses it as the step's stamp."""
-    return cfg.run.notebooks / (f"{name}-{model_folder(model)}.ipynb" if model else f"{name}.ipynb")
+    return cfg.run.executed_notebook(name, model)
 
 
 def write_settings_stamp(cfg: config.Config) -> Path:

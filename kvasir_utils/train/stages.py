@@ -61,21 +61,27 @@ def carry_adam_state(optimizer: torch.optim.Optimizer, order: list[str], previou
     return len(state["state"])
 
 
-def resume_stage(cfg: Config, model_name: str, stage: str, inputs: dict[str, str],
-                 runtime: Runtime) -> Checkpoint | None:
+def resume_stage(cfg: Config, model_name: str, stage: str, inputs: dict[str, str]) -> Checkpoint | None:
     """The stage's own checkpoint to go on from (None: it starts afresh), checked against today's
-    settings and inputs; warns where the rest of it will run with other numerics than its start."""
+    settings and inputs."""
     path = cfg.run.checkpoint(model_name, stage)
     if not path.exists():
         return None
     resumed = load_checkpoint(path, cfg.profile)
     check_checkpoint(resumed, cfg, inputs, path)
+    return resumed
+
+
+def warn_numerics_change(resumed: Checkpoint | None, runtime: Runtime, cfg: Config, model_name: str,
+                         stage: str) -> None:
+    """Warn where the rest of a resumed stage will run with other numerics than its start."""
+    if resumed is None:
+        return
     before, now = resumed.runtime, runtime.record()
     changed = [f"{k} {before[k]} -> {now[k]}" for k in NUMERIC_FIELDS if before[k] != now[k]]
     if resumed.epoch < cfg.stage_config(stage).epochs and changed:
         print(f"warning: {stage} of {model_name} goes on with {', '.join(changed)}; the rest of it "
               f"will not repeat an uninterrupted run exactly (other rounding, or other augmentation draws)")
-    return resumed
 
 
 @dataclass
@@ -119,13 +125,13 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     """
     trainable = models.set_trainable(model, cfg.stage_config(stage).trainable)
     runtime = stage_runtime(cfg, runtime, stage, len(loaders["train"].dataset))
-    own = cfg.run.checkpoint(model_name, stage)
-    if runtime.pending and own.exists():  # a stage goes on as it started: its own record, not a new probe
-        runtime = probe.adopt(runtime, load_checkpoint(own, cfg.profile).runtime)
-    runtime = probe.choose(runtime, model, model_name, cfg)
     inputs = stage_inputs(cfg, model_name, stage)
-    state = set_up_stage(model, cfg, model_name, stage, trainable,
-                         resume_stage(cfg, model_name, stage, inputs, runtime), runtime)
+    resumed = resume_stage(cfg, model_name, stage, inputs)
+    if resumed is not None:  # a stage goes on as it started: its own record, not a new probe
+        runtime = probe.adopt(runtime, resumed.runtime)
+    runtime = probe.choose(runtime, model, model_name, cfg)
+    warn_numerics_change(resumed, runtime, cfg, model_name, stage)
+    state = set_up_stage(model, cfg, model_name, stage, trainable, resumed, runtime)
     if state.start >= cfg.stage_config(stage).epochs:
         return pd.DataFrame(state.history, columns=HISTORY_COLUMNS)  # finished: reused as it is
     if stage == STAGES[0] and state.start == 0:

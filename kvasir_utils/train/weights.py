@@ -109,14 +109,20 @@ def source_id(name: str) -> str:
         else "torchvision's weights"
 
 
-def checked_file(name: str, weights_file: WeightsFile) -> Path:
-    """``train.weights_files``' file for ``name``: it must exist, and match its SHA-256 when one is given."""
+def existing_file(name: str, weights_file: WeightsFile) -> Path:
+    """``train.weights_files``' file for ``name``, which must exist (its hash unchecked)."""
     path = _resolve(weights_file.file)
     if not path.is_file():
         raise KvasirError(
             f"the weights file of {name} in train.weights_files, {path}, does not exist. Put the file there "
             f"(downloaded from {source_id(name)} on a machine with network), or correct the path, or remove "
             f"{name} from train.weights_files to use the library's cache.")
+    return path
+
+
+def checked_file(name: str, weights_file: WeightsFile) -> Path:
+    """``train.weights_files``' file for ``name``: it must exist, and match its SHA-256 when one is given."""
+    path = existing_file(name, weights_file)
     if weights_file.sha256 is not None:
         actual = sha256_file(path)
         if actual.lower() != weights_file.sha256.lower():
@@ -193,9 +199,7 @@ def check_weights_offline(cfg: Config) -> None:
     for name in models_needing_weights(cfg):
         given = cfg.train.weights_files.get(name)
         if given is not None:
-            path = _resolve(given.file)
-            if not path.is_file():
-                checked_file(name, given)  # its error names the file and the remedy
+            existing_file(name, given)  # its error names the file and the remedy
         elif is_timm(name):
             hub_weights(name, offline=True)
         elif not (path := weights_file(name, cfg.train.weights)).exists():
