@@ -337,3 +337,27 @@ def test_no_module_is_longer_than_the_architecture_page_says():
     lengths = {p.relative_to(PROJECT_ROOT): len(p.read_text().splitlines())
                for p in (PROJECT_ROOT / "kvasir_utils").rglob("*.py")}
     assert len(lengths) > 50 and {p: n for p, n in lengths.items() if n > int(said[1])} == {}
+
+
+def test_papermill_reads_every_parameter_of_every_notebook():
+    """A comment with a second ``=`` (``make lab PROFILE=...``) made papermill skip that line: every run
+    printed "Unable to parse line 2" and "Passed unknown parameter: PROFILE", and ``papermill -p`` could
+    not list it. Every name a parameters cell assigns is one that papermill finds, with no warning."""
+    import logging
+
+    import nbformat
+    import papermill
+
+    for path in sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+        assigned = set(re.findall(r"^(\w+)\s*=", cell.source, re.MULTILINE))
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("papermill").addHandler(handler)
+        try:
+            found = set(papermill.inspect_notebook(str(path)))
+        finally:
+            logging.getLogger("papermill").removeHandler(handler)
+        assert assigned and found == assigned, path.name
+        assert not [r.getMessage() for r in records if r.levelno >= logging.WARNING], path.name
