@@ -20,7 +20,6 @@ from kvasir_utils.analysis.sweeps import DEFAULT_READING
 from kvasir_utils.config import Config, ConfigError, Section
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import sha256_text
-from kvasir_utils.train import models
 
 SWEEP_DIR = config.CONFIG_DIR / "sweeps"
 SEED_SETTINGS = {"train.seed": ["train.seed"], "split.seed": ["split.seed"], "both": ["train.seed", "split.seed"],
@@ -159,7 +158,27 @@ def _check_override_text(text: str, where: str) -> None:
 
 def load_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
     """Read a sweep file and validate every member's settings (as a profile is validated, and
-    every model x reading on the meta device) before anything runs."""
+    every model x reading on the meta device) before anything runs: what `make sweep` does."""
+    sweep = read_sweep(name_or_path, overrides)
+    check_models(sweep)
+    return sweep
+
+
+def check_models(sweep: Sweep) -> None:
+    """Every member's models and readings built on the meta device (``train.models.check_profile``);
+    a ConfigError names the member and what does not fit."""
+    from kvasir_utils.train import models  # imports torch: reading a finished sweep (notebook 06) needs none
+
+    for member in sweep.members:
+        try:
+            models.check_profile(member.cfg)
+        except KvasirError as exc:
+            raise ConfigError(f"sweep {sweep.name}, member {member.name}: {exc}") from None
+
+
+def read_sweep(name_or_path: str, overrides: list[str] | None = None) -> Sweep:
+    """A sweep file with every member's settings resolved and validated as a profile is, without
+    building its models: what notebook 06 reads a sweep's runs with (``load_sweep`` checks those too)."""
     path = find_sweep_file(name_or_path)
     raw = profiles.read_yaml(path)
     try:
@@ -198,7 +217,6 @@ def _member(sweep: Sweep, model: str, seed: int, settings: dict, reading_name: s
     member_overrides = [*sweep.spec.overrides, *sweep.overrides, *own]
     try:
         cfg = profiles.load_profile(sweep.profile, member_overrides)
-        models.check_profile(cfg)
     except KvasirError as exc:
         raise ConfigError(f"sweep {sweep.name}, member {name}: {exc}") from None
     return Member(name, model, seed, settings, reading, member_overrides, cfg)
