@@ -111,7 +111,7 @@ def prepare_data(cfg: Config) -> None:
 def _stage1(cfg: Config, runtime: hardware.Runtime):
     name = cfg.train.models[0]
     model = hardware.prepare_model(stages.model_for_stage(cfg, name, "stage1"), runtime)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.stage1.lr)
+    optimizer = loop.adam([p for p in model.parameters() if p.requires_grad], cfg.train.stage1.lr)
     return model, optimizer
 
 

@@ -51,7 +51,7 @@ def step_function(model, runtime: hardware.Runtime, train: bool = True):
     """One training (or inference) step of ``model`` under ``runtime``, as ``step(images, labels)``."""
     model = hardware.prepare_model(model, runtime)
     models.set_train_mode(model) if train else model.eval()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4) if train else None
+    optimizer = loop.adam([p for p in model.parameters() if p.requires_grad], 1e-4) if train else None
     criterion = nn.CrossEntropyLoss()
 
     def step(images, labels):

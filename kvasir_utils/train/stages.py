@@ -41,6 +41,7 @@ from kvasir_utils.train.hardware import (
 )
 from kvasir_utils.train.loop import (
     SEED_SCHEME,
+    adam,
     augment_generator,
     epoch_seed,
     evaluate,
@@ -108,7 +109,7 @@ def set_up_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, tra
     prepare_model(model, runtime)  # before the optimizer: its state is loaded onto the parameters' device
     order = resumed.optimizer_params if resumed else trainable
     params = dict(model.named_parameters())
-    optimizer = torch.optim.Adam([params[n] for n in order], lr=cfg.stage_config(stage).lr)
+    optimizer = adam([params[n] for n in order], cfg.stage_config(stage).lr)
     if resumed is not None:
         optimizer.load_state_dict(resumed.optimizer)
     elif previous is not None and cfg.train.stage2_init == "continue_optimizer":
