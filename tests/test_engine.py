@@ -361,6 +361,7 @@ def test_a_compiled_stage_saves_plain_weights_and_validates_like_the_eager_model
     model, history = _train(cfg)
     checkpoint = checkpoints.load_checkpoint(cfg.run.checkpoint("resnet18", "stage1"), cfg.profile)
     assert checkpoint.runtime["compile"] == "on"
+    assert checkpoint.runtime["folded_batchnorm"] == 20  # every conv + BatchNorm of resnet18: only fc trains
     assert not any(key.startswith("_orig_mod") for key in checkpoint.model)
     # validation ran through the compiled graph; the eager model counts the same correct images
     runtime = hardware.resolve_runtime(cfg.runtime)
@@ -391,3 +392,36 @@ def test_the_device_backend_trains_resumes_exactly_and_is_recorded(tiny_data, tm
     _copy_split(tiny_data, tmp_path / "pil")
     pil, _ = _train(tiny_config(tiny_data, tmp_path / "pil", settings[:-1] + ["transforms.backend=pil"]))
     assert not torch.equal(pil.fc.weight, whole.fc.weight)
+
+
+@pytest.mark.parametrize("name, trainable, pairs", [("resnet18", "last_tensors:2", 20),
+                                                    ("resnet18", "block:layer4", 15),
+                                                    ("efficientnet_b0", "last_tensors:10", 47)])
+def test_folding_frozen_batchnorms_trains_the_model_itself_and_computes_what_it_computes(name, trainable, pairs):
+    # What a compiled stage trains (fold_frozen_batchnorm): only pairs with nothing trainable fold; a
+    # trainable BatchNorm keeps its running statistics, in the model; gradients reach the model's
+    # parameters; the model keeps its modules (its checkpoint is the unfolded one).
+    torch.manual_seed(0)
+    model = models.build_model(name, 8)
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 64, 64))  # running statistics that are not the initial ones
+    models.set_trainable(model, trainable)
+    before, modules = copy.deepcopy(model.state_dict()), list(model.modules())
+    folded, count = frozen.fold_frozen_batchnorm(model)
+    assert count == pairs and folded is not model and list(model.modules()) == modules
+    images = torch.randn(4, 3, 64, 64)
+    outputs = []
+    for net in (model, folded):
+        models.set_train_mode(net, "eval")
+        torch.manual_seed(1)  # EfficientNet's stochastic depth draws the same
+        outputs.append(net(images))
+    assert outputs[1].detach() == pytest.approx(outputs[0].detach(), abs=1e-5)
+    outputs[1].sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    trainable_norms = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+                       and any(p.requires_grad for p in m.parameters())}
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    assert moved == {f"{n}.{b}" for n in trainable_norms for b in statistics}
+    everything = models.build_model("resnet18", 8)  # every parameter trains: nothing folds
+    assert frozen.fold_frozen_batchnorm(everything) == (everything, 0)

@@ -28,7 +28,7 @@ from kvasir_utils.train.checkpoints import (
     save_checkpoint,
     stage_inputs,
 )
-from kvasir_utils.train.frozen import ValidationFeatures
+from kvasir_utils.train.frozen import ValidationFeatures, fold_frozen_batchnorm
 from kvasir_utils.train.hardware import (
     NUMERIC_FIELDS,
     Runtime,
@@ -148,11 +148,18 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
 def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loaders: dict, runtime: Runtime,
                state: StageState, record: Checkpoint, on_epoch_end=None) -> None:
     """The stage's remaining epochs: train, validate, log to TensorBoard, then write the checkpoint
-    (``record`` with this epoch's weights, optimizer and history) and history.csv."""
+    (``record`` with this epoch's weights, optimizer and history) and history.csv. Compiled, the
+    training step runs with the frozen BatchNorms folded into their convolutions
+    (``frozen.fold_frozen_batchnorm``; the checkpoint's runtime says how many), validation unfolded."""
     from torch.utils.tensorboard import SummaryWriter
 
     stage_cfg = cfg.stage_config(stage)
     net, augment = compiled(model, runtime), device_augment(cfg, runtime)
+    train_net, folded = net, 0
+    if runtime.compile == "on" and cfg.train.frozen_batchnorm == "eval":  # eager, folding gains nothing
+        training_model, folded = fold_frozen_batchnorm(model)
+        train_net = compiled(training_model, runtime) if folded else net
+    record = dataclasses.replace(record, runtime={**record.runtime, "folded_batchnorm": folded})
     features = ValidationFeatures.for_model(model) if cfg.runtime.reuse_frozen else None
     criterion = nn.CrossEntropyLoss()
     offset = sum(cfg.stage_config(s).epochs for s in STAGES[: STAGES.index(stage)])
@@ -164,7 +171,7 @@ def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loade
             seed_everything(seed)
             loaders["train"].generator.manual_seed(seed)
             desc = f"{model_name} {stage} epoch {epoch}/{stage_cfg.epochs}"
-            fit = train_one_epoch(net, criterion, state.optimizer, loaders["train"], runtime,
+            fit = train_one_epoch(train_net, criterion, state.optimizer, loaders["train"], runtime,
                                   cfg.train.frozen_batchnorm, desc, augment, augment_generator(seed))
             val = evaluate(net, loaders["val"], runtime, desc=f"{desc} val", features=features)
             row = {"epoch": epoch, "global_epoch": offset + epoch, "train_loss": fit["loss"], "train_acc": fit["acc"],
