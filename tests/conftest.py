@@ -95,16 +95,17 @@ def driver():
 
 # The groups that take longest, handed out first (seconds on 2 cores from `pytest --durations`: an
 # AMD EPYC with bf16 before issue 24; in brackets, the slowest CPU here, an AMD EPYC without AVX-512
-# training in fp32, emulated as docs/development.md says, chain at 32 px, beside other work). xdist
+# training in fp32, emulated as docs/development.md says, nothing else running, at 35ae454). xdist
 # gives each worker one group, and a second at once to a worker whose first has two tests or fewer
 # (the sweep is one test: its worker also takes the Ctrl-C tests); the short tests fill the gaps
 # after them. The chain and the cluster stay the longest by far: each worker starts with one. In
 # xdist's own order (by number of tests) the sweep started last and ran alone for 3 minutes.
-LONGEST_FIRST = ("chain",  # 230 s (436 s): notebooks 01-05, 07 and the report, then the tests that read them
-                 "cluster",  # 210 s (395 s): a sweep on a two-node Ray cluster, run twice (mostly kernels starting)
-                 "leakage",  # the smoke-leakage sweep: 12 short runs (mostly kernels starting)
-                 "interrupts",  # 130 s: `make evaluate` stopped at each step, then finished
-                 "hyper")  # 40 s: the HyperKvasir-shaped study
+LONGEST_FIRST = ("chain",  # 230 s (211 s, 333 s with its tests): notebooks 01-05, 07 and the report, then
+                 # the tests that read them
+                 "cluster",  # 210 s (166 s): a sweep on a two-node Ray cluster, run twice (mostly kernels starting)
+                 "leakage",  # the smoke-leakage sweep (make test-long): 12 short runs (mostly kernels starting)
+                 "interrupts",  # 130 s (142 s): `make evaluate` stopped at each step, then finished
+                 "hyper")  # 40 s (55 s): the HyperKvasir-shaped study
 
 
 def _group(item) -> str | None:

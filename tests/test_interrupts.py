@@ -224,10 +224,6 @@ def test_the_interrupted_run_goes_on_to_the_results_of_an_uninterrupted_one(inte
     assert not list(cfg.run.notebooks.glob("*.failed.ipynb"))  # each step that finished replaced its failed copy
 
 
-def _kernel(run: Run) -> int:
-    return next(pid for pid, command in run.processes() if "ipykernel_launcher" in command)
-
-
 def test_a_full_disk_names_the_folder_and_the_space_needed_and_a_rerun_resumes(study, reference, small_disk):
     from kvasir_utils.data import prepare
     from kvasir_utils.errors import DiskFullError
