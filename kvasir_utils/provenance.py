@@ -105,8 +105,6 @@ def describe_runtime(record: dict) -> str:
     """A runtime as checkpoints and metrics.json record it (``train.hardware.Runtime.record``), in words."""
     layout = " + channels_last" if record["channels_last"] else ""
     layout += " + torch.compile" if record["compile"] == "on" else ""
-    folded = record.get("folded_batchnorm") or 0  # a stage's checkpoint says how many (train.frozen)
-    layout += f" (training with {folded} frozen BatchNorms folded into their convolutions)" if folded else ""
     layout += " + augmentation on the device" if record["augment"] == "device" else ""
     chosen = describe_probe(record.get("probe") or {})
     return (f"{record['device_name']}, {record['precision']}{layout}{chosen}, {record['workers']} loader workers, "

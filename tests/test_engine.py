@@ -167,7 +167,7 @@ def test_continue_optimizer_carries_adam_state_by_parameter_name(tiny_data, runs
     fc_weight = stage1.optimizer["state"][stage1.optimizer_params.index("fc.weight")]
     model = stages.model_for_stage(cfg, "resnet18", "stage2")
     order = models.set_trainable(model, "head")
-    optimizer = torch.optim.Adam([dict(model.named_parameters())[n] for n in order])
+    optimizer = loop.adam([dict(model.named_parameters())[n] for n in order], 1e-3)  # the stages' own, fused
     assert stages.carry_adam_state(optimizer, order, stage1) == 2
     carried = optimizer.state_dict()["state"][order.index("fc.weight")]
     assert torch.equal(carried["exp_avg"], fc_weight["exp_avg"]) and carried["step"] == fc_weight["step"]
@@ -425,3 +425,29 @@ def test_folding_frozen_batchnorms_trains_the_model_itself_and_computes_what_it_
     assert moved == {f"{n}.{b}" for n in trainable_norms for b in statistics}
     everything = models.build_model("resnet18", 8)  # every parameter trains: nothing folds
     assert frozen.fold_frozen_batchnorm(everything) == (everything, 0)
+
+
+def test_folding_leaves_a_model_it_cannot_fold_untouched():
+    # timm's BatchNormAct2d (a BatchNorm with its activation) is no plain pair: nothing folds, and
+    # tracing it ran its forward in training mode, which counted a batch into every BatchNorm of the
+    # model before tracing took leaf modules with parameters or buffers of their own as single calls
+    model = models.build_model("timm:test_efficientnet", 8)
+    models.set_trainable(model, "head")
+    before = copy.deepcopy(model.state_dict())
+    assert frozen.fold_frozen_batchnorm(model) == (model, 0)
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
+    assert model.training  # its modes as they were
+
+
+def test_a_stage_resumed_with_another_number_of_folded_batchnorms_says_so(capsys):
+    from types import SimpleNamespace
+
+    from kvasir_utils import profiles
+
+    cfg = profiles.load_profile("smoke")
+    runtime = hardware.Runtime(torch.device("cpu"), "fp32", 0)
+    before = SimpleNamespace(runtime=runtime.record(), epoch=1)  # a checkpoint from before folding: no count
+    stages.warn_numerics_change(before, runtime, 0, cfg, "resnet50", "stage1")
+    assert capsys.readouterr().out == ""
+    stages.warn_numerics_change(before, runtime, 53, cfg, "resnet50", "stage1")
+    assert "goes on with folded BatchNorms 0 -> 53" in capsys.readouterr().out

@@ -73,13 +73,16 @@ def resume_stage(cfg: Config, model_name: str, stage: str, inputs: dict[str, str
     return resumed
 
 
-def warn_numerics_change(resumed: Checkpoint | None, runtime: Runtime, cfg: Config, model_name: str,
+def warn_numerics_change(resumed: Checkpoint | None, runtime: Runtime, folded: int, cfg: Config, model_name: str,
                          stage: str) -> None:
-    """Warn where the rest of a resumed stage will run with other numerics than its start."""
+    """Warn where the rest of a resumed stage will run with other numerics than its start (another
+    runtime, or another number of folded BatchNorms: ``training_form``)."""
     if resumed is None:
         return
     before, now = resumed.runtime, runtime.record()
     changed = [f"{k} {before[k]} -> {now[k]}" for k in NUMERIC_FIELDS if before[k] != now[k]]
+    if before.get("folded_batchnorm", 0) != folded:  # a checkpoint from before folding has none
+        changed.append(f"folded BatchNorms {before.get('folded_batchnorm', 0)} -> {folded}")
     if resumed.epoch < cfg.stage_config(stage).epochs and changed:
         print(f"warning: {stage} of {model_name} goes on with {', '.join(changed)}; the rest of it "
               f"will not repeat an uninterrupted run exactly (other rounding, or other augmentation draws)")
@@ -131,35 +134,43 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     if resumed is not None:  # a stage goes on as it started: its own record, not a new probe
         runtime = probe.adopt(runtime, resumed.runtime)
     runtime = probe.choose(runtime, model, model_name, cfg)
-    warn_numerics_change(resumed, runtime, cfg, model_name, stage)
     state = set_up_stage(model, cfg, model_name, stage, trainable, resumed, runtime)
     if state.start >= cfg.stage_config(stage).epochs:
         return pd.DataFrame(state.history, columns=HISTORY_COLUMNS)  # finished: reused as it is
+    training_model, folded = training_form(model, cfg, runtime)  # after set_up_stage: folds the loaded weights
+    warn_numerics_change(resumed, runtime, folded, cfg, model_name, stage)
     if stage == STAGES[0] and state.start == 0:
         record_weights(cfg, model_name)
     run_epochs(model, cfg, model_name, stage, loaders, runtime, state,
                Checkpoint(model={}, optimizer={}, epoch=0, history=[], config=cfg.to_dict(), model_name=model_name,
                           stage=stage, trainable=trainable, optimizer_params=state.order, inputs=inputs,
-                          seed_scheme=SEED_SCHEME, runtime=runtime.record()),
-               on_epoch_end)
+                          seed_scheme=SEED_SCHEME, runtime={**runtime.record(), "folded_batchnorm": folded}),
+               on_epoch_end, training_model)
     return pd.DataFrame(state.history, columns=HISTORY_COLUMNS)
 
 
+def training_form(model: nn.Module, cfg: Config, runtime: Runtime) -> tuple[nn.Module, int]:
+    """The module a stage's training step runs, and how many convolution + BatchNorm pairs it folded:
+    compiled, with the frozen BatchNorms folded into their convolutions where they run in eval mode
+    (``frozen.fold_frozen_batchnorm``); eager, the model itself (folding gains nothing there:
+    docs/performance.md)."""
+    if runtime.compile == "on" and cfg.train.frozen_batchnorm == "eval":
+        return fold_frozen_batchnorm(model)
+    return model, 0
+
+
 def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loaders: dict, runtime: Runtime,
-               state: StageState, record: Checkpoint, on_epoch_end=None) -> None:
+               state: StageState, record: Checkpoint, on_epoch_end=None,
+               training_model: nn.Module | None = None) -> None:
     """The stage's remaining epochs: train, validate, log to TensorBoard, then write the checkpoint
-    (``record`` with this epoch's weights, optimizer and history) and history.csv. Compiled, the
-    training step runs with the frozen BatchNorms folded into their convolutions
-    (``frozen.fold_frozen_batchnorm``; the checkpoint's runtime says how many), validation unfolded."""
+    (``record`` with this epoch's weights, optimizer and history) and history.csv. The training step
+    runs ``training_model`` (``training_form``: the model with its frozen BatchNorms folded, sharing
+    its trainable parts), validation and the checkpoint the model itself."""
     from torch.utils.tensorboard import SummaryWriter
 
     stage_cfg = cfg.stage_config(stage)
     net, augment = compiled(model, runtime), device_augment(cfg, runtime)
-    train_net, folded = net, 0
-    if runtime.compile == "on" and cfg.train.frozen_batchnorm == "eval":  # eager, folding gains nothing
-        training_model, folded = fold_frozen_batchnorm(model)
-        train_net = compiled(training_model, runtime) if folded else net
-    record = dataclasses.replace(record, runtime={**record.runtime, "folded_batchnorm": folded})
+    train_net = net if training_model is None or training_model is model else compiled(training_model, runtime)
     features = ValidationFeatures.for_model(model) if cfg.runtime.reuse_frozen else None
     criterion = nn.CrossEntropyLoss()
     offset = sum(cfg.stage_config(s).epochs for s in STAGES[: STAGES.index(stage)])
