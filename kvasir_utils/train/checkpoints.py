@@ -21,7 +21,8 @@ from kvasir_utils.data import prepare
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import sha256_file, write_bytes_atomic
 from kvasir_utils.profiles import with_protocol
-from kvasir_utils.train import models
+from kvasir_utils.train import models, probe
+from kvasir_utils.train.hardware import Runtime, prepare_model
 from kvasir_utils.train.loop import SEED_SCHEME
 
 
@@ -113,11 +114,14 @@ def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> Checkpoint:
 
 def load_trained_model(cfg: Config, model_name: str) -> nn.Module:
     """The model as it ended training, after checking it was trained on today's split and cache."""
-    return load_trained(cfg, model_name)[0]
-
-
-def load_trained(cfg: Config, model_name: str) -> tuple[nn.Module, dict]:
-    """``load_trained_model`` and the runtime record its last stage trained under (precision and
-    memory format as the stages chose them: what evaluation and prediction take, ``probe.adopt``)."""
     checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg.train.stage2.epochs))
-    return models.restore(cfg, model_name, checkpoint.stage, checkpoint.model), checkpoint.runtime
+    return models.restore(cfg, model_name, checkpoint.stage, checkpoint.model)
+
+
+def load_trained(cfg: Config, model_name: str, runtime: Runtime) -> tuple[nn.Module, Runtime]:
+    """``load_trained_model`` on ``runtime`` with what it left pending (precision, memory format)
+    taken as the model's stages chose them (``probe.adopt`` of its checkpoint's record), on the
+    runtime's device and memory format: what evaluation, masking and cross-scoring predict with."""
+    checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg.train.stage2.epochs))
+    runtime = probe.adopt(runtime, checkpoint.runtime)
+    return prepare_model(models.restore(cfg, model_name, checkpoint.stage, checkpoint.model), runtime), runtime

@@ -22,7 +22,7 @@ from kvasir_utils.data import dataset, duplicates, prepare
 from kvasir_utils.data.cache import usable_images
 from kvasir_utils.data.split import read_split
 from kvasir_utils.files import write_csv_atomic
-from kvasir_utils.train import checkpoints, hardware, loop, models, presets, probe
+from kvasir_utils.train import checkpoints, hardware, loop, models, presets
 
 
 @dataclass
@@ -54,9 +54,7 @@ def predict_target(source: Config, model_name: str, target: Config, images: pd.D
     """``images`` (mapped, with ``true``) with the model's ``pred``, ``confidence`` and every source
     class's probability, through the source run's evaluation preset."""
     source = models.for_model(source, model_name)  # a profile that leaves the input to the model: the model's own
-    model, trained_under = checkpoints.load_trained(source, model_name)
-    runtime = probe.adopt(runtime, trained_under)  # as the source run's stages chose
-    model = hardware.prepare_model(model, runtime)
+    model, runtime = checkpoints.load_trained(source, model_name, runtime)  # as the source run's stages chose
     frame = images.assign(label=images["source_label"])
     preset = presets.eval_preset(source.transforms)
     data = dataset.KvasirDataset(prepare.cache_dir(target), frame, source.classes, preset)

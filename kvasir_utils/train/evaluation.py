@@ -19,16 +19,14 @@ from kvasir_utils.data.split import read_split
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_csv_atomic, write_text_atomic
 from kvasir_utils.provenance import environment, provenance
-from kvasir_utils.train import checkpoints, hardware, loop, models, presets, probe, stages
+from kvasir_utils.train import checkpoints, hardware, loop, models, presets, stages
 
 
 def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime) -> tuple[pd.DataFrame, dict]:
     """Predict the validation set once with the trained model (after checking it was trained on
     today's split and cache); write ``predictions.csv`` and ``metrics.json``."""
     cfg = models.for_model(cfg, model_name)  # a profile that leaves the input to the model: the model's own
-    model, trained_under = checkpoints.load_trained(cfg, model_name)
-    runtime = probe.adopt(runtime, trained_under)  # precision and memory format as the stages chose
-    model = hardware.prepare_model(model, runtime)
+    model, runtime = checkpoints.load_trained(cfg, model_name, runtime)  # as the stages chose: precision, layout
     split = read_split(cfg.run.split, cfg.classes)
     val = split[split["split"] == "val"].reset_index(drop=True)
     loader = stages.make_loaders(cfg, runtime, split)["val"]
@@ -77,9 +75,7 @@ def masked_predictions(cfg: Config, model_name: str, runtime: hardware.Runtime,
     class predicted with the overlays masked at test time only (how much the model leans on them)."""
     cfg = models.for_model(cfg, model_name)
     predictions = pd.read_csv(cfg.run.predictions(model_name))
-    model, trained_under = checkpoints.load_trained(cfg, model_name)
-    runtime = probe.adopt(runtime, trained_under)  # as the unmasked predictions: only the box differs
-    model = hardware.prepare_model(model, runtime)
+    model, runtime = checkpoints.load_trained(cfg, model_name, runtime)  # as the stages chose: precision, layout
     if overlays.MASK_MODES.index(cfg.transforms.mask_overlays) > overlays.MASK_MODES.index(mode):
         mode = cfg.transforms.mask_overlays  # never unmask what the profile masks
     masked_cfg = cfg.transforms.model_copy(update={"mask_overlays": mode})

@@ -145,7 +145,7 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
                Checkpoint(model={}, optimizer={}, epoch=0, history=[], config=cfg.to_dict(), model_name=model_name,
                           stage=stage, trainable=trainable, optimizer_params=state.order, inputs=inputs,
                           seed_scheme=SEED_SCHEME, runtime={**runtime.record(), "folded_batchnorm": folded}),
-               on_epoch_end, training_model)
+               training_model, on_epoch_end)
     return pd.DataFrame(state.history, columns=HISTORY_COLUMNS)
 
 
@@ -160,8 +160,7 @@ def training_form(model: nn.Module, cfg: Config, runtime: Runtime) -> tuple[nn.M
 
 
 def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loaders: dict, runtime: Runtime,
-               state: StageState, record: Checkpoint, on_epoch_end=None,
-               training_model: nn.Module | None = None) -> None:
+               state: StageState, record: Checkpoint, training_model: nn.Module, on_epoch_end=None) -> None:
     """The stage's remaining epochs: train, validate, log to TensorBoard, then write the checkpoint
     (``record`` with this epoch's weights, optimizer and history) and history.csv. The training step
     runs ``training_model`` (``training_form``: the model with its frozen BatchNorms folded, sharing
@@ -170,7 +169,7 @@ def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loade
 
     stage_cfg = cfg.stage_config(stage)
     net, augment = compiled(model, runtime), device_augment(cfg, runtime)
-    train_net = net if training_model is None or training_model is model else compiled(training_model, runtime)
+    train_net = net if training_model is model else compiled(training_model, runtime)
     features = ValidationFeatures.for_model(model) if cfg.runtime.reuse_frozen else None
     criterion = nn.CrossEntropyLoss()
     offset = sum(cfg.stage_config(s).epochs for s in STAGES[: STAGES.index(stage)])
