@@ -117,14 +117,19 @@ def interrupted(study):
             "make": lambda target="evaluate": _make(study, "interrupted", target)}
 
 
-def _wait_until_cached(run: Run, folder: Path, count: int, timeout: float = 300) -> None:
-    """Wait until ``folder`` holds ``count`` cached images (finished files: one being written has a
-    temporary name); fail if the run ends or the time runs out first."""
+def _wait_until(run: Run, done, what: str, timeout: float = 300) -> None:
+    """Wait until ``done()`` holds, polling every 10 ms; fail if the run ends or the time runs out first."""
     deadline = time.monotonic() + timeout
-    while (cached := sum(1 for _ in folder.rglob("*.jpg"))) < count:
-        assert run.process.poll() is None, f"ended (exit {run.process.returncode}) at {cached} cached images"
-        assert time.monotonic() < deadline, f"{cached} of {count} images cached within {timeout} s"
-        time.sleep(0.05)
+    while not done():
+        assert run.process.poll() is None, f"ended (exit {run.process.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.01)
+
+
+def _wait_until_cached(run: Run, folder: Path, count: int) -> None:
+    """Wait until ``folder`` holds ``count`` cached images (finished files: one being written has a
+    temporary name)."""
+    _wait_until(run, lambda: sum(1 for _ in folder.rglob("*.jpg")) >= count, f"{count} cached images")
 
 
 def test_ctrl_c_in_the_data_stage_keeps_every_finished_cache_entry_and_no_half_written_one(interrupted):
@@ -193,13 +198,20 @@ def test_ctrl_c_in_evaluation_leaves_no_stamp(interrupted):
 
 def test_ctrl_c_while_the_report_is_rendered_leaves_no_half_written_page(interrupted):
     cfg = interrupted["cfg"]
-    run = interrupted["make"]("report")  # the pages of the notebooks run so far; the last test runs the rest
-    run.wait_for("kvasir_utils report")
-    time.sleep(0.5)
+    executed = sorted(p.name for p in cfg.run.notebooks.glob("*.ipynb") if not p.name.endswith(".failed.ipynb"))
+    assert len(executed) >= 2, executed  # the notebooks run so far: pages still to render after the first
+    assert not cfg.report.notebook_copy(executed[0]).exists()  # no report of this run was rendered before
+    run = interrupted["make"]("report")  # the last test runs the rest and renders it all
+    # an event, not a time: the report copies each notebook into its folder just before rendering its
+    # page, so once the first copy is there every page and the index are still to come, whatever the
+    # CPU's speed (a fixed wait after the command started let a quick machine finish first)
+    _wait_until(run, cfg.report.notebook_copy(executed[0]).exists, "the first notebook's copy")
     seconds = run.ctrl_c()
     assert seconds < STOP_SECONDS and run.process.returncode in (130, -signal.SIGINT), run.output[-2000:]
     assert run.last_line().startswith("interrupted:") and wait_until_gone(run) == []
-    assert not (cfg.report_dir / "index.html").exists() and _temp_files(cfg.report_dir) == []
+    assert not cfg.report.index.exists() and _temp_files(cfg.report_dir) == []
+    pages = list(cfg.report.html.glob("*.html"))
+    assert len(pages) < len(executed) and all(p.read_text().rstrip().endswith("</html>") for p in pages)
 
 
 def _same_history(cfg, reference, stage: str) -> None:
