@@ -59,7 +59,7 @@ HYPER_KVASIR = [
     HyperKvasirClass("lower-gi-tract", "anatomical-landmarks", "retroflex-rectum", 391, "retroflex-rectum"),
     HyperKvasirClass("lower-gi-tract", "pathological-findings", "hemorrhoids", 6, "hemorroids"),
     HyperKvasirClass("lower-gi-tract", "pathological-findings", "polyps", 1028, "polyp"),
-    HyperKvasirClass("lower-gi-tract", "pathological-findings", "ulcerative-colitis-0-1", 35,
+    HyperKvasirClass("lower-gi-tract", "pathological-findings", "ulcerative-colitis-grade-0-1", 35,
                      "ulcerative-colitis-grade-0-1"),
     HyperKvasirClass("lower-gi-tract", "pathological-findings", "ulcerative-colitis-grade-1", 201,
                      "ulcerative-colitis-grade-1"),
