@@ -39,11 +39,12 @@ class CrossEvaluation:
 
 
 def training_overlap(source: Config, target: Config, images: pd.DataFrame) -> pd.Series:
-    """True for each target image with a near-identical frame (``duplicates.NEAR_DUPLICATE_DISTANCE``
-    bits of perceptual hash) among the source run's training images."""
+    """True for each target image with a near-identical frame among the source run's training images:
+    perceptual hashes within the source profile's ``split.near_duplicates.phash_bits``, as its audit counts."""
     split = read_split(source.run.split, source.classes)
     train = split.loc[split["split"] == "train", "path"]
-    pairs = duplicates.cross_pairs(prepare.image_hashes(target, images["path"]), prepare.image_hashes(source, train))
+    pairs = duplicates.cross_pairs(prepare.image_hashes(target, images["path"]), prepare.image_hashes(source, train),
+                                   source.split.near_duplicates.phash_bits)
     overlap = pd.Series(False, index=images.index, name="overlap")
     overlap.iloc[pairs["i"].unique()] = True
     return overlap

@@ -175,8 +175,8 @@ class Predictor:
 
     def table(self, files: list[str], views: list[Image.Image]) -> pd.DataFrame:
         """predictions.csv's rows for cached copies: the predicted class and its probability, every
-        class's probability, the guide-box flag and the nearest training image within
-        ``NEAR_DUPLICATE_DISTANCE`` bits (empty when there is none, or no training set to compare)."""
+        class's probability, the guide-box flag and the nearest training image within the run profile's
+        ``split.near_duplicates.phash_bits`` (empty when there is none, or no training set to compare)."""
         probs = self.probabilities(views)
         frame = pd.DataFrame({"file": files, "predicted": [self.classes[i] for i in probs.argmax(1)],
                               "probability": probs.max(1)})
@@ -186,7 +186,7 @@ class Predictor:
         near, distance = [None] * len(views), [None] * len(views)
         if training is not None and views:
             index, bits = duplicates.nearest(duplicates.perceptual_hashes(views), training[1])
-            close = bits <= duplicates.NEAR_DUPLICATE_DISTANCE
+            close = bits <= self.cfg.split.near_duplicates.phash_bits  # the run's own threshold, as notebook 07's
             near = [training[0][i] if c else None for i, c in zip(index, close)]
             distance = [int(b) if c else None for b, c in zip(bits, close)]
         frame["train_near_duplicate"] = pd.Series(near, dtype="string")
