@@ -269,9 +269,11 @@ class Config(Section):
         return self.model_dump()
 
     def science_dict(self) -> dict:
-        """Everything that can change a result: the config without paths, runtime and how it was written."""
+        """Everything that can change a result: the config without paths, runtime and how it was written
+        (the notebooks' stamps and a sweep member's record compare it, so a setting here reruns them)."""
         return self.model_dump(exclude={"paths": True, "runtime": True, "overrides": True,
-                                        "transforms": {"backend"}})  # where it augments: the runtime
+                                        "transforms": {"backend"},  # where it augments: the runtime
+                                        "cache": {"workers"}})  # how many processes build the same cache
 
 
 # -- errors that name the key -------------------------------------------------------------

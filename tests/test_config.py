@@ -137,3 +137,13 @@ def test_a_key_missing_from_the_protocol_itself_is_paper_yamls_to_give():
     with pytest.raises(ConfigError, match=re.escape("setting 'train.batch_size' is missing: a profile gives only what "
                                                     "it changes and takes the rest from configs/paper.yaml")):
         config.validate_config(values)
+
+
+def test_what_changes_no_result_reruns_nothing_and_what_does_reruns():
+    # science_dict is what the notebooks' settings stamp and a sweep member's record compare: a setting
+    # in it reruns every notebook. docs/settings.md's table says which settings change results.
+    base = load_profile("smoke").science_dict()
+    for same in ("cache.workers=3", "runtime.precision=fp32", "transforms.backend=pil", "paths.runs=elsewhere"):
+        assert load_profile("smoke", [same]).science_dict() == base, same
+    for other in ("cache.short_side=64", "train.stage1.epochs=9", "eval.bootstrap_samples=70"):
+        assert load_profile("smoke", [other]).science_dict() != base, other
