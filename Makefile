@@ -16,7 +16,9 @@ MODEL ?= resnet50
 IMAGES ?=
 NAME ?=
 PYTHON ?= python3
-VENV := .venv
+# The environment the study runs in: `make setup` makes .venv; a conda environment is given as
+# VENV=$CONDA_PREFIX (docs/reproducing.md). Sweep members take their Ray worker's.
+VENV ?= .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed
 ARGS = --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)') --go-on '$(GO_ON)'$(if $(FAILURE_FILE), --failure-file '$(FAILURE_FILE)')
@@ -71,7 +73,7 @@ smoke: $(SETUP_STAMP) ## the whole study on generated data, offline, in minutes 
 report: $(SETUP_STAMP) ## re-render the HTML reports of PROFILE from the executed notebooks
 	$(KV) report $(ARGS)
 
-sweep: $(SETUP_STAMP) ## many runs on Ray (SWEEP=seeds|readings|smoke-seeds|path.yaml; SET applies to each), then notebook 06
+sweep: $(SETUP_STAMP) ## many runs on Ray (SWEEP=a name in configs/sweeps, e.g. smoke-seeds, or path.yaml; SET applies to each), then notebook 06
 	$(KV) sweep '$(SWEEP)' $(foreach s,$(SET),--set '$(s)')
 
 cross-evaluate: $(SETUP_STAMP) ## score RUN's trained models (default PROFILE) on TARGET's dataset (default hyperkvasir) via configs/mappings/

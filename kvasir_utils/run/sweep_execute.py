@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,8 +21,6 @@ from kvasir_utils import config
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_json_atomic
 from kvasir_utils.run.sweep_spec import Member, Sweep, settings_fingerprint
-
-SETUP_STAMP = ".venv/.installed"  # the Makefile's stamp of a finished `make setup`
 
 
 # -- records ------------------------------------------------------------------------------
@@ -115,11 +114,14 @@ def _stop(process: subprocess.Popen) -> None:
 
 def member_command(profile: str, overrides: list[str], failure_file: Path) -> list[str]:
     """The make command of one member; its failing step describes itself in ``failure_file``.
-    ``--old-file``: a member never installs. It runs in its node's environment (the Ray worker's
-    own), set up before the sweep (`make sweep` updates the driver's); members installing into it at
-    once broke it."""
-    return ["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "--old-file", SETUP_STAMP,
-            "pipeline-evaluated", f"PROFILE={profile}", f"SET={' '.join(overrides)}", f"FAILURE_FILE={failure_file}"]
+    It runs in its node's environment, the Python of the Ray worker (``.venv``, or a conda
+    environment given to make as ``VENV``), set up before the sweep (`make sweep` updates the
+    driver's). ``--old-file`` on that environment's setup stamp: a member never installs; members
+    installing into it at once broke it."""
+    environment = sys.prefix
+    return ["make", "--no-print-directory", "-C", str(config.PROJECT_ROOT), "--old-file", f"{environment}/.installed",
+            "pipeline-evaluated", f"VENV={environment}", f"PROFILE={profile}", f"SET={' '.join(overrides)}",
+            f"FAILURE_FILE={failure_file}"]
 
 
 def execute_member(profile: str, overrides: list[str], folder: str, invocation: str, node: dict) -> dict:
