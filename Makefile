@@ -32,7 +32,7 @@ FAILURE_FILE ?=
 # FAILURE_FILE for the failing step to describe itself in.
 ifeq ($(MAKELEVEL),0)
 given = $(if $(filter command line,$(origin $(1))),$(1)=$(if $(word 2,$($(1))),"$($(1))",$($(1))))
-export GO_ON := $(strip make $(MAKECMDGOALS) $(foreach v,PROFILE MODEL IMAGES NAME SWEEP RUN TARGET,$(call given,$(v))))$(if $(SET), SET="$(SET)")
+export GO_ON := $(strip make $(MAKECMDGOALS) $(foreach v,PROFILE MODEL IMAGES NAME SWEEP RUN TARGET VENV,$(call given,$(v))))$(if $(SET), SET="$(SET)")
 endif
 
 .PHONY: help setup lock data splits evaluate smoke reproduce report sweep cross-evaluate predict export test test-fast docs chromium \
@@ -45,7 +45,7 @@ help: ## list the targets (the default)
 setup: $(SETUP_STAMP) ## create .venv with the exact versions of requirements.lock and the study (editable)
 
 $(SETUP_STAMP): pyproject.toml requirements.lock
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: requirements.lock is made for Python 3.11, this is " + sys.version.split()[0] + "; run make setup PYTHON=python3.11")'
+	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: requirements.lock is made for Python 3.11, this is " + sys.version.split()[0] + "; run make setup PYTHON=python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither" || true; }; exit $${PIPESTATUS[0]}
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }; exit $${PIPESTATUS[0]}

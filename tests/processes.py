@@ -27,7 +27,7 @@ MAKE_ONLY = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "GO_ON")
 
 def _terminal_env() -> dict:
     """This process's environment as a terminal would hand it to a command: without make's own variables."""
-    return {k: v for k, v in os.environ.items() if k not in MAKE_ONLY}
+    return {k: v for k, v in os.environ.items() if k not in (*MAKE_ONLY, "VENV")}  # the tests' makes use .venv
 
 
 def make_command(target: str, *arguments: str, dry_run: bool = False) -> list[str]:

@@ -103,7 +103,7 @@ def test_cross_evaluate_counts_the_shared_frames_and_scores_with_and_without_the
         target = profiles.load_profile("smoke-hyperkvasir", overrides)
         train = prepare.image_hashes(smoke_chain, split.index[split == "train"])
         _, distance = duplicates.nearest(prepare.image_hashes(target, extras), train)
-        assert (distance <= duplicates.NEAR_DUPLICATE_DISTANCE).all(), distance
+        assert (distance <= smoke_chain.split.near_duplicates.phash_bits).all(), distance
     expected = len(flagged)
     for model in smoke_chain.train.models:
         row = summary.loc[model]

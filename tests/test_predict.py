@@ -104,7 +104,21 @@ def test_guide_box_and_near_duplicate_columns_agree_with_the_audit(predicted, sm
     assert set(matched.index) == twinned and twinned  # notebook 07's "with a near-duplicate in training"
     train = set(split.loc[split["split"] == "train", "path"])
     assert set(matched["train_near_duplicate"]) <= train
-    assert (matched["train_near_duplicate_distance"] <= duplicates.NEAR_DUPLICATE_DISTANCE).all()
+    assert (matched["train_near_duplicate_distance"] <= smoke_chain.split.near_duplicates.phash_bits).all()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("chain")
+def test_the_near_duplicate_column_follows_the_run_profiles_threshold(smoke_chain, tmp_path):
+    # the run's split.near_duplicates.phash_bits, as notebook 07 counts, not a fixed number of bits: at
+    # 64 bits every image has a nearest training image, at 0 only an identical hash counts
+    images = sorted(_validation_folder(smoke_chain, tmp_path, per_class=2).rglob("*.jpg"))
+    predictor = Predictor.from_run(smoke_chain.run_dir, "resnet50")
+    flagged = {}
+    for bits in (64, 0):
+        predictor.cfg.split.near_duplicates.phash_bits = bits
+        flagged[bits] = predictor.predict(images)["train_near_duplicate"].notna()
+    assert len(images) == 16 and flagged[64].all() and flagged[0].sum() < len(images), flagged
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ PAGES = [
 # provenance says whether two runs had the same data).
 NEUTRAL = ("eval.", "train.models", "data.url", "data.mirrors", "data.size", "data.sha256", "data.name",
            "data.on_unreadable")
-IGNORED = ("profile", "cache.workers")  # the profile's name; how many processes build the cache
+IGNORED = ("profile",)  # the profile's name (science_dict leaves out what changes no result)
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
