@@ -11,6 +11,7 @@ from torchvision import models
 from kvasir_utils.analysis import audit, labels, metrics, runs
 from kvasir_utils.data import duplicates, overlays, synthetic
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.profiles import load_profile
 from kvasir_utils.report import plots
 from kvasir_utils.train import explain
 
@@ -176,7 +177,7 @@ def test_near_duplicate_finder_recovers_the_planted_pairs(trapped):
     truth, payloads = trapped
     hashes = duplicates.perceptual_hashes(_open(p) for p in payloads)
     assert hashes.dtype == np.uint64 and hashes.shape == (len(payloads),)
-    pairs = duplicates.near_duplicate_pairs(hashes)
+    pairs = duplicates.near_duplicate_pairs(hashes, load_profile("paper").split.near_duplicates.phash_bits)
     found, planted = set(zip(pairs["i"], pairs["j"])), _planted_pairs(truth)
     assert len(planted) == len(labels.CLASSES) * synthetic.NEAR_DUPLICATES_PER_CLASS
     # The hash finds most shifted and colour-changed copies, and fewer rotated or cropped ones: what

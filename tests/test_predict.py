@@ -98,7 +98,8 @@ def test_guide_box_and_near_duplicate_columns_agree_with_the_audit(predicted, sm
     split = pd.read_csv(smoke_chain.run.split)
     flags = prepare.guide_box_flags(smoke_chain, split[split["split"] == "val"]).set_index("path")["has_box"]
     assert (predictions["guide_box"] == flags[predictions.index]).all() and flags.any()
-    pairs = duplicates.near_duplicate_pairs(prepare.image_hashes(smoke_chain, split["path"]))
+    pairs = duplicates.near_duplicate_pairs(prepare.image_hashes(smoke_chain, split["path"]),
+                                            smoke_chain.split.near_duplicates.phash_bits)
     twinned = set(split.loc[audit.train_twins(split, pairs), "path"])
     matched = predictions[predictions["train_near_duplicate"].notna()]
     assert set(matched.index) == twinned and twinned  # notebook 07's "with a near-duplicate in training"

@@ -19,8 +19,6 @@ from PIL import Image, ImageEnhance
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import sha256_file, write_csv_atomic, write_json_atomic
 
-# Hamming distance (of 64 phash bits) up to which two frames count as near-duplicates.
-NEAR_DUPLICATE_DISTANCE = 8
 _PAIR_BLOCK = 1024
 DETECTORS = ("phash", "features")
 # How consecutive video frames differ: what the generator plants and the features detector is calibrated on.
@@ -41,15 +39,16 @@ def perceptual_hashes(images: Iterable[Image.Image]) -> np.ndarray:
     return np.packbits(np.array(bits, bool).reshape(-1, 64), axis=1).view(">u8").ravel().astype(np.uint64)
 
 
-def near_duplicate_pairs(hashes: np.ndarray, max_distance: int = NEAR_DUPLICATE_DISTANCE) -> pd.DataFrame:
-    """Every pair ``i < j`` whose hashes differ in at most ``max_distance`` bits, with that distance.
+def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> pd.DataFrame:
+    """Every pair ``i < j`` whose hashes differ in at most ``max_distance`` bits (a profile's
+    ``split.near_duplicates.phash_bits``), with that distance.
 
     Compared a block of rows at a time (about 65 MB for 8,000 images), not a Python loop over pairs.
     """
     return _close_pairs(hashes, hashes, max_distance, within=True)
 
 
-def cross_pairs(first: np.ndarray, second: np.ndarray, max_distance: int = NEAR_DUPLICATE_DISTANCE) -> pd.DataFrame:
+def cross_pairs(first: np.ndarray, second: np.ndarray, max_distance: int) -> pd.DataFrame:
     """Every pair (``i`` of ``first``, ``j`` of ``second``) within ``max_distance`` bits: frames of one
     dataset with a near-identical frame in another."""
     return _close_pairs(first, second, max_distance, within=False)
@@ -183,7 +182,7 @@ def cross_class_rate(features: np.ndarray, labels: np.ndarray, threshold: float)
     return hits / pairs if pairs else 0.0
 
 
-def hash_recall(originals: np.ndarray, copies: np.ndarray, max_distance: int = NEAR_DUPLICATE_DISTANCE) -> float:
+def hash_recall(originals: np.ndarray, copies: np.ndarray, max_distance: int) -> float:
     """The share of planted copies whose perceptual hash is within ``max_distance`` bits of their original's."""
     distance = np.bitwise_count(np.asarray(originals, np.uint64) ^ np.asarray(copies, np.uint64))
     return float(np.mean(distance <= max_distance))

@@ -112,16 +112,27 @@ def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> Checkpoint:
     return checkpoint
 
 
+def final_checkpoint(cfg: Config, model_name: str) -> Checkpoint:
+    """The checkpoint of the model as it ended training, checked against today's split and cache."""
+    return finished_checkpoint(cfg, model_name, final_stage(cfg.train.stage2.epochs))
+
+
 def load_trained_model(cfg: Config, model_name: str) -> nn.Module:
     """The model as it ended training, after checking it was trained on today's split and cache."""
-    checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg.train.stage2.epochs))
+    checkpoint = final_checkpoint(cfg, model_name)
     return models.restore(cfg, model_name, checkpoint.stage, checkpoint.model)
 
 
 def load_trained(cfg: Config, model_name: str, runtime: Runtime) -> tuple[nn.Module, Runtime]:
-    """``load_trained_model`` on ``runtime`` with what it left pending (precision, memory format)
-    taken as the model's stages chose them (``probe.adopt`` of its checkpoint's record), on the
-    runtime's device and memory format: what evaluation, masking and cross-scoring predict with."""
-    checkpoint = finished_checkpoint(cfg, model_name, final_stage(cfg.train.stage2.epochs))
+    """``load_trained_model`` ready to predict on ``runtime`` (``restore_trained``): what evaluation,
+    masking and cross-scoring predict with."""
+    return restore_trained(cfg, model_name, final_checkpoint(cfg, model_name), runtime)
+
+
+def restore_trained(cfg: Config, model_name: str, checkpoint: Checkpoint,
+                    runtime: Runtime) -> tuple[nn.Module, Runtime]:
+    """The checkpoint's model on ``runtime``, with what the runtime left pending (precision, memory
+    format) taken as the model's stages chose them (``probe.adopt`` of the checkpoint's record), and
+    the runtime it runs on."""
     runtime = probe.adopt(runtime, checkpoint.runtime)
     return prepare_model(models.restore(cfg, model_name, checkpoint.stage, checkpoint.model), runtime), runtime

@@ -38,7 +38,7 @@ from kvasir_utils.data.images import iter_cached
 from kvasir_utils.data.split import read_split
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.profiles import with_protocol
-from kvasir_utils.train import checkpoints, explain, hardware, loop, models, presets, probe
+from kvasir_utils.train import checkpoints, explain, hardware, loop, presets
 
 # predictions.csv of a prediction, besides one ``p_<class>`` column per class
 COLUMNS = ["file", "predicted", "probability", "guide_box", "train_near_duplicate", "train_near_duplicate_distance"]
@@ -134,9 +134,8 @@ class Predictor:
         leave to a probe, taken from the checkpoint's record: ``train.probe.adopt``)."""
         checkpoint, cfg, path = load_finished(Path(run_folder), model_name)
         runtime = hardware.apply_determinism(runtime or hardware.resolve_runtime(cfg.runtime))
-        model = models.restore(cfg, model_name, checkpoint.stage, checkpoint.model)
-        runtime = probe.adopt(runtime, checkpoint.runtime)  # as the stages chose, recorded in the checkpoint
-        return cls(cfg, model_name, hardware.prepare_model(model, runtime).eval(), runtime, path, Path(run_folder))
+        model, runtime = checkpoints.restore_trained(cfg, model_name, checkpoint, runtime)  # as the stages chose
+        return cls(cfg, model_name, model.eval(), runtime, path, Path(run_folder))
 
     @property
     def classes(self) -> list[str]:

@@ -81,8 +81,8 @@ def warn_numerics_change(resumed: Checkpoint | None, runtime: Runtime, folded: i
         return
     before, now = resumed.runtime, runtime.record()
     changed = [f"{k} {before[k]} -> {now[k]}" for k in NUMERIC_FIELDS if before[k] != now[k]]
-    if before.get("folded_batchnorm", 0) != folded:  # a checkpoint from before folding has none
-        changed.append(f"folded BatchNorms {before.get('folded_batchnorm', 0)} -> {folded}")
+    if (was_folded := before.get("folded_batchnorm", 0)) != folded:  # a checkpoint from before folding has none
+        changed.append(f"folded BatchNorms {was_folded} -> {folded}")
     if resumed.epoch < cfg.stage_config(stage).epochs and changed:
         print(f"warning: {stage} of {model_name} goes on with {', '.join(changed)}; the rest of it "
               f"will not repeat an uninterrupted run exactly (other rounding, or other augmentation draws)")
