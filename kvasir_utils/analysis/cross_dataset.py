@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import matthews_corrcoef
 
 from kvasir_utils.analysis import metrics
 from kvasir_utils.config import CONFIG_DIR
@@ -81,6 +80,8 @@ def mapping_table(mapped: pd.DataFrame) -> pd.DataFrame:
 def _scores(frame: pd.DataFrame, classes: list[str], prefix: str) -> dict:
     """Accuracy, macro F1 over the classes the images show (a source class without a counterpart in
     the target would count as F1 0 otherwise) and the multi-class MCC."""
+    from sklearn.metrics import matthews_corrcoef  # imported here: see metrics
+
     if frame.empty:
         return {f"{prefix}images": 0, f"{prefix}accuracy": np.nan, f"{prefix}macro_f1": np.nan, f"{prefix}mcc": np.nan}
     y_true, y_pred = frame["true"].to_numpy(), frame["pred"].to_numpy()

@@ -7,7 +7,9 @@ A bounded quantity's interval stays inside its bounds because it is made of valu
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score, roc_auc_score
+
+# scikit-learn (and scipy with it) is imported where a score is computed, not with the module: it costs every
+# process that imports the notebooks' helpers about 0.9 s, and notebooks 01-03 compute none.
 
 
 def percentile_interval(values, confidence: float) -> tuple[float, float]:
@@ -51,6 +53,8 @@ def accuracy_macro_f1_intervals(y_true, y_pred, num_classes: int, samples: int =
 
 def macro_auc(y_true, probs) -> float:
     """Mean one-vs-rest ROC-AUC over the classes present with both outcomes (as ``metrics.roc_auc_table``)."""
+    from sklearn.metrics import roc_auc_score
+
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     present = [k for k in range(probs.shape[1]) if 0 < (y_true == k).sum() < len(y_true)]
     aucs = [roc_auc_score(y_true == k, probs[:, k]) for k in present]
@@ -92,6 +96,8 @@ def statistic_interval(statistic, n: int, samples: int, confidence: float, seed:
 def card_intervals(y_true, probs, samples: int, confidence: float, seed: int) -> dict[str, tuple[float, float]]:
     """Every metric of a model card with its interval over the validation images: accuracy, macro
     and weighted F1, macro ROC-AUC, ECE and Brier (the predicted class is the most probable one)."""
+    from sklearn.metrics import f1_score
+
     from kvasir_utils.analysis import metrics  # metrics' calibration, on the same resamples
 
     y_true, probs = np.asarray(y_true), np.asarray(probs, float)

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    confusion_matrix,
-    f1_score,
-    matthews_corrcoef,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 from kvasir_utils.analysis.labels import abbreviations, display_name
 from kvasir_utils.errors import KvasirError
+
+# scikit-learn is imported in the functions that score (see intervals): not with the module.
 
 TABLE1_COLUMNS = ["Precision", "Recall", "F1-Score", "Specificity", "Support"]
 MACRO_AVG, WEIGHTED_AVG = "Macro Avg", "Weighted Avg"  # Table 1's last rows (and ROC-AUC's macro), as the paper's
@@ -35,6 +30,8 @@ def specificity(cm: np.ndarray) -> np.ndarray:
 def classification_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame:
     """The paper's Table 1: per class precision, recall, F1, specificity, support, then
     ``Macro Avg`` and ``Weighted Avg`` (``AVERAGE_ROWS``; weighted specificity left empty, as in the paper)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     labels = np.arange(len(class_names))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
@@ -56,6 +53,8 @@ def classification_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame
 def confusion_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame:
     """The paper's Table 2: counts, rows true and columns predicted, labelled DLP, DRM, ...
     (``labels.abbreviations`` of the classes)."""
+    from sklearn.metrics import confusion_matrix
+
     labels = np.arange(len(class_names))
     names = list(abbreviations(class_names).values())
     return pd.DataFrame(confusion_matrix(y_true, y_pred, labels=labels), index=names, columns=names)
@@ -91,6 +90,8 @@ def macro_micro_table(y_true, y_pred, class_names: list[str]) -> pd.DataFrame:
     HyperKvasir's paper reports them. Macro: the mean over classes of each class's one-vs-rest
     number; micro: the number of the pooled one-vs-rest decisions (for one label an image, micro
     precision, recall and F1 all equal accuracy). ``mcc`` in ``summary`` is the multi-class MCC."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     labels = np.arange(len(class_names))
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     tp = np.diag(cm)
@@ -112,6 +113,8 @@ def accuracy(y_true, y_pred) -> float:
 
 def roc_auc_table(y_true, probs: np.ndarray, class_names: list[str]) -> pd.Series:
     """One-vs-rest ROC-AUC per class from predicted probabilities, and their macro average."""
+    from sklearn.metrics import roc_auc_score
+
     y_true = np.asarray(y_true)
     values = {}
     for i, name in enumerate(class_names):
@@ -125,6 +128,8 @@ def roc_auc_table(y_true, probs: np.ndarray, class_names: list[str]) -> pd.Serie
 
 def summary(y_true, probs: np.ndarray, class_names: list[str]) -> dict:
     """The headline numbers, as written to metrics.json."""
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
     y_pred = probs.argmax(1)
     auc = roc_auc_table(y_true, probs, class_names)
     averages = macro_micro_table(y_true, y_pred, class_names)

@@ -10,7 +10,9 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+
+# scipy.stats is imported where a test or an interval is computed: with it comes about 0.5 s of imports for
+# every process that imports the notebooks' helpers, most of which compute none.
 
 SUMMARY_COLUMNS = ["mean", "sd", "ci_low", "ci_high", "n"]
 # The fewest runs whose interval across runs the pages show: with two, t(0.975, 1) = 12.7 makes the
@@ -30,6 +32,8 @@ def t_interval(values, confidence: float = 0.95) -> dict:
     """Mean, sample standard deviation and the two-sided Student-t interval of the mean.
 
     With one value the spread is unknown: sd and the interval are NaN (never zero)."""
+    from scipy import stats as sps
+
     values = np.asarray(values, float)
     values = values[~np.isnan(values)]
     n = len(values)
@@ -56,6 +60,8 @@ def summarize(runs: pd.DataFrame, by: list[str], metrics: list[str], confidence:
 def sign_test(differences) -> float:
     """Two-sided exact sign test: are positive and negative differences equally likely? Ties
     (zero differences) are left out; with no non-zero difference the p-value is 1."""
+    from scipy import stats as sps
+
     differences = np.asarray(differences, float)
     positive, negative = int((differences > 0).sum()), int((differences < 0).sum())
     if positive + negative == 0:
@@ -66,6 +72,8 @@ def sign_test(differences) -> float:
 def paired_difference(first, second, confidence: float = 0.95) -> dict:
     """``first - second`` over pairs (the same seed): mean difference with its t-interval, the
     paired t-test and the sign test. NaN pairs are dropped."""
+    from scipy import stats as sps
+
     first, second = np.asarray(first, float), np.asarray(second, float)
     keep = ~(np.isnan(first) | np.isnan(second))
     differences = first[keep] - second[keep]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from kvasir_utils.analysis import metrics
 from kvasir_utils.analysis.labels import display_name
@@ -13,11 +12,15 @@ from kvasir_utils.analysis.runs import SCALAR_TAGS
 
 CURVE_TAGS = tuple(SCALAR_TAGS)
 LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2)))
+# seaborn is imported by the three figures that draw with it: it brings scipy.stats, about 0.75 s for every
+# notebook kernel, and the training notebooks draw none of them.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def resolution_histogram(resolutions: pd.DataFrame):
     """Images per resolution (``resolution``, ``images`` columns)."""
+    import seaborn as sns
+
     fig, ax = plt.subplots(figsize=(7, 3.2))
     sns.barplot(data=resolutions, x="resolution", y="images", color="#4C72B0", ax=ax)
     ax.set(xlabel="width x height (pixels)", ylabel="images", title="Image resolutions")
@@ -70,6 +73,8 @@ def training_curves(scalars: pd.DataFrame, title: str = ""):
 def confusion_heatmap(confusion: pd.DataFrame, title: str = "Confusion matrix"):
     """Table 2 as a heatmap (rows true, columns predicted), sized by the number of classes, with the
     abbreviations spelled out beside it."""
+    import seaborn as sns
+
     size = len(confusion)
     fig, ax = plt.subplots(figsize=(max(5.4, 0.55 * size + 2.4) + 3.2, max(4.6, 0.5 * size + 1.8)))
     sns.heatmap(confusion, annot=size <= 12, fmt="d", cmap="viridis", cbar=True, ax=ax, square=True,
@@ -138,6 +143,8 @@ def prediction_grid(images: list, rows: pd.DataFrame, classes: list[str], title:
 
 def guide_box_rate_chart(rates: pd.DataFrame, title: str = "Frames with the guide box"):
     """Share of frames per class that carry the teal guide box (``label``, ``images``, ``with_box``, ``rate``)."""
+    import seaborn as sns
+
     fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(rates) + 1.5), 3.4))
     sns.barplot(data=rates, x="label", y="rate", color="#13A488", ax=ax)
     for x, row in enumerate(rates.itertuples()):
