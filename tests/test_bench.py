@@ -42,6 +42,12 @@ def test_make_bench_writes_every_figure_it_promises(tmp_path):
     bound = results["compute_bound"]
     assert bound["peak_gflops"] > 0 and 0 < bound["protocol_floor_minutes"] < results["protocol_minutes"]
     assert results["machine"]["cpu_count"] >= 1  # where it was measured
+    # (f): the study's stage 1 (d) over the plain script's on the component figures' full-size frames
+    rates = results["plain_script_images_per_s"]
+    assert rates["study_stage1"] == next(row["measured_images_per_s"] for row in rows if row["stage"] == STAGES[0])
+    assert rates["plain_script"] > 0
+    assert results["stage1_vs_plain_script"] == pytest.approx(rates["study_stage1"] / rates["plain_script"])
+    assert "against a plain script (ImageFolder on the full-size frames" in done.stdout
 
 
 def test_an_unknown_bench_scale_names_the_ones_there_are():

@@ -15,6 +15,8 @@ Component figures are kept as diagnostics, as ratios measured side by side:
   (a) loader_cache_vs_full        train loader reading the resized cache / decoding the originals
   (b) <model>_auto_vs_fp32        training step with precision ``auto`` / ``fp32``
   (c) pipeline_vs_model_only      loader + step / step on tensors already in memory
+  (f) stage1_vs_plain_script      the first model's stage 1 through fit_stage (d) / the same stage as a
+                                  plain script (``plain``: ImageFolder on the full-size frames, fp32)
 Writes reports/bench/bench.json (or ``--out``). ``--scale small`` runs every part of it on a few
 tiny images with one small model, uncompiled: how the tests exercise it; its figures are not the
 protocol's.
@@ -35,6 +37,7 @@ import torch
 
 from kvasir_utils.analysis.runs import HISTORY_COLUMNS
 from kvasir_utils.artefacts import STAGES
+from kvasir_utils.bench.plain import plain_stage1_images_per_s
 from kvasir_utils.bench.timing import step_function, step_throughput
 from kvasir_utils.config import PROJECT_ROOT, Config, cached_name
 from kvasir_utils.data import prepare, synthetic
@@ -171,6 +174,8 @@ def run(scale: Scale, out: Path = OUT, baseline: bool = False) -> dict:
         results["pipeline_vs_model_only"] = pipeline / model_only
         print(f"(c) {name} loader+step {pipeline:.1f} img/s vs model only {model_only:.1f} img/s "
               f"-> {results['pipeline_vs_model_only']:.2f}")
+        # (f)'s reference, on these full-size frames; the study's side is (d)'s stage 1
+        plain = plain_stage1_images_per_s(root, name, size, batch_size, steps, runtime.workers, runtime.device)
     if baseline:
         print(f"(d0) baseline: the same stages eager, every validation pass whole, {stage_images} images per class:")
         before = measure_stages(stage_images, baseline=True, settings=scale.settings)
@@ -191,6 +196,13 @@ def run(scale: Scale, out: Path = OUT, baseline: bool = False) -> dict:
     print(f"(e) dense {runtime.precision} matrix multiply: {peak:.0f} GFLOP/s; the protocol's forward passes alone "
           f"at that rate: {bound['protocol_floor_minutes']:.1f} minutes; each stage runs at "
           + ", ".join(f"{k} {v:.0%}" for k, v in bound["stage_fraction_of_peak"].items()) + " of it")
+    study = next(row["measured_images_per_s"] for row in measured["stages"]
+                 if row["model"] == name and row["stage"] == STAGES[0])
+    results["plain_script_images_per_s"] = {"study_stage1": study, "plain_script": plain}
+    results["stage1_vs_plain_script"] = study / plain
+    print(f"(f) {name} stage 1: the study (d) {study:.1f} img/s against a plain script (ImageFolder on the full-size "
+          f"frames, torchvision transforms, fp32, model.train()) {plain:.1f} img/s -> {study / plain:.2f}x "
+          "(the goal: 1.5x, docs/performance.md)")
     write_json_atomic(out, results)
     print(f"wrote {out}")
     return results
