@@ -42,12 +42,27 @@ def test_make_bench_writes_every_figure_it_promises(tmp_path):
     bound = results["compute_bound"]
     assert bound["peak_gflops"] > 0 and 0 < bound["protocol_floor_minutes"] < results["protocol_minutes"]
     assert results["machine"]["cpu_count"] >= 1  # where it was measured
-    # (f): the study's stage 1 (d) over the plain script's on the component figures' full-size frames
+    # (f): the study's stage 1 (d) over the plain script's, each a second epoch on as many training frames
     rates = results["plain_script_images_per_s"]
-    assert rates["study_stage1"] == next(row["measured_images_per_s"] for row in rows if row["stage"] == STAGES[0])
-    assert rates["plain_script"] > 0
+    stage1 = next(row for row in rows if row["stage"] == STAGES[0])
+    assert rates["study_stage1"] == stage1["measured_images_per_s"] and rates["plain_script"] > 0
+    # as many frames as (d)'s stage trains on, to a frame a class (the stratified split rounds the whole)
+    assert abs(results["plain_script"]["images"] - stage1["train_images"]) < 8  # to a frame a class
+    assert results["plain_script"]["epochs"] == 2
     assert results["stage1_vs_plain_script"] == pytest.approx(rates["study_stage1"] / rates["plain_script"])
     assert "against a plain script (ImageFolder on the full-size frames" in done.stdout
+
+
+def test_the_plain_script_refuses_a_folder_of_other_classes(tmp_path):
+    from kvasir_utils.bench import plain
+    from kvasir_utils.data import synthetic
+
+    classes = ["polyps", "normal-cecum"]
+    root = synthetic.make_folder(tmp_path / "frames", classes, images_per_class=2)
+    loader = plain.plain_loader(root, classes, 32, 2, 0)
+    assert len(loader) == 2 and loader.dataset.classes == sorted(classes)
+    with pytest.raises(KvasirError, match=r"holds the classes \['normal-cecum', 'polyps'\], not the profile's"):
+        plain.plain_loader(root, ["polyps", "normal-cecum", "esophagitis"], 32, 2, 0)
 
 
 def test_an_unknown_bench_scale_names_the_ones_there_are():
