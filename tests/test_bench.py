@@ -179,6 +179,19 @@ def test_the_check_puts_the_projection_beside_the_runs_epochs_and_notebooks(smok
     assert any(line.startswith("why:") for line in check.explain(slow))
 
 
+@pytest.mark.parametrize(("ratio", "why"), [(0.49, "TORCHINDUCTOR_CACHE_DIR set to an empty folder"),
+                                            (1.3, "rerun `make bench` and the check beside each other")])
+def test_the_check_says_why_a_run_is_quicker_or_slower_than_projected(ratio, why):
+    from kvasir_utils.bench import check
+
+    summary = {"stages_epochs_vs_projected": ratio, "agrees": False, "generated_data": True,
+               "notebooks_vs_projected": 2.0, "stage_notebooks_outside_epochs_s": 23.0,
+               "parts_beyond_agreement": ["resnet50 stage1"]}
+    said = check.explain(summary)
+    assert said[0].startswith(f"the stages' epochs took {ratio:.2f}x the projection (beyond 15%)")
+    assert [line for line in said if line.startswith("why:")] == [next(line for line in said if why in line)]
+
+
 def test_the_check_refuses_bench_figures_it_cannot_compare(tmp_path):
     from kvasir_utils.bench import check
     from kvasir_utils.provenance import environment
@@ -202,3 +215,18 @@ def test_the_check_profile_is_the_papers_protocol_on_a_tenth_of_the_images():
     assert tenth.data.expected_per_class * 10 == paper.data.expected_per_class
     assert tenth.science_dict()["train"] | {"weights": None} == paper.science_dict()["train"] | {"weights": None}
     assert tenth.transforms == paper.transforms and tenth.split == paper.split and tenth.runtime.compile == "on"
+
+
+def test_the_one_epoch_check_is_the_papers_protocol_for_one_epoch_a_stage_on_1000_frames():
+    paper, epoch = load_profile("paper"), load_profile("bench-check-epoch")
+    assert epoch.data.expected_per_class * len(epoch.data.classes) == 1000 == epoch.data.synthetic.images_per_class * 8
+    assert [epoch.stage_config(stage).epochs for stage in STAGES] == [1, 1]
+    one_epoch = {stage: {"epochs": 1} for stage in STAGES}
+    assert epoch.science_dict()["train"] | {"weights": None} == _merged(paper.science_dict()["train"], one_epoch) | {
+        "weights": None}
+    assert epoch.transforms == paper.transforms and epoch.split == paper.split and epoch.runtime.compile == "on"
+
+
+def _merged(settings: dict, changes: dict) -> dict:
+    return {key: _merged(value, changes[key]) if isinstance(value, dict) and key in changes else
+            changes.get(key, value) for key, value in settings.items()}
