@@ -2,8 +2,11 @@
 
 ``make bench`` projects the protocol from two short epochs a stage. This puts that projection,
 made for the sizes of PROFILE's finished run (``make evaluate PROFILE=bench-check``: the paper's
-protocol, every epoch, on a tenth of Kvasir's size in generated full-size frames), beside what the
-run took on the same machine:
+protocol, every epoch, on a tenth of Kvasir's size in generated full-size frames; or
+``bench-check-epoch``, one epoch a stage on 1,000), beside what the run took on the same machine. The
+bench compiles each stage from an empty compile cache, as a first run does: the run is made so too
+(``TORCHINDUCTOR_CACHE_DIR`` an empty folder), or a warm cache makes it look quicker than projected.
+What is compared:
   - each stage: its epochs' seconds from ``history.csv`` (training and the validation pass, what
     the projection models) and the whole notebook's wall time (start-up, model building, saving);
   - the data stage against notebook 01, the evaluation against notebook 04 (wall times; both do
@@ -96,18 +99,19 @@ def summarise(frame: pd.DataFrame, generated: bool = False) -> dict:
                                        if abs(r - 1) > AGREEMENT]}
 
 
-def explain(summary: dict) -> list[str]:
-    """The check in words, with why where it does not hold."""
+def explain(summary: dict, profile: str) -> list[str]:
+    """The check of ``profile``'s run in words, with why where it does not hold and what to do."""
     ratio = summary["stages_epochs_vs_projected"]
     lines = [f"the stages' epochs took {ratio:.2f}x the projection "
              + (f"(within {AGREEMENT:.0%}: the bench's rates hold for a real run)" if summary["agrees"] else
                 f"(beyond {AGREEMENT:.0%})")]
     if not summary["agrees"] and ratio < 1:
-        lines.append("why: the bench compiles each stage from an empty compile cache, as a first run does; a run "
-                     "whose torch.compile cache was warm from earlier runs skips most of that, which a short run "
-                     "shows most (one epoch a stage on this machine: 0.49x warm, 1.03x cold, docs/performance.md); "
-                     "run the check's `make evaluate` again after `make clean PROFILE=<profile>`, with "
-                     "TORCHINDUCTOR_CACHE_DIR set to an empty folder")
+        lines.append("why, most likely: the bench compiles each stage from an empty compile cache, as a first run "
+                     "does; a run whose torch.compile cache was warm from earlier runs skips most of that, and the "
+                     "shorter the run the more it shows (one epoch a stage on an Intel Xeon with AMX: 0.49x warm, "
+                     "1.03x cold; docs/performance.md). Run it again from an empty cache, then check again: "
+                     f"make clean PROFILE={profile} && TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) make evaluate "
+                     f"PROFILE={profile}, then make bench BENCH=\"--check {profile}\"")
     elif not summary["agrees"]:
         lines.append("why: the bench times two epochs of a slice of images a stage; a run's first epoch also "
                      "compiles and a run under other load drifts (this machine's speed varies between runs); "
@@ -130,7 +134,7 @@ def run(cfg: Config, bench_path: Path = OUT, out: Path = CHECK_OUT) -> dict:
     """Compare, print and write ``out``."""
     frame = compare(cfg, read_bench(bench_path))
     summary = summarise(frame, generated=cfg.data.synthetic is not None)
-    words = explain(summary)
+    words = explain(summary, cfg.profile)
     print(frame.round(2).to_string(index=False))
     print("\n".join(words))
     results = {"profile": cfg.profile, "bench": str(bench_path), "machine": environment(),

@@ -121,7 +121,8 @@ def _add_bench_commands(sub) -> None:
                        "with --check, reports/bench/check.json)")
     bench.add_argument("--check", metavar="PROFILE", default=None,
                        help="measure nothing: put bench.json's projection beside PROFILE's finished run (make evaluate "
-                       "PROFILE=bench-check: the protocol on a tenth of the images) and write check.json")
+                       "PROFILE=bench-check, from an empty compile cache: the protocol on a tenth of the images; or "
+                       "bench-check-epoch) and write check.json")
     bench.add_argument("--bench", type=Path, default=None, help="with --check: the bench results to compare "
                        "(default: reports/bench/bench.json)")
     gpu = sub.add_parser("gpu-check", help="on a GPU: paper-scale epoch, whole protocol, concurrent runs: "
