@@ -10,7 +10,7 @@ from kvasir_utils.artefacts import STAGES
 from kvasir_utils.bench import projection
 from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.profiles import load_profile
+from kvasir_utils.profiles import deep_merge, load_profile
 from tests.processes import run_make
 
 
@@ -47,7 +47,7 @@ def test_make_bench_writes_every_figure_it_promises(tmp_path):
     stage1 = next(row for row in rows if row["stage"] == STAGES[0])
     assert rates["study_stage1"] == stage1["measured_images_per_s"] and rates["plain_script"] > 0
     # as many frames as (d)'s stage trains on, to a frame a class (the stratified split rounds the whole)
-    assert abs(results["plain_script"]["images"] - stage1["train_images"]) < 8  # to a frame a class
+    assert abs(results["plain_script"]["images"] - stage1["train_images"]) < 8
     assert results["plain_script"]["epochs"] == 2
     assert results["stage1_vs_plain_script"] == pytest.approx(rates["study_stage1"] / rates["plain_script"])
     assert "against a plain script (ImageFolder on the full-size frames" in done.stdout
@@ -225,14 +225,11 @@ def test_the_check_profile_is_the_papers_protocol_on_a_tenth_of_the_images():
 
 def test_the_one_epoch_check_is_the_papers_protocol_for_one_epoch_a_stage_on_1000_frames():
     paper, epoch = load_profile("paper"), load_profile("bench-check-epoch")
-    assert epoch.data.expected_per_class * len(epoch.data.classes) == 1000 == epoch.data.synthetic.images_per_class * 8
+    classes = len(epoch.data.classes)
+    assert epoch.data.expected_per_class * classes == 1000 == epoch.data.synthetic.images_per_class * classes
     assert [epoch.stage_config(stage).epochs for stage in STAGES] == [1, 1]
     one_epoch = {stage: {"epochs": 1} for stage in STAGES}
-    assert epoch.science_dict()["train"] | {"weights": None} == _merged(paper.science_dict()["train"], one_epoch) | {
+    assert epoch.science_dict()["train"] | {"weights": None} == deep_merge(paper.science_dict()["train"], one_epoch) | {
         "weights": None}
     assert epoch.transforms == paper.transforms and epoch.split == paper.split and epoch.runtime.compile == "on"
 
-
-def _merged(settings: dict, changes: dict) -> dict:
-    return {key: _merged(value, changes[key]) if isinstance(value, dict) and key in changes else
-            changes.get(key, value) for key, value in settings.items()}

@@ -109,11 +109,23 @@ def test_no_import_circle_between_modules():
         assert module not in reached(graph, module), f"import circle through {module}"
 
 
+def _loaded(modules: list[str], packages: tuple[str, ...]) -> str:
+    """Which of ``packages`` a fresh Python holds after importing ``modules``, as it prints the list."""
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            f"print(sorted(m for m in {packages!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
 @pytest.mark.parametrize("layer", ["analysis", "report"])
 def test_the_analysis_and_report_layers_load_no_torch_torchvision_kornia_or_ray(layer):
     modules = sorted(m for m in module_imports() if part(m) == layer)
-    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]"
+    assert _loaded(modules, HEAVY) == "[]"
+
+
+def test_importing_the_notebooks_helpers_leaves_scoring_and_statistics_libraries_to_first_use():
+    # scikit-learn, scipy and seaborn cost every notebook kernel about 1.6 CPU-seconds to import, and the
+    # training notebooks use none of them (docs/development.md: where the processor time goes)
+    modules = sorted(m for m in module_imports() if part(m) in ("analysis", "report"))
+    assert _loaded(modules, ("sklearn", "scipy", "seaborn")) == "[]"

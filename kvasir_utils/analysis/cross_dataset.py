@@ -80,7 +80,7 @@ def mapping_table(mapped: pd.DataFrame) -> pd.DataFrame:
 def _scores(frame: pd.DataFrame, classes: list[str], prefix: str) -> dict:
     """Accuracy, macro F1 over the classes the images show (a source class without a counterpart in
     the target would count as F1 0 otherwise) and the multi-class MCC."""
-    from sklearn.metrics import matthews_corrcoef  # imported here: see metrics
+    from sklearn.metrics import matthews_corrcoef  # imported here, as in metrics
 
     if frame.empty:
         return {f"{prefix}images": 0, f"{prefix}accuracy": np.nan, f"{prefix}macro_f1": np.nan, f"{prefix}mcc": np.nan}

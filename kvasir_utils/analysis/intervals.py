@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-# scikit-learn (and scipy with it) is imported where a score is computed, not with the module: it costs every
-# process that imports the notebooks' helpers about 0.9 s, and notebooks 01-03 compute none.
+# scikit-learn is imported in the functions that use it, not with the module
+# (docs/architecture.md: the direction of imports).
 
 
 def percentile_interval(values, confidence: float) -> tuple[float, float]:

@@ -12,7 +12,8 @@ import pandas as pd
 from kvasir_utils.analysis.labels import abbreviations, display_name
 from kvasir_utils.errors import KvasirError
 
-# scikit-learn is imported in the functions that score (see intervals): not with the module.
+# scikit-learn is imported in the functions that use it, not with the module
+# (docs/architecture.md: the direction of imports).
 
 TABLE1_COLUMNS = ["Precision", "Recall", "F1-Score", "Specificity", "Support"]
 MACRO_AVG, WEIGHTED_AVG = "Macro Avg", "Weighted Avg"  # Table 1's last rows (and ROC-AUC's macro), as the paper's

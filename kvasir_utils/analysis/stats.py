@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pandas as pd
 
-# scipy.stats is imported where a test or an interval is computed: with it comes about 0.5 s of imports for
-# every process that imports the notebooks' helpers, most of which compute none.
+# scipy.stats is imported in the functions that use it, not with the module
+# (docs/architecture.md: the direction of imports).
 
 SUMMARY_COLUMNS = ["mean", "sd", "ci_low", "ci_high", "n"]
 # The fewest runs whose interval across runs the pages show: with two, t(0.975, 1) = 12.7 makes the

@@ -38,7 +38,7 @@ def plain_loader(root: Path, classes: list[str], size: int, batch_size: int, wor
 
 
 def plain_stage1_images_per_s(root: Path, classes: list[str], model_name: str, size: int, batch_size: int,
-                              workers: int, device: torch.device, epochs: int = 2) -> float:
+                              workers: int, device: torch.device, epochs: int) -> float:
     """Training images per second of the plain script's stage 1 over ``root``: the last of ``epochs``
     whole epochs (the first pays the one-off start-up), as (d)'s stages are read."""
     loader = plain_loader(root, classes, size, batch_size, workers)

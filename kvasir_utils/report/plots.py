@@ -10,10 +10,11 @@ from kvasir_utils.analysis import metrics
 from kvasir_utils.analysis.labels import display_name
 from kvasir_utils.analysis.runs import SCALAR_TAGS
 
+# seaborn is imported in the functions that use it, not with the module
+# (docs/architecture.md: the direction of imports).
+
 CURVE_TAGS = tuple(SCALAR_TAGS)
 LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2)))
-# seaborn is imported by the three figures that draw with it: it brings scipy.stats, about 0.75 s for every
-# notebook kernel, and the training notebooks draw none of them.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
