@@ -96,6 +96,27 @@ def test_every_bootstrap_draws_the_same_resamples_and_reads_the_same_percentiles
     assert intervals.percentile_interval([np.nan, 1.0, 3.0], 0.5) == (1.5, 2.5)  # NaN resamples left out
 
 
+def test_the_counted_auc_of_every_resample_is_scikit_learns_with_ties_and_absent_classes(monkeypatch):
+    # scores rounded to two places (ties, as a saturated softmax or bf16 gives), a rare class that some
+    # resamples lack (NaN, left out of the macro mean as macro_auc leaves it out), blocks of resamples
+    rng = np.random.default_rng(4)
+    y_true = np.r_[rng.integers(0, 3, 60), [3]]  # class 3: one image
+    probs = np.round(rng.dirichlet(np.ones(4), len(y_true)), 2)
+    draws = intervals.resamples(len(y_true), 300, 5)
+    counted = intervals.auc_by_resample(y_true == 3, probs[:, 3], draws)
+    lacking = ~(y_true[draws] == 3).any(axis=1)
+    assert lacking.any() and not lacking.all() and np.isnan(counted[lacking]).all()
+    for k in range(4):
+        counted = intervals.auc_by_resample(y_true == k, probs[:, k], draws)
+        for row, auc in zip(draws, counted, strict=True):
+            if 0 < (y_true[row] == k).sum() < len(row):
+                assert auc == pytest.approx(roc_auc_score(y_true[row] == k, probs[row, k]), abs=1e-12)
+    by_hand = intervals.percentile_interval([intervals.macro_auc(y_true[i], probs[i]) for i in draws], 0.9)
+    assert intervals.macro_auc_interval(y_true, probs, 300, 0.9, 5) == pytest.approx(by_hand, abs=1e-12)
+    monkeypatch.setattr(intervals, "_AUC_BLOCK_CELLS", 1000)  # many small blocks count the same
+    assert intervals.macro_auc_interval(y_true, probs, 300, 0.9, 5) == pytest.approx(by_hand, abs=1e-12)
+
+
 def test_mcnemar_exact_by_hand():
     a = [True] * 10 + [False] * 2 + [True] * 5
     b = [False] * 10 + [True] * 2 + [True] * 5
