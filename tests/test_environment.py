@@ -87,3 +87,40 @@ def test_the_tests_refuse_to_start_on_a_disk_too_small_for_them_and_say_what_to_
     run = _collect_under(mount)
     assert run.returncode == pytest.ExitCode.OK, run.stdout + run.stderr
     assert not killed.exists() and running.exists()
+
+
+def _kernel_imports(folder: Path, kernel_env: dict | None) -> str:
+    """Where a notebook's kernel, started the way the study starts it, finds ``kvasir_utils``."""
+    import nbformat
+    import papermill
+
+    from kvasir_utils.run import signals
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import kvasir_utils; print(kvasir_utils.__file__)")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, folder / "which.ipynb")
+    stopper = signals.KernelStopper()
+    with stopper:
+        executed = papermill.execute_notebook(
+            str(folder / "which.ipynb"), str(folder / "which-out.ipynb"), kernel_name="python3", cwd=str(folder),
+            progress_bar=False, kernel_manager_class=stopper.kernel_manager_class(kernel_env),
+            shutdown_kernel="immediate")
+    return executed.cells[0].outputs[0]["text"].strip()
+
+
+def test_a_notebooks_kernel_imports_the_checkout_that_runs_it(tmp_path, monkeypatch):
+    # a second clone run with the first one's environment (VENV=...): the kernel starts in notebooks/,
+    # where `import kvasir_utils` finds whatever the environment points at (here another checkout on
+    # PYTHONPATH, as an editable install would), so it ran the other checkout's code into its folders
+    from kvasir_utils.run import notebooks
+
+    other = tmp_path / "other-checkout"
+    (other / "kvasir_utils").mkdir(parents=True)
+    (other / "kvasir_utils" / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(other))
+    env = notebooks.checkout_environment()
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(PROJECT_ROOT), str(other)]
+    assert notebooks.checkout_environment({"PYTHONPATH": str(PROJECT_ROOT)})["PYTHONPATH"] == str(PROJECT_ROOT)
+    assert _kernel_imports(tmp_path, None) == str(other / "kvasir_utils" / "__init__.py")  # without it
+    assert _kernel_imports(tmp_path, env) == str(PROJECT_ROOT / "kvasir_utils" / "__init__.py")

@@ -31,6 +31,7 @@ from kvasir_utils.run import signals
 from kvasir_utils.run.notebooks import (
     NOTEBOOKS,
     check_make_path,
+    checkout_environment,
     executed_notebook_path,
     record_failure,
     run_notebook,
@@ -242,7 +243,8 @@ def open_lab(profile: str, overrides: list[str], session_only: bool = False) -> 
               f"PROFILE={profile}), or run the notebooks in order from 01")
     if session_only:
         return 0
-    return subprocess.call([str(Path(sys.executable).parent / "jupyter"), "lab", str(folder)])
+    return subprocess.call([str(Path(sys.executable).parent / "jupyter"), "lab", str(folder)],
+                           env=checkout_environment())  # its kernels import this checkout
 
 
 def weights_still_needed(cfg) -> bool:

@@ -22,6 +22,17 @@ SWEEP_NOTEBOOK = "06_sweep"
 NOTEBOOK_SOURCE_DIR = config.PROJECT_ROOT / "notebooks"
 
 
+def checkout_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (this process's where None) with this checkout first on ``PYTHONPATH``: a kernel starts
+    in ``notebooks/``, where ``import kvasir_utils`` would otherwise find whichever checkout the
+    environment was installed from (``pip install -e``), so a second clone sharing one environment
+    (``VENV=``) would run the first clone's code and write into its folders."""
+    env = dict(os.environ if env is None else env)
+    paths = [str(config.PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # this checkout first, each path once
+    return env
+
+
 def record_failure(path: Path | None, step: str, error: str, exit_code: int) -> None:
     """The failing step, its exit code and its error, as fields in ``path`` (``--failure-file``: a
     sweep member's runner asks for them so; nothing is written without one)."""
@@ -76,7 +87,8 @@ def execute_notebook(name: str, parameters: dict, out: Path, lock_folder: Path, 
                 str(NOTEBOOK_SOURCE_DIR / f"{name}.ipynb"), str(failed), parameters=parameters,
                 cwd=str(NOTEBOOK_SOURCE_DIR), kernel_name="python3", progress_bar=False,
                 stdout_file=terminal.out, stderr_file=terminal.err,
-                kernel_manager_class=stopper.kernel_manager_class(), on_cell_execute=stopper.before_cell,
+                kernel_manager_class=stopper.kernel_manager_class(checkout_environment()),
+                on_cell_execute=stopper.before_cell,
                 # the kernel is stopped as soon as its last cell has finished, not asked to exit: every
                 # file a cell writes is complete when the cell returns (atomic writes; the stage closes
                 # its TensorBoard writer), and a kernel holding torch takes 1-3 s to exit by itself

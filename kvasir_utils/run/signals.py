@@ -51,9 +51,10 @@ class KernelStopper:
         self._watcher: threading.Thread | None = None
 
     # -- papermill's side: a kernel manager that reports its kernel, a hook before each cell ----
-    def kernel_manager_class(self) -> type:
+    def kernel_manager_class(self, env: dict[str, str] | None = None) -> type:
         """An ``AsyncKernelManager`` over IPC sockets (a local file, no TCP port and no plain-text
-        transport warning) that hands its kernel's process id to this stopper once started."""
+        transport warning) that hands its kernel's process id to this stopper once started; its
+        kernel gets ``env`` (this process's environment where None)."""
         from jupyter_client import AsyncKernelManager
 
         stopper = self
@@ -65,6 +66,9 @@ class KernelStopper:
                 folder = tempfile.mkdtemp(prefix="kvasir-kernel-")
                 stopper.socket_folders.append(folder)
                 super().__init__(**{"transport": "ipc", "ip": os.path.join(folder, "kernel"), **kwargs})
+
+            async def start_kernel(self, **kw):
+                return await super().start_kernel(**({"env": env, **kw} if env is not None else kw))
 
             async def _async_launch_kernel(self, kernel_cmd, **kw):
                 await super()._async_launch_kernel(kernel_cmd, **kw)
