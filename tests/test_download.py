@@ -145,3 +145,18 @@ def test_an_archive_fetched_from_another_address_under_the_same_name_is_not_reus
     copied.parent.mkdir()
     copied.write_bytes(small_archive.read_bytes())  # copied in by hand: used as is, whatever the address
     assert fetch_archive(["http://mirror.example/kvasir.zip"], copied, offline=True) == copied
+
+
+def test_a_local_file_replaced_at_the_same_address_is_copied_again_and_an_unchanged_one_is_not(
+        small_archive, tmp_path, capsys):
+    source = tmp_path / "mine.zip"
+    source.write_bytes(small_archive.read_bytes())
+    dest = fetch_archive([str(source)], tmp_path / "data" / "k.zip", progress=False)
+    copied = dest.stat().st_mtime_ns
+    assert fetch_archive([str(source)], dest, progress=False).stat().st_mtime_ns == copied  # unchanged: kept
+    assert "changed" not in capsys.readouterr().out
+    source.write_bytes(small_archive.read_bytes()[: small_archive.stat().st_size // 2])  # another file, same path
+    fetch_archive([str(source)], dest, progress=False)
+    assert f"note: {source} changed since it was copied to {dest}: copying it again" in capsys.readouterr().out
+    assert dest.read_bytes() == source.read_bytes()
+    assert sources.read_archive_record(dest)["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()

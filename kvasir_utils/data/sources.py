@@ -110,10 +110,17 @@ def read_archive_record(archive: Path) -> dict | None:
         return None
 
 
-def record_archive(archive: Path, source: str) -> dict:
-    """Write ``<archive>.json`` (source, size, SHA-256) the first time the archive is used, and
-    again only if the file changed since (its size, times or inode); otherwise read it back. Hashing a
-    2.5 GB archive takes a while, so it is done once, not every run."""
+def _source_identity(path: Path) -> list[int]:
+    """What tells that a local file the archive was copied from changed since: its size and time."""
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def record_archive(archive: Path, source: str, copied_from: list[int] | None = None) -> dict:
+    """Write ``<archive>.json`` (source, size, SHA-256, and for a copied local file that file's
+    ``_source_identity`` when copied) the first time the archive is used, and again only if the file
+    changed since (its size, times or inode); otherwise read it back. Hashing a 2.5 GB archive takes
+    a while, so it is done once, not every run."""
     info = archive.stat()
     identity = [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]  # ctime: `cp -p` cannot fake it
     recorded = read_archive_record(archive)
@@ -123,8 +130,25 @@ def record_archive(archive: Path, source: str) -> dict:
         print(f"note: {archive.name} changed since it was recorded ({recorded['sha256'][:12]}...); hashing it again")
     record = {"archive": archive.name, "source": source, "bytes": info.st_size, "identity": identity,
               "sha256": sha256_file(archive), "recorded": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if copied_from is not None:
+        record["copied_from"] = copied_from
     write_json_atomic(archive_record_path(archive), record)
     return record
+
+
+def changed_local_source(archive: Path, urls: list[str]) -> Path | None:
+    """The local file that ``archive`` was copied from, if it is still one of ``urls`` and changed
+    since the copy (its size or time; where the record is older than that, its size against the
+    archive's), so that a file replaced at the same path is copied again, not silently ignored."""
+    recorded = read_archive_record(archive)
+    if not recorded or recorded["source"] not in urls:
+        return None
+    local = _local_source(recorded["source"])
+    if local is None or not local.is_file():
+        return None
+    copied = recorded.get("copied_from")
+    now = _source_identity(local)
+    return local if (now != copied if copied is not None else now[0] != recorded.get("bytes")) else None
 
 
 def _copy_local(source: Path, part: Path) -> None:
@@ -209,6 +233,10 @@ def fetch_archive(
     archive; a cut download resumes where it stopped.
     """
     dest = Path(dest)
+    if dest.exists() and (changed := changed_local_source(dest, urls)) is not None:
+        print(f"note: {changed} changed since it was copied to {dest}: copying it again")
+        dest.unlink()
+        archive_record_path(dest).unlink(missing_ok=True)
     if dest.exists():
         try:
             verify_archive(dest, size, sha256)
@@ -224,7 +252,8 @@ def fetch_archive(
                 f"{urls[0]}. Nothing was changed. Delete {dest} to fetch the new one, or keep both by giving this "
                 f"run another data folder (SET=\"... paths.data=<another folder>\")."
             )
-        record_archive(dest, HAND_PLACED if recorded is None else recorded["source"])
+        record_archive(dest, HAND_PLACED if recorded is None else recorded["source"],
+                       None if recorded is None else recorded.get("copied_from"))
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -233,6 +262,7 @@ def fetch_archive(
         try:
             local = _local_source(url)
             if local is not None:
+                copied_from = _source_identity(local) if local.is_file() else None  # before the copy
                 _copy_local(local, part)
             elif offline:
                 raise DownloadError("not fetched: runtime.offline is true")
@@ -244,7 +274,7 @@ def fetch_archive(
                 part.unlink()
                 raise
             os.replace(part, dest)
-            record_archive(dest, url)
+            record_archive(dest, url, copied_from if local is not None else None)
             return dest
         except DownloadError as exc:
             failures.append(f"  {url}: {exc}")
