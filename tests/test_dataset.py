@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from kvasir_utils.analysis import labels
-from kvasir_utils.data import cache, extract, layout, prepare, synthetic
+from kvasir_utils.data import cache, extract, images, layout, prepare, synthetic
 from kvasir_utils.data.split import make_split
 from kvasir_utils.errors import KvasirError
 
@@ -213,3 +213,21 @@ def test_a_grouped_split_that_cannot_divide_a_class_is_refused():
         make_split(images, 0.2, seed=3, groups=groups)
     with pytest.raises(KvasirError, match=r"needs split.val_fraction = 1/k .* got 0.3"):
         make_split(images, 0.3, seed=3, groups=np.arange(len(images)))
+
+
+def test_a_16_bit_greyscale_frame_is_cached_scaled_to_8_bits_not_clipped_to_white(tmp_path):
+    # Pillow's own RGB conversion clips a 16-bit frame at 255: every pixel above 255 of 65,535 came out
+    # white, in training's cache and in the predictor (which calls the same function)
+    ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (48, 1))
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as image:
+        assert image.mode == "I;16"  # as Pillow reads a 16-bit greyscale PNG
+        cached = np.asarray(Image.open(io.BytesIO(cache.cache_copy(image, 48, 95))).convert("L"), float)
+    assert abs(cached.mean() - (ramp / 257).mean()) < 3 and cached.min() < 10 and cached.max() > 245
+    as_int = np.asarray(images.as_rgb(Image.fromarray(ramp.astype(np.int32))))[..., 0]  # mode I (a 16-bit TIFF)
+    assert np.array_equal(as_int, (ramp / 257).round().astype(np.uint8))
+    eight_bit = tmp_path / "eight.png"
+    Image.fromarray((ramp // 257).astype(np.uint8), "L").save(eight_bit)
+    with Image.open(eight_bit) as image:  # an 8-bit frame is read as it was
+        assert np.array_equal(np.asarray(images.as_rgb(image))[..., 0], (ramp // 257).astype(np.uint8))

@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from kvasir_utils.config import cached_name
+from kvasir_utils.data.images import as_rgb
 from kvasir_utils.errors import DiskFullError, KvasirError
 from kvasir_utils.files import sha256_text, write_bytes_atomic, write_csv_atomic
 
@@ -42,7 +43,7 @@ def cache_copy(image: Image.Image, short_side: int, quality: int) -> bytes:
     scale = min(1.0, short_side / min(width, height))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     image.draft("RGB", size)  # JPEG: decode at a reduced scale straight away
-    resized = image.convert("RGB").resize(size, Image.BICUBIC, reducing_gap=2.0)
+    resized = as_rgb(image).resize(size, Image.BICUBIC, reducing_gap=2.0)
     encoded = io.BytesIO()
     resized.save(encoded, format="JPEG", quality=quality)
     return encoded.getvalue()

@@ -6,16 +6,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
 from kvasir_utils.config import cached_name
 
+# Greyscale modes of more than 8 bits (16-bit PNG and TIFF): Pillow's RGB conversion clips them at 255,
+# so a 16-bit frame came out white; they are scaled from 16 bits to 8 instead.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB; a 16-bit greyscale one scaled to 8 bits (65,535 -> 255), not clipped."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image, np.float64) / 257
+        image = Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "L")
+    elif image.mode == "F":  # floating point: 0-1 if it stays there, else taken as 0-255
+        pixels = np.asarray(image, np.float64)
+        pixels = pixels * 255 if pixels.size and np.nanmax(pixels) <= 1.0 else pixels
+        image = Image.fromarray(np.clip(np.nan_to_num(pixels), 0, 255).round().astype(np.uint8), "L")
+    return image.convert("RGB")
+
 
 def read_image(path: Path) -> Image.Image:
     """An image file, decoded, as RGB (the presets' PIL operations are the fastest on CPU)."""
     with Image.open(path) as image:
-        return image.convert("RGB")
+        return as_rgb(image)
 
 
 def iter_cached(cache_root: Path, paths):
