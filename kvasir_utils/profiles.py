@@ -104,7 +104,14 @@ def parse_override(text: str) -> tuple[list[str], object]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like dotted.key=value")
-    return key.strip().split("."), copy.deepcopy(_value(value)) if value.strip() else None
+    try:
+        parsed = copy.deepcopy(_value(value)) if value.strip() else None
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).strip()
+        raise ConfigError(f"override {text!r}: its value is not YAML ({problem}). SET splits its settings at "
+                          "spaces, so write a list or a mapping without them (train.models=[resnet50,efficientnet_b0])"
+                          ) from None
+    return key.strip().split("."), parsed
 
 
 @functools.lru_cache(maxsize=1024)

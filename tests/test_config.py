@@ -42,6 +42,10 @@ def test_overrides_are_typed_and_applied():
     ("split.val_fraction=1.5", "'split.val_fraction' = 1.5 is not valid: Input should be less than 1"),
     ("cache.short_side=100", "at least transforms.image_size (224)"),
     ("novalue", "must look like dotted.key=value"),
+    # SET="train.models=[resnet50, efficientnet_b0]": make splits it at the space
+    ("train.models=[resnet50,", "override 'train.models=[resnet50,': its value is not YAML (expected the node "
+                                "content, but found '<stream end>'). SET splits its settings at spaces, so write a "
+                                "list or a mapping without them (train.models=[resnet50,efficientnet_b0])"),
 ])
 def test_bad_settings_name_the_key_and_what_is_allowed(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
