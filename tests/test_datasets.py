@@ -291,6 +291,41 @@ def test_a_class_name_used_by_two_folders_is_named(tmp_path):
         layout.find_classes(root, [])
 
 
+def test_a_tree_split_already_into_train_and_val_is_named_with_the_remedy_for_it(tmp_path):
+    root = _tree(tmp_path / "d", {"train/polyps": 2, "val/polyps": 2, "train/cecum": 2, "val/cecum": 2})
+    with pytest.raises(KvasirError) as error:
+        layout.find_classes(root, [])
+    text = _one_line(error)
+    assert "two class folders are named 'cecum': train/cecum and val/cecum" in text and "rename one" not in text
+    assert "looks split already (train/ and val/): merge each class's folders into one" in text
+    assert "split.source: file" in text
+
+
+def test_a_linked_class_folder_is_read_and_a_link_back_up_the_tree_is_followed_once(tmp_path):
+    root = _tree(tmp_path / "d", {"x": 2})
+    elsewhere = _tree(tmp_path / "elsewhere", {"y": 3})
+    (root / "y").symlink_to(elsewhere / "y", target_is_directory=True)
+    (root / "x" / "loop").symlink_to(root, target_is_directory=True)  # would walk forever
+    found = layout.find_classes(root, [])
+    assert found.classes == ["x", "y"] and list(found.images["label"]) == ["x"] * 2 + ["y"] * 3
+
+
+def test_files_in_a_class_folder_that_are_not_read_are_a_warning_and_other_files_are_not(tmp_path):
+    root = _tree(tmp_path / "d", {"x": 2, "y": 2})
+    (root / "x" / "frame.gif").write_bytes(b"GIF89a")
+    (root / "x" / "Thumbs.db").write_bytes(b"")  # Windows' own: not data
+    (root / "notes.csv").write_text("not an image\n")
+    Image.new("RGB", (8, 8)).save(root / "y" / "frame.webp")
+    found = layout.find_classes(root, [])
+    assert found.unread == ["x/frame.gif"] and found.ignored_files == ["notes.csv", "x/frame.gif"]
+    assert "y/frame.webp" in set(found.images["path"])
+    cfg = profiles.load_profile("smoke", [*tmp_overrides(tmp_path), f"data.url={root}", "data.synthetic=null",
+                                          "data.expected_per_class=null", "data.classes=[]", "cache.workers=1"])
+    warnings = prepare.prepare_dataset(cfg, progress=False).check.warnings
+    assert any(w.startswith("1 file(s) in class folders are not images this study reads, left out: x/frame.gif; "
+                            "it reads .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp") for w in warnings), warnings
+
+
 def test_a_zip_of_a_folder_tree_finds_the_same_classes(tmp_path):
     root = _tree(tmp_path / "d", {"g/a/x": 2, "g/b/y": 2})
     with zipfile.ZipFile(tmp_path / "t.zip", "w") as archive:

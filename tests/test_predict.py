@@ -178,6 +178,13 @@ def test_image_files_finds_nested_files_and_leaves_hidden_ones_out(tmp_path):
     assert image_files(tmp_path / "a.png") == [tmp_path / "a.png"]
     with pytest.raises(KvasirError, match="does not exist"):
         image_files(tmp_path / "missing")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    (elsewhere / "d").mkdir(parents=True)
+    (elsewhere / "d" / "linked.jpg").write_bytes(b"x")
+    (tmp_path / "d").symlink_to(elsewhere / "d", target_is_directory=True)  # a linked folder is searched
+    (tmp_path / "b" / "up").symlink_to(tmp_path, target_is_directory=True)  # once: no endless loop
+    assert [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path)] == [
+        "a.png", "b/one.jpg", "c/notes.txt", "d/linked.jpg"]
 
 
 def test_nearest_finds_the_closest_reference_hash_by_hamming_distance():

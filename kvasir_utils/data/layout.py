@@ -18,8 +18,11 @@ import pandas as pd
 
 from kvasir_utils.errors import KvasirError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# Folder names of a tree that is split already (Kaggle's train/<class>/ and val/<class>/)
+SPLIT_FOLDER_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
 SKIPPED_FOLDERS = {"__MACOSX"}  # macOS resource forks in zips: never data
+SKIPPED_FILES = {"Thumbs.db", "desktop.ini"}  # Windows' own files in a folder: never data
 EXAMPLES = 5
 
 
@@ -33,18 +36,32 @@ class ClassFolders:
     other_images: pd.DataFrame  # images of class folders the profile does not select
     strays: list[str] = field(default_factory=list)  # images outside any class folder, left out
     ignored_files: list[str] = field(default_factory=list)  # files that are not images (CSV, text, ...)
+    unread: list[str] = field(default_factory=list)  # of those, the ones inside a class folder (left out)
 
 
 def is_image(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
 
 
-def _walk(top: Path):
-    """(folder, subfolders, image names, other file names) under ``top``, in sorted order, without
-    hidden folders and macOS resource forks."""
-    for folder, subfolders, files in os.walk(top):
+def walk_folders(top: Path):
+    """``os.walk`` of ``top`` that follows linked folders, each real folder once (a link back up the
+    tree ends there), leaving hidden folders and macOS resource forks out; subfolders in sorted order."""
+    seen = set()
+    for folder, subfolders, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d not in SKIPPED_FOLDERS)
-        names = sorted(f for f in files if not f.startswith("."))
+        yield folder, subfolders, files
+
+
+def _walk(top: Path):
+    """(folder, subfolders, image names, other file names) under ``top`` (``walk_folders``), in
+    sorted order, without hidden files and Windows' own."""
+    for folder, subfolders, files in walk_folders(top):
+        names = sorted(f for f in files if not f.startswith(".") and f not in SKIPPED_FILES)
         yield Path(folder), subfolders, [f for f in names if is_image(f)], [f for f in names if not is_image(f)]
 
 
@@ -93,15 +110,23 @@ def find_classes(top: Path, classes: list[str], on_stray: str = "error") -> Clas
     chosen = found["label"].isin(selected)
     order = found.loc[chosen, "label"].map({name: i for i, name in enumerate(selected)})
     images = found[chosen].iloc[order.to_numpy().argsort(kind="stable")].reset_index(drop=True)
-    return ClassFolders(root, selected, images, found[~chosen].reset_index(drop=True), strays, ignored)
+    unread = [name for name in ignored if top / Path(name).parent in by_name.values()]
+    return ClassFolders(root, selected, images, found[~chosen].reset_index(drop=True), strays, ignored, unread)
 
 
 def _check_unique_names(leaves: list[Path], top: Path) -> None:
     seen: dict[str, Path] = {}
     for leaf in leaves:
         if leaf.name in seen:
-            raise KvasirError(f"two class folders are named {leaf.name!r}: {seen[leaf.name].relative_to(top)} and "
-                              f"{leaf.relative_to(top)} (a class is named by its folder): rename one")
+            pair = [seen[leaf.name].relative_to(top), leaf.relative_to(top)]
+            said = f"two class folders are named {leaf.name!r}: {pair[0]} and {pair[1]} (a class is named by its " \
+                   "folder)"
+            splits = [p.parts[0] for p in pair if len(p.parts) > 1 and p.parts[0].lower() in SPLIT_FOLDER_NAMES]
+            if len(splits) == 2:
+                raise KvasirError(f"{said}. The tree looks split already ({splits[0]}/ and {splits[1]}/): merge each "
+                                  "class's folders into one and let the study split it, or keep the split by "
+                                  "giving it as a file (split.source: file, docs/your-data.md)")
+            raise KvasirError(f"{said}: rename one")
         seen[leaf.name] = leaf
 
 

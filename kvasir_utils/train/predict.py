@@ -32,7 +32,7 @@ from kvasir_utils.artefacts import (
     probability_columns,
 )
 from kvasir_utils.config import Config
-from kvasir_utils.data import duplicates, overlays, prepare
+from kvasir_utils.data import duplicates, layout, overlays, prepare
 from kvasir_utils.data.cache import MANIFEST, cache_copy
 from kvasir_utils.data.images import iter_cached
 from kvasir_utils.data.split import read_split
@@ -97,8 +97,8 @@ def image_files(images: Path) -> list[Path]:
         return [images]
     if not images.is_dir():
         raise KvasirError(f"{images} does not exist: give IMAGES=<a folder of images, or one image file>")
-    files = sorted(p for p in images.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(images).parts))
+    files = sorted(Path(folder) / name for folder, _, names in layout.walk_folders(images)  # linked folders too
+                   for name in names if not name.startswith(".") and (Path(folder) / name).is_file())
     if not files:
         raise KvasirError(f"{images} holds no files: give IMAGES=<a folder of images, or one image file>")
     return files
