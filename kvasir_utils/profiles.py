@@ -148,6 +148,11 @@ def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str]
     describe the profile's own archive) unless the overrides set them too.
     """
     path = find_profile(name_or_path)
+    if path.parent.resolve() != CONFIG_DIR.resolve() and (CONFIG_DIR / path.name).exists():
+        raise ConfigError(f"the profile file {path} has the name of the study's own profile {path.stem} "
+                          f"(configs/{path.name}); a profile's runs and reports are named by its file name "
+                          f"(runs/{path.stem}/), so the two would share them: rename the file, e.g. to "
+                          f"{path.stem}-mine.yaml")
     overrides = list(overrides or [])
     raw = apply_overrides(_load_raw(path), overrides)
     _clear_source_details(raw, overrides)

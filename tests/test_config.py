@@ -65,6 +65,18 @@ def test_profile_from_a_path_with_base(tmp_path):
     assert cfg.profile == "mine" and cfg.train.batch_size == 8 and cfg.generated_data
 
 
+def test_a_profile_file_with_the_name_of_a_bundled_profile_is_refused_before_it_shares_its_runs(tmp_path):
+    path = tmp_path / "smoke.yaml"
+    path.write_text("base: smoke\ndata:\n  url: /srv/mine.zip\n")
+    with pytest.raises(ConfigError, match=re.escape(f"the profile file {path} has the name of the study's own "
+                                                    "profile smoke (configs/smoke.yaml); a profile's runs and "
+                                                    "reports are named by its file name (runs/smoke/)")) as error:
+        load_profile(str(path))
+    assert str(error.value).endswith("rename the file, e.g. to smoke-mine.yaml")
+    path.rename(tmp_path / "smoke-mine.yaml")
+    assert load_profile(str(tmp_path / "smoke-mine.yaml")).profile == "smoke-mine"
+
+
 def test_overriding_the_url_clears_the_official_archives_size_and_mirrors():
     cfg = load_profile("paper", ["data.url=http://127.0.0.1:1/x.zip"])
     assert cfg.data.size is None and cfg.data.sha256 is None and cfg.data.mirrors == []
