@@ -27,6 +27,21 @@ _CHUNK = 1 << 20
 _UMASK_LOCK = threading.Lock()
 
 
+def is_utf8_name(name: str) -> bool:
+    """Whether a file name read from the disk is valid UTF-8: Python keeps the bytes of one that is not
+    as surrogate escapes, which no CSV, JSON or page can be written with."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_name(name: str) -> str:
+    """A file name as it can be written anywhere: its bytes that are not UTF-8 as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _umask() -> int:
     try:  # Linux says it without changing it (other threads may be creating files meanwhile)
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -4,6 +4,7 @@ split files, and the one clear message of each bad input."""
 
 import io
 import json
+import os
 import shutil
 import tarfile
 import zipfile
@@ -402,3 +403,13 @@ def test_an_archive_path_that_is_gone_is_no_folder_error():
     assert sources.local_folder("/nowhere/kvasir-dataset-v2.zip") is None  # fetch_archive names it, or a copy is used
     with pytest.raises(KvasirError, match="does not exist"):
         sources.local_folder("/nowhere/my-folder")
+
+
+def test_an_image_whose_name_is_not_utf8_is_named_by_its_bytes_with_the_remedy(tmp_path):
+    root = _tree(tmp_path / "d", {"x": 2, "y": 2})
+    (root / "x" / os.fsdecode(b"caf\xe9.jpg")).write_bytes(_jpeg())  # a Latin-1 name, as old cameras write
+    with pytest.raises(KvasirError) as error:
+        layout.find_classes(root, [])
+    text = _one_line(error)
+    assert text.startswith(f"1 image file name(s) under {root} are not valid UTF-8: x/caf\\xe9.jpg; ") and \
+        "convmv" in text

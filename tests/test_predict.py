@@ -4,6 +4,7 @@ of the validation images as generated, plus a corrupt JPEG and a text file), its
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 
@@ -18,10 +19,10 @@ from kvasir_utils.data.layout import find_classes
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import atomic_folder
 from kvasir_utils.run import cli, notebooks
-from kvasir_utils.train.predict import Predictor, image_files
+from kvasir_utils.train.predict import NOT_UTF8, Predictor, image_files
 from tools import chromium
 
-SKIPPED = {"broken.jpg", "notes.txt"}
+SKIPPED = {"broken.jpg", "notes.txt", "caf\\xe9.jpg"}  # the last: a Latin-1 name, shown by its bytes
 
 
 def _sets(cfg) -> list[str]:
@@ -49,6 +50,7 @@ def predicted(smoke_chain, tmp_path_factory):
     first = sorted(images.rglob("*.jpg"))[0]
     (images / "broken.jpg").write_bytes(first.read_bytes()[:300])
     (images / "notes.txt").write_text("not an image\n")
+    (images / os.fsdecode(b"caf\xe9.jpg")).write_bytes(first.read_bytes())  # an image; its name is not UTF-8
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = cli.main(["predict", "--profile", "smoke", *_sets(smoke_chain), "--model", "resnet50",
@@ -63,6 +65,7 @@ def test_predict_skips_and_names_what_is_not_an_image_and_says_so_in_its_exit_st
     assert code == 3
     skipped = pd.read_csv(folder / "skipped.csv")
     assert set(skipped["file"]) == SKIPPED and skipped["reason"].str.len().min() > 10
+    assert skipped.set_index("file").loc["caf\\xe9.jpg", "reason"] == NOT_UTF8
     assert all(f"  {name}: " in printed for name in SKIPPED)
     page = (folder / "index.html").read_text()
     assert all(f"<td>{name}</td>" in page for name in SKIPPED)
@@ -207,3 +210,18 @@ def test_atomic_folder_replaces_the_whole_folder_or_nothing(tmp_path):
     with atomic_folder(dest) as work:
         (work / "new.txt").write_text("new")
     assert [p.name for p in dest.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize(("command", "said"), [
+    (["predict", "--model", "resnet50", "--images", "x"],
+     "nothing half-written is left; `make predict` again starts it over"),
+    (["sweep", "smoke-leakage"], "`make predict` again goes on where it stopped"),
+])
+def test_ctrl_c_says_whether_the_same_command_goes_on_or_starts_over(command, said, monkeypatch, capsys):
+    # a prediction is written whole or not at all, so its rerun starts over; a sweep's keeps its members
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    assert cli.main([*command, "--go-on", "make predict"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"interrupted: {said}."

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.files import is_utf8_name, shown_name
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # Folder names of a tree that is split already (Kaggle's train/<class>/ and val/<class>/)
@@ -106,12 +107,22 @@ def find_classes(top: Path, classes: list[str], on_stray: str = "error") -> Clas
     selected = _select(classes, by_name, empty, top)
     _check_strays(strays, top, on_stray)
     rows = [((leaf / name).relative_to(root).as_posix(), leaf.name) for leaf in leaves for name in holding[leaf]]
+    _check_names([path for path, _ in rows], top)
     found = pd.DataFrame(rows, columns=["path", "label"])
     chosen = found["label"].isin(selected)
     order = found.loc[chosen, "label"].map({name: i for i, name in enumerate(selected)})
     images = found[chosen].iloc[order.to_numpy().argsort(kind="stable")].reset_index(drop=True)
     unread = [name for name in ignored if top / Path(name).parent in by_name.values()]
     return ClassFolders(root, selected, images, found[~chosen].reset_index(drop=True), strays, ignored, unread)
+
+
+def _check_names(paths: list[str], top: Path) -> None:
+    """Every image's name goes into the split and the tables: one that is not UTF-8 cannot."""
+    bad = [shown_name(p) for p in paths if not is_utf8_name(p)]
+    if bad:
+        raise KvasirError(f"{len(bad)} image file name(s) under {shown_name(str(top))} are not valid UTF-8: "
+                          f"{_examples(bad)}; the study writes every image's name into its split and tables, so "
+                          "rename them to UTF-8 (e.g. convmv -f latin1 -t utf8 -r --notest <folder>) and run again")
 
 
 def _check_unique_names(leaves: list[Path], top: Path) -> None:

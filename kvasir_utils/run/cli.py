@@ -150,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+# The commands whose rerun goes on from what they finished (epochs, notebooks, sweep members); the
+# others write their files whole or not at all and start over.
+RESUMING = {"run-notebook", "sweep"}
+
+
 def _record_failure(args, error: str, exit_code: int) -> None:
     step = args.notebook + (f" ({args.model})" if args.model else "") if args.command == "run-notebook" \
         else args.command
@@ -170,7 +175,10 @@ def _command(args, terminal: signals.Terminal) -> int:
         return 130
     except KeyboardInterrupt:
         _record_failure(args, "interrupted", 130)
-        terminal.print_last(f"interrupted: {go_on} goes on where it stopped.")
+        if args.command in RESUMING:
+            terminal.print_last(f"interrupted: {go_on} goes on where it stopped.")
+        else:  # predict, export, report...: written whole or not at all, so a rerun starts over
+            terminal.print_last(f"interrupted: nothing half-written is left; {go_on} starts it over.")
         return 130
 
 

@@ -37,8 +37,12 @@ from kvasir_utils.data.cache import MANIFEST, cache_copy
 from kvasir_utils.data.images import iter_cached
 from kvasir_utils.data.split import read_split
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.files import is_utf8_name, shown_name
 from kvasir_utils.profiles import with_protocol
 from kvasir_utils.train import checkpoints, explain, hardware, loop, presets
+
+# Why a file whose name is not UTF-8 is skipped: its name cannot be written into predictions.csv or the page
+NOT_UTF8 = "its name is not valid UTF-8, so it cannot be named in the table: rename it (e.g. convmv -f latin1 -t utf8)"
 
 # predictions.csv of a prediction, besides one ``p_<class>`` column per class
 COLUMNS = ["file", "predicted", "probability", "guide_box", "train_near_duplicate", "train_near_duplicate_distance"]
@@ -217,6 +221,9 @@ class Predictor:
                 names, views, skipped = [], [], []
                 for path in chunk:
                     name = path.relative_to(root).as_posix()
+                    if not is_utf8_name(name):  # it could be read, but not named in the table or the page
+                        skipped.append((shown_name(name), NOT_UTF8))
+                        continue
                     try:
                         views.append(self.read(path))
                         names.append(name)
