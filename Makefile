@@ -21,11 +21,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed
-ARGS = --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)') --go-on '$(GO_ON)'$(if $(FAILURE_FILE), --failure-file '$(FAILURE_FILE)')
+# A value as one shell word, whatever it holds (a folder named "patient's images"): in single quotes,
+# each single quote in it written as '"'"'
+q = '$(subst ','"'"',$(1))'
+ARGS = --profile $(call q,$(PROFILE)) $(foreach s,$(SET),--set $(call q,$(s))) --go-on $(call q,$(GO_ON))$(if $(FAILURE_FILE), --failure-file $(call q,$(FAILURE_FILE)))
 KV := $(PY) -m kvasir_utils
 # The pipeline's sub-make takes the environment as its caller made it (--old-file on the stamp): the
 # target that calls it already depends on the stamp, and GNU make does not pass a caller's -o on.
-SUBMAKE := $(MAKE) --no-print-directory --old-file=$(SETUP_STAMP) PROFILE='$(PROFILE)' SET='$(SET)'
+SUBMAKE := $(MAKE) --no-print-directory --old-file=$(SETUP_STAMP) PROFILE=$(call q,$(PROFILE)) SET=$(call q,$(SET))
 FAILURE_FILE ?=
 # What the user ran, for the line that tells how to go on after an interrupt or an error (passed to
 # the study as --go-on; exported so the sub-makes pass the same). A sweep member's runner names a
@@ -68,22 +71,22 @@ evaluate: $(SETUP_STAMP) ## notebooks 01-04 for every model of PROFILE and the H
 	@$(SUBMAKE) pipeline-evaluated
 
 smoke: $(SETUP_STAMP) ## the whole study on generated data, offline, in minutes (PROFILE=smoke by default; or smoke-hyperkvasir)
-	@$(MAKE) --no-print-directory --old-file=$(SETUP_STAMP) reproduce PROFILE='$(if $(filter command line,$(origin PROFILE)),$(PROFILE),smoke)' SET='$(SET)'
+	@$(MAKE) --no-print-directory --old-file=$(SETUP_STAMP) reproduce PROFILE=$(call q,$(if $(filter command line,$(origin PROFILE)),$(PROFILE),smoke)) SET=$(call q,$(SET))
 
 report: $(SETUP_STAMP) ## re-render the HTML reports of PROFILE from the executed notebooks
 	$(KV) report $(ARGS)
 
 sweep: $(SETUP_STAMP) ## many runs on Ray (SWEEP=a name in configs/sweeps, e.g. smoke-seeds, or path.yaml; SET applies to each), then notebook 06
-	$(KV) sweep '$(SWEEP)' $(foreach s,$(SET),--set '$(s)')
+	$(KV) sweep $(call q,$(SWEEP)) $(foreach s,$(SET),--set $(call q,$(s)))
 
 cross-evaluate: $(SETUP_STAMP) ## score RUN's trained models (default PROFILE) on TARGET's dataset (default hyperkvasir) via configs/mappings/
-	$(KV) cross-evaluate --profile '$(RUN)' --target '$(TARGET)' $(foreach s,$(SET),--set '$(s)')
+	$(KV) cross-evaluate --profile $(call q,$(RUN)) --target $(call q,$(TARGET)) $(foreach s,$(SET),--set $(call q,$(s)))
 
 predict: $(SETUP_STAMP) ## predict IMAGES=folder/ with a trained MODEL of PROFILE [NAME=...]: CSV + HTML gallery (make says Error 3 when files were skipped)
-	$(KV) predict $(ARGS) --model '$(MODEL)' --images '$(IMAGES)' $(if $(NAME),--name '$(NAME)')
+	$(KV) predict $(ARGS) --model $(call q,$(MODEL)) --images $(call q,$(IMAGES)) $(if $(NAME),--name $(call q,$(NAME)))
 
 export: $(SETUP_STAMP) ## write MODEL of PROFILE as ONNX with preprocessing.json, after a parity check against PyTorch
-	$(KV) export $(ARGS) --model '$(MODEL)'
+	$(KV) export $(ARGS) --model $(call q,$(MODEL))
 
 test: $(SETUP_STAMP) chromium ## all tests but the long studies: notebook runs, a Ray cluster, a browser (no network)
 	$(PY) -m pytest -m "not long"
@@ -105,7 +108,7 @@ chromium: ## install Debian's chromium and chromium-driver for the browser tests
 
 screenshots: $(SETUP_STAMP) chromium ## PNGs of reports/PROFILE's index, one page of each kind and JupyterLab running notebook 04, into docs/images/
 	$(PY) -m tools.chromium reports/$(PROFILE) docs/images
-	$(PY) -m tools.jupyterlab docs/images --profile '$(PROFILE)' $(foreach s,$(SET),--set '$(s)')
+	$(PY) -m tools.jupyterlab docs/images --profile $(call q,$(PROFILE)) $(foreach s,$(SET),--set $(call q,$(s)))
 
 lint: $(SETUP_STAMP) ## ruff on code and notebooks; notebooks must be stored without outputs
 	$(PY) -m ruff check kvasir_utils tests tools notebooks
@@ -143,7 +146,7 @@ EVALUATED := $(foreach m,$(MODELS),$(NB)/04_evaluate-$(m).ipynb)
 pipeline-evaluated: $(EVALUATED)
 	$(KV) report $(ARGS)
 pipeline-clean:
-	rm -rf '$(RUN_DIR)' '$(REPORT_DIR)'
+	rm -rf $(call q,$(RUN_DIR)) $(call q,$(REPORT_DIR))
 
 $(NB)/01_download_and_split.ipynb: notebooks/01_download_and_split.ipynb $(SETTINGS) | $(SETUP_STAMP)
 	$(call RUN_NB,01_download_and_split)
