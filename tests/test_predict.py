@@ -19,10 +19,10 @@ from kvasir_utils.data.layout import find_classes
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import atomic_folder
 from kvasir_utils.run import cli, notebooks
-from kvasir_utils.train.predict import NOT_UTF8, Predictor, image_files
+from kvasir_utils.train.predict import ARCHIVE, NOT_UTF8, Predictor, image_files
 from tools import chromium
 
-SKIPPED = {"broken.jpg", "notes.txt", "caf\\xe9.jpg"}  # the last: a Latin-1 name, shown by its bytes
+SKIPPED = {"broken.jpg", "notes.txt", "frames.zip", "caf\\xe9.jpg"}  # the last: a Latin-1 name, shown by its bytes
 
 
 def _sets(cfg) -> list[str]:
@@ -50,6 +50,7 @@ def predicted(smoke_chain, tmp_path_factory):
     first = sorted(images.rglob("*.jpg"))[0]
     (images / "broken.jpg").write_bytes(first.read_bytes()[:300])
     (images / "notes.txt").write_text("not an image\n")
+    shutil.make_archive(str(images / "frames"), "zip", images, first.relative_to(images))  # one image, zipped
     (images / os.fsdecode(b"caf\xe9.jpg")).write_bytes(first.read_bytes())  # an image; its name is not UTF-8
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -66,6 +67,7 @@ def test_predict_skips_and_names_what_is_not_an_image_and_says_so_in_its_exit_st
     skipped = pd.read_csv(folder / "skipped.csv")
     assert set(skipped["file"]) == SKIPPED and skipped["reason"].str.len().min() > 10
     assert skipped.set_index("file").loc["caf\\xe9.jpg", "reason"] == NOT_UTF8
+    assert skipped.set_index("file").loc["frames.zip", "reason"] == ARCHIVE
     assert all(f"  {name}: " in printed for name in SKIPPED)
     page = (folder / "index.html").read_text()
     assert all(f"<td>{name}</td>" in page for name in SKIPPED)

@@ -44,6 +44,10 @@ from kvasir_utils.train import checkpoints, explain, hardware, loop, presets
 # Why a file whose name is not UTF-8 is skipped: its name cannot be written into predictions.csv or the page
 NOT_UTF8 = "its name is not valid UTF-8, so it cannot be named in the table: rename it (e.g. convmv -f latin1 -t utf8)"
 
+# Why an archive given among the images is skipped, and what to do instead
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+ARCHIVE = "an archive, not an image: unpack it and give the folder (IMAGES=<the unpacked folder>)"
+
 # predictions.csv of a prediction, besides one ``p_<class>`` column per class
 COLUMNS = ["file", "predicted", "probability", "guide_box", "train_near_duplicate", "train_near_duplicate_distance"]
 
@@ -228,7 +232,8 @@ class Predictor:
                         views.append(self.read(path))
                         names.append(name)
                     except Exception as exc:  # noqa: BLE001 - whatever the decoder says is the reason
-                        skipped.append((name, f"{type(exc).__name__}: {exc}"))
+                        skipped.append((name, ARCHIVE if path.name.lower().endswith(ARCHIVE_SUFFIXES)
+                                        else f"{type(exc).__name__}: {exc}"))
                 table = self.table(names, views)
                 targets = [self.classes.index(c) for c in table["predicted"]]
                 cams = self.gradcam(views, targets) if gradcam and views else []
