@@ -148,9 +148,9 @@ def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str]
     describe the profile's own archive) unless the overrides set them too.
     """
     path = find_profile(name_or_path)
-    if path.parent.resolve() != CONFIG_DIR.resolve() and (CONFIG_DIR / path.name).exists():
+    if path.parent.resolve() != CONFIG_DIR.resolve() and (CONFIG_DIR / f"{path.stem}.yaml").exists():
         raise ConfigError(f"the profile file {path} has the name of the study's own profile {path.stem} "
-                          f"(configs/{path.name}); a profile's runs and reports are named by its file name "
+                          f"(configs/{path.stem}.yaml); a profile's runs and reports are named by its file name "
                           f"(runs/{path.stem}/), so the two would share them: rename the file, e.g. to "
                           f"{path.stem}-mine.yaml")
     overrides = list(overrides or [])

@@ -73,6 +73,10 @@ def test_a_profile_file_with_the_name_of_a_bundled_profile_is_refused_before_it_
                                                     "reports are named by its file name (runs/smoke/)")) as error:
         load_profile(str(path))
     assert str(error.value).endswith("rename the file, e.g. to smoke-mine.yaml")
+    other = tmp_path / "paper.yml"  # another spelling of the suffix, the same name
+    other.write_text("base: smoke\n")
+    with pytest.raises(ConfigError, match=re.escape("has the name of the study's own profile paper")):
+        load_profile(str(other))
     path.rename(tmp_path / "smoke-mine.yaml")
     assert load_profile(str(tmp_path / "smoke-mine.yaml")).profile == "smoke-mine"
 

@@ -227,6 +227,8 @@ def test_a_16_bit_greyscale_frame_is_cached_scaled_to_8_bits_not_clipped_to_whit
     assert abs(cached.mean() - (ramp / 257).mean()) < 3 and cached.min() < 10 and cached.max() > 245
     as_int = np.asarray(images.as_rgb(Image.fromarray(ramp.astype(np.int32))))[..., 0]  # mode I (a 16-bit TIFF)
     assert np.array_equal(as_int, (ramp / 257).round().astype(np.uint8))
+    small = (ramp // 257).astype(np.int32)  # mode I holding 8-bit values: read as they are
+    assert np.array_equal(np.asarray(images.as_rgb(Image.fromarray(small)))[..., 0], small)
     eight_bit = tmp_path / "eight.png"
     Image.fromarray((ramp // 257).astype(np.uint8), "L").save(eight_bit)
     with Image.open(eight_bit) as image:  # an 8-bit frame is read as it was

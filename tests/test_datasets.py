@@ -300,15 +300,24 @@ def test_a_tree_split_already_into_train_and_val_is_named_with_the_remedy_for_it
     assert "two class folders are named 'cecum': train/cecum and val/cecum" in text and "rename one" not in text
     assert "looks split already (train/ and val/): merge each class's folders into one" in text
     assert "split.source: file" in text
+    nested = _tree(tmp_path / "n", {"kvasir/train/polyps": 2, "kvasir/val/polyps": 2})  # an archive's one top folder
+    with pytest.raises(KvasirError, match=r"looks split already \(train/ and val/\)"):
+        layout.find_classes(nested, [])
+    within = _tree(tmp_path / "w", {"train/upper/polyps": 2, "train/lower/polyps": 2})  # parted below train/
+    with pytest.raises(KvasirError) as error:
+        layout.find_classes(within, [])
+    assert _one_line(error).endswith("rename one")
 
 
-def test_a_linked_class_folder_is_read_and_a_link_back_up_the_tree_is_followed_once(tmp_path):
-    root = _tree(tmp_path / "d", {"x": 2})
+def test_a_linked_class_folder_is_read_and_a_link_within_the_tree_is_not_followed(tmp_path):
+    root = _tree(tmp_path / "d", {"x": 2, "z/polyps": 2})
     elsewhere = _tree(tmp_path / "elsewhere", {"y": 3})
-    (root / "y").symlink_to(elsewhere / "y", target_is_directory=True)
-    (root / "x" / "loop").symlink_to(root, target_is_directory=True)  # would walk forever
+    (root / "y").symlink_to(elsewhere / "y", target_is_directory=True)  # outside the tree: read
+    (root / "x" / "loop").symlink_to(root, target_is_directory=True)  # back up the tree: would walk forever
+    (root / "a").symlink_to(root / "z" / "polyps", target_is_directory=True)  # a second name, sorted first
     found = layout.find_classes(root, [])
-    assert found.classes == ["x", "y"] and list(found.images["label"]) == ["x"] * 2 + ["y"] * 3
+    assert found.classes == ["x", "y", "polyps"]
+    assert list(found.images["label"]) == ["x"] * 2 + ["y"] * 3 + ["polyps"] * 2
 
 
 def test_files_in_a_class_folder_that_are_not_read_are_a_warning_and_other_files_are_not(tmp_path):

@@ -1,5 +1,7 @@
 import hashlib
+import io
 import socket
+import zipfile
 
 import pytest
 
@@ -160,3 +162,35 @@ def test_a_local_file_replaced_at_the_same_address_is_copied_again_and_an_unchan
     assert f"note: {source} changed since it was copied to {dest}: copying it again" in capsys.readouterr().out
     assert dest.read_bytes() == source.read_bytes()
     assert sources.read_archive_record(dest)["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_a_replaced_local_file_that_fails_its_check_leaves_the_verified_copy_in_place(small_archive, tmp_path):
+    source = tmp_path / "mine.zip"
+    source.write_bytes(small_archive.read_bytes())
+    sha = hashlib.sha256(small_archive.read_bytes()).hexdigest()
+    dest = fetch_archive([str(source)], tmp_path / "data" / "k.zip", sha256=sha, progress=False)
+    source.write_bytes(b"something else")
+    with pytest.raises(KvasirError, match="could not get the dataset archive"):
+        fetch_archive([str(source)], dest, sha256=sha, progress=False)
+    assert dest.read_bytes() == small_archive.read_bytes() and not dest.with_name("k.zip.part").exists()
+
+
+def test_an_archive_replaced_by_one_of_the_same_size_is_extracted_again(tmp_path):
+    from kvasir_utils.data import extract
+
+    def archive(fill: bytes) -> bytes:  # stored, same names and dates: the same size, other content
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as made:
+            made.writestr(zipfile.ZipInfo("top/x/a.jpg", (2017, 1, 1, 0, 0, 0)), fill * 64)
+        return buffer.getvalue()
+
+    source = tmp_path / "mine.zip"
+    source.write_bytes(archive(b"A"))
+    dest = fetch_archive([str(source)], tmp_path / "data" / "k.zip", progress=False)
+    images = extract.extract_archive(dest, tmp_path / "images", progress=False)
+    assert (images / "top" / "x" / "a.jpg").read_bytes() == b"A" * 64
+    source.write_bytes(archive(b"B"))
+    assert source.stat().st_size == dest.stat().st_size
+    dest = fetch_archive([str(source)], dest, progress=False)
+    assert (extract.extract_archive(dest, tmp_path / "images", progress=False) / "top" / "x" / "a.jpg"
+            ).read_bytes() == b"B" * 64

@@ -218,6 +218,7 @@ def test_atomic_folder_replaces_the_whole_folder_or_nothing(tmp_path):
     (["predict", "--model", "resnet50", "--images", "x"],
      "nothing half-written is left; `make predict` again starts it over"),
     (["sweep", "smoke-leakage"], "`make predict` again goes on where it stopped"),
+    (["splits"], "`make predict` again goes on where it stopped"),  # its data stage keeps what it cached
 ])
 def test_ctrl_c_says_whether_the_same_command_goes_on_or_starts_over(command, said, monkeypatch, capsys):
     # a prediction is written whole or not at all, so its rerun starts over; a sweep's keeps its members

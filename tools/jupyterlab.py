@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -26,6 +25,7 @@ import nbformat
 from kvasir_utils import artefacts, profiles
 from kvasir_utils.config import PROJECT_ROOT
 from kvasir_utils.errors import KvasirError
+from kvasir_utils.run.notebooks import checkout_environment
 from tools import chromium
 
 TOKEN = "kvasir-lab-token"
@@ -53,7 +53,8 @@ def open_lab(folder: Path, scratch: Path):
     """A JupyterLab server on loopback over ``folder`` (its settings, workspaces and log in
     ``scratch``); yields its base URL with the token and stops it."""
     port = free_port()
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(scratch / "config"), "JUPYTER_RUNTIME_DIR": str(scratch / "rt")}
+    env = {**checkout_environment(), "JUPYTER_CONFIG_DIR": str(scratch / "config"),
+           "JUPYTER_RUNTIME_DIR": str(scratch / "rt")}  # its kernels import this checkout, as make lab's
     log_path = scratch / "server.log"
     # no "notified about Jupyter news?" pop-up over the notebook (JupyterLab would ask the network)
     news = scratch / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from kvasir_utils.data.sources import read_archive_record
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import atomic_folder, disk_full, is_disk_full, write_json_atomic
 
@@ -88,9 +89,14 @@ def extract_archive(archive: Path, dest: Path, progress: bool = True) -> Path:
     """Extract ``archive`` (zip, or tar with any compression) into ``dest`` safely; skipped when
     ``dest`` came from the same archive."""
     marker = {"archive": archive.name, "bytes": archive.stat().st_size}
+    recorded = read_archive_record(archive)  # a replaced archive of the same size is extracted again
+    if recorded and recorded.get("bytes") == marker["bytes"]:
+        marker["sha256"] = recorded["sha256"]
     stamp = dest / STAMP
-    if stamp.exists() and json.loads(stamp.read_text()) == marker:
-        return dest
+    if stamp.exists():
+        done = json.loads(stamp.read_text())
+        if done == marker or ("sha256" not in done and done == {k: marker[k] for k in ("archive", "bytes")}):
+            return dest  # the same archive (a stamp from before the hash was kept: by name and size)
     extract = _extract_tar if not zipfile.is_zipfile(archive) and tarfile.is_tarfile(archive) else _extract_zip
     extract(archive, dest, marker, progress)
     return dest

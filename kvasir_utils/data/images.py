@@ -12,14 +12,15 @@ from PIL import Image
 
 from kvasir_utils.config import cached_name
 
-# Greyscale modes of more than 8 bits (16-bit PNG and TIFF): Pillow's RGB conversion clips them at 255,
-# so a 16-bit frame came out white; they are scaled from 16 bits to 8 instead.
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Greyscale modes of 16 bits (PNG and TIFF): Pillow's RGB conversion clips them at 255, so a 16-bit
+# frame came out white; they are scaled from 16 bits to 8 instead. Pillow's 32-bit mode "I" is scaled
+# the same way only where a value exceeds 8 bits (it also holds 8-bit values, which stay as they are).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def as_rgb(image: Image.Image) -> Image.Image:
     """``image`` as 8-bit RGB; a 16-bit greyscale one scaled to 8 bits (65,535 -> 255), not clipped."""
-    if image.mode in SIXTEEN_BIT_MODES:
+    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.getextrema()[1] > 255):
         pixels = np.asarray(image, np.float64) / 257
         image = Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "L")
     elif image.mode == "F":  # floating point: 0-1 if it stays there, else taken as 0-255

@@ -45,17 +45,24 @@ def is_image(name: str) -> bool:
 
 
 def walk_folders(top: Path):
-    """``os.walk`` of ``top`` that follows linked folders, each real folder once (a link back up the
-    tree ends there), leaving hidden folders and macOS resource forks out; subfolders in sorted order."""
-    seen = set()
+    """``os.walk`` of ``top`` that follows a linked folder to a folder outside the tree, each real
+    folder once; a link to a folder inside the tree (a second name for it, or a way back up) is not
+    followed, so every folder is read under its own name. Hidden folders and macOS resource forks are
+    left out; subfolders in sorted order."""
+    inside, seen = os.path.realpath(top), set()
     for folder, subfolders, files in os.walk(top, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             subfolders[:] = []
             continue
         seen.add(real)
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d not in SKIPPED_FOLDERS)
+        subfolders[:] = [d for d in sorted(subfolders) if not d.startswith(".") and d not in SKIPPED_FOLDERS
+                         and not _links_inside(os.path.join(folder, d), inside)]
         yield folder, subfolders, files
+
+
+def _links_inside(path: str, top_real: str) -> bool:
+    return os.path.islink(path) and os.path.commonpath([os.path.realpath(path), top_real]) == top_real
 
 
 def _walk(top: Path):
@@ -132,8 +139,10 @@ def _check_unique_names(leaves: list[Path], top: Path) -> None:
             pair = [seen[leaf.name].relative_to(top), leaf.relative_to(top)]
             said = f"two class folders are named {leaf.name!r}: {pair[0]} and {pair[1]} (a class is named by its " \
                    "folder)"
-            splits = [p.parts[0] for p in pair if len(p.parts) > 1 and p.parts[0].lower() in SPLIT_FOLDER_NAMES]
-            if len(splits) == 2:
+            first, second = pair[0].parts, pair[1].parts  # where they part: train/ against val/?
+            at = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), None)
+            splits = [first[at], second[at]] if at is not None else []
+            if len({part.lower() for part in splits}) == 2 and all(p.lower() in SPLIT_FOLDER_NAMES for p in splits):
                 raise KvasirError(f"{said}. The tree looks split already ({splits[0]}/ and {splits[1]}/): merge each "
                                   "class's folders into one and let the study split it, or keep the split by "
                                   "giving it as a file (split.source: file, docs/your-data.md)")

@@ -233,11 +233,10 @@ def fetch_archive(
     archive; a cut download resumes where it stopped.
     """
     dest = Path(dest)
-    if dest.exists() and (changed := changed_local_source(dest, urls)) is not None:
+    changed = changed_local_source(dest, urls) if dest.exists() else None
+    if changed is not None:  # the copy is replaced only once the new one is whole and verified
         print(f"note: {changed} changed since it was copied to {dest}: copying it again")
-        dest.unlink()
-        archive_record_path(dest).unlink(missing_ok=True)
-    if dest.exists():
+    if dest.exists() and changed is None:
         try:
             verify_archive(dest, size, sha256)
         except DownloadError as exc:

@@ -150,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-# The commands whose rerun goes on from what they finished (epochs, notebooks, sweep members); the
-# others write their files whole or not at all and start over.
-RESUMING = {"run-notebook", "sweep"}
+# The commands that write their files whole or not at all, and whose rerun starts over; the others
+# go on from what they finished (epochs, notebooks, sweep members, the data stage's cache).
+STARTING_OVER = {"predict", "export", "report"}
 
 
 def _record_failure(args, error: str, exit_code: int) -> None:
@@ -175,10 +175,10 @@ def _command(args, terminal: signals.Terminal) -> int:
         return 130
     except KeyboardInterrupt:
         _record_failure(args, "interrupted", 130)
-        if args.command in RESUMING:
-            terminal.print_last(f"interrupted: {go_on} goes on where it stopped.")
-        else:  # predict, export, report...: written whole or not at all, so a rerun starts over
+        if args.command in STARTING_OVER:
             terminal.print_last(f"interrupted: nothing half-written is left; {go_on} starts it over.")
+        else:
+            terminal.print_last(f"interrupted: {go_on} goes on where it stopped.")
         return 130
 
 

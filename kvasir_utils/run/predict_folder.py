@@ -19,7 +19,15 @@ from PIL import Image
 from kvasir_utils import artefacts
 from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.files import atomic_folder, write_bytes_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
+from kvasir_utils.files import (
+    atomic_folder,
+    is_utf8_name,
+    shown_name,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from kvasir_utils.provenance import study_version
 from kvasir_utils.report import gallery
 from kvasir_utils.train import hardware
@@ -82,6 +90,9 @@ def predict_folder(cfg: Config, model_name: str, images: Path | str, name: str |
     if not str(images).strip():
         raise KvasirError("no images given: make predict IMAGES=<a folder of images, or one image file>")
     source = Path(images).expanduser().resolve()
+    if not is_utf8_name(str(source)):  # it goes into predict.json and the page, which cannot hold it
+        raise KvasirError(f"the path {shown_name(str(source))} is not valid UTF-8: rename the folder (e.g. convmv "
+                          "-f latin1 -t utf8) or give IMAGES= through a folder whose path is")
     files = image_files(source)
     root = source.parent if source.is_file() else source
     dest = cfg.report.predict_dir(prediction_name(source, name))
