@@ -25,6 +25,7 @@ protocol's.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import multiprocessing
@@ -153,10 +154,13 @@ def run(scale: Scale, out: Path = OUT, baseline: bool = False) -> dict:
         targets = torch.randint(0, len(classes), (batch_size,))
         throughput = {}
         for name in cfg.train.models:
-            # paired: the two settings alternate over rounds after a warm-up (train.paired)
-            pair = paired_ratio(step_function(models.build_model(name, len(classes)), runtime),
-                                step_function(models.build_model(name, len(classes)), fp32), batch, targets,
-                                lambda: hardware.synchronize(runtime.device), rounds=scale.rounds, steps=steps)
+            # paired: the two settings alternate over rounds after a warm-up (train.paired), each on a copy
+            # of one model, so that the two sides differ in their settings only (two models built apart
+            # start from other random weights), as the runtime probe's do
+            model = models.build_model(name, len(classes))
+            pair = paired_ratio(step_function(copy.deepcopy(model), runtime), step_function(copy.deepcopy(model), fp32),
+                                batch, targets, lambda: hardware.synchronize(runtime.device), rounds=scale.rounds,
+                                steps=steps)
             throughput[name] = {"auto": pair["a_images_per_s"], "fp32": pair["b_images_per_s"]}
             results[f"{name}_auto_vs_fp32"] = pair["ratio"]
             results[f"{name}_auto_vs_fp32_spread"] = [pair["low"], pair["high"]]
