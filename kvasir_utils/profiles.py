@@ -108,9 +108,9 @@ def parse_override(text: str) -> tuple[list[str], object]:
         parsed = copy.deepcopy(_value(value)) if value.strip() else None
     except yaml.YAMLError as exc:
         problem = str(getattr(exc, "problem", None) or exc).strip()
-        raise ConfigError(f"override {text!r}: its value is not YAML ({problem}). SET splits its settings at "
-                          "spaces, so write a list or a mapping without them (train.models=[resnet50,efficientnet_b0])"
-                          ) from None
+        raise ConfigError(f"override {text!r}: its value is not YAML ({problem}). Given in SET, mind that make "
+                          "splits SET at spaces: write a list or a mapping without them "
+                          "(train.models=[resnet50,efficientnet_b0])") from None
     return key.strip().split("."), parsed
 
 

@@ -44,8 +44,9 @@ def test_overrides_are_typed_and_applied():
     ("novalue", "must look like dotted.key=value"),
     # SET="train.models=[resnet50, efficientnet_b0]": make splits it at the space
     ("train.models=[resnet50,", "override 'train.models=[resnet50,': its value is not YAML (expected the node "
-                                "content, but found '<stream end>'). SET splits its settings at spaces, so write a "
-                                "list or a mapping without them (train.models=[resnet50,efficientnet_b0])"),
+                                "content, but found '<stream end>'). Given in SET, mind that make splits SET at "
+                                "spaces: write a list or a mapping without them "
+                                "(train.models=[resnet50,efficientnet_b0])"),
 ])
 def test_bad_settings_name_the_key_and_what_is_allowed(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
