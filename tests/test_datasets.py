@@ -336,6 +336,18 @@ def test_files_in_a_class_folder_that_are_not_read_are_a_warning_and_other_files
                             "it reads .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp") for w in warnings), warnings
 
 
+def test_a_class_folder_of_unread_files_says_what_they_are_and_what_is_read(tmp_path):
+    root = _tree(tmp_path / "d", {"x": 2, "y": 2})
+    (root / "z").mkdir()
+    (root / "z" / "frame.gif").write_bytes(b"GIF89a")  # a class of GIFs: no image the study reads
+    for classes, start in (([], "folder(s) without any image in"), (["x", "z"], "class folder(s) named in data.")):
+        with pytest.raises(KvasirError) as error:
+            layout.find_classes(root, classes)
+        text = _one_line(error)
+        assert text.startswith(start) and "z (1 file(s) there are not images this study reads: z/frame.gif; it " \
+            "reads .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)" in text, text
+
+
 def test_a_zip_of_a_folder_tree_finds_the_same_classes(tmp_path):
     root = _tree(tmp_path / "d", {"g/a/x": 2, "g/b/y": 2})
     with zipfile.ZipFile(tmp_path / "t.zip", "w") as archive:

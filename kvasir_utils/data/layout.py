@@ -111,7 +111,7 @@ def find_classes(top: Path, classes: list[str], on_stray: str = "error") -> Clas
     by_name = {leaf.name: leaf for leaf in leaves}
     strays = [(f / name).relative_to(top).as_posix() for f in holding if f not in leaves for name in holding[f]]
     empty = [f for f in empty if f.is_relative_to(root) and f != root]
-    selected = _select(classes, by_name, empty, top)
+    selected = _select(classes, by_name, empty, top, ignored)
     _check_strays(strays, top, on_stray)
     rows = [((leaf / name).relative_to(root).as_posix(), leaf.name) for leaf in leaves for name in holding[leaf]]
     _check_names([path for path, _ in rows], top)
@@ -150,14 +150,23 @@ def _check_unique_names(leaves: list[Path], top: Path) -> None:
         seen[leaf.name] = leaf
 
 
-def _select(classes: list[str], by_name: dict[str, Path], empty: list[Path], top: Path) -> list[str]:
+def _unread_there(folders: list[Path], ignored: list[str], top: Path) -> str:
+    """What an imageless folder holds that the study does not read (a folder of GIFs), if anything."""
+    there = [name for name in ignored if top / Path(name).parent in folders]
+    return (f" ({len(there)} file(s) there are not images this study reads: {_examples(there)}; it reads "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))})") if there else ""
+
+
+def _select(classes: list[str], by_name: dict[str, Path], empty: list[Path], top: Path,
+            ignored: list[str] = ()) -> list[str]:
     """The profile's classes, checked against the class folders found; all of them when none are named."""
     empty_names = {f.name: f for f in empty}
     if not classes:
         if empty:
             names = _examples([f.relative_to(top).as_posix() for f in empty])
-            raise KvasirError(f"folder(s) without any image in {top}: {names}. An empty class folder would be a "
-                              "class without images: add its images, delete it, or list the classes in data.classes")
+            raise KvasirError(f"folder(s) without any image in {top}: {names}{_unread_there(empty, ignored, top)}. "
+                              "An empty class folder would be a class without images: add its images, delete it, "
+                              "or list the classes in data.classes")
         if len(by_name) < 2:
             raise KvasirError(f"only one class folder ({', '.join(by_name)}) found in {top}: a classifier needs at "
                               "least two; data.url must be the folder that holds the class folders")
@@ -165,7 +174,8 @@ def _select(classes: list[str], by_name: dict[str, Path], empty: list[Path], top
     hollow = [c for c in classes if c not in by_name and c in empty_names]
     if hollow:
         raise KvasirError(f"class folder(s) named in data.classes hold no image: "
-                          f"{', '.join(empty_names[c].relative_to(top).as_posix() for c in hollow)}. Add their "
+                          f"{', '.join(empty_names[c].relative_to(top).as_posix() for c in hollow)}"
+                          f"{_unread_there([empty_names[c] for c in hollow], ignored, top)}. Add their "
                           "images, or remove them from data.classes")
     missing = [c for c in classes if c not in by_name]
     if len(missing) == len(classes):
