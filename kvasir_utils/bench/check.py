@@ -108,8 +108,8 @@ def explain(summary: dict, profile: str) -> list[str]:
     if not summary["agrees"] and ratio < 1:
         lines.append("why, most likely: the bench compiles each stage from an empty compile cache, as a first run "
                      "does; a run whose torch.compile cache was warm from earlier runs skips most of that, and the "
-                     "shorter the run the more it shows (one epoch a stage on an Intel Xeon with AMX: 0.49x warm, "
-                     "1.03x cold; docs/performance.md). Run it again from an empty cache, then check again: "
+                     "shorter the run the more it shows (docs/performance.md has one epoch a stage measured warm "
+                     "and cold). Run it again from an empty cache, then check again: "
                      f"make clean PROFILE={profile} && TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) make evaluate "
                      f"PROFILE={profile}, then make bench BENCH=\"--check {profile}\"")
     elif not summary["agrees"]:

@@ -93,10 +93,9 @@ def extract_archive(archive: Path, dest: Path, progress: bool = True) -> Path:
     if recorded and recorded.get("bytes") == marker["bytes"]:
         marker["sha256"] = recorded["sha256"]
     stamp = dest / STAMP
-    if stamp.exists():
-        done = json.loads(stamp.read_text())
-        if done == marker or ("sha256" not in done and done == {k: marker[k] for k in ("archive", "bytes")}):
-            return dest  # the same archive (a stamp from before the hash was kept: by name and size)
+    before_hash = {"archive": archive.name, "bytes": marker["bytes"]}  # a stamp from before the hash was kept
+    if stamp.exists() and json.loads(stamp.read_text()) in (marker, before_hash):
+        return dest
     extract = _extract_tar if not zipfile.is_zipfile(archive) and tarfile.is_tarfile(archive) else _extract_zip
     extract(archive, dest, marker, progress)
     return dest

@@ -20,6 +20,7 @@ from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import is_utf8_name, shown_name
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+READ_FORMATS = ", ".join(sorted(IMAGE_SUFFIXES))  # as messages list them
 # Folder names of a tree that is split already (Kaggle's train/<class>/ and val/<class>/)
 SPLIT_FOLDER_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
 SKIPPED_FOLDERS = {"__MACOSX"}  # macOS resource forks in zips: never data
@@ -104,7 +105,7 @@ def find_classes(top: Path, classes: list[str], on_stray: str = "error") -> Clas
     above = {parent for folder in holding for parent in folder.relative_to(top).parents}
     leaves = [f for f in holding if f.relative_to(top) not in above]
     if not leaves:
-        raise KvasirError(f"no image ({', '.join(sorted(IMAGE_SUFFIXES))}) found anywhere under {top}: "
+        raise KvasirError(f"no image ({READ_FORMATS}) found anywhere under {top}: "
                           "data.url must be a folder (or archive) of class folders that hold the images")
     root = Path(os.path.commonpath(leaves)) if len(leaves) > 1 else leaves[0].parent
     _check_unique_names(leaves, top)
@@ -119,7 +120,7 @@ def find_classes(top: Path, classes: list[str], on_stray: str = "error") -> Clas
     chosen = found["label"].isin(selected)
     order = found.loc[chosen, "label"].map({name: i for i, name in enumerate(selected)})
     images = found[chosen].iloc[order.to_numpy().argsort(kind="stable")].reset_index(drop=True)
-    unread = [name for name in ignored if top / Path(name).parent in by_name.values()]
+    unread = _files_in(list(by_name.values()), ignored, top)
     return ClassFolders(root, selected, images, found[~chosen].reset_index(drop=True), strays, ignored, unread)
 
 
@@ -139,10 +140,7 @@ def _check_unique_names(leaves: list[Path], top: Path) -> None:
             pair = [seen[leaf.name].relative_to(top), leaf.relative_to(top)]
             said = f"two class folders are named {leaf.name!r}: {pair[0]} and {pair[1]} (a class is named by its " \
                    "folder)"
-            first, second = pair[0].parts, pair[1].parts  # where they part: train/ against val/?
-            at = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), None)
-            splits = [first[at], second[at]] if at is not None else []
-            if len({part.lower() for part in splits}) == 2 and all(p.lower() in SPLIT_FOLDER_NAMES for p in splits):
+            if splits := _split_folders(*pair):
                 raise KvasirError(f"{said}. The tree looks split already ({splits[0]}/ and {splits[1]}/): merge each "
                                   "class's folders into one and let the study split it, or keep the split by "
                                   "giving it as a file (split.source: file, docs/your-data.md)")
@@ -150,11 +148,27 @@ def _check_unique_names(leaves: list[Path], top: Path) -> None:
         seen[leaf.name] = leaf
 
 
+def _split_folders(first: Path, second: Path) -> tuple[str, str] | None:
+    """The two folder names where ``first`` and ``second`` part, if they are two sides of a split
+    (``kvasir/train/polyps`` and ``kvasir/val/polyps``: train and val)."""
+    at = next((i for i, (a, b) in enumerate(zip(first.parts, second.parts, strict=False)) if a != b), None)
+    if at is None:
+        return None
+    sides = first.parts[at], second.parts[at]
+    split = sides[0].lower() != sides[1].lower() and all(side.lower() in SPLIT_FOLDER_NAMES for side in sides)
+    return sides if split else None
+
+
+def _files_in(folders: list[Path], names: list[str], top: Path) -> list[str]:
+    """Those of ``names`` (relative to ``top``) that lie directly in one of ``folders``."""
+    return [name for name in names if top / Path(name).parent in folders]
+
+
 def _unread_there(folders: list[Path], ignored: list[str], top: Path) -> str:
     """What an imageless folder holds that the study does not read (a folder of GIFs), if anything."""
-    there = [name for name in ignored if top / Path(name).parent in folders]
+    there = _files_in(folders, ignored, top)
     return (f" ({len(there)} file(s) there are not images this study reads: {_examples(there)}; it reads "
-            f"{', '.join(sorted(IMAGE_SUFFIXES))})") if there else ""
+            f"{READ_FORMATS})") if there else ""
 
 
 def _select(classes: list[str], by_name: dict[str, Path], empty: list[Path], top: Path,

@@ -31,7 +31,7 @@ from kvasir_utils.data.cache import (
 )
 from kvasir_utils.data.extract import extract_archive
 from kvasir_utils.data.images import iter_cached
-from kvasir_utils.data.layout import IMAGE_SUFFIXES, find_classes
+from kvasir_utils.data.layout import READ_FORMATS, find_classes
 from kvasir_utils.data.sources import (
     archive_stem,
     fetch_archive,
@@ -165,7 +165,7 @@ def prepare_dataset(cfg: Config, progress: bool = True) -> PreparedData:
     check.warnings += [f"{len(found.strays)} image(s) outside any class folder left out (data.on_stray=skip): "
                        f"{', '.join(found.strays[:5])}"] if found.strays else []
     check.warnings += [f"{len(found.unread)} file(s) in class folders are not images this study reads, left out: "
-                       f"{', '.join(found.unread[:5])}; it reads {', '.join(sorted(IMAGE_SUFFIXES))}: convert "
+                       f"{', '.join(found.unread[:5])}; it reads {READ_FORMATS}: convert "
                        "them to one of those to use them"] if found.unread else []
     return PreparedData(archive, found.root, manifest, check, newly_cached, found.classes, found.other_images,
                         folder is not None)

@@ -136,19 +136,19 @@ def record_archive(archive: Path, source: str, copied_from: list[int] | None = N
     return record
 
 
-def changed_local_source(archive: Path, urls: list[str]) -> Path | None:
-    """The local file that ``archive`` was copied from, if it is still one of ``urls`` and changed
-    since the copy (its size or time; where the record is older than that, its size against the
-    archive's), so that a file replaced at the same path is copied again, not silently ignored."""
-    recorded = read_archive_record(archive)
+def changed_local_source(recorded: dict | None, urls: list[str]) -> Path | None:
+    """The local file that an archive (its ``recorded`` record) was copied from, if it is still one
+    of ``urls`` and changed since the copy, so that a file replaced at the same path is copied again,
+    not silently ignored."""
     if not recorded or recorded["source"] not in urls:
         return None
     local = _local_source(recorded["source"])
     if local is None or not local.is_file():
         return None
-    copied = recorded.get("copied_from")
-    now = _source_identity(local)
-    return local if (now != copied if copied is not None else now[0] != recorded.get("bytes")) else None
+    now, copied = _source_identity(local), recorded.get("copied_from")
+    if copied is None:  # a record from before the source's identity was kept: its size against the copy's
+        return local if now[0] != recorded["bytes"] else None
+    return local if now != copied else None
 
 
 def _copy_local(source: Path, part: Path) -> None:
@@ -233,10 +233,11 @@ def fetch_archive(
     archive; a cut download resumes where it stopped.
     """
     dest = Path(dest)
-    changed = changed_local_source(dest, urls) if dest.exists() else None
+    recorded = read_archive_record(dest) if dest.exists() else None
+    changed = changed_local_source(recorded, urls)
     if changed is not None:  # the copy is replaced only once the new one is whole and verified
         print(f"note: {changed} changed since it was copied to {dest}: copying it again")
-    if dest.exists() and changed is None:
+    elif dest.exists():
         try:
             verify_archive(dest, size, sha256)
         except DownloadError as exc:
@@ -244,7 +245,6 @@ def fetch_archive(
                 f"the archive already at {dest} does not match the profile: {exc}. "
                 f"Delete it (or fix data.size / data.sha256) and run again."
             ) from exc
-        recorded = read_archive_record(dest)
         if recorded and recorded["source"] != HAND_PLACED and recorded["source"] not in urls:
             raise KvasirError(
                 f"the archive at {dest} was fetched from {recorded['source']}, but this profile asks for "
@@ -259,7 +259,7 @@ def fetch_archive(
     failures = []
     for url in urls:
         try:
-            local = _local_source(url)
+            local, copied_from = _local_source(url), None
             if local is not None:
                 copied_from = _source_identity(local) if local.is_file() else None  # before the copy
                 _copy_local(local, part)
@@ -273,7 +273,7 @@ def fetch_archive(
                 part.unlink()
                 raise
             os.replace(part, dest)
-            record_archive(dest, url, copied_from if local is not None else None)
+            record_archive(dest, url, copied_from)
             return dest
         except DownloadError as exc:
             failures.append(f"  {url}: {exc}")

@@ -32,7 +32,7 @@ from kvasir_utils.artefacts import (
     probability_columns,
 )
 from kvasir_utils.config import Config
-from kvasir_utils.data import duplicates, layout, overlays, prepare
+from kvasir_utils.data import duplicates, layout, overlays, prepare, sources
 from kvasir_utils.data.cache import MANIFEST, cache_copy
 from kvasir_utils.data.images import iter_cached
 from kvasir_utils.data.split import read_split
@@ -45,7 +45,7 @@ from kvasir_utils.train import checkpoints, explain, hardware, loop, presets
 NOT_UTF8 = "its name is not valid UTF-8, so it cannot be named in the table: rename it (e.g. convmv -f latin1 -t utf8)"
 
 # Why an archive given among the images is skipped, and what to do instead
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+ARCHIVE_SUFFIXES = (*sources.ARCHIVE_SUFFIXES, ".7z", ".rar")  # those the study reads, and two it does not
 ARCHIVE = "an archive, not an image: unpack it and give the folder (IMAGES=<the unpacked folder>)"
 
 # predictions.csv of a prediction, besides one ``p_<class>`` column per class
