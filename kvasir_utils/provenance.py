@@ -38,14 +38,34 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The variables that hold torch's math libraries to fewer instructions than the CPU has: oneDNN (the
+# convolutions), MKL (fp32 matrix products, which reads the processor itself, not /proc/cpuinfo) and
+# ATen's own kernels. docs/development.md sets them to emulate a CPU without AVX-512.
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
+def isa_limits() -> str:
+    """The instruction-set limits this process runs under (``ONEDNN_MAX_CPU_ISA=AVX2 ...``), "" where
+    none is set: a speed measured under them is of the emulated CPU, not of this one."""
+    return " ".join(f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name))
+
+
+def describe_cpu(env: dict) -> str:
+    """The CPU of an ``environment()`` record, with the instruction-set limits it ran under."""
+    limits = env.get("isa_limits")
+    return f"{env.get('cpu')} under {limits}" if limits else str(env.get("cpu"))
+
+
 def environment() -> dict:
-    """Python, torch and torchvision versions, the platform, the CPU and, where torch is already
-    loaded (training, evaluation), the GPU. Never imports torch itself."""
+    """Python, torch and torchvision versions, the platform, the CPU (with ``isa_limits`` where any is
+    set) and, where torch is already loaded (training, evaluation), the GPU. Never imports torch itself."""
     torch = sys.modules.get("torch")
     gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
+    limits = isa_limits()
     return {
         "python": sys.version.split()[0], "torch": _version("torch"), "torchvision": _version("torchvision"),
         "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu,
+        **({"isa_limits": limits} if limits else {}),
     }
 
 

@@ -103,3 +103,14 @@ def test_a_trained_model_is_used_as_its_stages_chose_without_a_probe():
     given = hardware.resolve_runtime(load_profile("paper", ["runtime.device=cpu", "runtime.precision=fp32",
                                                             "runtime.memory_format=contiguous"]).runtime)
     assert probe.adopt(given, recorded) is given  # a setting given is used as given
+
+
+def test_measurements_under_instruction_set_limits_are_kept_apart(monkeypatch):
+    # the emulated CPU without AVX-512 (docs/development.md) is the same CPU model by name, with other speeds
+    for name in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    native = probe.machine(torch.device("cpu"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    emulated = probe.machine(torch.device("cpu"))
+    assert emulated != native and " under ONEDNN_MAX_CPU_ISA=AVX2 (" in emulated
+    assert emulated.replace(" under ONEDNN_MAX_CPU_ISA=AVX2", "") == native

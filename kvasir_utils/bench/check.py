@@ -27,7 +27,7 @@ from kvasir_utils.bench.projection import OUT, project_protocol
 from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_json_atomic
-from kvasir_utils.provenance import environment
+from kvasir_utils.provenance import describe_cpu, environment
 
 AGREEMENT = 0.15  # the issue's bound on |measured / projected - 1| for the stages' epochs
 CHECK_OUT = OUT.with_name("check.json")
@@ -42,7 +42,7 @@ def read_bench(path: Path) -> dict:
     if bench.get("scale", {}).get("settings"):
         raise KvasirError(f"{path} was measured at a reduced scale ({' '.join(bench['scale']['settings'])}), whose "
                           "figures are not the protocol's: run `make bench` (paper scale) first")
-    here, there = environment()["cpu"], bench.get("machine", {}).get("cpu")
+    here, there = describe_cpu(environment()), describe_cpu(bench.get("machine", {}))
     if here != there:
         raise KvasirError(f"{path} was measured on another CPU ({there}; this is {here}): run `make bench` here first")
     return bench

@@ -51,7 +51,7 @@ from kvasir_utils.data.layout import find_classes
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_json_atomic
 from kvasir_utils.profiles import load_profile
-from kvasir_utils.provenance import environment
+from kvasir_utils.provenance import describe_cpu, environment
 from kvasir_utils.train import frozen, hardware, models, presets, stages
 from kvasir_utils.train.paired import paired_ratio
 
@@ -122,6 +122,7 @@ def run(scale: Scale, out: Path = OUT, baseline: bool = False) -> dict:
     fp32 = hardware.use_runtime(cfg.runtime.model_copy(update={"precision": "fp32"}))
     results: dict = {"machine": environment(), "scale": dataclasses.asdict(scale),
                      "runtime_auto": runtime.describe(), "batch_size": batch_size}
+    print(f"on {describe_cpu(results['machine'])}, {results['machine']['cpu_count']} cores; auto: {runtime.describe()}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         archive = synthetic.make_archive(tmp / "k.zip", classes, images_per_class, seed=0, large_fraction=0.1)

@@ -25,7 +25,7 @@ from torch import nn
 from kvasir_utils import artefacts
 from kvasir_utils.config import Config
 from kvasir_utils.files import write_json_atomic
-from kvasir_utils.provenance import cpu_model
+from kvasir_utils.provenance import cpu_model, isa_limits
 from kvasir_utils.train import loop, models
 from kvasir_utils.train.hardware import Runtime, native_bf16, prepare_model, synchronize, to_device
 from kvasir_utils.train.paired import paired_ratio
@@ -55,9 +55,11 @@ def probe_file(cfg: Config) -> Path:
 
 
 def machine(device: torch.device) -> str:
-    """What the measurement is of: the CPU model, torch's threads and version, and the GPU if any."""
+    """What the measurement is of: the CPU model (with its instruction-set limits, where any is set),
+    torch's threads and version, and the GPU if any."""
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return f"{cpu_model()} ({torch.get_num_threads()} threads){gpu}, torch {torch.__version__}"
+    limits = f" under {isa_limits()}" if isa_limits() else ""
+    return f"{cpu_model()}{limits} ({torch.get_num_threads()} threads){gpu}, torch {torch.__version__}"
 
 
 def training_step(model: nn.Module, runtime: Runtime, frozen_batchnorm: str):
