@@ -148,7 +148,8 @@ pipeline-evaluated: $(EVALUATED)
 pipeline-clean:
 	rm -rf $(call q,$(RUN_DIR)) $(call q,$(REPORT_DIR))
 
-$(NB)/01_download_and_split.ipynb: notebooks/01_download_and_split.ipynb $(SETTINGS) | $(SETUP_STAMP)
+# SETTINGS and SOURCE are rewritten only when the settings, or a local archive or folder read, change
+$(NB)/01_download_and_split.ipynb: notebooks/01_download_and_split.ipynb $(SETTINGS) $(SOURCE) | $(SETUP_STAMP)
 	$(call RUN_NB,01_download_and_split)
 
 $(NB)/02_train-%.ipynb: notebooks/02_train.ipynb $(NB)/01_download_and_split.ipynb

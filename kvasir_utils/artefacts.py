@@ -35,6 +35,8 @@ STAGES = ("stage1", "stage2")
 
 # -- file names ---------------------------------------------------------------------------
 SETTINGS = "config.yaml"  # the resolved settings of the run (profile + SET), saved by notebook 01
+SETTINGS_STAMP = "settings.yaml"  # what changes results, rewritten only when it changes: make's stamp for notebook 01
+SOURCE_STAMP = "source.yaml"  # the local files and folders the dataset is read from, as make's stamp for notebook 01
 DATASET = "dataset.json"  # the dataset the split was made from: its source and classes
 SPLIT = "split.csv"
 LAB_SESSION = ".lab-session.json"  # beside the notebooks: the profile `make lab PROFILE=...` opened them with
@@ -113,6 +115,14 @@ class RunFolder:
     @property
     def settings(self) -> Path:
         return self.root / SETTINGS
+
+    @property
+    def settings_stamp(self) -> Path:
+        return self.root / SETTINGS_STAMP
+
+    @property
+    def source_stamp(self) -> Path:
+        return self.root / SOURCE_STAMP
 
     @property
     def dataset_record(self) -> Path:

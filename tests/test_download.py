@@ -194,3 +194,20 @@ def test_an_archive_replaced_by_one_of_the_same_size_is_extracted_again(tmp_path
     dest = fetch_archive([str(source)], dest, progress=False)
     assert (extract.extract_archive(dest, tmp_path / "images", progress=False) / "top" / "x" / "a.jpg"
             ).read_bytes() == b"B" * 64
+
+
+def test_a_local_folders_identity_changes_with_its_files_and_not_otherwise(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "polyps").mkdir(parents=True)
+    (folder / "polyps" / "a.jpg").write_bytes(b"12345")
+    first = sources.local_identity(str(folder))
+    assert first == sources.local_identity(f"file://{folder}")  # a path and a file:// address name the same
+    assert first["files"] == 1 and first["bytes"] == 5
+    (folder / "polyps" / "b.jpg").write_bytes(b"6789")
+    second = sources.local_identity(str(folder))
+    assert second["files"] == 2 and second["listing_sha256"] != first["listing_sha256"]
+    assert sources.local_identity(str(folder)) == second  # read again, unchanged
+    (folder / "polyps" / "b.jpg").write_bytes(b"67890")  # one file rewritten
+    assert sources.local_identity(str(folder))["listing_sha256"] != second["listing_sha256"]
+    assert sources.local_identity("https://example.org/kvasir.zip") is None  # a network address: a setting
+    assert sources.local_identity(str(tmp_path / "gone.zip")) is None

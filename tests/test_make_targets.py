@@ -292,6 +292,34 @@ def test_a_pipeline_target_would_run_its_notebooks_in_order(target, tmp_path):
 
 
 @pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
+def test_make_reruns_notebook_01_when_the_local_archive_is_replaced_at_the_same_path(tmp_path):
+    archive = tmp_path / "mine.zip"
+    archive.write_bytes(b"first archive")
+    overrides = [*tmp_overrides(tmp_path), "data.synthetic=null", f"data.url={archive}"]
+    variables = ["PROFILE=smoke", f"SET={' '.join(overrides)}"]
+    executed = profiles.load_profile("smoke", overrides).run.executed_notebook("01_download_and_split")
+
+    def would_run_01() -> bool:
+        done = run_make("pipeline-data", *variables, dry_run=True)
+        assert done.returncode == 0, done.stdout[-3000:]
+        return [c[:2] for c in _commands(done.stdout)] == [["run-notebook", "01_download_and_split"]]
+
+    def finish_01() -> None:  # the executed notebook is the step's stamp: written when notebook 01 finishes
+        executed.parent.mkdir(parents=True, exist_ok=True)
+        executed.write_text("{}")
+
+    assert would_run_01()
+    finish_01()
+    assert not would_run_01()  # the same settings and the same file: nothing to do
+    archive.write_bytes(b"other archive")  # the same size, and a later time
+    os.utime(archive, ns=(archive.stat().st_atime_ns, executed.stat().st_mtime_ns + 10**9))
+    assert would_run_01()
+    finish_01()
+    archive.unlink()  # gone: notebook 01 reads the copy it made under paths.data, which has not changed
+    assert not would_run_01()
+
+
+@pytest.mark.slow  # whole processes or several trainings: make test runs it, make test-fast not
 def test_make_splits_writes_both_split_files_and_a_readme_with_their_hashes(tmp_path):
     overrides = [*tmp_overrides(tmp_path), "data.synthetic.images_per_class=16", "data.expected_per_class=16",
                  "split.near_duplicates.calibration_copies=16"]

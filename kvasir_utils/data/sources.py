@@ -57,6 +57,33 @@ def archive_stem(name: str) -> str:
     return name
 
 
+def local_identity(url: str) -> dict | None:
+    """What tells that the local file or folder ``url`` names has changed, without reading it: a
+    file's size and modification time; a folder's number of files, their bytes, and the SHA-256 of
+    its listing (each file's relative path, size and time). None for a network address or a path
+    that does not exist: nothing there to compare."""
+    local = _local_source(url)
+    if local is None:
+        return None
+    if local.is_file():
+        info = local.stat()
+        return {"file": str(local), "bytes": info.st_size, "modified_ns": info.st_mtime_ns}
+    if not local.is_dir():
+        return None
+    lines = []
+    for folder, _, names in os.walk(local):
+        for name in names:
+            path = Path(folder, name)
+            try:
+                info = path.stat()
+            except OSError:  # a dangling link: reading it fails later, and says so
+                continue
+            lines.append(f"{path.relative_to(local).as_posix()}\t{info.st_size}\t{info.st_mtime_ns}")
+    lines.sort()
+    return {"folder": str(local), "files": len(lines), "bytes": sum(int(line.split("\t")[1]) for line in lines),
+            "listing_sha256": sha256_text("\n".join(lines))}
+
+
 def local_folder(url: str) -> Path | None:
     """The folder ``url`` names when it is a local folder (used in place), else None. A local path
     that does not exist and is not named as an archive is an error here, once, rather than a failed

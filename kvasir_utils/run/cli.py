@@ -36,6 +36,7 @@ from kvasir_utils.run.notebooks import (
     record_failure,
     run_notebook,
     write_settings_stamp,
+    write_source_stamp,
 )
 
 
@@ -203,6 +204,7 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
         print(f"REPORT_DIR := {cfg.report_dir}")
         print(f"MODELS := {' '.join(model_folder(m) for m in cfg.train.models)}")  # no colon in a target
         print(f"SETTINGS := {settings}")
+        print(f"SOURCE := {write_source_stamp(cfg)}")
         masked = profiles.masked_profile(cfg)  # notebook 07 shows its Table 1 once it is evaluated
         masked_cfg = profiles.load_profile(masked, args.overrides) if masked else None
         audit_inputs = [masked_cfg.run.metrics(m) for m in cfg.train.models] if masked_cfg else []

@@ -12,6 +12,7 @@ import yaml
 
 from kvasir_utils import config, profiles
 from kvasir_utils.artefacts import model_named
+from kvasir_utils.data import sources
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import disk_full, folder_lock, is_disk_full, write_json_atomic, write_text_atomic
 from kvasir_utils.run import signals
@@ -50,7 +51,7 @@ def write_settings_stamp(cfg: config.Config) -> Path:
     reruns the steps after a settings change and nothing after a mere rerun. New settings are
     first checked against every model and reading of the profile (on the meta device, before the
     pipeline does anything); unchanged ones were checked when they were written."""
-    path = cfg.run_dir / "settings.yaml"
+    path = cfg.run.settings_stamp
     text = yaml.safe_dump(cfg.science_dict(), sort_keys=False)
     if path.exists() and path.read_text() == text:
         return path
@@ -58,6 +59,29 @@ def write_settings_stamp(cfg: config.Config) -> Path:
 
     models.check_profile(cfg)  # before anything is created
     with folder_lock(cfg.run_dir, "checking the settings", wait=False):  # not under a running run
+        return write_text_atomic(path, text)
+
+
+def write_source_stamp(cfg: config.Config) -> Path:
+    """``source.yaml``: what tells that the local archive or folder the dataset is read from
+    (``data.url``, ``data.mirrors``), or its split file (``split.file``), has changed
+    (``sources.local_identity``), rewritten only when one has, so that make reruns notebook 01, and
+    every step after it, when a file is replaced at the same path or a folder's images change; the
+    settings alone cannot see that. A source that has gone since keeps its entry: what notebook 01
+    copied from it under ``paths.data`` is still read. Network addresses and generated data have no
+    entry (they are settings)."""
+    path = cfg.run.source_stamp
+    urls = [] if cfg.generated_data else [cfg.data.url, *cfg.data.mirrors]
+    if cfg.split_file is not None and not cfg.generated_data:  # split.source: file (HyperKvasir's official split)
+        urls.append(str(cfg.split_file))
+    recorded = yaml.safe_load(path.read_text()) if path.exists() else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    now = {url: identity for url in urls if (identity := sources.local_identity(url)) is not None}
+    entries = {url: now.get(url, recorded.get(url)) for url in urls if url in now or url in recorded}
+    text = yaml.safe_dump(entries, sort_keys=False)
+    if path.exists() and path.read_text() == text:
+        return path
+    with folder_lock(cfg.run_dir, "checking the dataset's source", wait=False):  # not under a running run
         return write_text_atomic(path, text)
 
 
