@@ -178,6 +178,7 @@ class RuntimeConfig(Section):
     workers: int | Literal["auto"]
     compile: Literal["auto", "on", "off"]
     reuse_frozen: bool
+    frozen_chunk: int | Literal["auto"]
     offline: bool
 
     @field_validator("deterministic", "compile", mode="before")
@@ -389,6 +390,8 @@ def _check_together(cfg: Config) -> None:
         (cfg.split.source == "stratified" or cfg.split.validation_fold is not None, "split.validation_fold",
          "the fold of the split file that is validation (an integer) when split.source is file"),
         (cfg.runtime.workers == "auto" or cfg.runtime.workers >= 0, "runtime.workers", "'auto' or >= 0"),
+        (cfg.runtime.frozen_chunk == "auto" or cfg.runtime.frozen_chunk >= 0, "runtime.frozen_chunk",
+         "'auto', 0 (the whole batch at once) or a number of images"),
         (0 < cfg.transforms.crop_scale[0] <= cfg.transforms.crop_scale[1] <= 1, "transforms.crop_scale",
          "[low, high] with 0 < low <= high <= 1"),
         (0 < cfg.transforms.crop_ratio[0] <= cfg.transforms.crop_ratio[1], "transforms.crop_ratio",

@@ -362,6 +362,7 @@ def test_a_compiled_stage_saves_plain_weights_and_validates_like_the_eager_model
     checkpoint = checkpoints.load_checkpoint(cfg.run.checkpoint("resnet18", "stage1"), cfg.profile)
     assert checkpoint.runtime["compile"] == "on"
     assert checkpoint.runtime["folded_batchnorm"] == 20  # every conv + BatchNorm of resnet18: only fc trains
+    assert checkpoint.runtime["frozen_chunk"] == hardware.FROZEN_CHUNK_CPU  # batches of 16: the frozen part 8 at a time
     assert not any(key.startswith("_orig_mod") for key in checkpoint.model)
     # validation ran through the compiled graph; the eager model counts the same correct images
     runtime = hardware.resolve_runtime(cfg.runtime)
@@ -427,6 +428,78 @@ def test_folding_frozen_batchnorms_trains_the_model_itself_and_computes_what_it_
     assert frozen.fold_frozen_batchnorm(everything) == (everything, 0)
 
 
+def _unchanged(part):
+    return part
+
+
+@pytest.mark.parametrize("name, trainable", [("resnet18", "head"), ("resnet18", "block:layer4"),
+                                             ("efficientnet_b0", "last_tensors:10")])
+def test_the_frozen_part_in_chunks_computes_what_the_whole_batch_does(name, trainable):
+    # What a compiled CPU stage trains (frozen.chunked): the frozen part on 3, 3 and 2 images, the rest
+    # (trainable BatchNorms too) on all 8; the same logits and gradients as the whole model, to rounding
+    torch.manual_seed(0)
+    model = models.build_model(name, 8)
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 64, 64))  # running statistics that are not the initial ones
+    models.set_trainable(model, trainable)
+    folded, _ = frozen.fold_frozen_batchnorm(model)
+    net = frozen.chunked(folded, 3, 8, 64, _unchanged)
+    assert isinstance(net, frozen.ChunkedFrozen) and net.chunk == 3
+    images, results = torch.randn(8, 3, 64, 64), []
+    for candidate in (folded, net):
+        models.set_train_mode(candidate, "eval")
+        if name == "efficientnet_b0":  # stochastic depth draws per chunk: compared where it does not act
+            for module in candidate.modules():
+                if type(module).__name__ == "StochasticDepth":
+                    module.eval()
+        model.zero_grad()
+        torch.manual_seed(1)  # the head's dropout draws the same
+        logits = candidate(images)
+        logits.logsumexp(1).sum().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (whole, whole_grads), (parts, part_grads) = results
+    assert parts == pytest.approx(whole, abs=1e-5)
+    assert part_grads.keys() == whole_grads.keys() and whole_grads
+    for name in whole_grads:
+        torch.testing.assert_close(part_grads[name], whole_grads[name], rtol=1e-4, atol=1e-6)
+    assert frozen.chunked(folded, 8, 8, 64, _unchanged) is None  # a chunk as large as the batch: whole
+    assert frozen.chunked(folded, 0, 8, 64, _unchanged) is None  # 0: whole batches
+
+
+def test_the_frozen_part_in_chunks_keeps_stochastic_depth_acting_in_training():
+    # EfficientNet's frozen blocks drop their residual branch at random in training (their mode), as in
+    # the whole model: the split for training keeps each such module a call of its own, not its eval form
+    torch.manual_seed(0)
+    model = models.build_model("efficientnet_b0", 8)
+    models.set_trainable(model, "head")
+    net = frozen.chunked(frozen.fold_frozen_batchnorm(model)[0], 4, 8, 64, _unchanged)
+    images, drawn = torch.randn(8, 3, 64, 64), {}
+    for mode in ("train", "eval"):
+        models.set_train_mode(net, "eval") if mode == "train" else net.eval()
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            drawn[mode, seed] = net.prefix(images)[0]
+    assert not torch.equal(drawn["train", 1], drawn["train", 2])
+    assert torch.equal(drawn["eval", 1], drawn["eval", 2])
+
+
+class _BatchAsNumber(torch.nn.Module):
+    """A frozen part that hands the batch size on as a number to the trainable rest, as a ViT may."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 2, 3), torch.nn.Linear(2 * 14 * 14, 8)
+
+    def forward(self, x):
+        return self.head(self.conv(x).flatten(1)).reshape(x.shape[0], -1)
+
+
+def test_a_frozen_part_that_hands_on_the_batch_size_as_a_number_runs_whole():
+    model = _BatchAsNumber()
+    models.set_trainable(model, "head")
+    assert frozen.chunked(model, 4, 8, 16, _unchanged) is None
+
+
 def test_folding_leaves_a_model_it_cannot_fold_untouched():
     # timm's BatchNormAct2d (a BatchNorm with its activation) is no plain pair: nothing folds, and
     # tracing it ran its forward in training mode, which counted a batch into every BatchNorm of the
@@ -447,7 +520,8 @@ def test_a_stage_resumed_with_another_number_of_folded_batchnorms_says_so(capsys
     cfg = profiles.load_profile("smoke")
     runtime = hardware.Runtime(torch.device("cpu"), "fp32", 0)
     before = SimpleNamespace(runtime=runtime.record(), epoch=1)  # a checkpoint from before folding: no count
-    stages.warn_numerics_change(before, runtime, 0, cfg, "resnet50", "stage1")
+    stages.warn_numerics_change(before, runtime, {"folded_batchnorm": 0, "frozen_chunk": 0}, cfg, "resnet50", "stage1")
     assert capsys.readouterr().out == ""
-    stages.warn_numerics_change(before, runtime, 53, cfg, "resnet50", "stage1")
-    assert "goes on with folded BatchNorms 0 -> 53" in capsys.readouterr().out
+    stages.warn_numerics_change(before, runtime, {"folded_batchnorm": 53, "frozen_chunk": 8}, cfg, "resnet50",
+                                "stage1")
+    assert "goes on with folded BatchNorms 0 -> 53, frozen part's chunk of images 0 -> 8" in capsys.readouterr().out

@@ -46,6 +46,7 @@ class Runtime:
     compile: str = "off"  # runtime.compile: "on" or "off" once a stage has decided (see compile_for)
     augment: str = "pil"  # transforms.backend as resolved for this device (see augment_backend)
     channels_last: bool = False  # runtime.memory_format; contiguous (False) is the reference
+    frozen_chunk: int = 0  # runtime.frozen_chunk as resolved: a compiled step's frozen part on this many images at once
     # the settings given as auto that a probe of the model still has to choose (train.probe.choose);
     # until then they hold the rule used where no model is probed (resolve_runtime)
     pending: tuple[str, ...] = ()
@@ -99,9 +100,15 @@ def apply_determinism(runtime: Runtime) -> Runtime:
     return runtime
 
 
+# runtime.frozen_chunk: auto on a CPU: a compiled training step runs its frozen part 8 images at a
+# time (train.frozen.chunked says what was measured); on a GPU the whole batch (it wants large ones).
+FROZEN_CHUNK_CPU = 8
+
+
 def resolve_runtime(rt: RuntimeConfig) -> Runtime:
     """Turn ``auto`` settings into this machine's device and loader workers (changing nothing:
-    ``apply_determinism`` sets torch's switches for the result). Precision and memory format given
+    ``apply_determinism`` sets torch's switches for the result; ``frozen_chunk: auto`` is
+    FROZEN_CHUNK_CPU on a CPU, 0 elsewhere). Precision and memory format given
     as ``auto`` stay ``pending`` for a probe of the model (``train.probe.choose``); until one runs
     they are bf16 with channels_last where the device has native bf16, else fp32 contiguous."""
     if rt.device == "auto":
@@ -124,8 +131,9 @@ def resolve_runtime(rt: RuntimeConfig) -> Runtime:
         # On a GPU the loader is the bottleneck (measured on an H100: 8 workers fed ~550 img/s while
         # ResNet50's steps ran at ~2,600 img/s), so use every core but one.
         workers = max(1, min(cores - 1, 16))
+    chunk = (FROZEN_CHUNK_CPU if kind == "cpu" else 0) if rt.frozen_chunk == "auto" else rt.frozen_chunk
     return Runtime(device, precision, workers, rt.deterministic, rt.compile, channels_last=memory_format,
-                   pending=pending)
+                   frozen_chunk=chunk, pending=pending)
 
 
 def use_runtime(rt: RuntimeConfig) -> Runtime:

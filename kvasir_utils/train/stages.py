@@ -28,7 +28,7 @@ from kvasir_utils.train.checkpoints import (
     save_checkpoint,
     stage_inputs,
 )
-from kvasir_utils.train.frozen import ValidationFeatures, fold_frozen_batchnorm
+from kvasir_utils.train.frozen import ValidationFeatures, chunked, fold_frozen_batchnorm
 from kvasir_utils.train.hardware import (
     NUMERIC_FIELDS,
     Runtime,
@@ -73,16 +73,21 @@ def resume_stage(cfg: Config, model_name: str, stage: str, inputs: dict[str, str
     return resumed
 
 
-def warn_numerics_change(resumed: Checkpoint | None, runtime: Runtime, folded: int, cfg: Config, model_name: str,
+# What training_form changed, as a checkpoint's runtime records it
+FORM_FIELDS = {"folded_batchnorm": "folded BatchNorms", "frozen_chunk": "frozen part's chunk of images"}
+
+
+def warn_numerics_change(resumed: Checkpoint | None, runtime: Runtime, form: dict, cfg: Config, model_name: str,
                          stage: str) -> None:
     """Warn where the rest of a resumed stage will run with other numerics than its start (another
-    runtime, or another number of folded BatchNorms: ``training_form``)."""
+    runtime, or another training form: folded BatchNorms, the frozen part's chunk, ``training_form``)."""
     if resumed is None:
         return
     before, now = resumed.runtime, runtime.record()
     changed = [f"{k} {before[k]} -> {now[k]}" for k in NUMERIC_FIELDS if before[k] != now[k]]
-    if (was_folded := before.get("folded_batchnorm", 0)) != folded:  # a checkpoint from before folding has none
-        changed.append(f"folded BatchNorms {was_folded} -> {folded}")
+    for key, what in FORM_FIELDS.items():  # a checkpoint from before folding or chunking has none: 0
+        if (was := before.get(key, 0)) != form[key]:
+            changed.append(f"{what} {was} -> {form[key]}")
     if resumed.epoch < cfg.stage_config(stage).epochs and changed:
         print(f"warning: {stage} of {model_name} goes on with {', '.join(changed)}; the rest of it "
               f"will not repeat an uninterrupted run exactly (other rounding, or other augmentation draws)")
@@ -137,39 +142,48 @@ def fit_stage(model: nn.Module, cfg: Config, model_name: str, stage: str, loader
     state = set_up_stage(model, cfg, model_name, stage, trainable, resumed, runtime)
     if state.start >= cfg.stage_config(stage).epochs:
         return pd.DataFrame(state.history, columns=HISTORY_COLUMNS)  # finished: reused as it is
-    training_model, folded = training_form(model, cfg, runtime)  # after set_up_stage: folds the loaded weights
-    warn_numerics_change(resumed, runtime, folded, cfg, model_name, stage)
+    image_size = models.for_model(cfg, model_name).transforms.image_size
+    # after set_up_stage: folds the loaded weights
+    training_model, form = training_form(model, cfg, runtime, image_size)
+    warn_numerics_change(resumed, runtime, form, cfg, model_name, stage)
     if stage == STAGES[0] and state.start == 0:
         record_weights(cfg, model_name)
     run_epochs(model, cfg, model_name, stage, loaders, runtime, state,
                Checkpoint(model={}, optimizer={}, epoch=0, history=[], config=cfg.to_dict(), model_name=model_name,
                           stage=stage, trainable=trainable, optimizer_params=state.order, inputs=inputs,
-                          seed_scheme=SEED_SCHEME, runtime={**runtime.record(), "folded_batchnorm": folded}),
+                          seed_scheme=SEED_SCHEME, runtime={**runtime.record(), **form}),
                training_model, on_epoch_end)
     return pd.DataFrame(state.history, columns=HISTORY_COLUMNS)
 
 
-def training_form(model: nn.Module, cfg: Config, runtime: Runtime) -> tuple[nn.Module, int]:
-    """The module a stage's training step runs, and how many convolution + BatchNorm pairs it folded:
+def training_form(model: nn.Module, cfg: Config, runtime: Runtime, image_size: int) -> tuple[nn.Module, dict]:
+    """The module a stage's training step runs (``model`` itself where nothing changes: the caller
+    compiles it as the runtime says) and what it changed:
     compiled, with the frozen BatchNorms folded into their convolutions where they run in eval mode
-    (``frozen.fold_frozen_batchnorm``); eager, the model itself (folding gains nothing there:
-    docs/performance.md)."""
-    if runtime.compile == "on" and cfg.train.frozen_batchnorm == "eval":
-        return fold_frozen_batchnorm(model)
-    return model, 0
+    (``frozen.fold_frozen_batchnorm``), and the frozen part run ``runtime.frozen_chunk`` images at a
+    time (``frozen.chunked``); eager, the model itself (folding gains nothing there:
+    docs/performance.md). The record says how many pairs it folded and the chunk (0: whole batches)."""
+    if runtime.compile != "on" or cfg.train.frozen_batchnorm != "eval":
+        return model, {"folded_batchnorm": 0, "frozen_chunk": 0}
+    folded, pairs = fold_frozen_batchnorm(model)
+    split = chunked(folded, runtime.frozen_chunk, cfg.train.batch_size, image_size,
+                    lambda part: compiled(part, runtime))
+    if split is not None:
+        return split, {"folded_batchnorm": pairs, "frozen_chunk": split.chunk}
+    return model if folded is model else compiled(folded, runtime), {"folded_batchnorm": pairs, "frozen_chunk": 0}
 
 
 def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loaders: dict, runtime: Runtime,
                state: StageState, record: Checkpoint, training_model: nn.Module, on_epoch_end=None) -> None:
     """The stage's remaining epochs: train, validate, log to TensorBoard, then write the checkpoint
     (``record`` with this epoch's weights, optimizer and history) and history.csv. The training step
-    runs ``training_model`` (``training_form``: the model with its frozen BatchNorms folded, sharing
-    its trainable parts), validation and the checkpoint the model itself."""
+    runs ``training_model`` (``training_form``: the model with its frozen BatchNorms folded and its
+    frozen part in chunks, sharing its trainable parts), validation and the checkpoint the model itself."""
     from torch.utils.tensorboard import SummaryWriter
 
     stage_cfg = cfg.stage_config(stage)
     net, augment = compiled(model, runtime), device_augment(cfg, runtime)
-    train_net = net if training_model is model else compiled(training_model, runtime)
+    train_net = net if training_model is model else training_model  # already compiled
     features = ValidationFeatures.for_model(model) if cfg.runtime.reuse_frozen else None
     criterion = nn.CrossEntropyLoss()
     offset = sum(cfg.stage_config(s).epochs for s in STAGES[: STAGES.index(stage)])
