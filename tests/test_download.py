@@ -4,6 +4,7 @@ import socket
 import zipfile
 
 import pytest
+import yaml
 
 from kvasir_utils.data import sources
 from kvasir_utils.data.sources import fetch_archive
@@ -202,12 +203,31 @@ def test_a_local_folders_identity_changes_with_its_files_and_not_otherwise(tmp_p
     (folder / "polyps" / "a.jpg").write_bytes(b"12345")
     first = sources.local_identity(str(folder))
     assert first == sources.local_identity(f"file://{folder}")  # a path and a file:// address name the same
-    assert first["files"] == 1 and first["bytes"] == 5
-    (folder / "polyps" / "b.jpg").write_bytes(b"6789")
+    assert first["images"] == 1 and first["bytes"] == 5
+    (folder / "polyps" / ".DS_Store").write_bytes(b"finder")  # files the reader leaves out change nothing
+    (folder / "notes.txt").write_text("mine")
+    assert sources.local_identity(str(folder)) == first
+    (folder / "polyps" / "b\tc.jpg").write_bytes(b"6789")  # a tab in a name is a name
     second = sources.local_identity(str(folder))
-    assert second["files"] == 2 and second["listing_sha256"] != first["listing_sha256"]
+    assert second["images"] == 2 and second["bytes"] == 9 and second["listing_sha256"] != first["listing_sha256"]
     assert sources.local_identity(str(folder)) == second  # read again, unchanged
-    (folder / "polyps" / "b.jpg").write_bytes(b"67890")  # one file rewritten
+    (folder / "polyps" / "b\tc.jpg").write_bytes(b"67890")  # one file rewritten
     assert sources.local_identity(str(folder))["listing_sha256"] != second["listing_sha256"]
     assert sources.local_identity("https://example.org/kvasir.zip") is None  # a network address: a setting
     assert sources.local_identity(str(tmp_path / "gone.zip")) is None
+
+
+def test_a_source_stamp_without_local_sources_never_makes_a_step_rerun(tmp_path):
+    # generated data (and network addresses) are settings: its stamp is dated 1970, so writing it the
+    # first time in a run folder made before it existed reruns nothing; a local archive has an entry
+    from kvasir_utils import profiles
+    from kvasir_utils.run import notebooks
+    from tests.helpers import tmp_overrides
+
+    stamp = notebooks.write_source_stamp(profiles.load_profile("smoke", tmp_overrides(tmp_path)))
+    assert stamp.read_text() == "{}\n" and stamp.stat().st_mtime_ns == 0
+    archive = tmp_path / "mine.zip"
+    archive.write_bytes(b"archive")
+    local = profiles.load_profile("smoke", [*tmp_overrides(tmp_path), "data.synthetic=null", f"data.url={archive}"])
+    assert notebooks.write_source_stamp(local) == stamp and stamp.stat().st_mtime_ns > 0
+    assert yaml.safe_load(stamp.read_text())[str(archive)]["bytes"] == 7

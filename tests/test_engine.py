@@ -362,7 +362,8 @@ def test_a_compiled_stage_saves_plain_weights_and_validates_like_the_eager_model
     checkpoint = checkpoints.load_checkpoint(cfg.run.checkpoint("resnet18", "stage1"), cfg.profile)
     assert checkpoint.runtime["compile"] == "on"
     assert checkpoint.runtime["folded_batchnorm"] == 20  # every conv + BatchNorm of resnet18: only fc trains
-    assert checkpoint.runtime["frozen_chunk"] == hardware.FROZEN_CHUNK_CPU  # batches of 16: the frozen part 8 at a time
+    # batches of 16: on a CPU the frozen part 8 images at a time (on a GPU whole batches, 0)
+    assert checkpoint.runtime["frozen_chunk"] == hardware.resolve_runtime(cfg.runtime).frozen_chunk
     assert not any(key.startswith("_orig_mod") for key in checkpoint.model)
     # validation ran through the compiled graph; the eager model counts the same correct images
     runtime = hardware.resolve_runtime(cfg.runtime)
@@ -473,9 +474,13 @@ def test_the_frozen_part_in_chunks_keeps_stochastic_depth_acting_in_training():
     model = models.build_model("efficientnet_b0", 8)
     models.set_trainable(model, "head")
     net = frozen.chunked(frozen.fold_frozen_batchnorm(model)[0], 4, 8, 64, _unchanged)
+    calls = {type(net.prefix.get_submodule(n.target)).__name__ for n in net.prefix.graph.nodes if n.op == "call_module"}
+    assert "StochasticDepth" in calls  # a call of its own, deciding by its mode when it runs
     images, drawn = torch.randn(8, 3, 64, 64), {}
     for mode in ("train", "eval"):
         models.set_train_mode(net, "eval") if mode == "train" else net.eval()
+        for dropout in (m for m in net.modules() if isinstance(m, torch.nn.Dropout)):
+            dropout.eval()  # the head's dropout (frozen with it in stage 1) would differ by itself
         for seed in (1, 2):
             torch.manual_seed(seed)
             drawn[mode, seed] = net.prefix(images)[0]

@@ -271,3 +271,19 @@ def test_a_finished_run_counts_as_not_done_once_its_resolved_settings_change(tmp
     assert sweep_execute.is_finished(spec.members[0])
     profile.write_text("base: smoke\ntrain:\n  stage1:\n    epochs: 3\n")  # the same overrides, other settings
     assert not sweep_execute.is_finished(sweep_spec.load_sweep(str(path), tmp_overrides(tmp_path)).members[0])
+
+
+def test_a_finished_run_counts_as_not_done_once_its_local_archive_is_replaced_at_the_same_path(tmp_path):
+    archive = tmp_path / "mine.zip"
+    archive.write_bytes(b"first archive")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": "smoke", "seeds": [1], "models": ["resnet18"],
+                                    "overrides": ["data.synthetic=null", f"data.url={archive}"]}))
+    spec = sweep_spec.load_sweep(str(path), tmp_overrides(tmp_path))
+    _SWEEP[:] = [spec]
+    _finish(spec.members[0], 0.5, [True, False])
+    assert sweep_execute.is_finished(spec.members[0])
+    archive.write_bytes(b"other archive")  # the same settings and size, another file
+    assert not sweep_execute.is_finished(spec.members[0])
+    archive.unlink()  # gone: the copy under paths.data is what its runs read, unchanged
+    assert sweep_execute.is_finished(spec.members[0])

@@ -74,6 +74,12 @@ def _walk(top: Path):
         yield Path(folder), subfolders, [f for f in names if is_image(f)], [f for f in names if not is_image(f)]
 
 
+def image_files(top: Path) -> list[Path]:
+    """Every image the class-folder reader sees under ``top`` (linked folders followed, hidden files
+    and Windows' own left out), in sorted order."""
+    return [folder / name for folder, _, images, _ in _walk(top) for name in images]
+
+
 def _tree(top: Path) -> tuple[dict[Path, list[str]], list[Path], list[str]]:
     """Folders holding images directly ({folder: names}), folders with neither images nor
     subfolders, and files that are not images (relative to ``top``)."""

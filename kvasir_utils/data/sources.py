@@ -5,6 +5,7 @@ local folder used in place, recorded by a fingerprint of its images' content.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -18,6 +19,7 @@ from urllib.parse import unquote, urlparse
 from tqdm import tqdm
 
 from kvasir_utils.config import PROJECT_ROOT
+from kvasir_utils.data import layout
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import disk_full, is_disk_full, sha256_file, sha256_text, write_json_atomic
 
@@ -59,29 +61,31 @@ def archive_stem(name: str) -> str:
 
 def local_identity(url: str) -> dict | None:
     """What tells that the local file or folder ``url`` names has changed, without reading it: a
-    file's size and modification time; a folder's number of files, their bytes, and the SHA-256 of
-    its listing (each file's relative path, size and time). None for a network address or a path
-    that does not exist: nothing there to compare."""
+    file's size, modification time, inode and change time (as ``record_archive`` tells a changed
+    archive: ``cp -p`` cannot fake the change time); a folder's images as the reader sees them
+    (``layout.image_files``): their number, bytes, and the SHA-256 of their relative paths, sizes and
+    modification times. None for a network address or a path that does not exist: nothing there to
+    compare."""
     local = _local_source(url)
     if local is None:
         return None
     if local.is_file():
         info = local.stat()
-        return {"file": str(local), "bytes": info.st_size, "modified_ns": info.st_mtime_ns}
+        return {"file": str(local), "bytes": info.st_size, "modified_ns": info.st_mtime_ns, "inode": info.st_ino,
+                "changed_ns": info.st_ctime_ns}
     if not local.is_dir():
         return None
-    lines = []
-    for folder, _, names in os.walk(local):
-        for name in names:
-            path = Path(folder, name)
-            try:
-                info = path.stat()
-            except OSError:  # a dangling link: reading it fails later, and says so
-                continue
-            lines.append(f"{path.relative_to(local).as_posix()}\t{info.st_size}\t{info.st_mtime_ns}")
-    lines.sort()
-    return {"folder": str(local), "files": len(lines), "bytes": sum(int(line.split("\t")[1]) for line in lines),
-            "listing_sha256": sha256_text("\n".join(lines))}
+    listing, total, images = hashlib.sha256(), 0, layout.image_files(local)
+    for path in images:
+        try:
+            info = path.stat()
+        except OSError:  # a dangling link: reading it fails later, and says so
+            continue
+        total += info.st_size
+        listing.update(f"{path.relative_to(local).as_posix()}\0{info.st_size}\0{info.st_mtime_ns}\n".encode(
+            errors="surrogateescape"))
+    return {"folder": str(local), "images": len(images), "bytes": total,
+            "listing_sha256": listing.hexdigest()}
 
 
 def local_folder(url: str) -> Path | None:

@@ -62,27 +62,39 @@ def write_settings_stamp(cfg: config.Config) -> Path:
         return write_text_atomic(path, text)
 
 
+def source_addresses(cfg: config.Config) -> list[str]:
+    """Where the dataset is read from (``data.url``, ``data.mirrors``, ``split.file``); none for
+    generated data (the settings make it)."""
+    if cfg.generated_data:
+        return []
+    return [cfg.data.url, *cfg.data.mirrors, *([str(cfg.split_file)] if cfg.split_file is not None else [])]
+
+
+def source_entries(cfg: config.Config) -> dict:
+    """``{address: sources.local_identity}`` for each of ``source_addresses`` that is a local file or
+    folder there now. Network addresses have none: they are settings."""
+    return {url: identity for url in source_addresses(cfg) if (identity := sources.local_identity(url)) is not None}
+
+
 def write_source_stamp(cfg: config.Config) -> Path:
-    """``source.yaml``: what tells that the local archive or folder the dataset is read from
-    (``data.url``, ``data.mirrors``), or its split file (``split.file``), has changed
-    (``sources.local_identity``), rewritten only when one has, so that make reruns notebook 01, and
-    every step after it, when a file is replaced at the same path or a folder's images change; the
-    settings alone cannot see that. A source that has gone since keeps its entry: what notebook 01
-    copied from it under ``paths.data`` is still read. Network addresses and generated data have no
-    entry (they are settings)."""
+    """``source.yaml``: the local sources' identities (``source_entries``), rewritten only when one
+    changed, so that make reruns notebook 01, and every step after it, when a file is replaced at the
+    same path or a folder's images change; the settings alone cannot see that. A source that has gone
+    since keeps its entry: what notebook 01 copied from it under ``paths.data`` is still read. A stamp
+    without entries is dated 1970: it then never makes a step older than itself (a first stamp in a
+    run made before it existed reruns nothing; a change of address is a change of settings)."""
     path = cfg.run.source_stamp
-    urls = [] if cfg.generated_data else [cfg.data.url, *cfg.data.mirrors]
-    if cfg.split_file is not None and not cfg.generated_data:  # split.source: file (HyperKvasir's official split)
-        urls.append(str(cfg.split_file))
     recorded = yaml.safe_load(path.read_text()) if path.exists() else None
     recorded = recorded if isinstance(recorded, dict) else {}
-    now = {url: identity for url in urls if (identity := sources.local_identity(url)) is not None}
-    entries = {url: now.get(url, recorded.get(url)) for url in urls if url in now or url in recorded}
+    entries = {url: recorded[url] for url in source_addresses(cfg) if url in recorded} | source_entries(cfg)
     text = yaml.safe_dump(entries, sort_keys=False)
     if path.exists() and path.read_text() == text:
         return path
     with folder_lock(cfg.run_dir, "checking the dataset's source", wait=False):  # not under a running run
-        return write_text_atomic(path, text)
+        write_text_atomic(path, text)
+        if not entries:
+            os.utime(path, ns=(0, 0))
+        return path
 
 
 def check_make_path(path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from kvasir_utils import config
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_json_atomic
+from kvasir_utils.run.notebooks import source_entries
 from kvasir_utils.run.sweep_spec import Member, Sweep, settings_fingerprint
 
 
@@ -32,10 +33,13 @@ def read_record(member: Member) -> dict | None:
 
 
 def is_finished(member: Member) -> bool:
-    """Finished under exactly these settings, with its evaluation on disk."""
+    """Finished under exactly these settings, from the local sources as they are now (a source gone
+    since counts as unchanged, as in ``notebooks.write_source_stamp``), with its evaluation on disk."""
     record = read_record(member)
+    recorded = (record or {}).get("sources") or {}
     return (bool(record) and record.get("status") == "finished"
             and record.get("settings_sha256") == settings_fingerprint(member)
+            and all(recorded.get(url) == identity for url, identity in source_entries(member.cfg).items())
             and (member.cfg.run.metrics(member.model)).exists())
 
 
@@ -48,6 +52,7 @@ def write_record(sweep: Sweep, member: Member, status: str, failure: dict | None
         "seed": member.seed, "seed_setting": sweep.spec.seed_setting, "reading": member.reading,
         "status": status, **failure, "node": node, "seconds": round(seconds, 1), "attempts": attempts,
         "overrides": member.overrides, "settings_sha256": settings_fingerprint(member),
+        "sources": source_entries(member.cfg),
         "report": str(member.report_index),
     })
 

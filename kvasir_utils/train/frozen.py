@@ -166,7 +166,9 @@ class ChunkedFrozen(nn.Module):
     """A training step's model that runs its frozen part (``prefix``, under no_grad) on ``chunk``
     images at a time and the rest (``suffix``) on the whole batch, so the loss, the gradients and the
     optimizer step are the whole batch's. Each image's frozen computation is its own (BatchNorms in
-    eval mode, folded), so only rounding can differ from the whole model. Built by ``chunked``."""
+    eval mode, folded): what differs from the whole model is rounding, and the order in which the
+    frozen part's dropout and stochastic depth (EfficientNet's, in training) draw for the images.
+    Built by ``chunked``."""
 
     def __init__(self, prefix: nn.Module, suffix: nn.Module, chunk: int):
         super().__init__()
@@ -181,8 +183,8 @@ class ChunkedFrozen(nn.Module):
 def _batch_values(prefix: nn.Module, image_size: int) -> bool:
     """Whether every value ``prefix`` hands on is a tensor with one row per image (a batch size
     handed on as a number, as a ViT's reshape may, would be the chunk's): one eager pass on 2 and 3
-    small images in eval mode, with torch's random state restored."""
-    was_training = prefix.training
+    small images in eval mode, with torch's random state and each module's mode restored."""
+    modes = {module: module.training for module in prefix.modules()}
     prefix.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng():
@@ -192,25 +194,22 @@ def _batch_values(prefix: nn.Module, image_size: int) -> bool:
     except Exception:  # noqa: BLE001 - a prefix that cannot run on these images is not chunked
         return False
     finally:
-        prefix.train(was_training)
+        for module, training in modes.items():
+            module.training = training
 
 
 def chunked(model: nn.Module, chunk: int, batch_size: int, image_size: int, compile_part) -> ChunkedFrozen | None:
     """``model`` (a stage's training form) as a ``ChunkedFrozen``, its two parts passed through
-    ``compile_part`` (``hardware.compiled``), where it pays: ``chunk`` is at least 1 and less than the
-    batch, the model splits where its trainable part begins (``split_frozen(for_training=True)``),
-    and every value its frozen part hands on has one row per image. Else None (the step runs whole).
-
-    Why: on a CPU the frozen part's activations for 8 images stay in the core's cache, those of 32 do
-    not. Training steps per second against the folded model compiled whole (224 px, batch 32, median
-    of 6 alternating rounds, 2 cores): EfficientNet-B0 1.35x with only the head training and 1.56x
-    with ``last_tensors:10``, ResNet50 1.08x and 1.08x on an Intel Xeon held to AVX2 in fp32 (the AMD
-    EPYC without AVX-512 emulated, docs/development.md); 1.28x, 1.19x, 1.20x and 1.21x on the same
-    Xeon in bf16 with AMX. Chunks of 4 and 16 gained less than 8 (docs/performance.md)."""
+    ``compile_part`` (``hardware.compiled``), where it applies: ``chunk`` is at least 1 and less than
+    the batch, the model splits where its trainable part begins (``split_frozen(for_training=True)``)
+    with no trainable parameter in the frozen part (a parameter the model reads directly, such as a
+    ViT's position embedding, would get no gradient under no_grad), and every value its frozen part
+    hands on has one row per image. Else None (the step runs whole). On a CPU the frozen part's
+    activations for a few images stay in the core's cache; what that gains is in docs/performance.md."""
     if not 1 <= chunk < batch_size:
         return None
     parts = split_frozen(model, for_training=True)
-    if parts is None or not _batch_values(parts[0], image_size):
+    if parts is None or any(p.requires_grad for p in parts[0].parameters()) or not _batch_values(parts[0], image_size):
         return None
     return ChunkedFrozen(compile_part(parts[0]), compile_part(parts[1]), chunk)
 

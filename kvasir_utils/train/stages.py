@@ -164,13 +164,14 @@ def training_form(model: nn.Module, cfg: Config, runtime: Runtime, image_size: i
     time (``frozen.chunked``); eager, the model itself (folding gains nothing there:
     docs/performance.md). The record says how many pairs it folded and the chunk (0: whole batches)."""
     if runtime.compile != "on" or cfg.train.frozen_batchnorm != "eval":
-        return model, {"folded_batchnorm": 0, "frozen_chunk": 0}
+        return model, dict.fromkeys(FORM_FIELDS, 0)
     folded, pairs = fold_frozen_batchnorm(model)
     split = chunked(folded, runtime.frozen_chunk, cfg.train.batch_size, image_size,
                     lambda part: compiled(part, runtime))
+    form = {"folded_batchnorm": pairs, "frozen_chunk": split.chunk if split is not None else 0}
     if split is not None:
-        return split, {"folded_batchnorm": pairs, "frozen_chunk": split.chunk}
-    return model if folded is model else compiled(folded, runtime), {"folded_batchnorm": pairs, "frozen_chunk": 0}
+        return split, form
+    return model if folded is model else compiled(folded, runtime), form
 
 
 def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loaders: dict, runtime: Runtime,
