@@ -1,14 +1,13 @@
 """A run's artefacts: every folder and file name the study writes, in one place.
 
-A run folder (``runs/<profile>/``) and a report folder (``reports/<profile>/``) are laid out here
-and nowhere else; so are the names of the tables and figures the notebooks save and the pages read
-back, the probability columns of ``predictions.csv``, which stage delivers the trained model, and
-the two typed records a run writes: the checkpoint and ``metrics.json``. Everything else asks this
-module for a path instead of joining names itself. It imports only the study's error type.
+A run folder (``runs/<profile>/``) and a report folder (``reports/<profile>/``) are laid out here and nowhere else;
+so are the names of the tables and figures the notebooks save and the pages read back, the probability columns of
+``predictions.csv``, the stage that delivers the trained model, and the two typed records a run writes (the
+checkpoint, ``metrics.json``). Everything else asks here for a path. It imports only the study's error type.
 
 ```
 runs/<profile>/
-  config.yaml  dataset.json  split.csv  notebooks/
+  config.yaml  settings.yaml  source.yaml  dataset.json  split.csv  notebooks/  (the second and third: make's stamps)
   <model>/stage1/  checkpoint.pt  history.csv  tensorboard/  weights.json
   <model>/stage2/  (the same, without weights.json)
   <model>/eval/    predictions.csv  metrics.json
@@ -100,8 +99,7 @@ def model_folder(name: str) -> str:
 
 
 def model_named(names: list[str], given: str) -> str | None:
-    """The model of ``names`` that ``given`` names, by its full name or its folder name (``MODEL=``
-    takes either); None when it is neither."""
+    """The model of ``names`` that ``given`` names, by its full or folder name (``MODEL=`` takes either), else None."""
     return next((name for name in names if given in (name, model_folder(name))), None)
 
 

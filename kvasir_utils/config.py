@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, get_origin
+from typing import Annotated, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -19,6 +19,7 @@ from kvasir_utils.errors import KvasirError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
+COUNT_OR_AUTO = Annotated[int, Field(ge=0)] | Literal["auto"]  # a number of workers or images, or auto
 
 
 class ConfigError(KvasirError):
@@ -175,10 +176,10 @@ class RuntimeConfig(Section):
     precision: Literal["auto", "bf16", "fp32"]
     memory_format: Literal["auto", "contiguous", "channels_last"]
     deterministic: Literal["auto", "on", "off"]
-    workers: int | Literal["auto"]
+    workers: COUNT_OR_AUTO
     compile: Literal["auto", "on", "off"]
     reuse_frozen: bool
-    frozen_chunk: int | Literal["auto"]
+    frozen_chunk: COUNT_OR_AUTO  # 0: whole batches
     offline: bool
 
     @field_validator("deterministic", "compile", mode="before")
@@ -389,9 +390,6 @@ def _check_together(cfg: Config) -> None:
          "false when split.source is file (the file decides every image's side)"),
         (cfg.split.source == "stratified" or cfg.split.validation_fold is not None, "split.validation_fold",
          "the fold of the split file that is validation (an integer) when split.source is file"),
-        (cfg.runtime.workers == "auto" or cfg.runtime.workers >= 0, "runtime.workers", "'auto' or >= 0"),
-        (cfg.runtime.frozen_chunk == "auto" or cfg.runtime.frozen_chunk >= 0, "runtime.frozen_chunk",
-         "'auto', 0 (the whole batch at once) or a number of images"),
         (0 < cfg.transforms.crop_scale[0] <= cfg.transforms.crop_scale[1] <= 1, "transforms.crop_scale",
          "[low, high] with 0 < low <= high <= 1"),
         (0 < cfg.transforms.crop_ratio[0] <= cfg.transforms.crop_ratio[1], "transforms.crop_ratio",
