@@ -91,7 +91,7 @@ export: $(SETUP_STAMP) ## write MODEL of PROFILE as ONNX with preprocessing.json
 test: $(SETUP_STAMP) chromium ## all tests but the long studies: notebook runs, a Ray cluster, a browser (no network)
 	$(PY) -m pytest -m "not long"
 
-test-long: $(SETUP_STAMP) ## the long studies: make smoke PROFILE=smoke-backbones and make sweep SWEEP=smoke-leakage (about 20 minutes)
+test-long: $(SETUP_STAMP) ## the long studies: make smoke PROFILE=smoke-backbones and make sweep SWEEP=smoke-leakage (about 1.5x make test)
 	$(PY) -m pytest -m long
 
 test-fast: $(SETUP_STAMP) ## the tests without the end-to-end runs (notebooks, bench, gpu-check, a compile, repeated trainings): about 2 minutes

@@ -101,6 +101,15 @@ def test_stage2_starts_from_stage1_and_tensorboard_holds_the_scalars(tiny_data, 
     assert recorded["augment"] == "pil" and recorded["device"] == "cpu"
 
 
+def test_a_diverging_stage_stops_with_the_remedy_and_writes_nothing_of_that_epoch(tiny_data, runs):
+    cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=2", "train.stage1.lr=1e30"])
+    with pytest.raises(KvasirError, match=r"resnet18 stage1 epoch 1/2: the training loss is (nan|inf).*diverged.*"
+                                          r"lower train.stage1.lr \(now 1e\+30\), e.g. SET=\"train.stage1.lr=1e\+29\""):
+        _train(cfg)
+    assert not cfg.run.checkpoint("resnet18", "stage1").exists()
+    assert not cfg.run.history("resnet18", "stage1").exists()
+
+
 def test_resuming_under_other_settings_is_refused(tiny_data, runs):
     cfg = tiny_config(tiny_data, runs, ["train.models=[resnet18]", "train.stage1.epochs=1"])
     _train(cfg)

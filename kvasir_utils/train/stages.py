@@ -5,6 +5,7 @@ and what notebooks 02 and 03 call.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from kvasir_utils.config import Config
 from kvasir_utils.data import prepare
 from kvasir_utils.data.dataset import make_loader, split_datasets
 from kvasir_utils.data.split import read_split
+from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_csv_atomic, write_json_atomic
 from kvasir_utils.train import models, presets, probe, weights
 from kvasir_utils.train.augment import pad_collate, to_uint8_tensor
@@ -198,6 +200,7 @@ def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loade
             desc = f"{model_name} {stage} epoch {epoch}/{stage_cfg.epochs}"
             fit = train_one_epoch(train_net, criterion, state.optimizer, loaders["train"], runtime,
                                   cfg.train.frozen_batchnorm, desc, augment, augment_generator(seed))
+            check_finite_loss(fit["loss"], cfg, model_name, stage, epoch)
             val = evaluate(net, loaders["val"], runtime, desc=f"{desc} val", features=features)
             row = {"epoch": epoch, "global_epoch": offset + epoch, "train_loss": fit["loss"], "train_acc": fit["acc"],
                    "val_loss": val["loss"], "val_acc": val["acc"], "seconds": fit["seconds"] + val["seconds"],
@@ -215,6 +218,23 @@ def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loade
                 on_epoch_end(row)
     finally:
         writer.close()
+
+
+def check_finite_loss(loss: float, cfg: Config, model_name: str, stage: str, epoch: int) -> None:
+    """Stop a stage whose training loss is no longer a number (the weights diverged), before the
+    epoch is written: evaluating such a model would fail later, far from the cause, on probabilities
+    that are NaN. The checkpoint of the epoch before stays as it was."""
+    if math.isfinite(loss):
+        return
+    stage_cfg = cfg.stage_config(stage)
+    folder = cfg.run.checkpoint(model_name, stage).parent
+    kept = (f"; the checkpoint of epoch {epoch - 1} in {folder} stays, made at that rate, so delete the folder "
+            f"before running it again with another" if epoch > 1 else "")
+    raise KvasirError(
+        f"{model_name} {stage} epoch {epoch}/{stage_cfg.epochs}: the training loss is {loss}, so the weights "
+        f"diverged; nothing of this epoch was written{kept}. A learning rate too high for this model is the "
+        f"usual cause: lower train.{stage}.lr (now {stage_cfg.lr:g}), e.g. "
+        f"SET=\"train.{stage}.lr={stage_cfg.lr / 10:g}\", and run it again.")
 
 
 def record_weights(cfg: Config, model_name: str) -> Path:
