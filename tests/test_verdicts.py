@@ -164,6 +164,20 @@ def test_the_card_says_what_each_interval_covers_and_what_the_audit_found():
     assert unaudited.loc["ResNet50 accuracy", "audit"] == "the audit (notebook 07) has not run"
 
 
+def test_the_card_reads_each_audit_interval_by_its_sign_as_the_audit_page_does():
+    from kvasir_utils.analysis import audit
+
+    headline = pd.DataFrame({"twin_gap": [-0.06], "twin_gap_ci_low": [-0.1], "twin_gap_ci_high": [-0.02],
+                             "masked_change": [0.094], "masked_change_ci_low": [0.016], "masked_change_ci_high": [0.172]},
+                            index=["resnet50"])
+    words = verdicts.audit_words(headline, "resnet50", 0.95)
+    assert "+9.4 points (95% interval [+1.6 points, +17.2 points]: masking the box helps)" in words
+    assert "images with a near-duplicate are harder" in words
+    assert "leans on the box" not in words and "flatters" not in words
+    assert audit.box_effect(-0.04, -0.01) == "the model leans on the box"
+    assert audit.gap_effect(0.01, 0.1) == "the image-level split flatters the score"
+
+
 def test_the_head_to_head_row_states_both_gaps_and_a_difference_a_reader_can_recompute():
     cfg = profiles.load_profile("paper", ["eval.bootstrap_samples=100"])
     claims = verdicts.claims_table(cfg, _evaluations({"resnet50": 0.8875, "efficientnet_b0": 0.92}))

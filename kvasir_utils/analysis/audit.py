@@ -174,6 +174,17 @@ def points(value: float, decimals: int = 1) -> str:
     return f"{100 * value:+.{decimals}f} points".replace("-", "\u2212")
 
 
+def box_effect(low: float, high: float) -> str:
+    """What an interval of the guide-box change (masked - unmasked, ``SIGNS``) that excludes zero
+    means, by its sign: lower when masked, the model leans on the box; higher, masking helps."""
+    return "the model leans on the box" if high < 0 else "masking the box helps"
+
+
+def gap_effect(low: float, high: float) -> str:
+    """What an interval of the near-duplicate gap (with - without a twin) that excludes zero means, by its sign."""
+    return "the image-level split flatters the score" if low > 0 else "images with a near-duplicate are harder"
+
+
 def interval_words(low: float, high: float, effect: str, none: str) -> str:
     """What an interval of a difference says: ``effect`` when it excludes zero, else ``none``."""
     if np.isnan(low) or np.isnan(high):
@@ -195,15 +206,14 @@ def audit_sentences(headline: pd.DataFrame, box_rates: pd.DataFrame, confidence:
     level = f"{confidence:.0%}"
     for model, row in headline.iterrows():
         change = row["masked_change"]
-        leans = "the model leans on the box" if row["masked_change_ci_high"] < 0 else "masking the box helps"
+        leans = box_effect(row["masked_change_ci_low"], row["masked_change_ci_high"])
         sentences.append(
             f"{model}: masking the box at test time changes accuracy from {row['accuracy']:.1%} to "
             f"{row['masked_accuracy']:.1%}, a change of {points(change)} ({level} interval "
             + interval_words(row["masked_change_ci_low"], row["masked_change_ci_high"], leans,
                               "too few images to tell whether the model leans on the box") + ").")
         gap = row["twin_gap"]
-        flatters = "the image-level split flatters the score" if row["twin_gap_ci_low"] > 0 else \
-            "images with a near-duplicate are harder"
+        flatters = gap_effect(row["twin_gap_ci_low"], row["twin_gap_ci_high"])
         sentences.append(
             f"{model}: the {int(row['twin_images'])} validation images with a near-duplicate in training are "
             f"classified {row['accuracy_with_twin']:.1%} correctly against {row['accuracy_without_twin']:.1%} for the "

@@ -144,10 +144,10 @@ def audit_words(headline: pd.DataFrame | None, model: str, confidence: float) ->
         return "not audited"
     row = headline.loc[model]
     level = f"{confidence:.0%}"
-    gap = audit.interval_words(row["twin_gap_ci_low"], row["twin_gap_ci_high"],
-                               "the image-level split flatters the score", "too few images to tell")
-    box = audit.interval_words(row["masked_change_ci_low"], row["masked_change_ci_high"],
-                               "the model leans on the box", "too few images to tell")
+    gap_low, gap_high = row["twin_gap_ci_low"], row["twin_gap_ci_high"]
+    box_low, box_high = row["masked_change_ci_low"], row["masked_change_ci_high"]
+    gap = audit.interval_words(gap_low, gap_high, audit.gap_effect(gap_low, gap_high), "too few images to tell")
+    box = audit.interval_words(box_low, box_high, audit.box_effect(box_low, box_high), "too few images to tell")
     return (f"near-duplicate gap {audit.points(row['twin_gap'])} ({level} interval {gap}); guide box masked: "
             f"{audit.points(row['masked_change'])} ({level} interval {box})")
 
