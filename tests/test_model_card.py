@@ -29,6 +29,7 @@ def test_a_card_per_model_in_the_sections_of_mitchell_et_al(cards, smoke_chain):
         assert headings == SECTIONS, model
         assert "pipeline check on generated data" in text.split("## Model details")[0]  # on top
         assert "not a medical device" in text and "research and educational purposes only" in text
+        assert model_card.citation_line(smoke_chain.data.dataset) in text and "KVASIR" in text  # the data's own
     assert list(model_card.model_cards_table(smoke_chain).index) == smoke_chain.train.models
 
 

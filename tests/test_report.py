@@ -40,6 +40,22 @@ def test_the_masked_run_is_compared_only_when_it_matches_in_everything_but_the_m
     assert profiles.masked_profile(cfg) is None  # no smoke-masked profile
 
 
+def test_a_caption_names_the_paper_only_beside_a_run_on_its_classes():
+    from kvasir_utils.artefacts import Figure
+    from kvasir_utils.datasets import KVASIR_V2_CLASSES
+    from kvasir_utils.report import outputs
+
+    def caption(kind, classes):
+        return outputs.caption(Figure.of_model("resnet50", kind), classes)
+
+    assert caption("f1_vs_paper", KVASIR_V2_CLASSES).endswith("this run beside the paper's Table 1.")
+    assert caption("confusion", KVASIR_V2_CLASSES).startswith("Table 2 (paper) as a heat map")
+    own = ["a", "b", "c"]
+    assert "paper's Table 1 is of Kvasir v2's eight classes, not this run's" in caption("f1_vs_paper", own)
+    assert caption("confusion", own).startswith("Table 2 as a heat map")
+    assert caption("figure1_predictions", own).startswith("Figure 1:")
+
+
 def test_a_vit_gradcam_caption_says_what_its_map_is_and_a_cnns_does_not():
     from kvasir_utils.artefacts import Figure
     from kvasir_utils.report import outputs

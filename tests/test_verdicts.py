@@ -168,8 +168,8 @@ def test_the_card_reads_each_audit_interval_by_its_sign_as_the_audit_page_does()
     from kvasir_utils.analysis import audit
 
     headline = pd.DataFrame({"twin_gap": [-0.06], "twin_gap_ci_low": [-0.1], "twin_gap_ci_high": [-0.02],
-                             "masked_change": [0.094], "masked_change_ci_low": [0.016], "masked_change_ci_high": [0.172]},
-                            index=["resnet50"])
+                             "masked_change": [0.094], "masked_change_ci_low": [0.016],
+                             "masked_change_ci_high": [0.172]}, index=["resnet50"])
     words = verdicts.audit_words(headline, "resnet50", 0.95)
     assert "+9.4 points (95% interval [+1.6 points, +17.2 points]: masking the box helps)" in words
     assert "images with a near-duplicate are harder" in words

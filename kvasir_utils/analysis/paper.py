@@ -198,5 +198,4 @@ def citations(dataset: str = "kvasir-v2") -> list[str]:
     return [PAPER_CITATION] if cited is None else [PAPER_CITATION, cited]
 
 
-CITATIONS = citations("kvasir-v2")  # the paper's own dataset
 dataset_terms = terms  # where the notebooks and reports read a dataset's terms

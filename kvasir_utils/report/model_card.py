@@ -124,10 +124,17 @@ def _details(i: CardInputs) -> list[str]:
         f"- **Use it:** `make predict PROFILE={cfg.profile} MODEL={i.model} IMAGES=<folder>`; ONNX with "
         f"`make export PROFILE={cfg.profile} MODEL={i.model}` (into `export/` beside this card; see "
         "docs/using-the-model.md).",
-        "- **Citation and licence:** " + " ".join(paper.CITATIONS) + " The study's code is under the MIT licence.",
+        citation_line(cfg.data.dataset),
         "", "Readings of the paper's ambiguous choices:", "",
         _table(tables.readings(paper.readings_table(cfg.to_dict()), cfg)),
     ]
+
+
+def citation_line(dataset: str) -> str:
+    """The card's citation: the paper, and the dataset the model was trained on where it is a public
+    one (``paper.citations``, as the index); a user's own data is theirs to cite."""
+    cited = " ".join(paper.citations(dataset))
+    return f"- **Citation and licence:** {cited} The study's code is under the MIT licence."
 
 
 def _intended_use(i: CardInputs) -> list[str]:

@@ -243,8 +243,10 @@ CAPTIONS = {
 }
 
 
-def caption(name: str) -> str:
-    """The caption of figure ``name`` (``resnet50_figure2_curves``...), or "" for one without."""
+def caption(name: str, classes: list[str] | None = None) -> str:
+    """The caption of figure ``name`` (``resnet50_figure2_curves``...), or "" for one without.
+    ``classes``: the run's, so that the paper is named only beside a run its numbers can stand
+    beside (``paper.comparable``); None where the figure is not a run's (a sweep's, the tests')."""
     for pattern, text in CAPTIONS.items():
         if "{model}" not in pattern:
             if name == pattern:
@@ -253,15 +255,19 @@ def caption(name: str) -> str:
         prefix, suffix = pattern.split("{model}")
         if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix):
             model = name[len(prefix):len(name) - len(suffix)]
-            return text.format(name=formats.model_name(model), **_paper_words(model)) + (
+            return text.format(name=formats.model_name(model), **_paper_words(model, classes)) + (
                 VIT_GRADCAM if _is_vit_gradcam(model, suffix) else "")
     return ""
 
 
-def _paper_words(model: str) -> dict[str, str]:
-    """A caption's words about the paper: "(paper)" only on a table or figure the paper has for ``model``."""
-    if paper.REPORTED.get(model):
+def _paper_words(model: str, classes: list[str] | None) -> dict[str, str]:
+    """A caption's words about the paper: "(paper)" only on a table or figure the paper has for
+    ``model`` and a run on its classes (``classes``; None: the model alone decides)."""
+    has = paper.REPORTED.get(model) if classes is None else paper.reported(model, classes)
+    if has:
         return {"paper": " (paper)", "beside": " beside the paper's Table 1"}
+    if paper.REPORTED.get(model):
+        return {"paper": "", "beside": " (the paper's Table 1 is of Kvasir v2's eight classes, not this run's)"}
     return {"paper": "", "beside": f" (the paper reports no per-class table for {formats.model_name(model)})"}
 
 
@@ -279,17 +285,17 @@ def _is_vit_gradcam(model: str, suffix: str) -> bool:
 def show_figure(fig, target: Config | Path, name: str) -> Path:
     """Save the figure (``save_figure``), show it once with its caption, and close it."""
     path = save_figure(fig, target, name)
-    display_figure(fig, name)
+    display_figure(fig, name, target.classes if isinstance(target, Config) else None)
     return path
 
 
-def display_figure(fig, name: str) -> None:
-    """Show ``fig`` once, its caption (``caption(name)``) below it and as its alt text (the
+def display_figure(fig, name: str, classes: list[str] | None = None) -> None:
+    """Show ``fig`` once, its caption (``caption(name, classes)``) below it and as its alt text (the
     notebook pages' template reads it from the output's metadata), and close it."""
     import matplotlib.pyplot as plt
     from IPython.display import Markdown, display
 
-    text = caption(name)
+    text = caption(name, classes)
     display(fig, metadata={"image/png": {"alt": text or name.replace("_", " ")}})
     plt.close(fig)
     if text:

@@ -29,11 +29,12 @@ from kvasir_utils.report.pages import TEMPLATES, copy_into, copy_stylesheet, rel
 ORDER = ("01", "02", "03", "04", "05", "06", "07", "08")  # notebook pages in the paper's order
 
 
-def _figure(path: Path, root: Path) -> Markup:
-    """A saved figure with its caption (``outputs.CAPTIONS``), or nothing when it was not made."""
+def _figure(path: Path, root: Path, classes: list[str] | None = None) -> Markup:
+    """A saved figure with its caption (``outputs.CAPTIONS``; ``classes``: the run's), or nothing when it
+    was not made."""
     if not path.exists():
         return Markup("")
-    text = outputs.caption(path.stem)
+    text = outputs.caption(path.stem, classes)
     alt = Markup.escape(text or path.stem)
     return Markup(f'<figure><img class="kvasir-figure" src="{rel(path, root)}" alt="{alt}">'
                   f"<figcaption>{Markup.escape(text)}</figcaption></figure>")
@@ -136,18 +137,18 @@ def _model_section(cfg: Config, model: str, record: dict, predictions: pd.DataFr
                                                name, reported.get("table1") is not None),
         "table1": Markup("".join(table_html(part, caption=caption, missing=formats.NOT_REPORTED)
                                  for part, caption in tables.table1_parts(table1, reported.get("table1"), name))),
-        "f1_figure": _figure(report.figure(Figure.of_model(model, "f1_vs_paper")), root),
+        "f1_figure": _figure(report.figure(Figure.of_model(model, "f1_vs_paper")), root, cfg.classes),
         "table2_heading": tables.paper_heading("Table 2", "confusion matrix", name,
                                                reported.get("table2") is not None),
         "table2": Markup(_table2_html(table2, reported.get("table2"), rel(browser, root), classes, name)),
         "abbreviations": compare.abbreviations_sentence(classes),
-        "confusion_figure": _figure(report.figure(Figure.of_model(model, "confusion")), root),
+        "confusion_figure": _figure(report.figure(Figure.of_model(model, "confusion")), root, cfg.classes),
         "roc_auc": Markup(table_html(paper.versus(auc.to_frame(), reported.get("roc_auc")),
                                      caption=f"ROC-AUC of {name}, one class against the rest"
                                      + (", beside the paper's" if reported.get("roc_auc") is not None else ""),
                                      missing=formats.NOT_REPORTED)),
-        "roc_figure": _figure(report.figure(Figure.of_model(model, "roc")), root),
-        "figures": [_figure(report.figure(Figure.of_model(model, kind)), root)
+        "roc_figure": _figure(report.figure(Figure.of_model(model, "roc")), root, cfg.classes),
+        "figures": [_figure(report.figure(Figure.of_model(model, kind)), root, cfg.classes)
                     for kind in ("figure1_predictions", "figure2_curves", "figure3_gradcam")],
     }
 
@@ -175,8 +176,9 @@ def _audit_section(cfg: Config) -> dict | None:
     box_rates = pd.read_csv(report.table(Table.GUIDE_BOX_RATES))
     shown = headline[["accuracy", "masked_accuracy", "masked_change", "twin_share", "accuracy_with_twin",
                       "accuracy_without_twin", "twin_gap", "ece", "brier"]].rename(index=formats.model_name)
-    figures = [_figure(report.figure(Figure.GUIDE_BOX_RATES), root)]
-    figures += [_figure(report.figure(Figure.of_model(model, "reliability")), root) for model in headline.index]
+    figures = [_figure(report.figure(Figure.GUIDE_BOX_RATES), root, cfg.classes)]
+    figures += [_figure(report.figure(Figure.of_model(model, "reliability")), root, cfg.classes)
+                for model in headline.index]
     sentences = audit.audit_sentences(headline.rename(index=formats.model_name), box_rates, cfg.eval.confidence)
     return {"sentences": sentences,
             "table": Markup(table_html(shown, caption="The audit in numbers")), "figures": figures}
