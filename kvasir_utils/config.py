@@ -1,9 +1,7 @@
-"""Settings: the one typed, validated settings object of a run, and every path the study writes.
-
-The schema holds types and ranges only; the values come from profiles (``profiles.load_profile``),
-and the paper's protocol from ``configs/paper.yaml`` alone. A bad value names its key and what is
-allowed, before anything is downloaded or trained.
-"""
+"""Settings: the one typed, validated settings object of a run, and every path the study writes. The schema
+holds types and ranges only; the values come from profiles (``profiles.load_profile``), and the paper's protocol
+from ``configs/paper.yaml`` alone. A bad value names its key and what is allowed, before anything is downloaded
+or trained."""
 
 from __future__ import annotations
 
@@ -11,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from kvasir_utils.artefacts import ReportFolder, RunFolder, checked_stage
 from kvasir_utils.datasets import DATASETS  # the public datasets the study knows; other: your own
@@ -47,10 +45,9 @@ class SyntheticConfig(Section):
     images_per_class: int = Field(ge=2)
     seed: int = Field(ge=0, lt=2**32)
     large_fraction: float = Field(ge=0, le=1)
-    # kvasir-v2: a zip like Kvasir v2's; hyper-kvasir: a nested folder tree like HyperKvasir's, with
-    # its split file (images_per_class is then its largest class, the others scaled as in HyperKvasir).
-    # The schema's one default: paper.yaml leaves data.synthetic null, so it cannot give this key, and
-    # profiles written before the key existed made Kvasir-shaped archives.
+    # kvasir-v2: a zip like Kvasir v2's; hyper-kvasir: a folder tree like HyperKvasir's with its split file
+    # (images_per_class: its largest class, the others scaled as in HyperKvasir). The schema's one default:
+    # paper.yaml leaves data.synthetic null, and profiles from before the key made Kvasir-shaped archives.
     layout: Literal["kvasir-v2", "hyper-kvasir"] = "kvasir-v2"
 
 
@@ -96,8 +93,7 @@ class CacheConfig(Section):
 
 
 class TransformsConfig(Section):
-    # image_size, mean and std: null takes each model's own (its pretrained configuration;
-    # ``train.models.model_settings``), so one profile can hold models made for other inputs
+    # image_size, mean, std: null takes each model's own (``train.models.model_settings``): any models in one profile
     image_size: int | None = Field(ge=16)
     rotation_degrees: float = Field(ge=0, le=180)
     hflip_p: float = Field(ge=0, le=1)
@@ -204,6 +200,14 @@ class Config(Section):
     train: TrainConfig
     eval: EvalConfig
     runtime: RuntimeConfig
+    _reference: str | None = PrivateAttr(None)  # the PROFILE a command takes: profiles.load_profile sets it
+
+    def __eq__(self, other) -> bool:  # the settings alone: how the profile was named is not one of them
+        return isinstance(other, Config) and self.model_dump() == other.model_dump()
+
+    @property
+    def profile_argument(self) -> str:  # what `make ... PROFILE=` takes: the profile's name or its file's path
+        return self._reference or self.profile
 
     @property
     def generated_data(self) -> bool:
@@ -260,9 +264,9 @@ class Config(Section):
         try:
             return list(json.loads(self.run.dataset_record.read_text())["classes"])
         except (OSError, ValueError, KeyError):
-            raise ConfigError(f"data.classes is empty, so the classes are the class folders notebook 01 finds, and "
-                              f"it has not run for this profile ({self.run.dataset_record} is missing): run `make "
-                              f"data PROFILE={self.profile}` first, or list the classes in data.classes") from None
+            raise ConfigError(f"data.classes is empty, so the classes are the class folders notebook 01 finds, and it "
+                              f"has not run for this profile ({self.run.dataset_record} is missing): run `make data "
+                              f"PROFILE={self.profile_argument}` first, or list the classes in data.classes") from None
 
     def stage_config(self, stage: str) -> StageConfig:
         return getattr(self.train, checked_stage(stage))
@@ -271,8 +275,7 @@ class Config(Section):
         return self.model_dump()
 
     def science_dict(self) -> dict:
-        """Everything that can change a result: the config without paths, runtime and how it was written
-        (the notebooks' stamps and a sweep member's record compare it, so a setting here reruns them)."""
+        """What can change a result (no paths, runtime, SET): the notebooks' stamps and sweep records compare it."""
         return self.model_dump(exclude={"paths": True, "runtime": True, "overrides": True,
                                         "transforms": {"backend"},  # where it augments: the runtime
                                         "cache": {"workers"}})  # how many processes build the same cache
@@ -299,8 +302,7 @@ def _dotted_key(loc: tuple) -> tuple[str, type[BaseModel] | None]:
 
 
 def _switched_on_section(loc: tuple) -> tuple[str, type[BaseModel]] | None:
-    """The innermost section on the way to ``loc`` that may be null (``data.synthetic``): paper.yaml
-    leaves it off, so its keys come from the profile or SET that turns it on, not from paper.yaml."""
+    """The innermost section on the way to ``loc`` that may be null (``data.synthetic``, off in paper.yaml)."""
     found, parts, inner = None, [], Config
     for part in loc:
         field = inner.model_fields.get(part) if inner is not None and isinstance(part, str) else None
@@ -329,8 +331,7 @@ def _allowed(name: str, field) -> str:
 
 
 def _missing_error(key: str, loc: tuple, values: dict) -> ConfigError:
-    """A missing key is paper.yaml's to give, unless it is under a section paper.yaml leaves null:
-    then the profile (or SET) that turns the section on must give it, so the error names that."""
+    """A missing key is paper.yaml's to give, unless its section is null there: then what turns it on."""
     switched = _switched_on_section(loc)
     if switched is None:
         return ConfigError(f"setting {key!r} is missing: a profile gives only what it changes and takes the rest "
@@ -346,8 +347,7 @@ def _missing_error(key: str, loc: tuple, values: dict) -> ConfigError:
 
 
 def _config_error(exc: ValidationError, values: dict) -> ConfigError:
-    """The first failing setting, with what is allowed (all its union alternatives together); a
-    misspelt key first, since it is also why the key meant is missing."""
+    """The first failing setting, what is allowed (all union alternatives); a misspelt key first."""
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     key, section = _dotted_key(errors[0]["loc"])
     if errors[0]["type"] == "missing":

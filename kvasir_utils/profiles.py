@@ -73,7 +73,7 @@ def profile_reference(name_or_path: str | os.PathLike) -> str:
     """What to hand to another process (a notebook kernel runs in ``notebooks/``): a profile's
     name as it is, a path made absolute."""
     path = find_profile(name_or_path)
-    return path.stem if path == CONFIG_DIR / f"{name_or_path}.yaml" else str(path)
+    return path.stem if path.resolve().parent == CONFIG_DIR.resolve() else str(path)
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -159,7 +159,9 @@ def load_profile(name_or_path: str | os.PathLike = "paper", overrides: list[str]
     for key in ("profile", "overrides"):
         if key in raw:
             raise ConfigError(f"'{key}' is set by the study itself (the file's name, the SET given); remove it")
-    return validate_config({**raw, "profile": path.stem, "overrides": overrides})
+    cfg = validate_config({**raw, "profile": path.stem, "overrides": overrides})
+    cfg._reference = profile_reference(path)
+    return cfg
 
 
 def masked_profile(cfg: Config) -> str | None:

@@ -168,3 +168,17 @@ def test_what_changes_no_result_reruns_nothing_and_what_does_reruns():
         assert load_profile("smoke", [same]).science_dict() == base, same
     for other in ("cache.short_side=64", "train.stage1.epochs=9", "eval.bootstrap_samples=70"):
         assert load_profile("smoke", [other]).science_dict() != base, other
+
+
+def test_a_command_the_study_suggests_names_the_profile_as_make_takes_it(tmp_path):
+    from kvasir_utils.analysis import verdicts
+
+    path = tmp_path / "my-hospital.yaml"
+    path.write_text("base: smoke\n")
+    mine, named = load_profile(path, ["train.stage1.epochs=1"]), load_profile("smoke")
+    assert mine.profile == "my-hospital" and mine.profile_argument == str(path.resolve())
+    assert named.profile_argument == "smoke"
+    # make's own rule: PROFILE= takes the argument back to the same profile
+    assert load_profile(mine.profile_argument).profile == "my-hospital"
+    assert verdicts.sweep_command(mine).endswith(f"base: {path.resolve()}>")
+    assert mine == load_profile(str(path), ["train.stage1.epochs=1"])  # the same settings, however it was named

@@ -159,7 +159,7 @@ def sweep_command(cfg: Config) -> str:
         spec = profiles.read_yaml(path, "sweep")
         if spec.get("base") == cfg.profile and not spec.get("grid") and not spec.get("readings"):
             return f"make sweep SWEEP={path.stem}"
-    return f"make sweep SWEEP=<a sweep file over seeds with base: {cfg.profile}>"
+    return f"make sweep SWEEP=<a sweep file over seeds with base: {cfg.profile_argument}>"
 
 
 def variance_note(cfg: Config, claims: pd.DataFrame) -> str:

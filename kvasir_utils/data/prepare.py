@@ -246,7 +246,7 @@ def write_run_split(cfg: Config, split: pd.DataFrame) -> Path:
             raise KvasirError(
                 f"{cfg.run_dir} holds models trained on the split in {path.name}, and these settings give "
                 f"another split ({describe_change(old, split)}). Nothing was changed. To train on the new "
-                f"split, delete that folder (`make clean PROFILE={cfg.profile}`), or keep both runs by giving "
+                f"split, delete that folder (`make clean PROFILE={cfg.profile_argument}`), or keep both runs by giving "
                 f"this one its own folder: SET=\"... paths.runs=<another folder>\"."
             )
     return write_split(split, path)
@@ -257,7 +257,8 @@ def input_fingerprints(cfg: Config) -> dict[str, str]:
     manifest_path = cache_dir(cfg) / MANIFEST
     for path in (cfg.run.split, manifest_path):
         if not path.exists():
-            raise KvasirError(f"{path} does not exist: run notebook 01 first (make data PROFILE={cfg.profile})")
+            raise KvasirError(f"{path} does not exist: run notebook 01 first "
+                              f"(make data PROFILE={cfg.profile_argument})")
     manifest = read_manifest(manifest_path)
     return {SPLIT: sha256_file(cfg.run.split),
             "cache manifest": manifest_fingerprint(manifest, cfg.cache.short_side, cfg.cache.quality)}

@@ -121,8 +121,8 @@ def _details(i: CardInputs) -> list[str]:
         f"- **Data:** archive `{archive.get('archive')}` ({archive.get('bytes', 0):,} bytes, SHA-256 "
         f"{archive.get('sha256')}); split.csv SHA-256 "
         f"{sha256_file(cfg.run.split) if cfg.run.split.exists() else 'not found'}.",
-        f"- **Use it:** `make predict PROFILE={cfg.profile} MODEL={i.model} IMAGES=<folder>`; ONNX with "
-        f"`make export PROFILE={cfg.profile} MODEL={i.model}` (into `export/` beside this card; see "
+        f"- **Use it:** `make predict PROFILE={cfg.profile_argument} MODEL={i.model} IMAGES=<folder>`; ONNX with "
+        f"`make export PROFILE={cfg.profile_argument} MODEL={i.model}` (into `export/` beside this card; see "
         "docs/using-the-model.md).",
         citation_line(cfg.data.dataset),
         "", "Readings of the paper's ambiguous choices:", "",
@@ -237,7 +237,7 @@ def _analyses(i: CardInputs) -> list[str]:
         per_class = factors.class_factors(i.cfg.classes, *[i.table(n) for n in needed])
         lines += ["Per class:", "", _table(per_class)]
     else:
-        lines.append("Per class: " + NOT_YET.format(profile=i.cfg.profile, what="notebooks 04 and 07") + ".")
+        lines.append("Per class: " + NOT_YET.format(profile=i.cfg.profile_argument, what="notebooks 04 and 07") + ".")
     return lines
 
 
@@ -260,7 +260,7 @@ def _ethics(i: CardInputs) -> list[str]:
         f"- {SOURCES.get(i.cfg.data.dataset, SOURCES['other'])} Nothing is known of the patients (no ids, age, sex "
         "or ethnicity), so fairness across patient groups cannot be assessed.",
         *audit, *([] if audit else ["- The audit (notebook 07) has not run: " + NOT_YET.format(
-            profile=i.cfg.profile, what="notebook 07") + "."]),
+            profile=i.cfg.profile_argument, what="notebook 07") + "."]),
         "", "## Caveats and recommendations",
         "- The split is by image, not by patient or examination, and the data come from one centre: expect lower "
         "accuracy on other hospitals' images. Validate on your own data before drawing any conclusion.",
@@ -279,7 +279,7 @@ def card_text(i: CardInputs) -> str:
     if i.cfg.generated_data:
         title += ["> **This card describes a pipeline check on generated data.** The model was trained and "
                   f"evaluated on the synthetic images of profile `{i.cfg.profile}` "
-                  f"(`make smoke PROFILE={i.cfg.profile}`); its "
+                  f"(`make smoke PROFILE={i.cfg.profile_argument}`); its "
                   "numbers show that the pipeline runs, and say nothing about Kvasir, endoscopy or any patient.", ""]
     sections = [_details(i), _intended_use(i), _factors(i), _metrics(i), _data(i), _analyses(i), _ethics(i)]
     return "\n".join(title + ["\n".join(section) + "\n" for section in sections])
@@ -335,7 +335,7 @@ def render_model_cards(cfg: Config) -> Markup | None:
                      "card": f'<a href="{pages.rel(card.with_suffix(".html"), root)}">model card</a> '
                      f'(<a href="{pages.rel(card, root)}">Markdown</a>)',
                      "ONNX": f'<a href="{pages.rel(root / found["onnx"], root)}">model.onnx</a>' if found["onnx"]
-                     else f"<code>make export PROFILE={cfg.profile} MODEL={model}</code> writes it"})
+                     else f"<code>make export PROFILE={cfg.profile_argument} MODEL={model}</code> writes it"})
     if not rows:
         return None
     shown = pd.DataFrame(rows).assign(card=lambda f: f["card"].map(Markup), ONNX=lambda f: f["ONNX"].map(Markup))

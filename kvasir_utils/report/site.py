@@ -78,7 +78,8 @@ def render_pages(cfg: Config) -> list[tuple[Path, str]]:
     """Every executed notebook of the profile as a page, in order, each linking the next."""
     executed = _ordered(cfg, [p for p in cfg.run.notebooks.glob("*.ipynb") if not p.name.endswith(".failed.ipynb")])
     if not executed:
-        raise KvasirError(f"no executed notebooks in {cfg.run.notebooks}; run `make reproduce PROFILE={cfg.profile}`")
+        raise KvasirError(f"no executed notebooks in {cfg.run.notebooks}; run "
+                          f"`make reproduce PROFILE={cfg.profile_argument}`")
     folder = cfg.report.html
     titles = [notebook_title(p) + (f" ({formats.model_name(p.stem.partition('-')[2])})" if "-" in p.stem else "")
               for p in executed]

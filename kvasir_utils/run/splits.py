@@ -64,7 +64,7 @@ def readme(cfg: Config, archive: dict, found, hashes: dict[str, str], across: di
         ("grouped", "stratified by class, every group of near-duplicate frames on one side")))
     return f"""# Train/validation splits of {cfg.data.name}
 
-Made by `make splits PROFILE={cfg.profile}` from the dataset archive `{archive.get('archive', cfg.data.name)}`
+Made by `make splits PROFILE={cfg.profile_argument}` from the dataset archive `{archive.get('archive', cfg.data.name)}`
 (SHA-256 `{archive.get('sha256', 'not recorded')}`), with a validation share of {cfg.split.val_fraction:g} and
 seed {cfg.split.seed}: the random split by scikit-learn's `train_test_split` stratified by class, the grouped one
 by its `StratifiedGroupKFold` with k = {round(1 / cfg.split.val_fraction)} folds, the first fold validation.

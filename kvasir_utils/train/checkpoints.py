@@ -96,7 +96,7 @@ def check_checkpoint(checkpoint: Checkpoint, cfg: Config, inputs: dict[str, str]
     if changed:
         raise KvasirError(
             f"the checkpoint {path} was made from other settings or data: {'; '.join(changed)} changed. "
-            f"Nothing was overwritten. Delete {path.parent} to retrain it (`make clean PROFILE={cfg.profile}` "
+            f"Nothing was overwritten. Delete {path.parent} to retrain it (`make clean PROFILE={cfg.profile_argument}` "
             f"deletes every run of the profile), or keep it and give this run its own folder: "
             f"SET=\"... paths.runs=<another folder>\"."
         )
@@ -105,7 +105,7 @@ def check_checkpoint(checkpoint: Checkpoint, cfg: Config, inputs: dict[str, str]
 def finished_checkpoint(cfg: Config, model_name: str, stage: str) -> Checkpoint:
     """A finished stage's checkpoint, checked against today's settings and inputs."""
     path = cfg.run.checkpoint(model_name, stage)
-    checkpoint = load_checkpoint(path, cfg.profile)
+    checkpoint = load_checkpoint(path, cfg.profile_argument)
     if checkpoint.epoch < cfg.stage_config(stage).epochs:
         raise KvasirError(f"{stage} of {model_name} is not finished ({path}); run it first")
     check_checkpoint(checkpoint, cfg, stage_inputs(cfg, model_name, stage), path)

@@ -72,7 +72,7 @@ def latest_checkpoint(run_folder: Path, model_name: str) -> Path | None:
 
 def _go_on(cfg: Config) -> str:
     overrides = f' SET="{" ".join(cfg.overrides)}"' if cfg.overrides else ""
-    return f"make reproduce PROFILE={cfg.profile}{overrides}"
+    return f"make reproduce PROFILE={cfg.profile_argument}{overrides}"
 
 
 def load_finished(run_folder: Path, model_name: str) -> tuple[Checkpoint, Config, Path]:

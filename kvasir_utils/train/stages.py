@@ -70,7 +70,7 @@ def resume_stage(cfg: Config, model_name: str, stage: str, inputs: dict[str, str
     path = cfg.run.checkpoint(model_name, stage)
     if not path.exists():
         return None
-    resumed = load_checkpoint(path, cfg.profile)
+    resumed = load_checkpoint(path, cfg.profile_argument)
     check_checkpoint(resumed, cfg, inputs, path)
     return resumed
 
