@@ -141,7 +141,8 @@ def describe_probe(probe: dict) -> str:
         elif found["chose"] == alternative:
             said.append(f"{alternative} {found['ratio']:.2f}x {reference}")
         else:
-            said.append(f"{reference}, as {alternative} measured {found['ratio']:.2f}x")
+            why = f" {found['why_not']}" if found.get("why_not") else ""  # records from before it: the ratio alone
+            said.append(f"{reference}, as {alternative} measured {found['ratio']:.2f}x{why}")
     return f" (chosen by a probe of the training step: {'; '.join(said)})" if said else ""
 
 

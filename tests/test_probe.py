@@ -47,7 +47,8 @@ def test_the_probe_measures_once_chooses_and_the_record_says_so(tmp_path):
     kept[key] |= {"ratio": 1.5, "low": 1.2}
     path.write_text(json.dumps(kept))
     again = probe.choose(runtime, model, "resnet18", cfg)
-    assert again.channels_last and again.probe["memory_format"] == {"chose": "channels_last", "ratio": 1.5}
+    assert again.channels_last and again.probe["memory_format"] == {"chose": "channels_last", "ratio": 1.5,
+                                                                    "why_not": None}
     assert again.precision == chosen.precision and again.probe["precision"] == precision
     assert json.loads(path.read_text()) == kept  # nothing measured, nothing added
     record = again.record()
@@ -114,3 +115,15 @@ def test_measurements_under_instruction_set_limits_are_kept_apart(monkeypatch):
     emulated = probe.machine(torch.device("cpu"))
     assert emulated != native and " under ONEDNN_MAX_CPU_ISA=AVX2 (" in emulated
     assert emulated.replace(" under ONEDNN_MAX_CPU_ISA=AVX2", "") == native
+
+
+def test_the_pages_say_why_a_faster_measured_alternative_was_not_kept():
+    from kvasir_utils.provenance import describe_probe
+
+    noisy = {"ratio": 1.32, "low": 0.56, "high": 1.43, "rounds": 5}
+    assert not probe.pays(noisy) and probe.why_not({"ratio": 1.3, "low": 1.1, "rounds": 5}) is None
+    said = describe_probe({"precision": {"chose": "fp32", "ratio": 1.32, "why_not": probe.why_not(noisy)}})
+    assert "fp32, as bf16 measured 1.32x but slower in one of its 5 rounds (0.56x), so not surely faster" in said
+    small = probe.why_not({"ratio": 1.02, "low": 1.01, "rounds": 5})
+    assert small == f"below the {probe.MIN_GAIN:.2f}x it must gain"
+    assert describe_probe({"precision": {"chose": "fp32", "ratio": 1.32}}).endswith("measured 1.32x)")  # older record

@@ -109,6 +109,7 @@ def test_one_number_style():
     assert formats.number(0.92625, "percent") == "92.6%" and formats.number(0.9250, "score") == "0.925"
     assert formats.number(-0.0469, "points") == "\u22124.7 points" and formats.number(1600, "count") == "1,600"
     assert formats.number(203.0, "count") == "203" and formats.number(-0.25, "score") == "\u22120.250"
+    assert formats.counted(1, "epoch") == "1 epoch" and formats.counted(3, "epoch") == "3 epochs"
     assert formats.number(float("nan"), "score", formats.NOT_REPORTED) == "not reported"
     assert formats.interval(0.85, 0.9, "percent") == "[85.0%, 90.0%]" and formats.interval(math.nan, 1) == ""
     versus = paper.versus(pd.DataFrame({"Recall": [0.5], "F1-Score": [0.75]}, index=["Polyps"]),

@@ -125,6 +125,11 @@ MODEL_NAMES = {"resnet50": "ResNet50", "efficientnet_b0": "EfficientNet-B0", "re
                "timm:vit_base_patch14_dinov2.lvd142m": "DINOv2 ViT-B/14"}
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``: a count with its noun in the number it takes."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def model_name(model: str) -> str:
     """A model's name as papers write it (``efficientnet_b0`` -> ``EfficientNet-B0``; the backbones
     profile's timm models by their short names); any other, as given."""

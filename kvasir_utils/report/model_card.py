@@ -110,8 +110,9 @@ def _details(i: CardInputs) -> list[str]:
         f"`{cfg.profile}` on {cfg.data.name}; evaluated on "
         f"{datetime.date.fromtimestamp((cfg.run.metrics(i.model)).stat().st_mtime)}.",
         f"- **Started from:** {_started_from(made.get('weights'))}",
-        f"- **Protocol:** Adam, batch {cfg.train.batch_size}; stage 1: {s1.epochs} epochs training `{s1.trainable}` at "
-        f"learning rate {s1.lr:g}; stage 2: {s2.epochs} epochs training `{s2.trainable}` at {s2.lr:g} "
+        f"- **Protocol:** Adam, batch {cfg.train.batch_size}; stage 1: {formats.counted(s1.epochs, 'epoch')} "
+        f"training `{s1.trainable}` at learning rate {s1.lr:g}; stage 2: {formats.counted(s2.epochs, 'epoch')} "
+        f"training `{s2.trainable}` at {s2.lr:g} "
         f"({cfg.train.stage2_init}, frozen BatchNorm layers in {cfg.train.frozen_batchnorm} mode); input "
         f"{t.image_size} px ({t.eval_resize} at evaluation), overlays masked: {t.mask_overlays}. The readings of what "
         "the paper leaves open are in the table below.",

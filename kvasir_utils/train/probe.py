@@ -48,6 +48,16 @@ def pays(pair: dict) -> bool:
     return pair["ratio"] >= MIN_GAIN and pair["low"] >= 1.0
 
 
+def why_not(pair: dict | None) -> str | None:
+    """Why an alternative that was measured was not kept, in words for the pages (None: it was, or
+    it was not measured)."""
+    if pair is None or pays(pair):
+        return None
+    if pair["ratio"] < MIN_GAIN:
+        return f"below the {MIN_GAIN:.2f}x it must gain"
+    return f"but slower in one of its {pair.get('rounds', ROUNDS)} rounds ({pair['low']:.2f}x), so not surely faster"
+
+
 def probe_file(cfg: Config) -> Path:
     """Where this machine's measurements are kept: the data folder (``paths.data``), which every
     profile and sweep member on the machine shares and which holds only what the machine derived."""
@@ -131,13 +141,14 @@ def choose(runtime: Runtime, model: nn.Module, model_name: str, cfg: Config, pat
             pair = ratio(dataclasses.replace(fp32, precision="bf16"), fp32, f"bf16 vs fp32, {layout(given)}") \
                 if native_bf16(runtime.device) else None  # emulated bf16 is slower: not measured
             chosen = dataclasses.replace(chosen, precision="bf16" if pair and pays(pair) else "fp32")
-            found["precision"] = {"chose": chosen.precision, "ratio": pair and pair["ratio"]}
+            found["precision"] = {"chose": chosen.precision, "ratio": pair and pair["ratio"], "why_not": why_not(pair)}
         if "memory_format" in runtime.pending:
             contiguous = dataclasses.replace(chosen, channels_last=False)
             pair = ratio(dataclasses.replace(contiguous, channels_last=True), contiguous,
                          f"channels_last vs contiguous, {chosen.precision}")
             chosen = dataclasses.replace(contiguous, channels_last=pays(pair))
-            found["memory_format"] = {"chose": layout(chosen.channels_last), "ratio": pair["ratio"]}
+            found["memory_format"] = {"chose": layout(chosen.channels_last), "ratio": pair["ratio"],
+                                      "why_not": why_not(pair)}
         if known != before:
             write_json_atomic(path, known)
     return dataclasses.replace(chosen, pending=(), probe=found)
