@@ -115,7 +115,7 @@ def test_one_number_style():
     versus = paper.versus(pd.DataFrame({"Recall": [0.5], "F1-Score": [0.75]}, index=["Polyps"]),
                           pd.DataFrame({"Recall": [0.6], "F1-Score": [0.7]}, index=["Polyps"]))
     shown = formats.formatted(versus).loc["Polyps"]
-    assert shown[("Recall", "difference")] == "\u221210.0 points" and shown[("F1-Score", "difference")] == "0.050"
+    assert shown[("Recall", "difference")] == "\u221210.0 points" and shown[("F1-Score", "difference")] == "+0.050"
 
 
 def test_a_sweep_page_shows_no_interval_below_the_fewest_runs_and_none_outside_the_bounds():

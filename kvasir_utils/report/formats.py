@@ -89,11 +89,12 @@ def formatted(frame: pd.DataFrame, kinds: dict[str, str] | None = None, missing:
     kinds = kinds or {}
     out = frame.copy().astype(object)
     for column in frame.columns:
-        # (metric, paper | run | difference) columns take the metric's kind; a difference of shares is in points
+        # (metric, paper | run | difference) columns take the metric's kind; a difference is signed, one of
+        # shares in points
         name = str(column[0] if isinstance(column, tuple) else column)
         kind = kinds.get(name, kind_of(name))
-        if isinstance(column, tuple) and column[-1] == "difference" and kind == "percent":
-            kind = "points"
+        if isinstance(column, tuple) and column[-1] == "difference":
+            kind = {"percent": "points", "score": "signed score"}.get(kind, kind)
         out[column] = [number(v, kind, missing) for v in frame[column]]
     return out
 
