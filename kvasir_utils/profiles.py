@@ -90,7 +90,11 @@ def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = raw.pop("base", None)
     if base is None:
         return raw if path.resolve() == PROTOCOL.resolve() else deep_merge(read_yaml(PROTOCOL), raw)
-    return deep_merge(_load_raw(find_profile(base, relative_to=path.parent), (*seen, path)), raw)
+    try:
+        found = find_profile(base, relative_to=path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: base: {exc}") from None
+    return deep_merge(_load_raw(found, (*seen, path)), raw)
 
 
 def with_protocol(values: dict) -> Config:

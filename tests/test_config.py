@@ -182,3 +182,11 @@ def test_a_command_the_study_suggests_names_the_profile_as_make_takes_it(tmp_pat
     assert load_profile(mine.profile_argument).profile == "my-hospital"
     assert verdicts.sweep_command(mine).endswith(f"base: {path.resolve()}>")
     assert mine == load_profile(str(path), ["train.stage1.epochs=1"])  # the same settings, however it was named
+
+
+def test_a_misspelt_base_names_the_file_that_gives_it(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: smok\n")
+    named = rf"{re.escape(str(path))}: base: unknown profile 'smok'; known profiles: .*smoke"
+    with pytest.raises(ConfigError, match=named):
+        load_profile(path)
