@@ -163,6 +163,21 @@ def test_an_unfinished_checkpoint_or_another_format_is_refused_with_the_remedy(s
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("chain")
+def test_a_folder_with_no_readable_image_is_refused_and_writes_nothing(smoke_chain, tmp_path):
+    from kvasir_utils.run.predict_folder import predict_folder
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("not an image")
+    (folder / "cut.jpg").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(KvasirError, match=r"none of the 2 file\(s\) under .*notes could be read as an image "
+                                          r"\(.*readme.txt.*\); nothing was written"):
+        predict_folder(smoke_chain, "resnet50", folder, "notes", progress=False)
+    assert not smoke_chain.report.predict_dir("notes").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("chain")
 def test_notebook_08_predicts_a_folder_and_shows_the_gallery_inline(smoke_chain, tmp_path):
     images = _validation_folder(smoke_chain, tmp_path / "few", per_class=1)
     parameters = {"PROFILE": "smoke", "MODEL": "efficientnet_b0", "IMAGES": str(images),

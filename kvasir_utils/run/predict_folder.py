@@ -104,6 +104,11 @@ def predict_folder(cfg: Config, model_name: str, images: Path | str, name: str |
             tables.append(batch.table)
             skipped += batch.skipped
         predictions = pd.concat(tables, ignore_index=True)
+        if predictions.empty:  # the folder is left as it was: no gallery of nothing that looks finished
+            reasons = "; ".join(f"{file}: {reason}" for file, reason in skipped[:3]) + "; ..." * (len(skipped) > 3)
+            raise KvasirError(f"none of the {len(files)} file(s) under {source} could be read as an image "
+                              f"({reasons}); nothing was written. Give IMAGES= a folder of image files (JPEG, PNG, "
+                              "...) or one of them.")
         skipped = pd.DataFrame(skipped, columns=["file", "reason"])
         write_csv_atomic(predictions, work / artefacts.PREDICTIONS)
         write_csv_atomic(skipped, work / artefacts.SKIPPED)
