@@ -85,6 +85,8 @@ def test_a_sweep_of_enough_runs_stands_behind_the_card_and_too_few_do_not():
 def test_departures_list_what_differs_from_paper_yaml_and_only_some_of_it_matters():
     assert departures.departures(profiles.load_profile("paper")).empty
     assert departures.why_not_comparable(profiles.load_profile("paper")) is None
+    own = profiles.load_profile("paper", ["data.dataset=other", "data.url=/srv/mine.zip"])
+    assert departures.why_not_comparable(own) == "another dataset than the paper's Kvasir v2 (data.dataset: other)"
     moved = profiles.load_profile("paper", ["data.url=/mirror/kvasir-dataset-v2.zip", "eval.bootstrap_samples=10"])
     assert set(departures.departures(moved)["setting"]) == {"data.url", "data.mirrors", "data.size",
                                                             "eval.bootstrap_samples"}
