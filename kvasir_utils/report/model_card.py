@@ -20,7 +20,7 @@ from kvasir_utils.analysis import audit, departures, factors, intervals, metrics
 from kvasir_utils.artefacts import Table
 from kvasir_utils.config import Config
 from kvasir_utils.files import sha256_file, write_text_atomic
-from kvasir_utils.provenance import describe_commit, describe_runtime, describe_weights
+from kvasir_utils.provenance import describe_commit, describe_data, describe_runtime, describe_weights
 from kvasir_utils.report import formats, pages, tables
 from kvasir_utils.report.outputs import banner_html, html_table, save_table, to_markdown
 
@@ -98,7 +98,6 @@ def _started_from(weights: dict | None) -> str:
 def _details(i: CardInputs) -> list[str]:
     cfg, record, made = i.cfg, i.record, i.record["provenance"]
     checkpoint = _checkpoint(cfg, i.model)
-    archive = made.get("archive") or {}
     t, s1, s2 = cfg.transforms, cfg.train.stage1, cfg.train.stage2
     return [
         "## Model details",
@@ -119,8 +118,7 @@ def _details(i: CardInputs) -> list[str]:
         f"- **Checkpoint:** `{checkpoint}`" + (f", SHA-256 {sha256_file(checkpoint)}" if checkpoint.exists() else ""),
         f"- **Code:** study commit {describe_commit(made)}; requirements.lock SHA-256 {made.get('lock_sha256')}; "
         f"evaluated with torch {record['environment']['torch']} on {describe_runtime(record['runtime'])}.",
-        f"- **Data:** archive `{archive.get('archive')}` ({archive.get('bytes', 0):,} bytes, SHA-256 "
-        f"{archive.get('sha256')}); split.csv SHA-256 "
+        f"- **Data:** {describe_data(made.get('archive'))}; split.csv SHA-256 "
         f"{sha256_file(cfg.run.split) if cfg.run.split.exists() else 'not found'}.",
         f"- **Use it:** `make predict PROFILE={cfg.profile_argument} MODEL={i.model} IMAGES=<folder>`; ONNX with "
         f"`make export PROFILE={cfg.profile_argument} MODEL={i.model}` (into `export/` beside this card; see "
