@@ -73,7 +73,7 @@ def profile_reference(name_or_path: str | os.PathLike) -> str:
     """What to hand to another process (a notebook kernel runs in ``notebooks/``): a profile's
     name as it is, a path made absolute."""
     path = find_profile(name_or_path)
-    return path.stem if path.resolve().parent == CONFIG_DIR.resolve() else str(path)
+    return path.stem if path.resolve() == (CONFIG_DIR / f"{path.stem}.yaml").resolve() else str(path)
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -97,10 +97,13 @@ def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return deep_merge(_load_raw(found, (*seen, path)), raw)
 
 
-def with_protocol(values: dict) -> Config:
+def with_protocol(values: dict, reference: str | None = None) -> Config:
     """A saved config (in a checkpoint, ``config.yaml``) read with today's protocol filling what it
-    lacks, so a setting added since it was saved is no change."""
-    return validate_config(deep_merge({"profile": "paper", "overrides": [], **read_yaml(PROTOCOL)}, values))
+    lacks, so a setting added since it was saved is no change. ``reference``: the PROFILE the
+    command was given (``Config.profile_argument``), for the commands the study suggests."""
+    cfg = validate_config(deep_merge({"profile": "paper", "overrides": [], **read_yaml(PROTOCOL)}, values))
+    cfg._reference = reference
+    return cfg
 
 
 def parse_override(text: str) -> tuple[list[str], object]:

@@ -190,3 +190,18 @@ def test_a_misspelt_base_names_the_file_that_gives_it(tmp_path):
     named = rf"{re.escape(str(path))}: base: unknown profile 'smok'; known profiles: .*smoke"
     with pytest.raises(ConfigError, match=named):
         load_profile(path)
+
+
+def test_the_profile_argument_survives_the_settings_read_back_from_a_run(tmp_path):
+    from kvasir_utils.report import model_card, outputs
+
+    path = tmp_path / "my-hospital.yaml"
+    path.write_text("base: smoke\ndata: {classes: []}\n")
+    cfg = load_profile(path, [f"paths.runs={tmp_path / 'runs'}"])
+    assert profiles.profile_reference(path) == str(path.resolve()) == cfg.profile_argument
+    bundled = profiles.profile_reference(config.CONFIG_DIR / "smoke.yaml")
+    assert profiles.profile_reference("smoke") == "smoke" == bundled
+    profiles.save_config(cfg, cfg.run.settings)
+    assert model_card.run_settings(cfg).profile_argument == str(path.resolve())  # the card's commands
+    assert profiles.with_protocol(cfg.to_dict()).profile_argument == "my-hospital"  # a record alone: the name
+    assert outputs.known_classes(cfg) is None  # notebook 01 has not recorded the class folders yet

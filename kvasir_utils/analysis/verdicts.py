@@ -4,8 +4,8 @@ verdict in words.
 
 Verdicts: *consistent with the paper* (the paper's value lies inside the interval), *below the
 paper* / *above the paper* (the whole interval lies on one side of it), *not comparable* (generated
-data, or settings that depart from the paper's protocol), *too few runs to tell* (a sweep of fewer
-than ``stats.MIN_RUNS`` runs gives no interval).
+data, another dataset than Kvasir v2, or settings that depart from the paper's protocol), *too few
+runs to tell* (a sweep of fewer than ``stats.MIN_RUNS`` runs gives no interval).
 
 Each row's ``basis`` says what its interval covers: one run's validation images resampled (so not
 the variance from one training run to the next: ``sweep_command`` names the sweep that adds it), or
@@ -24,7 +24,7 @@ import pandas as pd
 from kvasir_utils import artefacts, profiles
 from kvasir_utils.analysis import audit, departures, intervals, metrics, paper, stats
 from kvasir_utils.analysis.runs import same_images
-from kvasir_utils.config import CONFIG_DIR, Config
+from kvasir_utils.config import CONFIG_DIR, Config, ConfigError
 from kvasir_utils.files import write_json_atomic
 
 CARD_COLUMNS = ["claim", "paper", "run", "ci_low", "ci_high", "difference", "n", "basis", "verdict", "audit"]
@@ -155,9 +155,17 @@ def audit_words(headline: pd.DataFrame | None, model: str, confidence: float) ->
 def sweep_command(cfg: Config) -> str:
     """The command that puts the variance between training runs into the card: ``make sweep`` of a
     sweep file over seeds of this profile (``configs/sweeps/``), or of one to write."""
+    def profile_file(name: str, folder: Path | None = None) -> Path | None:
+        try:  # a profile's name, or a path (a sweep's base: from the sweep file's folder)
+            return profiles.find_profile(name, relative_to=folder).resolve()
+        except ConfigError:
+            return None
+
+    own = profile_file(cfg.profile_argument)
     for path in sorted((CONFIG_DIR / "sweeps").glob("*.yaml")):
         spec = profiles.read_yaml(path, "sweep")
-        if spec.get("base") == cfg.profile and not spec.get("grid") and not spec.get("readings"):
+        same = own is not None and profile_file(spec.get("base", "paper"), path.parent) == own
+        if same and not spec.get("grid") and not spec.get("readings"):
             return f"make sweep SWEEP={path.stem}"
     return f"make sweep SWEEP=<a sweep file over seeds with base: {cfg.profile_argument}>"
 

@@ -68,7 +68,7 @@ def compare(cfg: Config, bench: dict) -> pd.DataFrame:
         model, stage = row["model"], row["stage"]
         if not cfg.run.history(model, stage).exists():
             raise KvasirError(f"{cfg.run.history(model, stage)} is missing: the run is not finished (`make evaluate "
-                              f"PROFILE={cfg.profile}` runs it)")
+                              f"PROFILE={cfg.profile_argument}` runs it)")
         history = pd.read_csv(cfg.run.history(model, stage))
         if len(history) != cfg.stage_config(stage).epochs:
             raise KvasirError(f"{cfg.run.history(model, stage)} has {len(history)} epochs where the profile trains "

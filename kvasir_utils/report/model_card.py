@@ -58,7 +58,8 @@ def _table(frame: pd.DataFrame) -> str:
 def run_settings(cfg: Config) -> Config:
     """The settings the run was made with (``runs/<profile>/config.yaml``), else ``cfg``."""
     path = cfg.run.settings
-    return profiles.with_protocol(profiles.read_yaml(path, "saved config")) if path.exists() else cfg
+    return profiles.with_protocol(profiles.read_yaml(path, "saved config"), cfg.profile_argument) \
+        if path.exists() else cfg
 
 
 def read_inputs(cfg: Config, model: str) -> CardInputs:

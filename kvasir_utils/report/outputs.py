@@ -285,8 +285,14 @@ def _is_vit_gradcam(model: str, suffix: str) -> bool:
 def show_figure(fig, target: Config | Path, name: str) -> Path:
     """Save the figure (``save_figure``), show it once with its caption, and close it."""
     path = save_figure(fig, target, name)
-    display_figure(fig, name, target.classes if isinstance(target, Config) else None)
+    display_figure(fig, name, known_classes(target) if isinstance(target, Config) else None)
     return path
+
+
+def known_classes(cfg: Config) -> list[str] | None:
+    """The run's classes where they are known yet (notebook 01 draws figures before it records the
+    class folders it found, when ``data.classes`` leaves them to it); None before."""
+    return list(cfg.data.classes) or (cfg.classes if cfg.run.dataset_record.exists() else None)
 
 
 def display_figure(fig, name: str, classes: list[str] | None = None) -> None:

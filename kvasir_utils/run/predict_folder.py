@@ -96,7 +96,7 @@ def predict_folder(cfg: Config, model_name: str, images: Path | str, name: str |
     files = image_files(source)
     root = source.parent if source.is_file() else source
     dest = cfg.report.predict_dir(prediction_name(source, name))
-    predictor = Predictor.from_run(cfg.run_dir, model_name, hardware.use_runtime(cfg.runtime))
+    predictor = Predictor.from_run(cfg.run_dir, model_name, hardware.use_runtime(cfg.runtime), cfg.profile_argument)
     tables, skipped = [], []
     with atomic_folder(dest) as work:
         for batch in predictor.predict_files(files, root, progress=progress):

@@ -127,7 +127,8 @@ def parity_check(onnx: bytes, predictor: Predictor) -> dict:
               for size in PARITY_BATCHES]
     passed = all(c["max_abs_diff"] <= PARITY_TOLERANCE and c["top1_agreement"] == 1.0 for c in checks)
     return {"model": predictor.model_name, "passed": passed, "images": len(reference), "tolerance": PARITY_TOLERANCE,
-            "reference": "PyTorch fp32 on the CPU, batch 32", "checks": checks, "opset": OPSET,
+            "reference": f"PyTorch fp32 on the CPU, batches of up to {max(PARITY_BATCHES)}", "checks": checks,
+            "opset": OPSET,
             "exporter": "torch.onnx.export, TorchScript-based (dynamo=False)", "provider": "CPUExecutionProvider",
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "checkpoint": str(predictor.checkpoint),
             "onnx_sha256": hashlib.sha256(onnx).hexdigest()}
@@ -137,7 +138,7 @@ def export_model(cfg: Config, model_name: str) -> Export:
     """Export the profile's trained ``model_name`` and check it (see the module's description)."""
     model_name = check_model(cfg, model_name)
     fp32 = hardware.Runtime(torch.device("cpu"), "fp32", workers=0)
-    predictor = Predictor.from_run(cfg.run_dir, model_name, fp32)
+    predictor = Predictor.from_run(cfg.run_dir, model_name, fp32, cfg.profile_argument)
     onnx = onnx_bytes(lora.merged(predictor.model), predictor.cfg.transforms.image_size)
     parity = parity_check(onnx, predictor) | {"lora_merged": lora.has_lora(predictor.model)}
     folder = cfg.report.model_dir(model_name) / "export"

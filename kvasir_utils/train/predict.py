@@ -75,7 +75,7 @@ def _go_on(cfg: Config) -> str:
     return f"make reproduce PROFILE={cfg.profile_argument}{overrides}"
 
 
-def load_finished(run_folder: Path, model_name: str) -> tuple[Checkpoint, Config, Path]:
+def load_finished(run_folder: Path, model_name: str, profile: str | None = None) -> tuple[Checkpoint, Config, Path]:
     """The model's final checkpoint, the settings it recorded (read with today's protocol filling
     what it lacks) and its path; refused with the remedy when it is missing, of another checkpoint
     format, or unfinished (its last stage has fewer epochs than its settings ask)."""
@@ -84,8 +84,9 @@ def load_finished(run_folder: Path, model_name: str) -> tuple[Checkpoint, Config
         raise KvasirError(f"no trained {model_name} in {run_folder} (no checkpoint under {model_folder(model_name)}/): "
                           "train it first (make reproduce PROFILE=...), or check PROFILE, MODEL and "
                           "SET=\"paths.runs=...\"")
-    checkpoint = checkpoints.load_checkpoint(path, Path(run_folder).name)
-    cfg = with_protocol(checkpoint.config)
+    profile = profile or Path(run_folder).name  # the PROFILE the command was given, where the caller knows it
+    checkpoint = checkpoints.load_checkpoint(path, profile)
+    cfg = with_protocol(checkpoint.config, profile)
     stage, final = checkpoint.stage, final_stage(cfg.train.stage2.epochs)
     epochs = cfg.stage_config(stage).epochs
     if stage != final or checkpoint.epoch < epochs:
@@ -136,11 +137,12 @@ class Predictor:
     _training: tuple[list[str], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_run(cls, run_folder: Path, model_name: str, runtime: hardware.Runtime | None = None) -> Predictor:
+    def from_run(cls, run_folder: Path, model_name: str, runtime: hardware.Runtime | None = None,
+                 profile: str | None = None) -> Predictor:
         """Load ``model_name``'s finished checkpoint from ``run_folder`` (``runs/<profile>``), on
         ``runtime`` or on the device and precision its settings resolve to on this machine (what they
         leave to a probe, taken from the checkpoint's record: ``train.probe.adopt``)."""
-        checkpoint, cfg, path = load_finished(Path(run_folder), model_name)
+        checkpoint, cfg, path = load_finished(Path(run_folder), model_name, profile)
         runtime = hardware.apply_determinism(runtime or hardware.resolve_runtime(cfg.runtime))
         model, runtime = checkpoints.restore_trained(cfg, model_name, checkpoint, runtime)  # as the stages chose
         return cls(cfg, model_name, model.eval(), runtime, path, Path(run_folder))

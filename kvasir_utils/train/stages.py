@@ -202,6 +202,7 @@ def run_epochs(model: nn.Module, cfg: Config, model_name: str, stage: str, loade
                                   cfg.train.frozen_batchnorm, desc, augment, augment_generator(seed))
             check_finite_loss(fit["loss"], cfg, model_name, stage, epoch)
             val = evaluate(net, loaders["val"], runtime, desc=f"{desc} val", features=features)
+            check_finite_loss(val["loss"], cfg, model_name, stage, epoch)  # a last step that diverged shows here
             row = {"epoch": epoch, "global_epoch": offset + epoch, "train_loss": fit["loss"], "train_acc": fit["acc"],
                    "val_loss": val["loss"], "val_acc": val["acc"], "seconds": fit["seconds"] + val["seconds"],
                    "images_per_s": fit["images"] / fit["seconds"],
