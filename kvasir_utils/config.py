@@ -6,6 +6,7 @@ or trained."""
 from __future__ import annotations
 
 import json
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Literal, get_origin
 
@@ -165,8 +166,7 @@ class EvalConfig(Section):
 
 
 class RuntimeConfig(Section):
-    """How to run, never what is computed; no checkpoint compares these (configs/paper.yaml says
-    what each value does)."""
+    """How to run, never what is computed; no checkpoint compares these (paper.yaml says what each does)."""
 
     device: Literal["auto", "cpu", "cuda", "mps"]
     precision: Literal["auto", "bf16", "fp32"]
@@ -186,9 +186,8 @@ class RuntimeConfig(Section):
 
 
 class Config(Section):
-    """One run's settings. Every value comes from a profile, and every profile from the paper's
-    protocol (``configs/paper.yaml``, the one place its values are written): a profile names only
-    what it changes. The schema here holds the types and ranges."""
+    """One run's settings, each from a profile, each profile from ``configs/paper.yaml`` (the one place
+    the protocol's values are written) and what it changes. The schema holds types and ranges."""
 
     profile: str
     overrides: list[str]  # the dotted settings this run was given on top of the profile (SET)
@@ -257,8 +256,7 @@ class Config(Section):
 
     @property
     def classes(self) -> list[str]:
-        """The run's classes in table order: ``data.classes``, or, when it is empty, the class folders
-        notebook 01 found in the dataset (recorded in ``dataset.json`` beside the split)."""
+        """The classes in table order: ``data.classes``, or the class folders notebook 01 found (dataset.json)."""
         if self.data.classes:
             return list(self.data.classes)
         try:
@@ -288,8 +286,7 @@ def _model_in(annotation) -> type[BaseModel] | None:
 
 
 def _dotted_key(loc: tuple) -> tuple[str, type[BaseModel] | None]:
-    """pydantic's error location -> (``train.stage1.lr``, the section class the key is under).
-    Union members' tags in the location (``'int'``, ``"literal['auto']"``) are not settings."""
+    """pydantic's error location -> (``train.stage1.lr``, its section class); union tags are not keys."""
     parts, inner, section = [], Config, None
     for part in loc:
         if isinstance(part, int):
@@ -353,8 +350,11 @@ def _config_error(exc: ValidationError, values: dict) -> ConfigError:
     if errors[0]["type"] == "missing":
         return _missing_error(key, errors[0]["loc"], values)
     if errors[0]["type"] == "extra_forbidden":
-        where = key.rpartition(".")[0] or "the top level"
-        return ConfigError(f"unknown setting {key!r}; allowed under {where}: {', '.join(section.model_fields)}")
+        where, _, name = key.rpartition(".")
+        near = [f"{where}.{m}".lstrip(".") for m in get_close_matches(name, section.model_fields, 1)]
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        return ConfigError(f"unknown setting {key!r}{hint}; allowed under {where or 'the top level'}: "
+                           f"{', '.join(section.model_fields)}")
     same = [e for e in errors if _dotted_key(e["loc"])[0] == key]
     reasons = "; or ".join(dict.fromkeys(e["msg"] for e in same))
     return ConfigError(f"setting {key!r} = {errors[0]['input']!r} is not valid: {reasons}")

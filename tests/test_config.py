@@ -37,7 +37,10 @@ def test_overrides_are_typed_and_applied():
     ("runtime.precision=fp16", "'runtime.precision' = 'fp16' is not valid: Input should be 'auto', 'bf16' or 'fp32'"),
     ("runtime.workers=many", "'runtime.workers' = 'many' is not valid: Input should be a valid integer, unable to "
                              "parse string as an integer; or Input should be 'auto'"),
-    ("data.synthetic.seeds=1", "unknown setting 'data.synthetic.seeds'; allowed under data.synthetic: images_per"),
+    ("data.synthetic.seeds=1", "unknown setting 'data.synthetic.seeds' (did you mean 'data.synthetic.seed'?); "
+                               "allowed under data.synthetic: images_per"),
+    ("train.batchsize=4", "unknown setting 'train.batchsize' (did you mean 'train.batch_size'?); allowed under train"),
+    ("trian.batch_size=4", "unknown setting 'trian' (did you mean 'train'?); allowed under the top level"),
     ("transforms.mean=[1,2]", "'transforms.mean' = [1, 2] is not valid: List should have at least 3 items"),
     ("split.val_fraction=1.5", "'split.val_fraction' = 1.5 is not valid: Input should be less than 1"),
     ("cache.short_side=100", "at least transforms.image_size (224)"),
