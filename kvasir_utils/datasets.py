@@ -101,6 +101,15 @@ def display_name(class_name: str) -> str:
     return class_name[:1].upper() + class_name[1:]
 
 
+# Each public dataset as the pages name it, keyed by data.dataset (other: the profile's data.name)
+TITLES = {"kvasir-v2": "Kvasir v2", "hyper-kvasir": "HyperKvasir"}
+
+
+def dataset_title(dataset: str, name: str) -> str:
+    """What a run's pages call its data: ``Kvasir v2``, ``HyperKvasir``, or the user's own ``data.name``."""
+    return TITLES.get(dataset, name)
+
+
 # What to cite for each public dataset, and each dataset's terms (shown where the data is downloaded
 # and on the index page), keyed by data.dataset; other is the user's own data.
 CITATIONS = {

@@ -269,6 +269,8 @@ def test_each_dataset_has_its_citation_and_terms():
     assert paper.citations("other") == [paper.PAPER_CITATION] and datasets.citation("other") is None
     from kvasir_utils.report import model_card  # a card cites the dataset its model was trained on, as the index
 
+    assert datasets.dataset_title("other", "my-hospital") == "my-hospital"  # the pages' title of one's own data
+    assert datasets.dataset_title("hyper-kvasir", "hyper-kvasir") == "HyperKvasir"
     own, hyper = model_card.citation_line("other"), model_card.citation_line("hyper-kvasir")
     assert "KVASIR" not in own and paper.PAPER_CITATION in own
     assert "Borgli" in hyper and "KVASIR" not in hyper

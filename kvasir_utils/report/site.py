@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 from markupsafe import Markup
 
-from kvasir_utils import artefacts
+from kvasir_utils import artefacts, datasets
 from kvasir_utils.analysis import audit, compare, departures, metrics, paper, runs, stats, verdicts
 from kvasir_utils.analysis.sweeps import DEFAULT_READING
 from kvasir_utils.artefacts import Figure, ReportFolder, Table, model_folder
@@ -211,10 +211,11 @@ def index_context(cfg: Config, pages: list[tuple[Path, str]], browsers: list[Pat
     toc += [("model-cards", "Model cards: what each trained model is for and where it fails")] if cards else []
     toc += [("pages", "Every page and file"), ("appendix", "Appendix: settings, readings and provenance")]
     found = departures.departures(cfg)
+    data = datasets.dataset_title(cfg.data.dataset, cfg.data.name)
     note = f"This run departs from the paper's protocol in {len(found)} setting(s): see the appendix." if len(found) \
         else "This run follows the paper's protocol."
     return {
-        "title": f"Kvasir v2 study: {cfg.profile}", "root": "", "heading": "Transfer learning on Kvasir v2: "
+        "title": f"{data} study: {cfg.profile}", "root": "", "heading": f"Transfer learning on {data}: "
         "reproduction report", "profile": cfg.profile, "generated": cfg.generated_data,
         "banner": Markup(banner_html(cfg, f"Profile '{cfg.profile}'. {note}", page="index")),
         "verdict_summary": _verdict_summary(claims, cfg), "level": f"{cfg.eval.confidence:.0%}",
