@@ -120,7 +120,7 @@ lab: $(SETUP_STAMP) ## open the notebooks in JupyterLab on PROFILE: Run all work
 bench: $(SETUP_STAMP) ## measure the stages and project the paper protocol here (BENCH=--baseline: before/after; BENCH="--scale small": a quick try); writes reports/bench/bench.json
 	$(KV) bench $(BENCH)
 
-gpu-check: $(SETUP_STAMP) ## on a GPU machine: paper-scale epoch, whole protocol, concurrent runs (BENCH="--scale small --cpu": a try on a CPU); writes reports/bench/gpu_check.json
+gpu-check: $(SETUP_STAMP) ## on a GPU machine: paper-scale epoch, whole protocol, concurrent runs, the leakage sweep's GPU-hours (BENCH="--scale small --cpu": a try on a CPU); writes reports/bench/gpu_check.json
 	$(KV) gpu-check $(BENCH)
 
 clean: ## delete the runs and reports of PROFILE (keeps data/ and .venv)

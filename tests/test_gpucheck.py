@@ -6,7 +6,10 @@ import json
 import pytest
 import torch
 
+from kvasir_utils.artefacts import STAGES
 from kvasir_utils.bench import timing
+from kvasir_utils.run import sweep_spec
+from tests.helpers import lora_count
 from tests.processes import run_make
 
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # what a machine without a GPU looks like to torch, on any machine
@@ -44,14 +47,14 @@ def test_make_gpu_check_without_a_gpu_says_it_needs_one_and_how_to_try_it_on_the
 
 
 @pytest.mark.slow  # the whole command through make, with concurrent processes: half a minute
-def test_make_gpu_check_on_the_cpu_measures_both_backends_and_concurrent_runs(tmp_path):
+def test_make_gpu_check_on_the_cpu_measures_both_backends_concurrent_runs_and_a_sweeps_hours(tmp_path):
     out = tmp_path / "gpu_check.json"
-    done = run_make("gpu-check", f"BENCH=--scale small --cpu --parts epoch concurrency --out {out} "
+    done = run_make("gpu-check", f"BENCH=--scale small --cpu --parts epoch concurrency sweep --out {out} "
                     f"--work {tmp_path / 'work'}", env=NO_GPU)
     assert done.returncode == 0, done.stdout[-3000:]
     assert f"wrote {out}" in done.stdout
     results = json.loads(out.read_text())
-    assert results["device"] == "cpu" and results["parts"] == ["epoch", "concurrency"]
+    assert results["device"] == "cpu" and results["parts"] == ["epoch", "concurrency", "sweep"]
     for backend in ("pil", "device"):
         figures = results["epoch"][backend]
         assert figures["backend"] == backend and figures["batches"] >= 3
@@ -65,3 +68,23 @@ def test_make_gpu_check_on_the_cpu_measures_both_backends_and_concurrent_runs(tm
         assert entry["processes"] == int(count) == len(entry["images_per_s_each"])
         assert min(entry["images_per_s_each"]) > 0
         assert entry["aggregate_images_per_s"] == pytest.approx(sum(entry["images_per_s_each"]))
+
+    # The sweep's hours, computed again here from its rates: smoke-leakage's 12 runs, each model's 6 at
+    # 8 x 16 generated images (26 validate, as train_test_split rounds), one epoch a stage, a
+    # validation pass each and the evaluation's
+    priced = results["sweep"]
+    assert priced["sweep"] == "smoke-leakage" and priced["runs"] == 12
+    assert set(priced["rates"]) == {"resnet50", "timm:test_vit.r160_in1k"}
+    sweep = sweep_spec.read_sweep("smoke-leakage", ["train.weights=null"])
+    for model, rates in priced["rates"].items():
+        assert rates["image_size"] == 32 and rates["batch_size"] == sweep.base.train.batch_size
+        assert min(rates["stage1"], rates["stage2"], rates["inference"]) > 0
+        one_run = 26 / rates["inference"] + sum(102 / rates[stage] + 26 / rates["inference"] for stage in STAGES)
+        assert priced["hours_by_model"][model] == pytest.approx(6 * one_run / 3600)
+    assert priced["hours"] == pytest.approx(sum(priced["hours_by_model"].values()))
+    loader_cost = results["epoch"]["pil"]["pipeline_vs_model_only"]  # the CPU's backend
+    assert priced["hours_with_loader"] == pytest.approx(priced["hours"] / loader_cost)
+    # each model measured as its runs train it: the ViT's stage 2 trains LoRA adapters and the head
+    vit = next(m for m in sweep.members if m.model == "timm:test_vit.r160_in1k")
+    assert priced["rates"][vit.model]["stage2_trainable_parameters"] == lora_count(vit.cfg, vit.model)
+    assert "sweep smoke-leakage: 12 runs, " in done.stdout

@@ -9,9 +9,11 @@
    validation pass each, the evaluation), its wall time and each stage's seconds.
 3. ``concurrency``: 1, 2 and 4 processes training at once on the one GPU (each with its share of
    the CPU cores for loader workers), started together; aggregate images/s and the ratio to one.
+4. ``sweep``: every model of a sweep (``leakage``; ``--sweep`` names another) timed per stage, and
+   the sweep's device-hours from those step times (``bench.sweep_cost``).
 It refuses to start where torch sees no GPU, unless ``--cpu`` asks to measure the CPU instead.
 ``--scale small`` runs the same on a few small images (how the tests exercise it on a CPU);
-``--parts`` picks some of the three. Writes ``reports/bench/gpu_check.json`` (or ``--out``).
+``--parts`` picks some of the four. Writes ``reports/bench/gpu_check.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import yaml
 from torch import nn
 
 from kvasir_utils.analysis.runs import read_history
+from kvasir_utils.bench import sweep_cost
 from kvasir_utils.bench.timing import train_steps
 from kvasir_utils.config import PROJECT_ROOT, Config
 from kvasir_utils.data import prepare
@@ -55,6 +58,8 @@ class Scale:
     settle: float = 30
     per_process: float = 5
     loader_workers: int | None = None
+    sweep: str = "leakage"  # the sweep the ``sweep`` part prices
+    sweep_steps: int = 20  # timed steps a model and stage
 
 
 SCALES = {
@@ -63,9 +68,10 @@ SCALES = {
     "small": Scale(8, ("transforms.image_size=32", "cache.short_side=40", "train.batch_size=8",
                        "train.stage1.epochs=1", "train.stage2.epochs=1", "train.models=[mobilenet_v3_small]"),
                    counts=(1, 2), batches=3, settle=0, per_process=0,
-                   loader_workers=0),  # a worker's start-up (importing torch) would be most of the time
+                   loader_workers=0,  # a worker's start-up (importing torch) would be most of the time
+                   sweep="smoke-leakage", sweep_steps=2),
 }
-PARTS = ("epoch", "protocol", "concurrency")
+PARTS = ("epoch", "protocol", "concurrency", "sweep")
 
 
 def check_device(cpu: bool) -> str:
@@ -202,19 +208,37 @@ def concurrency(profile: Path, scale: str) -> dict:
     return figures
 
 
-def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: bool = False) -> dict:
-    """The ``parts`` of gpu-check at ``scale`` on the GPU (or the CPU where ``cpu`` asks), written to
-    ``out`` as JSON after each part; generated data and runs go under ``work`` (reused by a second run)."""
+def sweep_overrides(device: str, work: Path) -> list[str]:
+    """The settings the ``sweep`` part reads a sweep with: on ``device``, from random weights (nothing
+    is downloaded), its runs' folders under ``work`` (nothing is written there)."""
+    return ["train.weights=null", f"runtime.device={device}", f"paths.runs={work / 'sweep-runs'}",
+            f"paths.reports={work / 'sweep-reports'}"]
+
+
+def scale_named(scale: str) -> Scale:
     if scale not in SCALES:
         raise KvasirError(f"unknown gpu-check scale {scale!r}: use one of {', '.join(SCALES)}")
+    return SCALES[scale]
+
+
+def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: bool = False,
+        sweep: tuple[str, list] | None = None) -> dict:
+    """The ``parts`` of gpu-check at ``scale`` on the GPU (or the CPU where ``cpu`` asks), written to
+    ``out`` as JSON after each part; generated data and runs go under ``work`` (reused by a second run).
+    ``sweep``: the name and (model, settings) runs of the sweep the ``sweep`` part prices, read with
+    ``sweep_overrides`` (the run layer reads sweep files)."""
+    scale_named(scale)
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise KvasirError(f"unknown gpu-check part(s) {', '.join(unknown)}: use some of {', '.join(PARTS)}")
     device = check_device(cpu)
-    profile = write_profile(work, scale, device)
-    cfg = load(profile, scale)
-    prepare_data(cfg)
-    results: dict = {"machine": environment(), "device": device, "scale": scale, "profile": str(profile),
+    if "sweep" in parts and sweep is None:
+        raise KvasirError("gpu-check's sweep part needs the sweep's runs (python -m kvasir_utils gpu-check reads them)")
+    profile = None
+    if set(parts) - {"sweep"}:  # the parts on generated data
+        profile = write_profile(work, scale, device)
+        prepare_data(load(profile, scale))
+    results: dict = {"machine": environment(), "device": device, "scale": scale, "profile": profile and str(profile),
                      "parts": parts}
     if "epoch" in parts:
         results["epoch"] = {backend: epoch_figures(load(profile, scale, [f"transforms.backend={backend}"]))
@@ -225,6 +249,11 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
         write_json_atomic(out, results)
     if "concurrency" in parts:
         results["concurrency"] = concurrency(profile, scale)
+        write_json_atomic(out, results)
+    if "sweep" in parts:
+        loader_cost = results.get("epoch", {}).get(hardware.augment_backend("auto", torch.device(device)), {})
+        results["sweep"] = sweep_cost.estimate(*sweep, SCALES[scale].sweep_steps,
+                                               loader_cost.get("pipeline_vs_model_only"))
     write_json_atomic(out, results)
     print(f"wrote {out}")
     return results

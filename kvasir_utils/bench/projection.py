@@ -296,14 +296,21 @@ def stage_seconds(row: dict, epochs: int, train: int, val: int) -> float:
     return seconds + val_extra + epochs * val / row["val_images_per_s"]
 
 
+def split_sizes(cfg: Config) -> tuple[int, int]:
+    """The protocol's training and validation images: the profile's expected images, split as
+    scikit-learn's train_test_split rounds (validation up)."""
+    images = cfg.data.expected_per_class * len(cfg.data.classes)
+    val = math.ceil(images * cfg.split.val_fraction)
+    return images - val, val
+
+
 def project_protocol(cfg: Config, measured: dict) -> dict:
     """Wall time of the profile's protocol on this machine from the measured rates: the data stage,
     every stage's epochs (training and a validation pass each) and the final evaluation per model
     (one full pass, not compiled). Not included: notebook start-up (a few seconds per notebook) and
     the audit (notebook 07)."""
-    images = cfg.data.expected_per_class * len(cfg.data.classes)
-    val = math.ceil(images * cfg.split.val_fraction)  # as scikit-learn's train_test_split rounds
-    train = images - val
+    train, val = split_sizes(cfg)
+    images = train + val
     total = images * measured["data_stage_seconds_per_image"]
     rows = []
     for row in measured["stages"]:
@@ -343,9 +350,7 @@ def compute_bound(cfg: Config, measured: dict, peak: float) -> dict:
     image of every epoch, one full validation pass per stage, the evaluation) at the dense
     matrix-multiply peak, with nothing else (no backward pass, loading or optimiser). And how close
     each measured stage runs to that peak."""
-    images = cfg.data.expected_per_class * len(cfg.data.classes)
-    val = math.ceil(images * cfg.split.val_fraction)
-    train = images - val
+    train, val = split_sizes(cfg)
     forward = {name: models.gflops(models.build_model(name, len(cfg.data.classes)), cfg.transforms.image_size)
                for name in cfg.train.models}
     seconds = 0.0

@@ -127,11 +127,13 @@ def _add_bench_commands(sub) -> None:
                        "bench-check-epoch) and write check.json")
     bench.add_argument("--bench", type=Path, default=None, help="with --check: the bench results to compare "
                        "(default: reports/bench/bench.json)")
-    gpu = sub.add_parser("gpu-check", help="on a GPU: paper-scale epoch, whole protocol, concurrent runs: "
-                         "gpu_check.json")
+    gpu = sub.add_parser("gpu-check", help="on a GPU: paper-scale epoch, whole protocol, concurrent runs, a "
+                         "sweep's hours: gpu_check.json")
     gpu.add_argument("--scale", default="paper", help="paper (default), or small: a few small images")
     gpu.add_argument("--parts", nargs="+", default=None, metavar="PART",
-                     help="some of epoch, protocol, concurrency (default: all three)")
+                     help="some of epoch, protocol, concurrency, sweep (default: all four)")
+    gpu.add_argument("--sweep", default=None, help="the sweep the sweep part prices (default: leakage; "
+                     "with --scale small, smoke-leakage)")
     gpu.add_argument("--cpu", action="store_true", help="measure this machine's CPU (where no GPU is)")
     gpu.add_argument("--out", type=Path, default=None, help="the JSON file (default: reports/bench/gpu_check.json)")
     gpu.add_argument("--work", type=Path, default=None,
@@ -283,8 +285,14 @@ def _run_bench(args) -> None:
     else:
         from kvasir_utils.bench import gpucheck
 
-        gpucheck.run(args.scale, args.parts or list(gpucheck.PARTS), args.out or gpucheck.OUT,
-                     args.work or gpucheck.WORK, args.cpu)
+        parts, work, priced = args.parts or list(gpucheck.PARTS), args.work or gpucheck.WORK, None
+        if "sweep" in parts:  # read (and checked) before anything is measured
+            from kvasir_utils.run.sweep_spec import read_sweep
+
+            overrides = gpucheck.sweep_overrides(gpucheck.check_device(args.cpu), work)
+            sweep = read_sweep(args.sweep or gpucheck.scale_named(args.scale).sweep, overrides)
+            priced = (sweep.name, [(member.model, member.cfg) for member in sweep.members])
+        gpucheck.run(args.scale, parts, args.out or gpucheck.OUT, work, args.cpu, priced)
 
 
 READINGS_DOC = PROJECT_ROOT / "docs" / "paper-readings.md"
