@@ -222,12 +222,15 @@ def scale_named(scale: str) -> Scale:
 
 
 def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: bool = False,
-        sweep: tuple[str, list] | None = None) -> dict:
+        sweep: tuple[str, list] | None = None, sweep_steps: int | None = None) -> dict:
     """The ``parts`` of gpu-check at ``scale`` on the GPU (or the CPU where ``cpu`` asks), written to
     ``out`` as JSON after each part; generated data and runs go under ``work`` (reused by a second run).
     ``sweep``: the name and (model, settings) runs of the sweep the ``sweep`` part prices, read with
-    ``sweep_overrides`` (the run layer reads sweep files)."""
+    ``sweep_overrides`` (the run layer reads sweep files), timed over ``sweep_steps`` steps (default:
+    the scale's)."""
     scale_named(scale)
+    if sweep_steps is not None and sweep_steps < 1:
+        raise KvasirError(f"--sweep-steps {sweep_steps}: time at least 1 step a model and stage")
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise KvasirError(f"unknown gpu-check part(s) {', '.join(unknown)}: use some of {', '.join(PARTS)}")
@@ -252,7 +255,7 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
         write_json_atomic(out, results)
     if "sweep" in parts:
         loader_cost = results.get("epoch", {}).get(hardware.augment_backend("auto", torch.device(device)), {})
-        results["sweep"] = sweep_cost.estimate(*sweep, SCALES[scale].sweep_steps,
+        results["sweep"] = sweep_cost.estimate(*sweep, sweep_steps or SCALES[scale].sweep_steps,
                                                loader_cost.get("pipeline_vs_model_only"))
     write_json_atomic(out, results)
     print(f"wrote {out}")

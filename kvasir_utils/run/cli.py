@@ -134,6 +134,8 @@ def _add_bench_commands(sub) -> None:
                      help="some of epoch, protocol, concurrency, sweep (default: all four)")
     gpu.add_argument("--sweep", default=None, help="the sweep the sweep part prices (default: leakage; "
                      "with --scale small, smoke-leakage)")
+    gpu.add_argument("--sweep-steps", type=int, default=None, help="timed steps a model and stage in the sweep "
+                     "part (default: 20; with --scale small, 2)")
     gpu.add_argument("--cpu", action="store_true", help="measure this machine's CPU (where no GPU is)")
     gpu.add_argument("--out", type=Path, default=None, help="the JSON file (default: reports/bench/gpu_check.json)")
     gpu.add_argument("--work", type=Path, default=None,
@@ -292,7 +294,7 @@ def _run_bench(args) -> None:
             overrides = gpucheck.sweep_overrides(gpucheck.check_device(args.cpu), work)
             sweep = read_sweep(args.sweep or gpucheck.scale_named(args.scale).sweep, overrides)
             priced = (sweep.name, [(member.model, member.cfg) for member in sweep.members])
-        gpucheck.run(args.scale, parts, args.out or gpucheck.OUT, work, args.cpu, priced)
+        gpucheck.run(args.scale, parts, args.out or gpucheck.OUT, work, args.cpu, priced, args.sweep_steps)
 
 
 READINGS_DOC = PROJECT_ROOT / "docs" / "paper-readings.md"
