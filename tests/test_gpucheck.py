@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kvasir_utils.artefacts import STAGES
-from kvasir_utils.bench import timing
+from kvasir_utils.bench import sweep_cost, timing
 from kvasir_utils.run import sweep_spec
 from tests.helpers import lora_count
 from tests.processes import run_make
@@ -71,20 +71,63 @@ def test_make_gpu_check_on_the_cpu_measures_both_backends_concurrent_runs_and_a_
 
     # The sweep's hours, computed again here from its rates: smoke-leakage's 12 runs, each model's 6 at
     # 8 x 16 generated images (26 validate, as train_test_split rounds), one epoch a stage, a
-    # validation pass each and the evaluation's
+    # validation pass each at that stage's inference rate and the evaluation's at the last stage's
     priced = results["sweep"]
     assert priced["sweep"] == "smoke-leakage" and priced["runs"] == 12
-    assert set(priced["rates"]) == {"resnet50", "timm:test_vit.r160_in1k"}
     sweep = sweep_spec.read_sweep("smoke-leakage", ["train.weights=null"])
-    for model, rates in priced["rates"].items():
-        assert rates["image_size"] == 32 and rates["batch_size"] == sweep.base.train.batch_size
-        assert min(rates["stage1"], rates["stage2"], rates["inference"]) > 0
-        one_run = 26 / rates["inference"] + sum(102 / rates[stage] + 26 / rates["inference"] for stage in STAGES)
-        assert priced["hours_by_model"][model] == pytest.approx(6 * one_run / 3600)
+    measured = {m["model"]: m for m in priced["measurements"]}
+    assert len(priced["measurements"]) == 2 and set(measured) == {"resnet50", "timm:test_vit.r160_in1k"}
+    for model, entry in measured.items():
+        assert entry["image_size"] == 32 and entry["batch_size"] == sweep.base.train.batch_size
+        assert sorted(entry["runs"]) == sorted(m.name for m in sweep.members if m.model == model)
+        rates = entry["stages"]
+        assert min(r[k] for r in rates.values() for k in ("train_images_per_s", "inference_images_per_s")) > 0
+        one_run = 26 / rates["stage2"]["inference_images_per_s"] + sum(
+            102 / rates[stage]["train_images_per_s"] + 26 / rates[stage]["inference_images_per_s"] for stage in STAGES)
+        assert priced["hours_by_model"][model] == pytest.approx(entry["hours"]) == pytest.approx(6 * one_run / 3600)
     assert priced["hours"] == pytest.approx(sum(priced["hours_by_model"].values()))
-    loader_cost = results["epoch"]["pil"]["pipeline_vs_model_only"]  # the CPU's backend
-    assert priced["hours_with_loader"] == pytest.approx(priced["hours"] / loader_cost)
+    # with the loader's measured rate (the CPU's backend, pil) as a ceiling on every pass: never less
+    assert priced["loader_images_per_s"] == results["epoch"]["pil"]["loader_images_per_s"]
+    assert priced["hours_with_loader"] >= priced["hours"]
     # each model measured as its runs train it: the ViT's stage 2 trains LoRA adapters and the head
     vit = next(m for m in sweep.members if m.model == "timm:test_vit.r160_in1k")
-    assert priced["rates"][vit.model]["stage2_trainable_parameters"] == lora_count(vit.cfg, vit.model)
+    assert measured[vit.model]["trainable"] == {"stage1": "all", "stage2": "lora"}
+    assert measured[vit.model]["stages"]["stage2"]["trainable_parameters"] == lora_count(vit.cfg, vit.model)
     assert "sweep smoke-leakage: 12 runs, " in done.stdout
+
+
+def test_a_sweep_is_measured_once_for_each_step_its_runs_take(monkeypatch):
+    """The readings sweep trains ResNet50 with three stage-2 readings and two weights: three steps to
+    time (the weights do not change the step), each pricing its six runs; a reading that trains more
+    of the network is priced by its own, slower rate."""
+    timed = []
+
+    def fake_rates(cfg, model, steps):  # the rates a reading would have: all layers slowest
+        settings = sweep_cost.step_settings(cfg, model)
+        timed.append(settings["trainable"]["stage2"])
+        slow = {"last_tensors:10": 30.0, "block:layer4.2": 25.0, "all": 10.0}[settings["trainable"]["stage2"]]
+        return {**settings, "stages": {"stage1": {"train_images_per_s": 40.0, "inference_images_per_s": 100.0},
+                                       "stage2": {"train_images_per_s": slow, "inference_images_per_s": 100.0}}}
+
+    monkeypatch.setattr(sweep_cost, "model_rates", fake_rates)
+    sweep = sweep_spec.read_sweep("readings", ["train.weights=null"])
+    runs = [(m.name, m.model, m.cfg) for m in sweep.members]
+    priced = sweep_cost.estimate(sweep.name, runs, steps=2, progress=False)
+    assert sorted(timed) == ["all", "block:layer4.2", "last_tensors:10"] and priced["runs"] == 18
+    hours = {m["trainable"]["stage2"]: m["hours"] for m in priced["measurements"]}
+    assert all(len(m["runs"]) == 6 for m in priced["measurements"])
+    # the paper's protocol: 6,400 training and 1,600 validation images, 5 epochs a stage
+    one_run = {reading: (1600 / 100 + 5 * (6400 / 40 + 1600 / 100) + 5 * (6400 / rate + 1600 / 100)) / 3600
+               for reading, rate in {"last_tensors:10": 30.0, "block:layer4.2": 25.0, "all": 10.0}.items()}
+    assert hours == pytest.approx({reading: 6 * h for reading, h in one_run.items()})
+
+
+def test_gpu_check_refuses_a_sweep_it_cannot_price_before_measuring_anything(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    done = run_make("gpu-check", f"BENCH=--scale small --cpu --parts sweep --sweep hyperkvasir-folds --out {out} "
+                    f"--work {tmp_path / 'work'}", env=NO_GPU)
+    assert done.returncode == 2, done.stdout[-3000:]
+    assert "its image counts are not in its settings" in done.stdout and "data.expected_per_class" in done.stdout
+    done = run_make("gpu-check", f"BENCH=--scale small --cpu --parts epoch --sweep leakage --out {out}", env=NO_GPU)
+    assert done.returncode == 2 and "add sweep to --parts" in done.stdout, done.stdout[-3000:]
+    assert not out.exists() and not (tmp_path / "work").exists()

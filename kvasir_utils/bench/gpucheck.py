@@ -225,7 +225,7 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
         sweep: tuple[str, list] | None = None, sweep_steps: int | None = None) -> dict:
     """The ``parts`` of gpu-check at ``scale`` on the GPU (or the CPU where ``cpu`` asks), written to
     ``out`` as JSON after each part; generated data and runs go under ``work`` (reused by a second run).
-    ``sweep``: the name and (model, settings) runs of the sweep the ``sweep`` part prices, read with
+    ``sweep``: the name and (run, model, settings) runs of the sweep the ``sweep`` part prices, read with
     ``sweep_overrides`` (the run layer reads sweep files), timed over ``sweep_steps`` steps (default:
     the scale's)."""
     scale_named(scale)
@@ -235,8 +235,11 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
     if unknown:
         raise KvasirError(f"unknown gpu-check part(s) {', '.join(unknown)}: use some of {', '.join(PARTS)}")
     device = check_device(cpu)
-    if "sweep" in parts and sweep is None:
-        raise KvasirError("gpu-check's sweep part needs the sweep's runs (python -m kvasir_utils gpu-check reads them)")
+    if "sweep" in parts:  # refused before anything is measured
+        if sweep is None:
+            raise KvasirError("gpu-check's sweep part needs the sweep's runs (python -m kvasir_utils gpu-check "
+                              "reads them)")
+        sweep_cost.check_priceable(*sweep)
     profile = None
     if set(parts) - {"sweep"}:  # the parts on generated data
         profile = write_profile(work, scale, device)
@@ -254,9 +257,9 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
         results["concurrency"] = concurrency(profile, scale)
         write_json_atomic(out, results)
     if "sweep" in parts:
-        loader_cost = results.get("epoch", {}).get(hardware.augment_backend("auto", torch.device(device)), {})
+        loader = results.get("epoch", {}).get(hardware.augment_backend("auto", torch.device(device)), {})
         results["sweep"] = sweep_cost.estimate(*sweep, sweep_steps or SCALES[scale].sweep_steps,
-                                               loader_cost.get("pipeline_vs_model_only"))
+                                               loader.get("loader_images_per_s"))
     write_json_atomic(out, results)
     print(f"wrote {out}")
     return results

@@ -1,17 +1,21 @@
 """What a sweep costs on this device, from measured step times: ``make gpu-check``'s ``sweep`` part.
 
-Each model of the sweep is built per stage as its members train it (the stage's reading: frozen,
-all or LoRA; from random weights, as the same network trains at the same speed) and timed on a
-batch held on the device, at the sweep's batch size and the model's input size: training steps,
-and inference steps for the validation passes. A member's seconds are, per stage, its epochs over
-its training images at the training rate plus a validation pass each epoch at the inference rate,
-and one more pass for the evaluation (notebook 04); the sweep's hours are the sum over its members,
-one run at a time on one device. Steps are eager and leave out the loader, the data stage and
-notebook start-up; where the ``epoch`` part measured the loader's cost (``pipeline_vs_model_only``),
-the hours are also given divided by it.
+The runs of a sweep are grouped by what sets their step time (``step_settings``: the model, its
+input size, the batch size, each stage's reading, the LoRA settings where a stage uses them, the
+runtime), and each group is measured once: its model built per stage as those runs train it (frozen,
+all layers, LoRA; from random weights, as the same network trains at the same speed) and timed on
+a batch held on the device, training steps and inference steps. A run's seconds are, per stage, its
+epochs x (training images / training rate + validation images / that stage's inference rate), and
+one more pass for the evaluation (notebook 04); the sweep's hours are the sum over its runs, one run
+at a time on one device. The steps are eager and every validation pass is priced whole, where the
+stages compile and reuse the frozen part's validation outputs: the price errs high. It leaves out
+the data stage and notebook start-up; given the loader's measured rate (the ``epoch`` part), the
+hours are also given with no pass faster than the loader.
 """
 
 from __future__ import annotations
+
+import json
 
 import torch
 
@@ -19,64 +23,105 @@ from kvasir_utils.artefacts import STAGES
 from kvasir_utils.bench.projection import split_sizes
 from kvasir_utils.bench.timing import step_throughput
 from kvasir_utils.config import Config
+from kvasir_utils.errors import KvasirError
 from kvasir_utils.train import hardware, models
 
+Run = tuple[str, str, Config]  # a run's name, its model and its settings
 
-def model_rates(cfg: Config, name: str, steps: int) -> dict:
-    """Images per second of ``name``'s training step in each stage (as ``cfg`` reads it, with the
-    parameters it trains) and of its inference step, on one random batch held on the device."""
+
+def check_priceable(name: str, runs: list[Run]) -> None:
+    """Refuse, before anything is measured, a sweep whose image counts its settings do not give."""
+    for run, _, cfg in runs:
+        if cfg.data.expected_per_class is None or cfg.split.source == "file":
+            raise KvasirError(
+                f"sweep {name}, run {run}: its image counts are not in its settings (data.expected_per_class is "
+                f"{cfg.data.expected_per_class}, split.source is {cfg.split.source}); the sweep part prices sweeps "
+                "whose profile gives data.expected_per_class and a stratified split")
+
+
+def step_settings(cfg: Config, model: str) -> dict:
+    """What sets a run's step time (runs with the same are measured once)."""
+    own = models.for_model(cfg, model)
+    uses_lora = any(models.stage_uses_lora(own, stage) for stage in STAGES)
+    return {"model": model, "image_size": models.model_transforms(own.transforms, model).image_size,
+            "batch_size": own.train.batch_size, "classes": len(own.classes),
+            "trainable": {stage: own.stage_config(stage).trainable for stage in STAGES},
+            "lora": own.train.lora.model_dump() if uses_lora else None, "runtime": own.runtime.model_dump()}
+
+
+def model_rates(cfg: Config, model: str, steps: int) -> dict:
+    """Per stage, the parameters it trains and the images per second of its training and inference
+    steps, on one random batch held on the device (no pretrained weights are read)."""
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"weights": None, "weights_files": {}})})
+    settings = step_settings(cfg, model)
     runtime = hardware.use_runtime(cfg.runtime)
-    own = models.for_model(cfg, name)
-    size = models.model_transforms(own.transforms, name).image_size
-    batch = torch.randn(cfg.train.batch_size, 3, size, size)
-    targets = torch.arange(cfg.train.batch_size) % len(cfg.classes)
-    rates = {"image_size": size, "batch_size": cfg.train.batch_size}
+    size, count = settings["image_size"], settings["batch_size"]
+    batch = hardware.to_device(torch.randn(count, 3, size, size), runtime)
+    targets = (torch.arange(count) % settings["classes"]).to(runtime.device)
+    rates = {}
     for stage in STAGES:
-        model = models.stage_model(cfg, name, stage)
-        rates[f"{stage}_trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        rates[stage] = step_throughput(model, runtime, batch, targets, steps)
-    rates["inference"] = step_throughput(model, runtime, batch, targets, steps, train=False)
-    rates["runtime"] = runtime.describe()
-    return rates
+        network = models.stage_model(cfg, model, stage)
+        trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+        rates[stage] = {"trainable_parameters": trainable,
+                        "train_images_per_s": step_throughput(network, runtime, batch, targets, steps),
+                        "inference_images_per_s": step_throughput(network, runtime, batch, targets, steps,
+                                                                  train=False)}
+    return {**settings, "runtime": runtime.describe(), "stages": rates}
 
 
-def member_seconds(cfg: Config, rates: dict) -> float:
-    """One run's training and validation at the measured rates: every stage's epochs, a validation
-    pass each, and the evaluation's pass."""
+def run_seconds(cfg: Config, rates: dict, loader_images_per_s: float | None = None) -> float:
+    """One run's training and validation at the measured rates (no faster than the loader, when
+    given): every stage's epochs, a validation pass each, and the evaluation's pass."""
+    def rate(stage: str, kind: str) -> float:
+        measured = rates["stages"][stage][f"{kind}_images_per_s"]
+        return min(measured, loader_images_per_s) if loader_images_per_s else measured
+
     train, val = split_sizes(cfg)
-    seconds = val / rates["inference"]
+    seconds = val / rate(STAGES[-1], "inference")
     for stage in STAGES:
-        epochs = cfg.stage_config(stage).epochs
-        seconds += epochs * (train / rates[stage] + val / rates["inference"])
+        seconds += cfg.stage_config(stage).epochs * (train / rate(stage, "train") + val / rate(stage, "inference"))
     return seconds
 
 
-def estimate(name: str, runs: list[tuple[str, Config]], steps: int, pipeline_vs_model_only: float | None = None,
+def estimate(name: str, runs: list[Run], steps: int, loader_images_per_s: float | None = None,
              progress: bool = True) -> dict:
-    """The device-hours of the sweep ``name`` whose ``runs`` are (model, settings) pairs, one a run
-    (``run.sweep_spec`` reads them), from each model's measured rates. Each model is measured once,
-    with its first run's settings: the readings a sweep varies (the split, masking) leave its step
-    as it is."""
-    rates = {}
-    for model, cfg in runs:
-        if model not in rates:
-            rates[model] = model_rates(cfg, model, steps)
+    """The device-hours of the sweep ``name`` (its ``runs``, as ``run.sweep_spec`` reads them), each
+    group of runs with the same ``step_settings`` measured once."""
+    check_priceable(name, runs)
+    measured: dict[str, dict] = {}
+    for run, model, cfg in runs:
+        key = json.dumps(step_settings(cfg, model), sort_keys=True, default=str)
+        if key not in measured:
+            measured[key] = {**model_rates(cfg, model, steps), "runs": [], "hours": 0.0}
             if progress:
-                shown = ", ".join(f"{k} {rates[model][k]:.1f} img/s" for k in (*STAGES, "inference"))
-                print(f"sweep {name}: {model} at {rates[model]['image_size']} px: {shown}")
-    per_model = dict.fromkeys(rates, 0.0)
-    for model, cfg in runs:
-        per_model[model] += member_seconds(cfg, rates[model]) / 3600
-    hours = sum(per_model.values())
-    result = {"sweep": name, "runs": len(runs), "steps_timed": steps, "rates": rates,
-              "hours_by_model": per_model, "hours": hours}
-    if pipeline_vs_model_only:
-        result["hours_with_loader"] = hours / pipeline_vs_model_only
+                _show(name, measured[key])
+        entry = measured[key]
+        entry["runs"].append(run)
+        entry["hours"] += run_seconds(cfg, entry) / 3600
+        if loader_images_per_s:
+            entry["hours_with_loader"] = entry.get("hours_with_loader", 0.0) + \
+                run_seconds(cfg, entry, loader_images_per_s) / 3600
+    measurements = list(measured.values())
+    by_model: dict[str, float] = {}
+    for entry in measurements:
+        by_model[entry["model"]] = by_model.get(entry["model"], 0.0) + entry["hours"]
+    result = {"sweep": name, "runs": len(runs), "steps_timed": steps, "measurements": measurements,
+              "hours_by_model": by_model, "hours": sum(by_model.values())}
+    if loader_images_per_s:
+        result["loader_images_per_s"] = loader_images_per_s
+        result["hours_with_loader"] = sum(entry["hours_with_loader"] for entry in measurements)
     if progress:
-        print(f"sweep {name}: {len(runs)} runs, {_hours(hours)} on this device from the steps alone"
-              + (f", {_hours(result['hours_with_loader'])} with the loader's measured cost" if pipeline_vs_model_only
-                 else ""))
+        print(f"sweep {name}: {len(runs)} runs, {_hours(result['hours'])} on this device from the steps alone"
+              + (f", {_hours(result['hours_with_loader'])} with no pass faster than the loader"
+                 if loader_images_per_s else ""))
     return result
+
+
+def _show(name: str, entry: dict) -> None:
+    stages = "; ".join(f"{stage} ({entry['trainable'][stage]}) train {rates['train_images_per_s']:.1f}, "
+                       f"inference {rates['inference_images_per_s']:.1f} img/s"
+                       for stage, rates in entry["stages"].items())
+    print(f"sweep {name}: {entry['model']} at {entry['image_size']} px, batch {entry['batch_size']}: {stages}")
 
 
 def _hours(hours: float) -> str:

@@ -288,12 +288,14 @@ def _run_bench(args) -> None:
         from kvasir_utils.bench import gpucheck
 
         parts, work, priced = args.parts or list(gpucheck.PARTS), args.work or gpucheck.WORK, None
-        if "sweep" in parts:  # read (and checked) before anything is measured
-            from kvasir_utils.run.sweep_spec import read_sweep
+        if args.sweep and "sweep" not in parts:
+            raise KvasirError(f"--sweep {args.sweep} names the sweep that the sweep part prices: add sweep to --parts")
+        if "sweep" in parts:  # read, and its models built on the meta device, before anything is measured
+            from kvasir_utils.run.sweep_spec import load_sweep
 
             overrides = gpucheck.sweep_overrides(gpucheck.check_device(args.cpu), work)
-            sweep = read_sweep(args.sweep or gpucheck.scale_named(args.scale).sweep, overrides)
-            priced = (sweep.name, [(member.model, member.cfg) for member in sweep.members])
+            sweep = load_sweep(args.sweep or gpucheck.scale_named(args.scale).sweep, overrides)
+            priced = (sweep.name, [(member.name, member.model, member.cfg) for member in sweep.members])
         gpucheck.run(args.scale, parts, args.out or gpucheck.OUT, work, args.cpu, priced, args.sweep_steps)
 
 
