@@ -89,6 +89,9 @@ def test_make_gpu_check_on_the_cpu_measures_both_backends_concurrent_runs_and_a_
     # with the loader's measured rate (the CPU's backend, pil) as a ceiling on every pass: never less
     assert priced["loader_images_per_s"] == results["epoch"]["pil"]["loader_images_per_s"]
     assert priced["hours_with_loader"] >= priced["hours"]
+    # and with 1 or 2 runs at a time, at the aggregate rate the concurrency part measured
+    assert priced["hours_sharing_the_device"] == pytest.approx(
+        {count: priced["hours"] / entry["vs_one"] for count, entry in concurrent.items()})
     # each model measured as its runs train it: the ViT's stage 2 trains LoRA adapters and the head
     vit = next(m for m in sweep.members if m.model == "timm:test_vit.r160_in1k")
     assert measured[vit.model]["trainable"] == {"stage1": "all", "stage2": "lora"}

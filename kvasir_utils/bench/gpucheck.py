@@ -260,6 +260,9 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
         loader = results.get("epoch", {}).get(hardware.augment_backend("auto", torch.device(device)), {})
         results["sweep"] = sweep_cost.estimate(*sweep, sweep_steps or SCALES[scale].sweep_steps,
                                                loader.get("loader_images_per_s"))
+        if "concurrency" in results:  # runs sharing the device, at the aggregate rate that part measured
+            results["sweep"]["hours_sharing_the_device"] = {
+                count: results["sweep"]["hours"] / entry["vs_one"] for count, entry in results["concurrency"].items()}
     write_json_atomic(out, results)
     print(f"wrote {out}")
     return results
