@@ -210,9 +210,10 @@ def concurrency(profile: Path, scale: str) -> dict:
 
 def sweep_overrides(device: str, work: Path) -> list[str]:
     """The settings the ``sweep`` part reads a sweep with: on ``device``, from random weights (nothing
-    is downloaded), its runs' folders under ``work`` (nothing is written there)."""
-    return ["train.weights=null", f"runtime.device={device}", f"paths.runs={work / 'sweep-runs'}",
-            f"paths.reports={work / 'sweep-reports'}"]
+    is downloaded), its folders under ``work`` (only the runtime probe's measurements are written,
+    beside the generated data)."""
+    return ["train.weights=null", f"runtime.device={device}", f"paths.data={work / 'data'}",
+            f"paths.runs={work / 'sweep-runs'}", f"paths.reports={work / 'sweep-reports'}"]
 
 
 def scale_named(scale: str) -> Scale:

@@ -24,7 +24,7 @@ from kvasir_utils.bench.projection import split_sizes
 from kvasir_utils.bench.timing import step_throughput
 from kvasir_utils.config import Config
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.train import hardware, models
+from kvasir_utils.train import hardware, models, probe
 
 Run = tuple[str, str, Config]  # a run's name, its model and its settings
 
@@ -51,16 +51,18 @@ def step_settings(cfg: Config, model: str) -> dict:
 
 def model_rates(cfg: Config, model: str, steps: int) -> dict:
     """Per stage, the parameters it trains and the images per second of its training and inference
-    steps, on one random batch held on the device (no pretrained weights are read)."""
+    steps, on one random batch held on the device (no pretrained weights are read), under the
+    runtime the run's stages would take (``train.probe``'s choice, measured once a machine)."""
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"weights": None, "weights_files": {}})})
     settings = step_settings(cfg, model)
-    runtime = hardware.use_runtime(cfg.runtime)
     size, count = settings["image_size"], settings["batch_size"]
-    batch = hardware.to_device(torch.randn(count, 3, size, size), runtime)
-    targets = (torch.arange(count) % settings["classes"]).to(runtime.device)
-    rates = {}
+    runtime, rates = None, {}
     for stage in STAGES:
         network = models.stage_model(cfg, model, stage)
+        if runtime is None:  # what the run's stages train with: the probe's choice for this model, here
+            runtime = probe.choose(hardware.use_runtime(cfg.runtime), network, model, cfg)
+            batch = hardware.to_device(torch.randn(count, 3, size, size), runtime)
+            targets = (torch.arange(count) % settings["classes"]).to(runtime.device)
         trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
         rates[stage] = {"trainable_parameters": trainable,
                         "train_images_per_s": step_throughput(network, runtime, batch, targets, steps),
