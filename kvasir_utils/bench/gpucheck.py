@@ -209,10 +209,10 @@ def concurrency(profile: Path, scale: str) -> dict:
 
 
 def sweep_overrides(device: str, work: Path) -> list[str]:
-    """The settings the ``sweep`` part reads a sweep with: on ``device``, from random weights (nothing
-    is downloaded), its folders under ``work`` (only the runtime probe's measurements are written,
-    beside the generated data)."""
-    return ["train.weights=null", f"runtime.device={device}", f"paths.data={work / 'data'}",
+    """The settings the ``sweep`` part reads a sweep with: on ``device``, its folders under ``work``
+    (only the runtime probe's measurements are written, beside the generated data). Its models are
+    timed from random weights whatever the sweep sets (``sweep_cost.model_rates``)."""
+    return [f"runtime.device={device}", f"paths.data={work / 'data'}",
             f"paths.runs={work / 'sweep-runs'}", f"paths.reports={work / 'sweep-reports'}"]
 
 
@@ -229,7 +229,7 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
     ``sweep``: the name and (run, model, settings) runs of the sweep the ``sweep`` part prices, read with
     ``sweep_overrides`` (the run layer reads sweep files), timed over ``sweep_steps`` steps (default:
     the scale's)."""
-    scale_named(scale)
+    spec = scale_named(scale)
     if sweep_steps is not None and sweep_steps < 1:
         raise KvasirError(f"--sweep-steps {sweep_steps}: time at least 1 step a model and stage")
     unknown = sorted(set(parts) - set(PARTS))
@@ -259,11 +259,9 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
         write_json_atomic(out, results)
     if "sweep" in parts:
         loader = results.get("epoch", {}).get(hardware.augment_backend("auto", torch.device(device)), {})
-        results["sweep"] = sweep_cost.estimate(*sweep, sweep_steps or SCALES[scale].sweep_steps,
-                                               loader.get("loader_images_per_s"))
-        if "concurrency" in results:  # runs sharing the device, at the aggregate rate that part measured
-            results["sweep"]["hours_sharing_the_device"] = {
-                count: results["sweep"]["hours"] / entry["vs_one"] for count, entry in results["concurrency"].items()}
+        shared = {count: entry["vs_one"] for count, entry in results.get("concurrency", {}).items()}
+        results["sweep"] = sweep_cost.estimate(*sweep, sweep_steps or spec.sweep_steps,
+                                               loader.get("loader_images_per_s"), shared)
     write_json_atomic(out, results)
     print(f"wrote {out}")
     return results

@@ -43,7 +43,7 @@ def step_settings(cfg: Config, model: str) -> dict:
     """What sets a run's step time (runs with the same are measured once)."""
     own = models.for_model(cfg, model)
     uses_lora = any(models.stage_uses_lora(own, stage) for stage in STAGES)
-    return {"model": model, "image_size": models.model_transforms(own.transforms, model).image_size,
+    return {"model": model, "image_size": own.transforms.image_size,  # the model's own where the profile has none
             "batch_size": own.train.batch_size, "classes": len(own.classes),
             "trainable": {stage: own.stage_config(stage).trainable for stage in STAGES},
             "lora": own.train.lora.model_dump() if uses_lora else None, "runtime": own.runtime.model_dump()}
@@ -56,18 +56,15 @@ def model_rates(cfg: Config, model: str, steps: int) -> dict:
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"weights": None, "weights_files": {}})})
     settings = step_settings(cfg, model)
     size, count = settings["image_size"], settings["batch_size"]
-    runtime, rates = None, {}
-    for stage in STAGES:
-        network = models.stage_model(cfg, model, stage)
-        if runtime is None:  # what the run's stages train with: the probe's choice for this model, here
-            runtime = probe.choose(hardware.use_runtime(cfg.runtime), network, model, cfg)
-            batch = hardware.to_device(torch.randn(count, 3, size, size), runtime)
-            targets = (torch.arange(count) % settings["classes"]).to(runtime.device)
-        trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-        rates[stage] = {"trainable_parameters": trainable,
-                        "train_images_per_s": step_throughput(network, runtime, batch, targets, steps),
-                        "inference_images_per_s": step_throughput(network, runtime, batch, targets, steps,
-                                                                  train=False)}
+    networks = {stage: models.stage_model(cfg, model, stage) for stage in STAGES}
+    # what the run's stages train with: the probe's choice for this model on this machine
+    runtime = probe.choose(hardware.use_runtime(cfg.runtime), networks[STAGES[0]], model, cfg)
+    batch = hardware.to_device(torch.randn(count, 3, size, size), runtime)
+    targets = (torch.arange(count) % settings["classes"]).to(runtime.device)
+    rates = {stage: {"trainable_parameters": sum(p.numel() for p in network.parameters() if p.requires_grad),
+                     "train_images_per_s": step_throughput(network, runtime, batch, targets, steps),
+                     "inference_images_per_s": step_throughput(network, runtime, batch, targets, steps, train=False)}
+             for stage, network in networks.items()}
     return {**settings, "runtime": runtime.describe(), "stages": rates}
 
 
@@ -86,23 +83,25 @@ def run_seconds(cfg: Config, rates: dict, loader_images_per_s: float | None = No
 
 
 def estimate(name: str, runs: list[Run], steps: int, loader_images_per_s: float | None = None,
-             progress: bool = True) -> dict:
+             vs_one: dict[str, float] | None = None, progress: bool = True) -> dict:
     """The device-hours of the sweep ``name`` (its ``runs``, as ``run.sweep_spec`` reads them), each
-    group of runs with the same ``step_settings`` measured once."""
+    group of runs with the same ``step_settings`` measured once; also with no pass faster than
+    ``loader_images_per_s``, and with runs sharing the device at ``vs_one``'s aggregate rate for each
+    count (``make gpu-check``'s ``epoch`` and ``concurrency`` parts), where given."""
     check_priceable(name, runs)
     measured: dict[str, dict] = {}
     for run, model, cfg in runs:
         key = json.dumps(step_settings(cfg, model), sort_keys=True, default=str)
         if key not in measured:
             measured[key] = {**model_rates(cfg, model, steps), "runs": [], "hours": 0.0}
+            measured[key] |= {"hours_with_loader": 0.0} if loader_images_per_s else {}
             if progress:
                 _show(name, measured[key])
         entry = measured[key]
         entry["runs"].append(run)
         entry["hours"] += run_seconds(cfg, entry) / 3600
         if loader_images_per_s:
-            entry["hours_with_loader"] = entry.get("hours_with_loader", 0.0) + \
-                run_seconds(cfg, entry, loader_images_per_s) / 3600
+            entry["hours_with_loader"] += run_seconds(cfg, entry, loader_images_per_s) / 3600
     measurements = list(measured.values())
     by_model: dict[str, float] = {}
     for entry in measurements:
@@ -112,6 +111,8 @@ def estimate(name: str, runs: list[Run], steps: int, loader_images_per_s: float 
     if loader_images_per_s:
         result["loader_images_per_s"] = loader_images_per_s
         result["hours_with_loader"] = sum(entry["hours_with_loader"] for entry in measurements)
+    if vs_one:
+        result["hours_sharing_the_device"] = {count: result["hours"] / ratio for count, ratio in vs_one.items()}
     if progress:
         print(f"sweep {name}: {len(runs)} runs, {_hours(result['hours'])} on this device from the steps alone"
               + (f", {_hours(result['hours_with_loader'])} with no pass faster than the loader"
