@@ -11,7 +11,9 @@
    the CPU cores for loader workers), started together; aggregate images/s and the ratio to one.
 4. ``sweep``: every model of a sweep (``leakage``; ``--sweep`` names another) timed per stage, and
    the sweep's device-hours from those step times (``bench.sweep_cost``).
-It refuses to start where torch sees no GPU, unless ``--cpu`` asks to measure the CPU instead.
+It refuses to start where torch sees no GPU, unless ``--cpu`` asks to measure the CPU instead. A part
+that fails (on a lent machine, in one call) is recorded in the JSON with its error, the other parts
+still run, and the command then exits with an error naming the failed parts.
 ``--scale small`` runs the same on a few small images (how the tests exercise it on a CPU);
 ``--parts`` picks some of the four. Writes ``reports/bench/gpu_check.json`` (or ``--out``).
 """
@@ -23,6 +25,7 @@ import multiprocessing
 import os
 import subprocess
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -55,7 +58,7 @@ class Scale:
     settings: tuple[str, ...] = ()
     counts: tuple[int, ...] = (1, 2, 4)
     batches: int = 100
-    settle: float = 30
+    settle: float = 20
     per_process: float = 5
     loader_workers: int | None = None
     sweep: str = "leakage"  # the sweep the ``sweep`` part prices
@@ -199,9 +202,14 @@ def concurrency(profile: Path, scale: str) -> dict:
             start_at = time.time() + SCALES[scale].settle + SCALES[scale].per_process * count
             runs = [pool.submit(_one_of_many, str(profile), scale, workers, batches, start_at) for _ in range(count)]
             results = [r.result() for r in runs]
+        span = max(r["ended"] for r in results) - min(r["started"] for r in results)
+        together = min(r["ended"] for r in results) - max(r["started"] for r in results)
         figures[str(count)] = {"processes": count, "loader_workers_each": workers,
                                "images_per_s_each": [r["images_per_s"] for r in results],
-                               "aggregate_images_per_s": sum(r["images_per_s"] for r in results)}
+                               "aggregate_images_per_s": sum(r["images_per_s"] for r in results),
+                               # the share of the timed span in which every process trained: near 1,
+                               # the processes shared the device throughout; low, some ran alone
+                               "overlap": max(0.0, together) / span if span > 0 else 1.0}
     one = figures[str(counts[0])]["aggregate_images_per_s"]
     for entry in figures.values():
         entry["vs_one"] = entry["aggregate_images_per_s"] / one
@@ -246,23 +254,37 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
         profile = write_profile(work, scale, device)
         prepare_data(load(profile, scale))
     results: dict = {"machine": environment(), "device": device, "scale": scale, "profile": profile and str(profile),
-                     "parts": parts}
-    if "epoch" in parts:
-        results["epoch"] = {backend: epoch_figures(load(profile, scale, [f"transforms.backend={backend}"]))
-                            for backend in ("pil", "device")}
-        write_json_atomic(out, results)
-    if "protocol" in parts:
-        results["protocol"] = run_protocol(profile, scale)
-        write_json_atomic(out, results)
-    if "concurrency" in parts:
-        results["concurrency"] = concurrency(profile, scale)
-        write_json_atomic(out, results)
-    if "sweep" in parts:
-        loader = results.get("epoch", {}).get(hardware.augment_backend("auto", torch.device(device)), {})
-        shared = {count: entry["vs_one"] for count, entry in results.get("concurrency", {}).items()}
-        results["sweep"] = sweep_cost.estimate(*sweep, sweep_steps or spec.sweep_steps,
-                                               loader.get("loader_images_per_s"), shared)
-    write_json_atomic(out, results)
+                     "parts": parts, "failed": []}
+
+    def sweep_price() -> dict:
+        epoch, shared = results.get("epoch", {}), results.get("concurrency", {})
+        loader = {} if "error" in epoch else epoch.get(hardware.augment_backend("auto", torch.device(device)), {})
+        shared = {} if "error" in shared else {count: entry["vs_one"] for count, entry in shared.items()}
+        return sweep_cost.estimate(*sweep, sweep_steps or spec.sweep_steps, loader.get("loader_images_per_s"), shared)
+
+    measures = {"epoch": lambda: {backend: epoch_figures(load(profile, scale, [f"transforms.backend={backend}"]))
+                                  for backend in ("pil", "device")},
+                "protocol": lambda: run_protocol(profile, scale),
+                "concurrency": lambda: concurrency(profile, scale),
+                "sweep": sweep_price}
+    for part in (p for p in PARTS if p in parts):
+        measure_part(results, part, measures[part], out)
     print(f"wrote {out}")
+    if results["failed"]:
+        raise KvasirError(f"gpu-check's part(s) {', '.join(results['failed'])} failed; {out} records each "
+                          "error and the figures of the parts that ran")
     return results
+
+
+def measure_part(results: dict, part: str, measure, out: Path) -> None:
+    """``results[part]`` from ``measure()``, or its error and traceback where it fails (the part is
+    then listed in ``results["failed"]``), written to ``out`` either way: on a lent machine one call
+    must bring back every part that works."""
+    try:
+        results[part] = measure()
+    except Exception as error:  # noqa: BLE001 - recorded and reported at the end; Ctrl-C still stops
+        results[part] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+        results["failed"].append(part)
+        print(f"gpu-check: the {part} part failed ({type(error).__name__}: {error}); the other parts go on")
+    write_json_atomic(out, results)
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import uuid
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,10 @@ DUPLICATE_JPEG_QUALITY = 75
 BORDER_FRACTION = 0.02
 _PLAN_STREAM = 1
 _COPY_STREAM = 2
+# From this many images, kvasir_frames draws its classes in parallel threads (one per class, as many
+# at once as there are cores; numpy's array arithmetic and PIL's resizing and encoding run outside
+# Python's lock): each class has its own random stream, so the bytes are the same either way.
+PARALLEL_FROM = 1000
 
 
 def _image_size(rng: np.random.Generator, large_fraction: float) -> tuple[int, int]:
@@ -210,9 +216,22 @@ def class_frames(seed: int, stream: int, name: str, images_per_class: int, large
         yield frame.path, jpeg_bytes(draw_overlays(scene, frame.guide_box, frame.marker, text), quality)
 
 
+def _class_frames_list(job: tuple) -> list[tuple[str, bytes]]:
+    return list(class_frames(*job))
+
+
 def kvasir_frames(classes: list[str], images_per_class: int, seed: int, large_fraction: float):
-    for class_index, name in enumerate(classes):
-        yield from class_frames(seed, class_index, name, images_per_class, large_fraction, class_index)
+    """Every class's frames (``class_frames``) in class order; drawn in parallel threads from
+    ``PARALLEL_FROM`` images where there is more than one core."""
+    jobs = [(seed, index, name, images_per_class, large_fraction, index) for index, name in enumerate(classes)]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers < 2 or len(classes) * images_per_class < PARALLEL_FROM:
+        for job in jobs:
+            yield from class_frames(*job)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for frames in pool.map(_class_frames_list, jobs):
+            yield from frames
 
 
 def make_archive(

@@ -1,8 +1,9 @@
 """Precision and memory format chosen for this machine by measurement: a short probe of the model's
 own training step (forward, backward and an Adam step on random images at the stage's image size and
-a batch of at most ``PROBE_BATCH``, on its device), the alternative alternated with the reference
-over a few rounds after a warm-up (``train.paired``). What it measured is kept in one file per
-machine's data folder, so a second stage or run does not measure again. A setting given explicitly is never probed.
+a batch of at most ``PROBE_BATCH`` on a CPU, the stage's on a GPU, on its device), the alternative
+alternated with the reference over a few rounds after a warm-up (``train.paired``). What it measured
+is kept in one file per machine's data folder, so a second stage or run does not measure again. A
+setting given explicitly is never probed.
 
 Two questions, in this order: bf16 autocast against fp32 (only where the device has native bf16;
 elsewhere bf16 is emulated and fp32 stays), both contiguous unless the memory format is given; then
@@ -39,6 +40,10 @@ MIN_GAIN = 1.05
 # ratios), at a batch of at most PROBE_BATCH images: a kernel's speed per image barely changes above
 # it on a CPU, and the stage's batch of 32 at 224 px made a probe of ResNet50 take minutes on 2 cores.
 ROUNDS, WARMUP, PROBE_BATCH = 5, 1, 8
+# On a GPU the probe runs at the stage's own batch (a GPU's speed per image depends on the batch, and a
+# batch of 8 measures kernel launches), two warm-up steps (cuDNN picks its kernels in the first) and
+# rounds of five steps: a step takes milliseconds there.
+GPU_WARMUP, GPU_STEPS = 2, 5
 
 
 def pays(pair: dict) -> bool:
@@ -90,13 +95,15 @@ def measure(model: nn.Module, alternative: Runtime, reference: Runtime, image_si
     """The alternative's training steps per second over the reference's (``paired_ratio``), on random
     images; torch's random state is left as it was."""
     device = reference.device
+    gpu = device.type == "cuda"
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         images = torch.randn(batch_size, 3, image_size, image_size)
         targets = torch.randint(0, classes, (batch_size,))
         pair = paired_ratio(training_step(model, alternative, frozen_batchnorm),
                             training_step(model, reference, frozen_batchnorm), images, targets,
-                            lambda: synchronize(device), rounds=ROUNDS, steps=1, warmup=WARMUP)
+                            lambda: synchronize(device), rounds=ROUNDS, steps=GPU_STEPS if gpu else 1,
+                            warmup=GPU_WARMUP if gpu else WARMUP)
     return {key: round(value, 4) if isinstance(value, float) else value for key, value in pair.items()}
 
 
@@ -120,7 +127,7 @@ def choose(runtime: Runtime, model: nn.Module, model_name: str, cfg: Config, pat
     cfg = models.for_model(cfg, model_name)  # the model's own image size where the profile leaves it
     path = path or probe_file(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = min(cfg.train.batch_size, PROBE_BATCH)
+    batch = cfg.train.batch_size if runtime.device.type == "cuda" else min(cfg.train.batch_size, PROBE_BATCH)
     sizes = f"{model_name}, {cfg.transforms.image_size} px, batch {batch}"
     with FileLock(f"{path}.lock"):
         known = read_probes(path)
