@@ -1,14 +1,17 @@
 import io
+import multiprocessing
 import os
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from kvasir_utils.analysis import labels
-from kvasir_utils.data import cache, extract, images, layout, prepare, synthetic
+from kvasir_utils.data import cache, dataset, extract, images, layout, prepare, synthetic
 from kvasir_utils.data.split import make_split
 from kvasir_utils.errors import KvasirError
 
@@ -233,3 +236,38 @@ def test_a_16_bit_greyscale_frame_is_cached_scaled_to_8_bits_not_clipped_to_whit
     Image.fromarray((ramp // 257).astype(np.uint8), "L").save(eight_bit)
     with Image.open(eight_bit) as image:  # an 8-bit frame is read as it was
         assert np.array_equal(np.asarray(images.as_rgb(image))[..., 0], (ramp // 257).astype(np.uint8))
+
+
+# Set in the process that builds the loader; a forked worker inherits it, a spawned one starts without.
+_BUILT_HERE = False
+
+
+class _WhereAmI(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return int(_BUILT_HERE)
+
+
+def _loader_workers_see_their_parent():
+    global _BUILT_HERE
+    _BUILT_HERE = True
+    loader = dataset.make_loader(_WhereAmI(), batch_size=2, shuffle=False, workers=1, pin_memory=False)
+    return [int(v) for batch in loader for v in batch]
+
+
+def test_loader_workers_are_forked_even_in_a_spawned_process():
+    """A loader built in a spawned process (gpu-check's concurrent runs, the bench's stages) would
+    spawn its workers too, each a new interpreter importing torch every epoch: they are forked."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(_loader_workers_see_their_parent).result() == [1, 1]
+
+
+def test_generated_classes_drawn_in_parallel_give_the_same_archive(tmp_path, monkeypatch):
+    classes = ["a", "b", "c"]
+    serial = synthetic.make_archive(tmp_path / "serial.zip", classes, 6)
+    monkeypatch.setattr(synthetic, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+    parallel = synthetic.make_archive(tmp_path / "parallel.zip", classes, 6)
+    assert serial.read_bytes() == parallel.read_bytes()

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kvasir_utils.artefacts import STAGES
-from kvasir_utils.bench import sweep_cost, timing
+from kvasir_utils.bench import gpucheck, sweep_cost, timing
+from kvasir_utils.errors import KvasirError
 from kvasir_utils.run import sweep_spec
 from tests.helpers import lora_count
 from tests.processes import run_make
@@ -68,6 +69,8 @@ def test_make_gpu_check_on_the_cpu_measures_both_backends_concurrent_runs_and_a_
         assert entry["processes"] == int(count) == len(entry["images_per_s_each"])
         assert min(entry["images_per_s_each"]) > 0
         assert entry["aggregate_images_per_s"] == pytest.approx(sum(entry["images_per_s_each"]))
+        assert 0 <= entry["overlap"] <= 1  # the share of the timed span in which all of them trained
+    assert concurrent["1"]["overlap"] == 1 and results["failed"] == []
 
     # The sweep's hours, computed again here from its rates: smoke-leakage's 12 runs, each model's 6 at
     # 8 x 16 generated images (26 validate, as train_test_split rounds), one epoch a stage, a
@@ -134,3 +137,22 @@ def test_gpu_check_refuses_a_sweep_it_cannot_price_before_measuring_anything(tmp
     done = run_make("gpu-check", f"BENCH=--scale small --cpu --parts epoch --sweep leakage --out {out}", env=NO_GPU)
     assert done.returncode == 2 and "add sweep to --parts" in done.stdout, done.stdout[-3000:]
     assert not out.exists() and not (tmp_path / "work").exists()
+
+
+def test_a_failed_part_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    """On a lent machine one call must bring back every part that works: a part that fails is written
+    with its error, the next part runs, and the command ends with an error naming the failed part."""
+    def broken(profile, scale):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(gpucheck, "prepare_data", lambda cfg: None)
+    monkeypatch.setattr(gpucheck, "run_protocol", broken)
+    monkeypatch.setattr(gpucheck, "concurrency", lambda profile, scale: {"1": {"vs_one": 1.0}})
+    out = tmp_path / "gpu_check.json"
+    with pytest.raises(KvasirError, match=r"part\(s\) protocol failed; .*gpu_check.json records each error"):
+        gpucheck.run("small", ["concurrency", "protocol"], out=out, work=tmp_path / "work", cpu=True)
+    results = json.loads(out.read_text())
+    assert results["failed"] == ["protocol"]
+    assert results["protocol"]["error"] == "RuntimeError: CUDA error: out of memory"
+    assert "in broken" in results["protocol"]["traceback"]
+    assert results["concurrency"] == {"1": {"vs_one": 1.0}}  # measured after the failed part

@@ -3,8 +3,8 @@
 1. ``epoch``: one training epoch of generated data at paper scale (6,400 images, the paper's
    settings, stage 1), for each ``transforms.backend`` (pil: the CPU loader; device: batched on the
    GPU): the loader alone (its first batch is the workers' start-up), loader + training step, and
-   the training step alone on a batch held on the device. ``pipeline_vs_model_only`` is the goal's
-   ratio (>= 0.9).
+   the training step alone on a batch held on the device, under the runtime the stage would take
+   (the runtime probe's choice). ``pipeline_vs_model_only`` is the goal's ratio (>= 0.9).
 2. ``protocol``: ``make evaluate`` on 8,000 generated images (both models, 5 + 5 epochs with a
    validation pass each, the evaluation), its wall time and each stage's seconds.
 3. ``concurrency``: 1, 2 and 4 processes training at once on the one GPU (each with its share of
@@ -42,7 +42,7 @@ from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_json_atomic
 from kvasir_utils.profiles import load_profile
 from kvasir_utils.provenance import environment
-from kvasir_utils.train import hardware, loop, stages
+from kvasir_utils.train import hardware, loop, probe, stages
 
 OUT = PROJECT_ROOT / "reports" / "bench" / "gpu_check.json"
 WORK = PROJECT_ROOT / "data" / "gpu-check"
@@ -117,16 +117,20 @@ def prepare_data(cfg: Config) -> None:
         prepare.prepare_split(cfg, prepared)
 
 
-def _stage1(cfg: Config, runtime: hardware.Runtime):
+def _stage1(cfg: Config):
+    """Stage 1 of the profile's first model, its optimizer, and the runtime the stage would train with
+    (the probe's choice of precision and memory format for it on this machine, measured once)."""
     name = cfg.train.models[0]
-    model = hardware.prepare_model(stages.model_for_stage(cfg, name, "stage1"), runtime)
+    model = stages.model_for_stage(cfg, name, "stage1")
+    runtime = probe.choose(hardware.use_runtime(cfg.runtime), model, name, cfg)
+    model = hardware.prepare_model(model, runtime)
     optimizer = loop.adam([p for p in model.parameters() if p.requires_grad], cfg.train.stage1.lr)
-    return model, optimizer
+    return model, optimizer, runtime
 
 
 def epoch_figures(cfg: Config, max_batches: int | None = None) -> dict:
     """Loader alone, loader + step and step alone over one epoch (or ``max_batches``) of stage 1."""
-    runtime = hardware.use_runtime(cfg.runtime)
+    model, optimizer, runtime = _stage1(cfg)
     backend = hardware.augment_backend(cfg.transforms.backend, runtime.device)
     augment = hardware.device_augment(cfg, runtime)
     loader = stages.make_loaders(cfg, runtime)["train"]
@@ -143,7 +147,6 @@ def epoch_figures(cfg: Config, max_batches: int | None = None) -> dict:
     hardware.synchronize(runtime.device)
     loader_rate = seen / (time.perf_counter() - start)
 
-    model, optimizer = _stage1(cfg, runtime)
     criterion = nn.CrossEntropyLoss()
     batches = iter(loop.device_batches(loader, runtime, augment, loop.augment_generator(1)))
     images, targets = next(batches)
@@ -173,10 +176,9 @@ def run_protocol(profile: Path, scale: str) -> dict:
 
 def _one_of_many(profile: str, scale: str, workers: int, batches: int, start_at: float) -> dict:
     cfg = load(Path(profile), scale, [f"runtime.workers={workers}"])
-    runtime = hardware.use_runtime(cfg.runtime)
+    model, optimizer, runtime = _stage1(cfg)
     augment = hardware.device_augment(cfg, runtime)
     loader = stages.make_loaders(cfg, runtime)["train"]
-    model, optimizer = _stage1(cfg, runtime)
     criterion = nn.CrossEntropyLoss()
     warm_up = iter(loop.device_batches(loader, runtime, augment, loop.augment_generator(0)))
     train_steps(model, optimizer, criterion, runtime, warm_up, 2)

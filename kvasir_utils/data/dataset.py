@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import pandas as pd
@@ -40,11 +41,25 @@ def split_datasets(cache_root: Path, split: pd.DataFrame, classes: list[str], tr
     }
 
 
+def worker_context(workers: int):
+    """How loader workers start: forked where the platform can, whatever started this process. Python's
+    default is the start method of the process that builds the loader, which is ``spawn`` inside a
+    process that was itself spawned (gpu-check's concurrent runs, the bench's stage processes): each
+    worker then starts a new interpreter that imports torch, every epoch. On the H200 machine that made
+    gpu-check's concurrency part outrun its call (docs/performance.md). Workers only decode and augment
+    on the CPU, which forking allows."""
+    if workers == 0 or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return multiprocessing.get_context("fork")
+
+
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool, seed: int = 0,
                 collate_fn=None):
-    """A DataLoader whose shuffle order depends only on ``seed`` (so a resumed epoch matches)."""
+    """A DataLoader whose shuffle order depends only on ``seed`` (so a resumed epoch matches), its
+    workers forked (``worker_context``)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
         pin_memory=pin_memory, persistent_workers=False, drop_last=False,
         generator=torch.Generator().manual_seed(seed), collate_fn=collate_fn,
+        multiprocessing_context=worker_context(workers),
     )
