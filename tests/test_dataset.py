@@ -1,6 +1,8 @@
 import io
 import multiprocessing
 import os
+import sys
+import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 
@@ -257,6 +259,7 @@ def _loader_workers_see_their_parent():
     return [int(v) for batch in loader for v in batch]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
 def test_loader_workers_are_forked_even_in_a_spawned_process():
     """A loader built in a spawned process (gpu-check's concurrent runs, the bench's stages) would
     spawn its workers too, each a new interpreter importing torch every epoch: they are forked."""
@@ -271,3 +274,22 @@ def test_generated_classes_drawn_in_parallel_give_the_same_archive(tmp_path, mon
     monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
     parallel = synthetic.make_archive(tmp_path / "parallel.zip", classes, 6)
     assert serial.read_bytes() == parallel.read_bytes()
+
+
+def test_closing_the_parallel_generation_stops_its_threads_at_their_next_frame(monkeypatch):
+    """Ctrl-C (or an error) while an archive is drawn in threads: no class goes on to its end."""
+    drawn = {}
+
+    def slow_frames(seed, stream, name, images_per_class, large_fraction, cue):
+        for index in range(images_per_class):
+            time.sleep(0.005)
+            drawn[name] = drawn.get(name, 0) + 1
+            yield f"{name}/{index}.jpg", b""
+
+    monkeypatch.setattr(synthetic, "class_frames", slow_frames)
+    monkeypatch.setattr(synthetic, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+    frames = synthetic.kvasir_frames(["a", "b", "c"], 200, 0, 0.0)
+    assert next(frames) == ("a/0.jpg", b"")  # class a drawn whole; b alongside; c started after a
+    frames.close()
+    assert drawn["a"] == 200 and drawn.get("c", 0) < 50

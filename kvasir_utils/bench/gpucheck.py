@@ -42,7 +42,7 @@ from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_json_atomic
 from kvasir_utils.profiles import load_profile
 from kvasir_utils.provenance import environment
-from kvasir_utils.train import hardware, loop, probe, stages
+from kvasir_utils.train import hardware, loop, models, probe, stages
 
 OUT = PROJECT_ROOT / "reports" / "bench" / "gpu_check.json"
 WORK = PROJECT_ROOT / "data" / "gpu-check"
@@ -75,6 +75,9 @@ SCALES = {
                    sweep="smoke-leakage", sweep_steps=2),
 }
 PARTS = ("epoch", "protocol", "concurrency", "sweep")
+# The sweep's hours with runs sharing the device use a count's measured speed-up only where its
+# processes trained together for at least this share of the timed span (else the sum overstates it).
+MIN_OVERLAP = 0.9
 
 
 def check_device(cpu: bool) -> str:
@@ -118,12 +121,13 @@ def prepare_data(cfg: Config) -> None:
 
 
 def _stage1(cfg: Config):
-    """Stage 1 of the profile's first model, its optimizer, and the runtime the stage would train with
-    (the probe's choice of precision and memory format for it on this machine, measured once)."""
+    """Stage 1 of the profile's first model in training mode (frozen BatchNorm layers as the stage
+    keeps them), its optimizer, and the runtime the stage would train with (the probe's choice of
+    precision and memory format for it on this machine, measured once); eager, not compiled."""
     name = cfg.train.models[0]
     model = stages.model_for_stage(cfg, name, "stage1")
     runtime = probe.choose(hardware.use_runtime(cfg.runtime), model, name, cfg)
-    model = hardware.prepare_model(model, runtime)
+    model = models.set_train_mode(hardware.prepare_model(model, runtime), cfg.train.frozen_batchnorm)
     optimizer = loop.adam([p for p in model.parameters() if p.requires_grad], cfg.train.stage1.lr)
     return model, optimizer, runtime
 
@@ -189,13 +193,15 @@ def _one_of_many(profile: str, scale: str, workers: int, batches: int, start_at:
     return {"images_per_s": rate, "started": start, "ended": time.time()}
 
 
-def concurrency(profile: Path, scale: str) -> dict:
+def concurrency(profile: Path, scale: str):
     """Aggregate training images/s of 1, 2 and 4 processes (the scale's counts) sharing the device,
     started together ``settle`` seconds (and ``per_process`` seconds a process) after they are
-    launched, once each has built its model."""
+    launched, once each has built its model; as (count, figures) pairs, each count's when it is
+    measured. The runtime probe runs here first, so the processes find its choice made."""
     cores = os.cpu_count() or 1
     counts, batches = SCALES[scale].counts, SCALES[scale].batches
-    figures = {}
+    _stage1(load(profile, scale))
+    one = None
     for count in counts:
         workers = SCALES[scale].loader_workers
         workers = max(1, (cores - 1) // count) if workers is None else workers
@@ -206,16 +212,14 @@ def concurrency(profile: Path, scale: str) -> dict:
             results = [r.result() for r in runs]
         span = max(r["ended"] for r in results) - min(r["started"] for r in results)
         together = min(r["ended"] for r in results) - max(r["started"] for r in results)
-        figures[str(count)] = {"processes": count, "loader_workers_each": workers,
-                               "images_per_s_each": [r["images_per_s"] for r in results],
-                               "aggregate_images_per_s": sum(r["images_per_s"] for r in results),
-                               # the share of the timed span in which every process trained: near 1,
-                               # the processes shared the device throughout; low, some ran alone
-                               "overlap": max(0.0, together) / span if span > 0 else 1.0}
-    one = figures[str(counts[0])]["aggregate_images_per_s"]
-    for entry in figures.values():
-        entry["vs_one"] = entry["aggregate_images_per_s"] / one
-    return figures
+        aggregate = sum(r["images_per_s"] for r in results)
+        one = one or aggregate
+        yield str(count), {"processes": count, "loader_workers_each": workers,
+                           "images_per_s_each": [r["images_per_s"] for r in results],
+                           "aggregate_images_per_s": aggregate, "vs_one": aggregate / one,
+                           # the share of the timed span in which every process trained: near 1, they
+                           # shared the device throughout; lower, some ran alone and the sum overstates
+                           "overlap": max(0.0, together) / span if span > 0 else 1.0}
 
 
 def sweep_overrides(device: str, work: Path) -> list[str]:
@@ -255,22 +259,29 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
     if set(parts) - {"sweep"}:  # the parts on generated data
         profile = write_profile(work, scale, device)
         prepare_data(load(profile, scale))
+    ordered = [p for p in PARTS if p in parts]
+    # "pending": the parts not measured yet, "finished": the command ran to its end (a run killed or
+    # interrupted leaves both saying so)
     results: dict = {"machine": environment(), "device": device, "scale": scale, "profile": profile and str(profile),
-                     "parts": parts, "failed": []}
+                     "parts": parts, "pending": list(ordered), "failed": [], "finished": False}
+    write_json_atomic(out, results)  # no earlier run's file stays behind looking like this one's
 
     def sweep_price() -> dict:
         epoch, shared = results.get("epoch", {}), results.get("concurrency", {})
-        loader = {} if "error" in epoch else epoch.get(hardware.augment_backend("auto", torch.device(device)), {})
-        shared = {} if "error" in shared else {count: entry["vs_one"] for count, entry in shared.items()}
+        loader = epoch.get(hardware.augment_backend("auto", torch.device(device)), {})
+        shared = {count: entry["vs_one"] for count, entry in shared.items()
+                  if isinstance(entry, dict) and entry.get("overlap", 0) >= MIN_OVERLAP}
         return sweep_cost.estimate(*sweep, sweep_steps or spec.sweep_steps, loader.get("loader_images_per_s"), shared)
 
-    measures = {"epoch": lambda: {backend: epoch_figures(load(profile, scale, [f"transforms.backend={backend}"]))
-                                  for backend in ("pil", "device")},
+    measures = {"epoch": lambda: ((backend, epoch_figures(load(profile, scale, [f"transforms.backend={backend}"])))
+                                  for backend in ("pil", "device")),
                 "protocol": lambda: run_protocol(profile, scale),
                 "concurrency": lambda: concurrency(profile, scale),
                 "sweep": sweep_price}
-    for part in (p for p in PARTS if p in parts):
+    for part in ordered:
         measure_part(results, part, measures[part], out)
+    results["finished"] = True
+    write_json_atomic(out, results)
     print(f"wrote {out}")
     if results["failed"]:
         raise KvasirError(f"gpu-check's part(s) {', '.join(results['failed'])} failed; {out} records each "
@@ -279,14 +290,20 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
 
 
 def measure_part(results: dict, part: str, measure, out: Path) -> None:
-    """``results[part]`` from ``measure()``, or its error and traceback where it fails (the part is
-    then listed in ``results["failed"]``), written to ``out`` either way: on a lent machine one call
-    must bring back every part that works."""
+    """``results[part]`` from ``measure()`` (a dict, or (key, figures) pairs, written to ``out`` as each
+    comes), with its error and traceback added where it fails (the part is then listed in
+    ``results["failed"]``, its figures so far kept): on a lent machine one call must bring back every
+    figure that was measured."""
+    figures = results[part] = {}
     try:
-        results[part] = measure()
+        measured = measure()
+        for key, value in measured.items() if isinstance(measured, dict) else measured:
+            figures[key] = value
+            write_json_atomic(out, results)
     except Exception as error:  # noqa: BLE001 - recorded and reported at the end; Ctrl-C still stops
-        results[part] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+        figures |= {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
         results["failed"].append(part)
         print(f"gpu-check: the {part} part failed ({type(error).__name__}: {error}); the other parts go on")
+    results["pending"].remove(part)
     write_json_atomic(out, results)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -45,10 +46,10 @@ def worker_context(workers: int):
     """How loader workers start: forked where the platform can, whatever started this process. Python's
     default is the start method of the process that builds the loader, which is ``spawn`` inside a
     process that was itself spawned (gpu-check's concurrent runs, the bench's stage processes): each
-    worker then starts a new interpreter that imports torch, every epoch. On the H200 machine that made
-    gpu-check's concurrency part outrun its call (docs/performance.md). Workers only decode and augment
-    on the CPU, which forking allows."""
-    if workers == 0 or "fork" not in multiprocessing.get_all_start_methods():
+    worker then starts a new interpreter that imports torch, every epoch (seen on the H200 machine:
+    docs/performance.md). Workers only decode and augment on the CPU, which forking allows. Only on
+    Linux: on macOS Python holds fork unsafe, and the platform's default (spawn) stays."""
+    if workers == 0 or not sys.platform.startswith("linux"):
         return None
     return multiprocessing.get_context("fork")
 

@@ -13,9 +13,12 @@ earlier frame). ``planted_traps`` says which frames got what, without reading th
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
+import itertools
 import os
+import threading
 import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -216,22 +219,39 @@ def class_frames(seed: int, stream: int, name: str, images_per_class: int, large
         yield frame.path, jpeg_bytes(draw_overlays(scene, frame.guide_box, frame.marker, text), quality)
 
 
-def _class_frames_list(job: tuple) -> list[tuple[str, bytes]]:
-    return list(class_frames(*job))
-
-
 def kvasir_frames(classes: list[str], images_per_class: int, seed: int, large_fraction: float):
     """Every class's frames (``class_frames``) in class order; drawn in parallel threads from
-    ``PARALLEL_FROM`` images where there is more than one core."""
+    ``PARALLEL_FROM`` images where there is more than one core, at most one class a core in flight
+    (each held whole until its turn comes). Closing the generator (Ctrl-C, an error) stops every
+    thread at its next frame."""
     jobs = [(seed, index, name, images_per_class, large_fraction, index) for index, name in enumerate(classes)]
     workers = min(len(jobs), os.cpu_count() or 1)
     if workers < 2 or len(classes) * images_per_class < PARALLEL_FROM:
         for job in jobs:
             yield from class_frames(*job)
         return
-    with ThreadPoolExecutor(workers) as pool:
-        for frames in pool.map(_class_frames_list, jobs):
+    stop = threading.Event()
+
+    def draw(job: tuple) -> list[tuple[str, bytes]]:
+        frames = []
+        for frame in class_frames(*job):
+            if stop.is_set():
+                break
+            frames.append(frame)
+        return frames
+
+    pool = ThreadPoolExecutor(workers)
+    try:
+        waiting = iter(jobs)
+        running = collections.deque(pool.submit(draw, job) for job in itertools.islice(waiting, workers))
+        while running:
+            frames = running.popleft().result()
+            for job in itertools.islice(waiting, 1):
+                running.append(pool.submit(draw, job))
             yield from frames
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_archive(

@@ -1,6 +1,6 @@
 """Precision and memory format chosen for this machine by measurement: a short probe of the model's
 own training step (forward, backward and an Adam step on random images at the stage's image size and
-a batch of at most ``PROBE_BATCH`` on a CPU, the stage's on a GPU, on its device), the alternative
+a batch of at most ``PROBE_BATCH``, or the stage's on a CUDA GPU, on its device), the alternative
 alternated with the reference over a few rounds after a warm-up (``train.paired``). What it measured
 is kept in one file per machine's data folder, so a second stage or run does not measure again. A
 setting given explicitly is never probed.
@@ -40,9 +40,9 @@ MIN_GAIN = 1.05
 # ratios), at a batch of at most PROBE_BATCH images: a kernel's speed per image barely changes above
 # it on a CPU, and the stage's batch of 32 at 224 px made a probe of ResNet50 take minutes on 2 cores.
 ROUNDS, WARMUP, PROBE_BATCH = 5, 1, 8
-# On a GPU the probe runs at the stage's own batch (a GPU's speed per image depends on the batch, and a
-# batch of 8 measures kernel launches), two warm-up steps (cuDNN picks its kernels in the first) and
-# rounds of five steps: a step takes milliseconds there.
+# On a CUDA GPU the probe runs at the stage's own batch (a GPU's speed per image depends on the batch,
+# and a batch of 8 measures kernel launches), two warm-up steps (the first allocates, and picks cuDNN's
+# kernels where its benchmark is on) and rounds of five steps: a step takes milliseconds there.
 GPU_WARMUP, GPU_STEPS = 2, 5
 
 
