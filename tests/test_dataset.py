@@ -293,3 +293,29 @@ def test_closing_the_parallel_generation_stops_its_threads_at_their_next_frame(m
     assert next(frames) == ("a/0.jpg", b"")  # class a drawn whole; b alongside; c started after a
     frames.close()
     assert drawn["a"] == 200 and drawn.get("c", 0) < 50
+
+
+def test_an_error_while_writing_a_generated_tree_stops_the_drawing_threads(tmp_path, monkeypatch):
+    """The folder form (make_folder): a failed write closes the generator, so no class goes on being
+    drawn while the error is handled (here held by pytest, as a script's traceback would hold it)."""
+    drawn = {}
+
+    def frames(seed, stream, name, images_per_class, large_fraction, cue):
+        for index in range(images_per_class):
+            time.sleep(0.002 if name == "a" else 0.02)  # b is still drawing when a's first file fails
+            drawn[name] = drawn.get(name, 0) + 1
+            yield f"{name}/{index}.jpg", b""
+
+    def full_disk(path, payload):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(synthetic, "class_frames", frames)
+    monkeypatch.setattr(synthetic, "write_bytes_atomic", full_disk)
+    monkeypatch.setattr(synthetic, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+    with pytest.raises(OSError, match="No space left") as error:  # its traceback kept, as a script's
+        synthetic.make_folder(tmp_path / "tree", ["a", "b", "c"], 100)
+    at_the_error = dict(drawn)
+    time.sleep(0.3)  # a thread left running would draw about 15 frames of b meanwhile
+    assert drawn == at_the_error and drawn["b"] < 100 and drawn.get("c", 0) <= 1
+    assert error.traceback and not (tmp_path / "tree").exists()

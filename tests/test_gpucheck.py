@@ -150,14 +150,15 @@ def test_a_failed_part_is_recorded_with_its_figures_so_far_and_the_others_still_
         yield "1", {"vs_one": 1.0}
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(gpucheck, "prepare_data", lambda cfg: None)
+    out = tmp_path / "gpu_check.json"
+    out.write_text('{"an earlier run": true}')
+    while_generating = []  # the file as a run killed while generating its data would leave it
+    monkeypatch.setattr(gpucheck, "prepare_data", lambda cfg: while_generating.append(json.loads(out.read_text())))
     monkeypatch.setattr(gpucheck, "concurrency", out_of_memory)
     monkeypatch.setattr(gpucheck, "run_protocol", lambda profile, scale: {"minutes": 3.0})
-    out = tmp_path / "gpu_check.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text('{"an earlier run": true}')
     with pytest.raises(KvasirError, match=r"part\(s\) concurrency failed; .*gpu_check.json records each error"):
         gpucheck.run("small", ["concurrency", "protocol"], out=out, work=tmp_path / "work", cpu=True)
+    assert while_generating[0]["pending"] == ["protocol", "concurrency"] and not while_generating[0]["finished"]
     results = json.loads(out.read_text())
     assert results["failed"] == ["concurrency"] and results["pending"] == [] and results["finished"] is True
     assert results["concurrency"]["1"] == {"vs_one": 1.0}  # measured before it failed
@@ -179,3 +180,12 @@ def test_a_run_stopped_midway_leaves_a_file_that_says_so(tmp_path, monkeypatch):
     results = json.loads(out.read_text())
     assert results["protocol"] == {"minutes": 3.0}
     assert results["pending"] == ["concurrency"] and results["finished"] is False
+
+
+def test_gpu_checks_stage_1_keeps_its_frozen_batchnorm_layers_in_eval_mode_as_the_stage_does(tmp_path):
+    cfg = gpucheck.load(gpucheck.write_profile(tmp_path, "small", "cpu"), "small")
+    model, _, runtime = gpucheck._stage1(cfg)
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    frozen = [m for m in batchnorms if not any(p.requires_grad for p in m.parameters())]
+    assert frozen and not any(m.training for m in frozen) and model.training
+    assert not runtime.pending  # the probe's choice, as the stage would take it

@@ -200,7 +200,9 @@ def concurrency(profile: Path, scale: str):
     measured. The runtime probe runs here first, so the processes find its choice made."""
     cores = os.cpu_count() or 1
     counts, batches = SCALES[scale].counts, SCALES[scale].batches
-    _stage1(load(profile, scale))
+    _stage1(load(profile, scale))  # the probe's choice made here; the model is dropped at once
+    if torch.cuda.is_available():  # and its memory given back to the processes below
+        torch.cuda.empty_cache()
     one = None
     for count in counts:
         workers = SCALES[scale].loader_workers
@@ -239,7 +241,8 @@ def scale_named(scale: str) -> Scale:
 def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: bool = False,
         sweep: tuple[str, list] | None = None, sweep_steps: int | None = None) -> dict:
     """The ``parts`` of gpu-check at ``scale`` on the GPU (or the CPU where ``cpu`` asks), written to
-    ``out`` as JSON after each part; generated data and runs go under ``work`` (reused by a second run).
+    ``out`` as JSON before the first part and after each figure; generated data and runs go under
+    ``work`` (reused by a second run).
     ``sweep``: the name and (run, model, settings) runs of the sweep the ``sweep`` part prices, read with
     ``sweep_overrides`` (the run layer reads sweep files), timed over ``sweep_steps`` steps (default:
     the scale's)."""
@@ -255,16 +258,17 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
             raise KvasirError("gpu-check's sweep part needs the sweep's runs (python -m kvasir_utils gpu-check "
                               "reads them)")
         sweep_cost.check_priceable(*sweep)
+    ordered = [p for p in PARTS if p in parts]
+    # "pending": the parts not measured yet, "finished": the command ran to its end (a run killed or
+    # interrupted, generating its data included, leaves both saying so; no earlier run's file stays)
+    results: dict = {"machine": environment(), "device": device, "scale": scale, "profile": None,
+                     "parts": parts, "pending": list(ordered), "failed": [], "finished": False}
+    write_json_atomic(out, results)
     profile = None
     if set(parts) - {"sweep"}:  # the parts on generated data
         profile = write_profile(work, scale, device)
         prepare_data(load(profile, scale))
-    ordered = [p for p in PARTS if p in parts]
-    # "pending": the parts not measured yet, "finished": the command ran to its end (a run killed or
-    # interrupted leaves both saying so)
-    results: dict = {"machine": environment(), "device": device, "scale": scale, "profile": profile and str(profile),
-                     "parts": parts, "pending": list(ordered), "failed": [], "finished": False}
-    write_json_atomic(out, results)  # no earlier run's file stays behind looking like this one's
+        results["profile"] = str(profile)
 
     def sweep_price() -> dict:
         epoch, shared = results.get("epoch", {}), results.get("concurrency", {})

@@ -14,6 +14,7 @@ earlier frame). ``planted_traps`` says which frames got what, without reading th
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import io
 import itertools
@@ -274,9 +275,10 @@ def make_archive(
 
 
 def write_tree(path: Path, files) -> Path:
-    """Write ``files`` ((relative path, bytes) pairs) as the folder ``path``, whole or not at all."""
-    with atomic_folder(path) as partial:
-        for name, payload in files:
+    """Write ``files`` ((relative path, bytes) pairs) as the folder ``path``, whole or not at all; a
+    generator of them is closed on an error (``kvasir_frames``' threads stop at once)."""
+    with atomic_folder(path) as partial, contextlib.closing(iter(files)) as pairs:
+        for name, payload in pairs:
             write_bytes_atomic(partial / name, payload)
     return Path(path)
 
