@@ -267,52 +267,57 @@ def test_loader_workers_are_forked_even_in_a_spawned_process():
         assert pool.submit(_loader_workers_see_their_parent).result() == [1, 1]
 
 
-def test_generated_classes_drawn_in_parallel_give_the_same_archive(tmp_path, monkeypatch):
-    classes = ["a", "b", "c"]
-    serial = synthetic.make_archive(tmp_path / "serial.zip", classes, 6)
+@pytest.fixture
+def two_drawing_threads(monkeypatch):
+    """Any archive drawn in parallel, two classes at a time, as on a 2-core machine."""
     monkeypatch.setattr(synthetic, "PARALLEL_FROM", 0)
     monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+
+
+def _count_drawn_frames(monkeypatch, seconds_a_frame) -> dict:
+    """Put a stand-in for ``class_frames`` that takes ``seconds_a_frame(class)`` a frame (empty
+    bytes) and counts each class's frames in the dict it returns."""
+    drawn = {}
+
+    def frames(seed, stream, name, images_per_class, large_fraction, cue):
+        for index in range(images_per_class):
+            time.sleep(seconds_a_frame(name))
+            drawn[name] = drawn.get(name, 0) + 1
+            yield f"{name}/{index}.jpg", b""
+
+    monkeypatch.setattr(synthetic, "class_frames", frames)
+    return drawn
+
+
+def test_generated_classes_drawn_in_parallel_give_the_same_archive(tmp_path, monkeypatch, two_drawing_threads):
+    classes = ["a", "b", "c"]
+    with monkeypatch.context() as serial_only:
+        serial_only.setattr(synthetic, "PARALLEL_FROM", 10**9)
+        serial = synthetic.make_archive(tmp_path / "serial.zip", classes, 6)
     parallel = synthetic.make_archive(tmp_path / "parallel.zip", classes, 6)
     assert serial.read_bytes() == parallel.read_bytes()
 
 
-def test_closing_the_parallel_generation_stops_its_threads_at_their_next_frame(monkeypatch):
+def test_closing_the_parallel_generation_stops_its_threads_at_their_next_frame(monkeypatch, two_drawing_threads):
     """Ctrl-C (or an error) while an archive is drawn in threads: no class goes on to its end."""
-    drawn = {}
-
-    def slow_frames(seed, stream, name, images_per_class, large_fraction, cue):
-        for index in range(images_per_class):
-            time.sleep(0.005)
-            drawn[name] = drawn.get(name, 0) + 1
-            yield f"{name}/{index}.jpg", b""
-
-    monkeypatch.setattr(synthetic, "class_frames", slow_frames)
-    monkeypatch.setattr(synthetic, "PARALLEL_FROM", 0)
-    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+    drawn = _count_drawn_frames(monkeypatch, lambda name: 0.005)
     frames = synthetic.kvasir_frames(["a", "b", "c"], 200, 0, 0.0)
     assert next(frames) == ("a/0.jpg", b"")  # class a drawn whole; b alongside; c started after a
     frames.close()
     assert drawn["a"] == 200 and drawn.get("c", 0) < 50
 
 
-def test_an_error_while_writing_a_generated_tree_stops_the_drawing_threads(tmp_path, monkeypatch):
+def test_an_error_while_writing_a_generated_tree_stops_the_drawing_threads(tmp_path, monkeypatch,
+                                                                          two_drawing_threads):
     """The folder form (make_folder): a failed write closes the generator, so no class goes on being
     drawn while the error is handled (here held by pytest, as a script's traceback would hold it)."""
-    drawn = {}
-
-    def frames(seed, stream, name, images_per_class, large_fraction, cue):
-        for index in range(images_per_class):
-            time.sleep(0.002 if name == "a" else 0.02)  # b is still drawing when a's first file fails
-            drawn[name] = drawn.get(name, 0) + 1
-            yield f"{name}/{index}.jpg", b""
+    # b is still drawing when a's first file fails
+    drawn = _count_drawn_frames(monkeypatch, lambda name: 0.002 if name == "a" else 0.02)
 
     def full_disk(path, payload):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(synthetic, "class_frames", frames)
     monkeypatch.setattr(synthetic, "write_bytes_atomic", full_disk)
-    monkeypatch.setattr(synthetic, "PARALLEL_FROM", 0)
-    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
     with pytest.raises(OSError, match="No space left") as error:  # its traceback kept, as a script's
         synthetic.make_folder(tmp_path / "tree", ["a", "b", "c"], 100)
     at_the_error = dict(drawn)

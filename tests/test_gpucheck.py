@@ -184,7 +184,9 @@ def test_a_run_stopped_midway_leaves_a_file_that_says_so(tmp_path, monkeypatch):
 
 def test_gpu_checks_stage_1_keeps_its_frozen_batchnorm_layers_in_eval_mode_as_the_stage_does(tmp_path):
     cfg = gpucheck.load(gpucheck.write_profile(tmp_path, "small", "cpu"), "small")
-    model, _, runtime = gpucheck._stage1(cfg)
+    gpucheck.prepare_data(cfg)  # stage 1 comes with its training loader
+    stage = gpucheck._stage1(cfg)
+    model, runtime = stage.model, stage.runtime
     batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     frozen = [m for m in batchnorms if not any(p.requires_grad for p in m.parameters())]
     assert frozen and not any(m.training for m in frozen) and model.training

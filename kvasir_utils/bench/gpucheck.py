@@ -120,44 +120,62 @@ def prepare_data(cfg: Config) -> None:
         prepare.prepare_split(cfg, prepared)
 
 
-def _stage1(cfg: Config):
-    """Stage 1 of the profile's first model in training mode (frozen BatchNorm layers as the stage
-    keeps them), its optimizer, and the runtime the stage would train with (the probe's choice of
-    precision and memory format for it on this machine, measured once); eager, not compiled."""
+@dataclasses.dataclass(frozen=True)
+class Stage1:
+    """Stage 1 of the profile's first model, ready to time (``_stage1``): the model in training mode
+    (frozen BatchNorm layers as the stage keeps them), its optimizer, the runtime the stage would
+    train with (the probe's choice of precision and memory format on this machine, measured once),
+    the training loader and the augmentation on the device where the backend puts it there. Eager,
+    not compiled."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    runtime: hardware.Runtime
+    loader: torch.utils.data.DataLoader
+    augment: object
+
+    def batches(self, epoch: int):
+        """The training batches on the device, augmented as epoch ``epoch`` draws them."""
+        return iter(loop.device_batches(self.loader, self.runtime, self.augment, loop.augment_generator(epoch)))
+
+    def train(self, batches, steps: int) -> float:
+        """Images per second of training steps on ``batches`` (``bench.timing.train_steps``)."""
+        return train_steps(self.model, self.optimizer, nn.CrossEntropyLoss(), self.runtime, batches, steps)
+
+
+def _stage1(cfg: Config) -> Stage1:
     name = cfg.train.models[0]
     model = stages.model_for_stage(cfg, name, "stage1")
     runtime = probe.choose(hardware.use_runtime(cfg.runtime), model, name, cfg)
     model = models.set_train_mode(hardware.prepare_model(model, runtime), cfg.train.frozen_batchnorm)
     optimizer = loop.adam([p for p in model.parameters() if p.requires_grad], cfg.train.stage1.lr)
-    return model, optimizer, runtime
+    return Stage1(model, optimizer, runtime, stages.make_loaders(cfg, runtime)["train"],
+                  hardware.device_augment(cfg, runtime))
 
 
 def epoch_figures(cfg: Config, max_batches: int | None = None) -> dict:
     """Loader alone, loader + step and step alone over one epoch (or ``max_batches``) of stage 1."""
-    model, optimizer, runtime = _stage1(cfg)
-    backend = hardware.augment_backend(cfg.transforms.backend, runtime.device)
-    augment = hardware.device_augment(cfg, runtime)
-    loader = stages.make_loaders(cfg, runtime)["train"]
-    limit = max_batches or len(loader)
+    stage = _stage1(cfg)
+    device = stage.runtime.device
+    limit = max_batches or len(stage.loader)
 
     start, first, seen = time.perf_counter(), None, 0
-    for step, (_, targets) in enumerate(loop.device_batches(loader, runtime, augment, loop.augment_generator(0))):
+    for step, (_, targets) in enumerate(stage.batches(0)):
         if first is None:
-            hardware.synchronize(runtime.device)
+            hardware.synchronize(device)
             first = time.perf_counter() - start
         seen += len(targets)
         if step + 1 >= limit:
             break
-    hardware.synchronize(runtime.device)
+    hardware.synchronize(device)
     loader_rate = seen / (time.perf_counter() - start)
 
-    criterion = nn.CrossEntropyLoss()
-    batches = iter(loop.device_batches(loader, runtime, augment, loop.augment_generator(1)))
+    batches = stage.batches(1)
     images, targets = next(batches)
-    pipeline = train_steps(model, optimizer, criterion, runtime, batches, limit - 1)
-    held = iter([(images, targets)] * (limit - 1))
-    model_only = train_steps(model, optimizer, criterion, runtime, held, limit - 1)
-    return {"backend": backend, "runtime": runtime.describe(), "batches": limit,
+    pipeline = stage.train(batches, limit - 1)
+    model_only = stage.train(iter([(images, targets)] * (limit - 1)), limit - 1)
+    return {"backend": hardware.augment_backend(cfg.transforms.backend, device), "runtime": stage.runtime.describe(),
+            "batches": limit,
             "loader_images_per_s": loader_rate, "loader_first_batch_s": first,
             "pipeline_images_per_s": pipeline, "model_only_images_per_s": model_only,
             "pipeline_vs_model_only": pipeline / model_only}
@@ -179,17 +197,11 @@ def run_protocol(profile: Path, scale: str) -> dict:
 
 
 def _one_of_many(profile: str, scale: str, workers: int, batches: int, start_at: float) -> dict:
-    cfg = load(Path(profile), scale, [f"runtime.workers={workers}"])
-    model, optimizer, runtime = _stage1(cfg)
-    augment = hardware.device_augment(cfg, runtime)
-    loader = stages.make_loaders(cfg, runtime)["train"]
-    criterion = nn.CrossEntropyLoss()
-    warm_up = iter(loop.device_batches(loader, runtime, augment, loop.augment_generator(0)))
-    train_steps(model, optimizer, criterion, runtime, warm_up, 2)
+    stage = _stage1(load(Path(profile), scale, [f"runtime.workers={workers}"]))
+    stage.train(stage.batches(0), 2)  # warm-up
     time.sleep(max(0.0, start_at - time.time()))
     start = time.time()
-    stream = iter(loop.device_batches(loader, runtime, augment, loop.augment_generator(1)))
-    rate = train_steps(model, optimizer, criterion, runtime, stream, min(len(loader), batches))
+    rate = stage.train(stage.batches(1), min(len(stage.loader), batches))
     return {"images_per_s": rate, "started": start, "ended": time.time()}
 
 
@@ -279,9 +291,9 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
 
     measures = {"epoch": lambda: ((backend, epoch_figures(load(profile, scale, [f"transforms.backend={backend}"])))
                                   for backend in ("pil", "device")),
-                "protocol": lambda: run_protocol(profile, scale),
+                "protocol": lambda: run_protocol(profile, scale).items(),
                 "concurrency": lambda: concurrency(profile, scale),
-                "sweep": sweep_price}
+                "sweep": lambda: sweep_price().items()}
     for part in ordered:
         measure_part(results, part, measures[part], out)
     results["finished"] = True
@@ -294,14 +306,13 @@ def run(scale: str, parts: list[str], out: Path = OUT, work: Path = WORK, cpu: b
 
 
 def measure_part(results: dict, part: str, measure, out: Path) -> None:
-    """``results[part]`` from ``measure()`` (a dict, or (key, figures) pairs, written to ``out`` as each
-    comes), with its error and traceback added where it fails (the part is then listed in
+    """``results[part]`` from ``measure()``'s (key, figures) pairs, written to ``out`` as each comes,
+    with its error and traceback added where it fails (the part is then listed in
     ``results["failed"]``, its figures so far kept): on a lent machine one call must bring back every
     figure that was measured."""
     figures = results[part] = {}
     try:
-        measured = measure()
-        for key, value in measured.items() if isinstance(measured, dict) else measured:
+        for key, value in measure():
             figures[key] = value
             write_json_atomic(out, results)
     except Exception as error:  # noqa: BLE001 - recorded and reported at the end; Ctrl-C still stops

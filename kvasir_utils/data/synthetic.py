@@ -247,7 +247,8 @@ def kvasir_frames(classes: list[str], images_per_class: int, seed: int, large_fr
         running = collections.deque(pool.submit(draw, job) for job in itertools.islice(waiting, workers))
         while running:
             frames = running.popleft().result()
-            for job in itertools.islice(waiting, 1):
+            job = next(waiting, None)
+            if job is not None:
                 running.append(pool.submit(draw, job))
             yield from frames
     finally:

@@ -46,6 +46,13 @@ ROUNDS, WARMUP, PROBE_BATCH = 5, 1, 8
 GPU_WARMUP, GPU_STEPS = 2, 5
 
 
+def probe_plan(device: torch.device, stage_batch: int) -> tuple[int, int, int]:
+    """The probe's batch, steps a round and warm-up steps on ``device`` for a stage of ``stage_batch``."""
+    if device.type == "cuda":
+        return stage_batch, GPU_STEPS, GPU_WARMUP
+    return min(stage_batch, PROBE_BATCH), 1, WARMUP
+
+
 def pays(pair: dict) -> bool:
     """The alternative is kept where its median gain reaches MIN_GAIN and no round found it slower:
     on a loaded machine two identical settings' single rounds read 0.72-1.40x, and a choice made on
@@ -90,20 +97,19 @@ def training_step(model: nn.Module, runtime: Runtime, frozen_batchnorm: str):
     return step
 
 
-def measure(model: nn.Module, alternative: Runtime, reference: Runtime, image_size: int, batch_size: int,
+def measure(model: nn.Module, alternative: Runtime, reference: Runtime, image_size: int, stage_batch: int,
             classes: int, frozen_batchnorm: str = "eval") -> dict:
     """The alternative's training steps per second over the reference's (``paired_ratio``), on random
-    images; torch's random state is left as it was."""
+    images, as ``probe_plan`` says for the device; torch's random state is left as it was."""
     device = reference.device
-    gpu = device.type == "cuda"
+    batch_size, steps, warmup = probe_plan(device, stage_batch)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         images = torch.randn(batch_size, 3, image_size, image_size)
         targets = torch.randint(0, classes, (batch_size,))
         pair = paired_ratio(training_step(model, alternative, frozen_batchnorm),
                             training_step(model, reference, frozen_batchnorm), images, targets,
-                            lambda: synchronize(device), rounds=ROUNDS, steps=GPU_STEPS if gpu else 1,
-                            warmup=GPU_WARMUP if gpu else WARMUP)
+                            lambda: synchronize(device), rounds=ROUNDS, steps=steps, warmup=warmup)
     return {key: round(value, 4) if isinstance(value, float) else value for key, value in pair.items()}
 
 
@@ -127,7 +133,7 @@ def choose(runtime: Runtime, model: nn.Module, model_name: str, cfg: Config, pat
     cfg = models.for_model(cfg, model_name)  # the model's own image size where the profile leaves it
     path = path or probe_file(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = cfg.train.batch_size if runtime.device.type == "cuda" else min(cfg.train.batch_size, PROBE_BATCH)
+    batch = probe_plan(runtime.device, cfg.train.batch_size)[0]
     sizes = f"{model_name}, {cfg.transforms.image_size} px, batch {batch}"
     with FileLock(f"{path}.lock"):
         known = read_probes(path)
@@ -136,7 +142,7 @@ def choose(runtime: Runtime, model: nn.Module, model_name: str, cfg: Config, pat
         def ratio(alternative: Runtime, reference: Runtime, question: str) -> dict:
             key = f"{question} | {sizes} | {runtime.device.type} | {machine(runtime.device)}"
             if key not in known:
-                known[key] = measure(model, alternative, reference, cfg.transforms.image_size, batch,
+                known[key] = measure(model, alternative, reference, cfg.transforms.image_size, cfg.train.batch_size,
                                      len(cfg.classes), cfg.train.frozen_batchnorm) | {
                     "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
             return known[key]
