@@ -56,6 +56,16 @@ def describe_cpu(env: dict) -> str:
     return f"{env.get('cpu')} under {limits}" if limits else str(env.get("cpu"))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what taskset, a job scheduler's cpuset or
+    a container's CPU set leaves it), where the platform tells it, else every core of the machine.
+    Torch's threads already follow the affinity; worker pools sized by ``os.cpu_count()`` would not."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows: no affinity to read
+        return os.cpu_count() or 1
+
+
 def environment() -> dict:
     """Python, torch and torchvision versions, the platform, the CPU (with ``isa_limits`` where any is
     set) and, where torch is already loaded (training, evaluation), the GPU. Never imports torch itself."""
@@ -64,7 +74,8 @@ def environment() -> dict:
     limits = isa_limits()
     return {
         "python": sys.version.split()[0], "torch": _version("torch"), "torchvision": _version("torchvision"),
-        "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu,
+        "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(), "gpu": gpu,
         **({"isa_limits": limits} if limits else {}),
     }
 

@@ -271,7 +271,7 @@ def test_loader_workers_are_forked_even_in_a_spawned_process():
 def two_drawing_threads(monkeypatch):
     """Any archive drawn in parallel, two classes at a time, as on a 2-core machine."""
     monkeypatch.setattr(synthetic, "PARALLEL_FROM", 0)
-    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(synthetic, "usable_cores", lambda: 2)
 
 
 def _count_drawn_frames(monkeypatch, seconds_a_frame) -> dict:

@@ -124,3 +124,14 @@ def test_a_notebooks_kernel_imports_the_checkout_that_runs_it(tmp_path, monkeypa
     assert notebooks.checkout_environment({"PYTHONPATH": str(PROJECT_ROOT)})["PYTHONPATH"] == str(PROJECT_ROOT)
     assert _kernel_imports(tmp_path, None) == str(other / "kvasir_utils" / "__init__.py")  # without it
     assert _kernel_imports(tmp_path, env) == str(PROJECT_ROOT / "kvasir_utils" / "__init__.py")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_worker_pools_count_the_cores_this_process_may_use_not_the_machines():
+    # as under taskset, a scheduler's cpuset or a container's CPU set: one core of the machine's
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            "from kvasir_utils import provenance; from kvasir_utils.data import synthetic\n"
+            "e = provenance.environment(); print(provenance.usable_cores(), e['usable_cores'], e['cpu_count'],"
+            " synthetic.usable_cores is provenance.usable_cores)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
+    assert done.stdout.split() == ["1", "1", str(os.cpu_count()), "True"]

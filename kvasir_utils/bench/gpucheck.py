@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import subprocess
 import time
 import traceback
@@ -41,7 +40,7 @@ from kvasir_utils.data import prepare
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_json_atomic
 from kvasir_utils.profiles import load_profile
-from kvasir_utils.provenance import environment
+from kvasir_utils.provenance import environment, usable_cores
 from kvasir_utils.train import hardware, loop, models, probe, stages
 
 OUT = PROJECT_ROOT / "reports" / "bench" / "gpu_check.json"
@@ -210,7 +209,7 @@ def concurrency(profile: Path, scale: str):
     started together ``settle`` seconds (and ``per_process`` seconds a process) after they are
     launched, once each has built its model; as (count, figures) pairs, each count's when it is
     measured. The runtime probe runs here first, so the processes find its choice made."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     counts, batches = SCALES[scale].counts, SCALES[scale].batches
     _stage1(load(profile, scale))  # the probe's choice made here; the model is dropped at once
     if torch.cuda.is_available():  # and its memory given back to the processes below

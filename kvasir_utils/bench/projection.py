@@ -122,7 +122,10 @@ def run(scale: Scale, out: Path = OUT, baseline: bool = False) -> dict:
     fp32 = hardware.use_runtime(cfg.runtime.model_copy(update={"precision": "fp32"}))
     results: dict = {"machine": environment(), "scale": dataclasses.asdict(scale),
                      "runtime_auto": runtime.describe(), "batch_size": batch_size}
-    print(f"on {describe_cpu(results['machine'])}, {results['machine']['cpu_count']} cores; auto: {runtime.describe()}")
+    machine = results["machine"]
+    cores = f"{machine['usable_cores']} of its {machine['cpu_count']} cores" \
+        if machine["usable_cores"] != machine["cpu_count"] else f"{machine['cpu_count']} cores"
+    print(f"on {describe_cpu(machine)}, {cores}; auto: {runtime.describe()}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         archive = synthetic.make_archive(tmp / "k.zip", classes, images_per_class, seed=0, large_fraction=0.1)

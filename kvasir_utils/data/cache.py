@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,6 +24,7 @@ from kvasir_utils.config import cached_name
 from kvasir_utils.data.images import as_rgb
 from kvasir_utils.errors import DiskFullError, KvasirError
 from kvasir_utils.files import sha256_text, write_bytes_atomic, write_csv_atomic
+from kvasir_utils.provenance import usable_cores
 
 MANIFEST = "manifest.csv"
 PROGRESS = ".manifest.partial.csv"  # an interrupted build's finished images
@@ -144,7 +144,7 @@ def _cache_pending(root: Path, pending: list[dict], dest: Path, short_side: int,
                    progress: bool, rows: list[dict]) -> None:
     """Decode and resize ``pending`` in worker processes, filling in each row as it finishes."""
     chunks = [pending[i:i + 8] for i in range(0, len(pending), 8)]
-    pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=_ignore_interrupts)
+    pool = ProcessPoolExecutor(max_workers=workers or usable_cores(), initializer=_ignore_interrupts)
     saved = time.monotonic()
     try:
         futures = {pool.submit(_cache_chunk, [(str(root / r["path"]), str(dest / cached_name(r["path"])),

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import io
 import itertools
-import os
 import threading
 import uuid
 import zipfile
@@ -33,6 +32,7 @@ from kvasir_utils.data.duplicates import COPY_KINDS, video_copy
 from kvasir_utils.data.overlays import GUIDE_BOX, GUIDE_BOX_RGB, TEXT_REGION, region_pixels
 from kvasir_utils.datasets import KVASIR_V2_CLASSES
 from kvasir_utils.files import atomic_folder, atomic_path, write_bytes_atomic
+from kvasir_utils.provenance import usable_cores
 
 ARCHIVE_TOP = "kvasir-dataset-v2"
 # Bumped whenever the generator draws other images, so an archive made by an older version (its
@@ -226,7 +226,7 @@ def kvasir_frames(classes: list[str], images_per_class: int, seed: int, large_fr
     (each held whole until its turn comes). Closing the generator (Ctrl-C, an error) stops every
     thread at its next frame."""
     jobs = [(seed, index, name, images_per_class, large_fraction, index) for index, name in enumerate(classes)]
-    workers = min(len(jobs), os.cpu_count() or 1)
+    workers = min(len(jobs), usable_cores())
     if workers < 2 or len(classes) * images_per_class < PARALLEL_FROM:
         for job in jobs:
             yield from class_frames(*job)

@@ -18,7 +18,7 @@ from torch import nn
 
 from kvasir_utils.config import Config, RuntimeConfig
 from kvasir_utils.errors import KvasirError
-from kvasir_utils.provenance import describe_runtime
+from kvasir_utils.provenance import describe_runtime, usable_cores
 from kvasir_utils.train.augment import DeviceAugment
 
 
@@ -121,7 +121,7 @@ def resolve_runtime(rt: RuntimeConfig) -> Runtime:
     precision = ("bf16" if native_bf16(device) else "fp32") if rt.precision == "auto" else rt.precision
     memory_format = {"auto": precision == "bf16", "channels_last": True, "contiguous": False}[rt.memory_format]
     pending = tuple(name for name in ("precision", "memory_format") if getattr(rt, name) == "auto")
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if rt.workers != "auto":
         workers = rt.workers
     elif kind == "cpu":
