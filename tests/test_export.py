@@ -46,6 +46,9 @@ def test_export_passes_its_parity_check_for_both_models(exported, smoke_chain):
             # (that ONNX Runtime is what the check runs: the last test of this module)
             assert 0 <= check["max_abs_diff"] <= 1e-3
         assert parity["onnx_sha256"] == hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    # the index was rendered again: it links each export instead of naming the command that writes it
+    index = smoke_chain.report.index.read_text()
+    assert index.count(">model.onnx</a>") == len(exported) and "writes it" not in index
 
 
 def test_the_onnx_model_names_its_opset_and_takes_any_batch_size(exported):

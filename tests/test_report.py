@@ -6,6 +6,7 @@ import pandas as pd
 
 from kvasir_utils import profiles
 from kvasir_utils.analysis import compare
+from kvasir_utils.run import cli
 from tests.helpers import metrics_record, tmp_overrides
 
 
@@ -64,3 +65,14 @@ def test_a_vit_gradcam_caption_says_what_its_map_is_and_a_cnns_does_not():
     cnn = outputs.caption(Figure.of_model("resnet50", "figure3_gradcam"))
     assert vit.startswith("Figure 3: where") and vit.endswith(outputs.VIT_GRADCAM) and "patch" in outputs.VIT_GRADCAM
     assert cnn.startswith("Figure 3: where") and outputs.VIT_GRADCAM not in cnn
+
+
+def test_a_failed_refresh_of_the_index_keeps_what_was_written_and_says_how_to_render_it(tmp_path, capsys):
+    cfg = profiles.load_profile("smoke", tmp_overrides(tmp_path))
+    cli.refresh_index(cfg)  # no index yet: nothing to refresh, nothing said
+    assert capsys.readouterr() == ("", "")
+    cfg.report.index.parent.mkdir(parents=True)
+    cfg.report.index.write_text("<html>an index whose run's notebooks are gone</html>")
+    cli.refresh_index(cfg)  # raises nothing: the export or the split files before it stand
+    said = capsys.readouterr().err
+    assert "the index was not updated (no executed notebooks" in said and "make report PROFILE=smoke" in said

@@ -223,7 +223,9 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
     elif args.command == "export":
         from kvasir_utils.train.export import export_model
 
-        print(export_model(profiles.load_profile(args.profile, args.overrides), args.model).describe())
+        cfg = profiles.load_profile(args.profile, args.overrides)
+        print(export_model(cfg, args.model).describe())
+        refresh_index(cfg)
     elif args.command == "sweep":
         return run_sweep_command(args.sweep, args.overrides)
     elif args.command == "lab":
@@ -231,7 +233,9 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
     elif args.command == "splits":
         from kvasir_utils.run.splits import write_splits
 
-        print(f"wrote {write_splits(profiles.load_profile(args.profile, args.overrides))}")
+        cfg = profiles.load_profile(args.profile, args.overrides)
+        print(f"wrote {write_splits(cfg)}")
+        refresh_index(cfg)
     elif args.command == "docs":
         print(f"wrote {write_readings_doc()}")
     elif args.command == "cross-evaluate":
@@ -241,6 +245,21 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
     elif args.command in ("bench", "gpu-check"):
         _run_bench(args)
     return 0
+
+
+def refresh_index(cfg) -> None:
+    """Render the profile's reports again where its index exists, so that it links what ``make export``
+    or ``make splits`` just wrote (else it would still say which command writes it). What was written
+    stands if that fails: the error is printed with the command that renders them."""
+    from kvasir_utils.report import site
+
+    if not cfg.report.index.exists():
+        return
+    try:
+        print(f"updated {site.render_reports(cfg)}")
+    except KvasirError as exc:
+        print(f"warning: the index was not updated ({exc}); `make report PROFILE={cfg.profile_argument}` "
+              "renders it again", file=sys.stderr)
 
 
 def open_lab(profile: str, overrides: list[str], session_only: bool = False) -> int:
