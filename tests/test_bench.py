@@ -112,6 +112,42 @@ def test_the_compute_floor_counts_every_forward_pass_at_the_peak():
     assert bound["protocol_floor_minutes"] == pytest.approx((forwards["resnet50"] * r + forwards["efficientnet_b0"] * e)
                                                             / 400 / 60)
     assert bound["stage_fraction_of_peak"]["resnet50 stage1"] == pytest.approx(40 * r / 400)
+    # the work of a training step, by hand: stage 1 adds the head's weight gradient (2048 features, 8
+    # classes); stage 2 (the last 10 tensors: layer4.2 from its bn1 on, and the head) adds, at 7 x 7,
+    # the 3x3 and the second 1x1 convolution's two gradients each (input and weight; conv1 is frozen,
+    # so no gradient reaches it), and the head's two
+    assert cfg.stage_config("stage2").trainable == "last_tensors:10"
+    head = 2 * 2048 * 8
+    conv2, conv3 = 2 * 512 * 512 * 9 * 49, 2 * 512 * 2048 * 49
+    stages = {row["stage"]: row for row in measured["stages"] if row["model"] == "resnet50"}
+    assert stages["stage1"]["training_gflops_per_image"] == pytest.approx(r + head / 1e9, rel=1e-6)
+    assert stages["stage2"]["training_gflops_per_image"] == pytest.approx(r + 2 * (conv2 + conv3 + head) / 1e9,
+                                                                          rel=1e-6)
+    assert bound["stage_work_fraction_of_peak"]["resnet50 stage2"] == pytest.approx(
+        32 * stages["stage2"]["training_gflops_per_image"] / 400)
+
+
+def test_a_depthwise_convolutions_backward_costs_what_its_forward_does_for_each_gradient():
+    # torch's own formula counts it as a dense convolution: 64 times too many here
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kvasir_utils.train import flops
+
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False)
+    forward = 2 * 64 * 9 * 56 * 56  # a multiply-add per weight (its 64 x 1 x 3 x 3) per output position
+    for needs_input_gradient in (True, False):
+        x = torch.zeros(1, 64, 56, 56, requires_grad=needs_input_gradient)
+        with flops._counter() as ours:
+            conv(x).sum().backward()
+        assert ours.get_total_flops() == forward * (3 if needs_input_gradient else 2)  # the forward pass, then 2 or 1
+    dense = torch.nn.Conv2d(8, 16, 3, padding=1, bias=False)  # groups=1: the same count as torch's formula
+    x = torch.zeros(2, 8, 12, 12, requires_grad=True)
+    with flops._counter() as ours:
+        dense(x).sum().backward()
+    with FlopCounterMode(display=False) as theirs:
+        dense(x).sum().backward()
+    assert ours.get_total_flops() == theirs.get_total_flops() == 3 * 2 * 2 * 16 * 8 * 9 * 144
 
 
 def test_a_paired_figure_of_two_identical_settings_reads_one():

@@ -19,7 +19,7 @@ from kvasir_utils.data.split import read_split
 from kvasir_utils.errors import KvasirError
 from kvasir_utils.files import write_csv_atomic, write_text_atomic
 from kvasir_utils.provenance import environment, provenance
-from kvasir_utils.train import checkpoints, hardware, loop, models, presets, stages
+from kvasir_utils.train import checkpoints, flops, hardware, loop, models, presets, stages
 
 
 def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime) -> tuple[pd.DataFrame, dict]:
@@ -39,7 +39,7 @@ def evaluate_final_model(cfg: Config, model_name: str, runtime: hardware.Runtime
     record = metrics.summary(targets, probs, cfg.classes) | {
         "parameters": models.count_parameters(model),
         "trainable_parameters": models.trainable_counts(cfg, model_name),
-        "gflops": models.gflops(model, cfg.transforms.image_size),
+        "gflops": flops.forward_gflops(model, cfg.transforms.image_size),
         "train_seconds": float(history["seconds"].sum()),
         "inference_images_per_s": len(targets) / seconds,
         "ece": metrics.expected_calibration_error(targets, probs),

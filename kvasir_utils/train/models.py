@@ -351,16 +351,3 @@ def trainable_table(model: nn.Module) -> pd.DataFrame:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def gflops(model: nn.Module, image_size: int = 224) -> float:
-    """Forward GFLOPs for one image (multiply-adds counted as 2 FLOPs)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(torch.zeros(1, 3, image_size, image_size, device=device))
-    model.train(was_training)
-    return counter.get_total_flops() / 1e9
