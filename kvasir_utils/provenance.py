@@ -62,7 +62,7 @@ def usable_cores() -> int:
     Torch's threads already follow the affinity; worker pools sized by ``os.cpu_count()`` would not."""
     try:
         return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # macOS, Windows: no affinity to read
+    except (AttributeError, OSError):  # macOS, Windows: no affinity to read
         return os.cpu_count() or 1
 
 

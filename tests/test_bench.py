@@ -128,7 +128,7 @@ def test_the_compute_floor_counts_every_forward_pass_at_the_peak():
 
 
 def test_a_depthwise_convolutions_backward_costs_what_its_forward_does_for_each_gradient():
-    # torch's own formula counts it as a dense convolution: 64 times too many here
+    # torch's own formula counts its weight gradient as a dense convolution's: 64 times too many here
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -148,6 +148,23 @@ def test_a_depthwise_convolutions_backward_costs_what_its_forward_does_for_each_
     with FlopCounterMode(display=False) as theirs:
         dense(x).sum().backward()
     assert ours.get_total_flops() == theirs.get_total_flops() == 3 * 2 * 2 * 16 * 8 * 9 * 144
+
+
+def test_a_vits_attention_is_counted_on_a_cpu_as_its_math_kernel_counts_it():
+    # torch has no formula for the attention kernel it runs on a CPU (it counted 0 there)
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kvasir_utils.train import flops, models
+
+    vit = models.build_model("timm:test_vit.r160_in1k", 8, image_size=32).eval()
+    with FlopCounterMode(display=False) as math, sdpa_kernel(SDPBackend.MATH), torch.inference_mode():
+        vit(torch.zeros(1, 3, 32, 32))  # the math kernel: matrix products torch counts
+    assert flops.forward_gflops(vit, 32) == pytest.approx(math.get_total_flops() / 1e9, rel=1e-6)
+    with FlopCounterMode(display=False) as default, torch.inference_mode():
+        vit(torch.zeros(1, 3, 32, 32))
+    assert default.get_total_flops() < math.get_total_flops()  # what was left out before
 
 
 def test_a_paired_figure_of_two_identical_settings_reads_one():
@@ -251,6 +268,10 @@ def test_the_check_refuses_bench_figures_it_cannot_compare(tmp_path, monkeypatch
         check.read_bench(path)
     path.write_text(json.dumps({"scale": {"settings": []}, "machine": {**environment(), "cpu": "another CPU"}}))
     with pytest.raises(KvasirError, match="measured on another CPU \\(another CPU; this is"):
+        check.read_bench(path)
+    more = environment()["usable_cores"] + 1  # the same CPU, more of its cores (taskset, a cpuset)
+    path.write_text(json.dumps({"scale": {"settings": []}, "machine": {**environment(), "usable_cores": more}}))
+    with pytest.raises(KvasirError, match=f"measured on {more} cores and this process may use {more - 1}"):
         check.read_bench(path)
     # figures of the emulated CPU without AVX-512 (docs/development.md) are not this CPU's, nor the other way round
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")

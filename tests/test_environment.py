@@ -130,8 +130,12 @@ def test_a_notebooks_kernel_imports_the_checkout_that_runs_it(tmp_path, monkeypa
 def test_worker_pools_count_the_cores_this_process_may_use_not_the_machines():
     # as under taskset, a scheduler's cpuset or a container's CPU set: one core of the machine's
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
-            "from kvasir_utils import provenance; from kvasir_utils.data import synthetic\n"
+            "from kvasir_utils import provenance; from kvasir_utils.data import cache, synthetic\n"
+            "from kvasir_utils.train import hardware; from kvasir_utils.bench import gpucheck\n"
             "e = provenance.environment(); print(provenance.usable_cores(), e['usable_cores'], e['cpu_count'],"
-            " synthetic.usable_cores is provenance.usable_cores)")
+            " all(m.usable_cores is provenance.usable_cores for m in (cache, synthetic, hardware, gpucheck)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
     assert done.stdout.split() == ["1", "1", str(os.cpu_count()), "True"]
+    # and no pool anywhere else sizes itself by the machine's count
+    package = PROJECT_ROOT / "kvasir_utils"
+    assert [p for p in package.rglob("*.py") if "cpu_count()" in p.read_text() and p.name != "provenance.py"] == []

@@ -45,6 +45,10 @@ def read_bench(path: Path) -> dict:
     here, there = describe_cpu(environment()), describe_cpu(bench.get("machine", {}))
     if here != there:
         raise KvasirError(f"{path} was measured on another CPU ({there}; this is {here}): run `make bench` here first")
+    cores_here, cores_there = environment()["usable_cores"], bench.get("machine", {}).get("usable_cores")
+    if cores_there is not None and cores_there != cores_here:
+        raise KvasirError(f"{path} was measured on {cores_there} cores and this process may use {cores_here}: "
+                          "run `make bench` here first")
     return bench
 
 

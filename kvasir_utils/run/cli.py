@@ -225,7 +225,7 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
 
         cfg = profiles.load_profile(args.profile, args.overrides)
         print(export_model(cfg, args.model).describe())
-        refresh_index(cfg)
+        return refresh_index(cfg)
     elif args.command == "sweep":
         return run_sweep_command(args.sweep, args.overrides)
     elif args.command == "lab":
@@ -235,7 +235,7 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
 
         cfg = profiles.load_profile(args.profile, args.overrides)
         print(f"wrote {write_splits(cfg)}")
-        refresh_index(cfg)
+        return refresh_index(cfg)
     elif args.command == "docs":
         print(f"wrote {write_readings_doc()}")
     elif args.command == "cross-evaluate":
@@ -247,19 +247,25 @@ def _dispatch(args, terminal: signals.Terminal) -> int:
     return 0
 
 
-def refresh_index(cfg) -> None:
+def refresh_index(cfg) -> int:
     """Render the profile's reports again where its index exists, so that it links what ``make export``
     or ``make splits`` just wrote (else it would still say which command writes it). What was written
-    stands if that fails: the error is printed with the command that renders them."""
+    stands whatever happens here: a failure is a warning with the command that renders them (exit 0),
+    an interrupt says the same (exit 130)."""
     from kvasir_utils.report import site
 
     if not cfg.report.index.exists():
-        return
+        return 0
+    hint = f"`make report PROFILE={cfg.profile_argument}` renders it again"
     try:
         print(f"updated {site.render_reports(cfg)}")
-    except KvasirError as exc:
-        print(f"warning: the index was not updated ({exc}); `make report PROFILE={cfg.profile_argument}` "
-              "renders it again", file=sys.stderr)
+    except (KeyboardInterrupt, signals.Interrupted):
+        print(f"interrupted while rendering the index again; what was written before stands; {hint}",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # nbconvert, Jinja, a file: the export or the split files are written all the same
+        print(f"warning: the index was not updated ({type(exc).__name__}: {exc}); {hint}", file=sys.stderr)
+    return 0
 
 
 def open_lab(profile: str, overrides: list[str], session_only: bool = False) -> int:

@@ -3,16 +3,20 @@ model's forward pass, and a training step's, which adds the backward pass throug
 trains. What ``make bench`` sets a measured rate against (its fraction of the device's peak) and what
 ``metrics.json`` records of the evaluated model.
 
-Torch's formula for a convolution's backward pass counts a grouped (depthwise) convolution as a dense
-one, over 60 times too many for a depthwise 3x3 of 64 channels; ``conv_backward_flops`` takes its
-place here: each gradient asked for (of the input, of the weight) costs what the forward pass does.
+Two of torch's formulas are replaced or added here. Its convolution backward counts a grouped
+(depthwise) convolution's weight gradient as a dense one's, ``groups`` times too many (64x for a
+depthwise 3x3 of 64 channels): ``conv_backward_flops`` counts what each gradient asked for costs, the
+forward pass's FLOPs. And it has no formula for the attention kernel torch runs on a CPU, so a ViT's
+attention counted 0 there: ``_attention_flops`` gives it the formula of the GPU's kernels.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count
 
 from kvasir_utils.train.models import set_train_mode
 
@@ -25,8 +29,27 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
+def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                              **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _formulas() -> dict:
+    aten = torch.ops.aten
+    formulas = {aten.convolution_backward: conv_backward_flops}
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _attention_flops),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _attention_backward_flops)):
+        if hasattr(aten, name):  # the CPU's attention kernel, in the torch versions that have it
+            formulas[getattr(aten, name)] = formula
+    return formulas
+
+
 def _counter() -> FlopCounterMode:
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops})
+    return FlopCounterMode(display=False, custom_mapping=_formulas())
 
 
 def forward_gflops(model: nn.Module, image_size: int = 224) -> float:
@@ -42,15 +65,14 @@ def forward_gflops(model: nn.Module, image_size: int = 224) -> float:
 
 def training_gflops(model: nn.Module, image_size: int = 224, frozen_batchnorm: str = "eval") -> float:
     """GFLOPs of one image's training step as the model is frozen: the forward pass in training mode,
-    and the backward pass, which computes a gradient only where a parameter after it needs one (a
-    stage that trains the head alone adds next to nothing). Counted on a batch of 2 (batch statistics
-    need more than one image); the optimiser's elementwise step is not counted."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    set_train_mode(model, frozen_batchnorm)
-    images = torch.zeros(2, 3, image_size, image_size, device=device)
+    and the backward pass, which computes a gradient only as far upstream as a parameter needs one (a
+    stage that trains the head alone adds next to nothing). Counted on a copy (the model's BatchNorm
+    statistics, gradients and modes are left as they were), on a batch of 2 (batch statistics need
+    more than one image); the optimiser's elementwise step is not counted."""
+    model = set_train_mode(copy.deepcopy(model), frozen_batchnorm)
+    images = torch.zeros(2, 3, image_size, image_size, device=next(model.parameters()).device)
     with _counter() as counter:
-        model(images).float().sum().backward()
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
+        logits = model(images)
+        if any(p.requires_grad for p in model.parameters()):
+            logits.float().sum().backward()
     return counter.get_total_flops() / 2 / 1e9
