@@ -76,4 +76,5 @@ def test_a_failed_refresh_of_the_index_keeps_what_was_written_and_says_how_to_re
     assert cli.refresh_index(cfg) == 0  # raises nothing: the export or the split files before it stand
     said = capsys.readouterr().err
     assert "the index was not updated (KvasirError: no executed notebooks" in said
-    assert "make report PROFILE=smoke" in said
+    # the command that renders it, with the run's own settings, quoted for the shell
+    assert f"`make report PROFILE=smoke SET='{' '.join(tmp_overrides(tmp_path))}'` renders it again" in said

@@ -18,6 +18,7 @@ Every failure ends with one line on stderr that says what went wrong, and a non-
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -256,7 +257,8 @@ def refresh_index(cfg) -> int:
 
     if not cfg.report.index.exists():
         return 0
-    hint = f"`make report PROFILE={cfg.profile_argument}` renders it again"
+    sets = f" SET={shlex.quote(' '.join(cfg.overrides))}" if cfg.overrides else ""  # the same run's settings
+    hint = f"`make report PROFILE={shlex.quote(cfg.profile_argument)}{sets}` renders it again"
     try:
         print(f"updated {site.render_reports(cfg)}")
     except (KeyboardInterrupt, signals.Interrupted):
