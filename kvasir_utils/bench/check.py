@@ -42,10 +42,11 @@ def read_bench(path: Path) -> dict:
     if bench.get("scale", {}).get("settings"):
         raise KvasirError(f"{path} was measured at a reduced scale ({' '.join(bench['scale']['settings'])}), whose "
                           "figures are not the protocol's: run `make bench` (paper scale) first")
-    here, there = describe_cpu(environment()), describe_cpu(bench.get("machine", {}))
+    machine, measured = environment(), bench.get("machine", {})
+    here, there = describe_cpu(machine), describe_cpu(measured)
     if here != there:
         raise KvasirError(f"{path} was measured on another CPU ({there}; this is {here}): run `make bench` here first")
-    cores_here, cores_there = environment()["usable_cores"], bench.get("machine", {}).get("usable_cores")
+    cores_here, cores_there = machine["usable_cores"], measured.get("usable_cores")
     if cores_there is not None and cores_there != cores_here:
         raise KvasirError(f"{path} was measured on {cores_there} cores and this process may use {cores_here}: "
                           "run `make bench` here first")

@@ -360,7 +360,7 @@ def compute_bound(cfg: Config, measured: dict, peak: float) -> dict:
     train, val = split_sizes(cfg)
     size, classes = cfg.transforms.image_size, len(cfg.data.classes)
     forward = {name: flops.forward_gflops(models.build_model(name, classes), size) for name in cfg.train.models}
-    unweighted = cfg.model_copy(update={"train": cfg.train.model_copy(update={"weights": None, "weights_files": {}})})
+    unweighted = models.random_init(cfg)
     seconds = 0.0
     for row in measured["stages"]:
         epochs = cfg.stage_config(row["stage"]).epochs

@@ -53,7 +53,7 @@ def model_rates(cfg: Config, model: str, steps: int) -> dict:
     """Per stage, the parameters it trains and the images per second of its training and inference
     steps, on one random batch held on the device (no pretrained weights are read), under the
     runtime the run's stages would take (``train.probe``'s choice, measured once a machine)."""
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"weights": None, "weights_files": {}})})
+    cfg = models.random_init(cfg)
     settings = step_settings(cfg, model)
     size, count = settings["image_size"], settings["batch_size"]
     networks = {stage: models.stage_model(cfg, model, stage) for stage in STAGES}

@@ -89,6 +89,13 @@ def for_model(cfg: Config, name: str) -> Config:
                                cfg.train.readings_by_model.get(name, {}))
 
 
+
+def random_init(cfg: Config) -> Config:
+    """``cfg`` with no pretrained weights (nothing read or downloaded): a model's speed and arithmetic,
+    which is what the bench and the sweep pricing measure, are the same from random weights."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"weights": None, "weights_files": {}})})
+
+
 def build_model(name: str, num_classes: int, weights: str | None = None, offline: bool = False, *,
                 image_size: int | None = None, weights_file: WeightsFile | None = None) -> nn.Module:
     """A torchvision or timm (``timm:<name>``) classifier with a new ``num_classes`` head: random
